@@ -1,0 +1,83 @@
+"""The ``diffice`` command: ``diffice <command> [CONFIG.yaml ...] [key=value ...] [--options]``.
+
+Each command lives in its own module and is imported only when it runs, so ``diffice --help``
+is instant. A :class:`~diffice.errors.UserError` anywhere ends the command with one line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from diffice.errors import EXIT_USER_ERROR, UserError
+
+# name -> (module:function, one-line help). Each function takes argv (list[str]) and returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("diffice.config:cmd_config", "print the resolved config"),
+    "phantoms": ("diffice.commands.data:cmd_phantoms", "write a synthetic phantom data set with ground truth"),
+    "data-check": ("diffice.commands.data:cmd_data_check", "count, size and sanity-check a data set"),
+    "train-ddpm": ("diffice.commands.ddpm:cmd_train_ddpm", "train the unconditional DDPM"),
+    "sample": ("diffice.commands.ddpm:cmd_sample", "sample frames from a trained DDPM"),
+    "train-segmenter": ("diffice.commands.judges:cmd_train_segmenter", "train the segmentation network"),
+    "train-classifier": ("diffice.commands.judges:cmd_train_classifier", "train the standard-plane guide f(x)=l(s(x),x)"),
+    "train-oracle": ("diffice.commands.judges:cmd_train_oracle", "train the PCBM concept oracle"),
+    "sononet": ("diffice.commands.judges:cmd_sononet", "label frames with a SonoNet (e.g. the official weights)"),
+    "counterfactuals": ("diffice.commands.counterfactual:cmd_counterfactuals", "generate counterfactuals (Diff-ICE and baselines)"),
+    "evaluate": ("diffice.commands.counterfactual:cmd_evaluate", "recompute a counterfactual run's metrics from its files"),
+    "reader-study": ("diffice.commands.counterfactual:cmd_reader_study", "make a blinded expert reader study page"),
+    "reader-score": ("diffice.commands.counterfactual:cmd_reader_score", "score a reader study's answers"),
+    "demo": ("diffice.commands.demo:cmd_demo", "the whole pipeline on phantom data, end to end"),
+    "experiment": ("diffice.commands.demo:cmd_experiment", "run one of the paper's experiments (experiments/*.yaml)"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        "usage: diffice <command> [CONFIG.yaml ...] [key=value ...] [options]",
+        "",
+        "Diffusion-based iterative counterfactual explanations for fetal ultrasound quality.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {n.ljust(width)}  {h}" for n, (_, h) in COMMANDS.items()]
+    lines += ["", "Run 'diffice <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def _resolve(target: str):
+    mod, fn = target.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from diffice import __version__
+
+        print(f"diffice {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"diffice: error: unknown command '{name}' (see 'diffice --help')", file=sys.stderr)
+        return EXIT_USER_ERROR
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        code = _resolve(COMMANDS[name][0])(rest)
+    except UserError as err:
+        print(f"diffice {name}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"diffice {name}: interrupted; finished work is kept and a rerun resumes it", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Configuration: a dataclass schema, and load / merge / save of YAML files plus overrides.
+
+Merge order (later wins)::
+
+    schema defaults == configs/defaults.yaml -> preset -> data config -> experiment -> key=value
+
+The schema below is the single source of truth for which keys exist and their types;
+``configs/defaults.yaml`` mirrors it with a comment per key (a test keeps the two equal).
+An unknown key, a wrong type or a missing required value raises :class:`UserError` naming
+the file and the key.
+
+Conventions: image sizes are ``[height, width]``; paths in a config are relative to the
+working directory unless said otherwise; ``${paths.runs}`` interpolations are resolved at
+load time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from diffice.errors import UserError
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass
+class PathsConfig:
+    runs: str = "runs"
+
+
+@dataclass
+class PhantomConfig:
+    count: int = 1579
+    sp_fraction: float = 0.152
+    frames_per_patient: int = 4
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    source: str = "phantom"
+    root: str | None = None
+    manifest: str | None = None
+    image_size: list[int] = field(default_factory=lambda: [224, 288])
+    classes: list[str] = field(default_factory=lambda: ["background", "head", "bone", "th", "csp", "fp"])
+    concepts: list[str] = field(default_factory=lambda: ["qs_th", "qs_csp", "qs_fp", "qs_bone"])
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    split_seed: int = 0
+    batch_size: int = 16
+    num_workers: int = 0
+    augment: bool = True
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    gradient_clip_val: float = 1.0
+    log_every_n_steps: int = 50
+    checkpoint_every_n_steps: int = 1000
+    val_every_n_steps: int = 1000
+    progress_bar: bool = True
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    project: str = "diffice"
+    entity: str | None = None
+
+
+@dataclass
+class UNetConfig:
+    model_channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4, 4])
+    num_res_blocks: int = 2
+    attention_resolutions: list[int] = field(default_factory=lambda: [32, 16, 8])
+    num_head_channels: int = 64
+    dropout: float = 0.0
+    resblock_updown: bool = True
+    use_scale_shift_norm: bool = True
+
+
+@dataclass
+class DiffusionConfig:
+    steps: int = 1000
+    noise_schedule: str = "linear"
+    learn_sigma: bool = True
+    timestep_respacing: str = "400"
+    vb_weight: float = 0.001
+
+
+@dataclass
+class DDPMConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    max_steps: int = 300000
+    sample_every_n_steps: int = 5000
+    sample_count: int = 8
+
+
+@dataclass
+class SegmenterConfig:
+    arch: str = "unet"
+    encoder: str = "resnet34"
+    encoder_weights: str | None = None
+    lr: float = 1e-3
+    max_steps: int = 20000
+
+
+@dataclass
+class GuideConfig:
+    sononet: int = 16
+    segmenter_ckpt: str = "${paths.runs}/segmenter/last.ckpt"
+    grad_through_segmenter: bool = True
+    lr: float = 1e-3
+    max_steps: int = 10000
+
+
+@dataclass
+class OracleConfig:
+    encoder: str = "resnet18"
+    lr: float = 1e-3
+    max_steps: int = 10000
+
+
+@dataclass
+class FeaturesConfig:
+    perceptual: str = "sononet"
+    perceptual_weights: str | None = None
+    sononet_weights: str | None = None
+    inception_weights: str | None = None
+
+
+@dataclass
+class CounterfactualConfig:
+    method: str = "diff-ice"
+    ddpm_ckpt: str = "${paths.runs}/ddpm/last.ckpt"
+    guide_ckpt: str = "${paths.runs}/classifier/last.ckpt"
+    oracle_ckpt: str = "${paths.runs}/oracle/last.ckpt"
+    respacing: str = "400"
+    tau: int = 120
+    iterations: int = 5
+    lambda_c: list[float] = field(default_factory=lambda: [40.0, 60.0, 80.0])
+    lambda_p: float = 30.0
+    adaptive: bool = False
+    stop_threshold: float = 0.9
+    clip_denoised: bool = True
+    batch_size: int = 10
+    split: str = "test"
+    label: str = "NSP"
+    limit: int | None = None
+    out: str = "${paths.runs}/counterfactuals"
+
+
+@dataclass
+class Config:
+    name: str = "diffice"
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    guide: GuideConfig = field(default_factory=GuideConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    cf: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def configs_dir() -> Path:
+    """The project's ``configs/`` folder (override with ``DIFFICE_CONFIGS``)."""
+    env = os.environ.get("DIFFICE_CONFIGS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or ""
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, ConfigKeyError):
+        return f"unknown key '{key}'" if key else msg
+    if isinstance(err, ValidationError):
+        return f"key '{key}': {msg}" if key else msg
+    return f"key '{key}': {msg}" if key else msg
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must hold a mapping of keys, not {type(data).__name__}")
+    return OmegaConf.create(data)
+
+
+def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise UserError(f"{source}: {_describe(err)}") from err
+
+
+def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
+    out = []
+    for key in cfg:
+        full = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            out.append(full)
+            continue
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig):
+            out.extend(_missing(value, full + "."))
+    return out
+
+
+def load_config(
+    files: Sequence[str | os.PathLike] = (),
+    overrides: Sequence[str] = (),
+    *,
+    use_defaults_file: bool = True,
+) -> DictConfig:
+    """Build the resolved config: schema -> defaults.yaml -> files in order -> overrides."""
+    cfg: DictConfig = OmegaConf.structured(Config)
+    if use_defaults_file:
+        defaults = configs_dir() / "defaults.yaml"
+        if defaults.is_file():
+            cfg = _merge(cfg, _read_yaml(defaults), str(defaults))
+    for f in files:
+        cfg = _merge(cfg, _read_yaml(Path(f)), str(f))
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}': expected key=value")
+        key = item.split("=", 1)[0]
+        try:
+            dot = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise UserError(f"override '{item}': {_describe(err)}") from err
+        cfg = _merge(cfg, dot, f"override '{key}'")
+    missing = _missing(cfg)
+    if missing:
+        raise UserError(f"config: required key '{missing[0]}' has no value; set it with {missing[0]}=...")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise UserError(f"config: {_describe(err)}") from err
+    OmegaConf.set_readonly(cfg, False)
+    return cfg
+
+
+def split_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split positional CLI words into config files and key=value overrides."""
+    files, overrides = [], []
+    for a in args:
+        if "=" in a and not a.endswith((".yaml", ".yml")):
+            overrides.append(a)
+        elif a.endswith((".yaml", ".yml")):
+            files.append(a)
+        else:
+            raise UserError(f"argument '{a}': expected a config file (*.yaml) or a key=value override")
+    return files, overrides
+
+
+def config_from_args(args: Sequence[str]) -> DictConfig:
+    files, overrides = split_args(args)
+    return load_config(files, overrides)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def from_dict(data: dict) -> DictConfig:
+    """Rebuild a validated config from a plain dict (as stored in a checkpoint)."""
+    cfg = OmegaConf.structured(Config)
+    return _merge(cfg, OmegaConf.create(data), "stored config")
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
+    """Write the resolved config atomically as YAML."""
+    from diffice.io import atomic_write_text
+
+    return atomic_write_text(Path(path), to_yaml(cfg))
+
+
+def cmd_config(argv: Sequence[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="diffice config", description="Print the resolved config.")
+    p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides, in order")
+    ns = p.parse_args(argv)
+    print(to_yaml(config_from_args(ns.args)), end="")
+    return 0

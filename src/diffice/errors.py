@@ -1,0 +1,17 @@
+"""The one exception a user can cause.
+
+Anything a user can get wrong (a bad path, a config typo, a corrupt image, a checkpoint of
+the wrong kind) is raised as :class:`UserError` with a message that names the file or key
+and says what to do. The CLI turns it into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """An error caused by the user's input; its message is shown as one line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))

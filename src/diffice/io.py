@@ -1,0 +1,74 @@
+"""Atomic file writes: a file is either absent or complete, never half-written.
+
+Every writer goes to a temporary file in the destination folder and renames it into place,
+so a run killed at any moment leaves no partial output and a restarted run can trust that
+any file it finds is whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Save a 2-D uint8 (grey) or HxWx3 uint8 (RGB) array as PNG, atomically."""
+    from PIL import Image
+
+    arr = np.asarray(array)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"save_png takes uint8, got {arr.dtype}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return Path(path)
+
+
+def save_torch(path: str | os.PathLike, obj) -> Path:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def to_uint8(x) -> np.ndarray:
+    """Map an image in [-1, 1] (tensor or array, shape HxW or 1xHxW) to uint8."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3 and x.shape[0] == 1:
+        x = x[0]
+    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
