@@ -242,7 +242,7 @@ def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
 
 
 def load_config(
-    files: Sequence[str | os.PathLike] = (),
+    files: Sequence[str | os.PathLike | dict | DictConfig] = (),
     overrides: Sequence[str] = (),
     *,
     use_defaults_file: bool = True,
@@ -254,7 +254,10 @@ def load_config(
         if defaults.is_file():
             cfg = _merge(cfg, _read_yaml(defaults), str(defaults))
     for f in files:
-        cfg = _merge(cfg, _read_yaml(Path(f)), str(f))
+        if isinstance(f, dict | DictConfig):  # an in-memory layer (e.g. an experiment's base keys)
+            cfg = _merge(cfg, OmegaConf.create(f), "experiment")
+        else:
+            cfg = _merge(cfg, _read_yaml(Path(f)), str(f))
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}': expected key=value")
