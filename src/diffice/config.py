@@ -127,6 +127,7 @@ class GuideConfig:
     sononet: int = 16
     segmenter_ckpt: str = "${paths.runs}/segmenter/last.ckpt"
     grad_through_segmenter: bool = True
+    pos_weight: float | None = None
     lr: float = 1e-3
     max_steps: int = 10000
 
@@ -134,13 +135,15 @@ class GuideConfig:
 @dataclass
 class OracleConfig:
     encoder: str = "resnet18"
+    qs_target: str = "label"
+    seg_weight: float = 1.0
     lr: float = 1e-3
     max_steps: int = 10000
 
 
 @dataclass
 class FeaturesConfig:
-    perceptual: str = "sononet"
+    perceptual: str = "segmenter"
     perceptual_weights: str | None = None
     sononet_weights: str | None = None
     inception_weights: str | None = None

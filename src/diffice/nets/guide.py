@@ -1,0 +1,60 @@
+"""The standard-plane guide of Diff-ICE: f(x) = l(s(x), x) (paper, Sec. 3.2).
+
+``s`` is a frozen segmentation network (:mod:`diffice.nets.segmenter`); ``l`` is a
+SonoNet-16-style predictor that reads the image and the K segmentation probability maps as
+K + 1 input channels and gives ONE logit for "standard plane" (label 1).
+
+The guidance gradient ∇_x L_c(f(x̂0), y) (paper, Eq. 4) reaches the image through l and, when
+``grad_through_segmenter`` is on (default), through s as well; off, the probabilities are
+detached and only l's direct path from the image channel carries the gradient.
+
+Intensities: x is (B, 1, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffice.nets.sononet import SonoNet
+
+
+class Guide(nn.Module):
+    """``guide(x) -> (B,)`` SP logit; ``guide.segment(x) -> (B, K, H, W)`` probabilities."""
+
+    def __init__(self, segmenter: nn.Module, num_classes: int, sononet: int = 16,
+                 grad_through_segmenter: bool = True):
+        super().__init__()
+        self.segmenter = segmenter
+        self.num_classes = num_classes
+        self.grad_through_segmenter = grad_through_segmenter
+        self.predictor = SonoNet(features=sononet, in_channels=1 + num_classes, num_classes=1, final_bn=False)
+        self.freeze_segmenter()
+
+    def freeze_segmenter(self) -> None:
+        """s is trained separately and never updated here: no parameter gradients, eval mode."""
+        for p in self.segmenter.parameters():
+            p.requires_grad_(False)
+        self.segmenter.eval()
+
+    def train(self, mode: bool = True) -> Guide:
+        super().train(mode)
+        self.segmenter.eval()  # batch norm statistics of s stay frozen
+        return self
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation probabilities s(x), softmax over K classes."""
+        return self.segmenter(x).softmax(dim=1)
+
+    def predictor_input(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.segment(x)
+        if not self.grad_through_segmenter:
+            probs = probs.detach()
+        return torch.cat([x, probs], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.predictor_input(x)).squeeze(1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled stage-5 features of l (B, 8F): SonoNet features when no official weights exist."""
+        return self.predictor.features(self.predictor_input(x))
