@@ -1,0 +1,99 @@
+"""The LightningDataModule over every kind of data: phantom, manifest CSV, HC18, FETAL_PLANES_DB.
+
+``DiffIceDataModule(cfg)`` reads ``cfg.data`` and ``cfg.seed``. ``data.source``:
+
+* ``phantom`` — rendered on the fly at ``data.image_size`` (``data.phantom.*``); with
+  ``data.root`` set, the set written there by ``diffice phantoms`` (its ``manifest.csv``);
+* ``manifest`` — the CSV ``data.manifest`` (DESIGN.md contract);
+* ``hc18`` — the HC18 challenge layout under ``data.root``;
+* ``fpdb`` — FETAL_PLANES_DB under ``data.root``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from diffice.data.datasets import (
+    FrameDataset,
+    FrameSource,
+    PhantomSource,
+    RecordSource,
+    root_path,
+    select,
+)
+from diffice.data.sources import fpdb_records, hc18_records, read_manifest
+from diffice.errors import UserError
+
+SOURCES = ("phantom", "manifest", "hc18", "fpdb")
+
+
+def build_source(cfg: DictConfig) -> FrameSource:
+    """The full ("all") data set named by ``cfg.data``."""
+    d = cfg.data
+    common = {
+        "concepts": list(d.concepts),
+        "classes": list(d.classes),
+        "split_fractions": list(d.split_fractions),
+        "split_seed": int(d.split_seed),
+    }
+    if len(d.image_size) != 2 or min(d.image_size) < 8:
+        raise UserError(f"data.image_size must be [height, width] of at least 8 pixels, got {list(d.image_size)}")
+    if d.source == "phantom":
+        if d.root:
+            root = root_path(d.root, "phantom")
+            csv = root / "manifest.csv" if root.is_dir() else root
+            return RecordSource("phantom", read_manifest(csv), origin=str(csv), **common)
+        p = d.phantom
+        return PhantomSource(int(p.count), list(d.image_size), int(p.seed), float(p.sp_fraction),
+                             int(p.frames_per_patient), **common)
+    if d.source == "manifest":
+        if not d.manifest:
+            raise UserError("data.manifest is required for data.source=manifest; set data.manifest=PATH/manifest.csv")
+        return RecordSource("manifest", read_manifest(Path(d.manifest)), origin=str(d.manifest), **common)
+    if d.source == "hc18":
+        root = root_path(d.root, "hc18")
+        return RecordSource("hc18", hc18_records(root), origin=str(root), **common)
+    if d.source == "fpdb":
+        root = root_path(d.root, "fpdb")
+        return RecordSource("fpdb", fpdb_records(root), carve_validation=True, origin=str(root), **common)
+    raise UserError(f"data.source '{d.source}' is not one of {', '.join(SOURCES)}")
+
+
+class DiffIceDataModule(L.LightningDataModule):
+    """Train / val / test loaders over the configured data; ``dataset(split, label, augment)``
+    gives any view (split in train | val | test | all, label in SP | NSP | None)."""
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.source: FrameSource | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.source is None:
+            self.source = build_source(self.cfg)
+
+    def dataset(self, split: str = "all", label: str | None = None, augment: bool = False) -> FrameDataset:
+        self.setup()
+        idx = select(self.source, split, label)
+        return FrameDataset(self.source, idx, list(self.cfg.data.image_size), augment=augment, split=split, label=label)
+
+    def _loader(self, ds: FrameDataset, shuffle: bool) -> DataLoader:
+        if len(ds) == 0:
+            raise UserError(f"data ({self.source.name}): split '{ds.split}' is empty; check data.split_fractions and the data set size")
+        bs = int(self.cfg.data.batch_size)
+        nw = int(self.cfg.data.num_workers)
+        return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=nw, drop_last=shuffle and len(ds) >= bs,
+                          persistent_workers=nw > 0, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train", augment=bool(self.cfg.data.augment)), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), shuffle=False)
