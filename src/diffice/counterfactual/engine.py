@@ -1,0 +1,335 @@
+"""The guided reverse process of Diff-ICE and its baselines, on plain tensors and modules.
+
+All images here are float32 (B, 1, H, W) in [-1, 1]. Equations refer to Pegios et al.,
+"Diffusion-based Iterative Counterfactual Explanations for Fetal Ultrasound Image Quality
+Assessment" (``../shared/papers/diff-ice.txt``), section 3.
+
+One *pass* (one Diff-ICE iteration) noises its input to respaced step τ with eq. (1) and runs
+the reverse process back to a clean image, each step sampling
+
+    x_{t-1} ~ N(μ_θ(x_t, t) − Σ_θ(x_t, t)·g, Σ_θ(x_t, t))                           (eq. 2)
+
+with Σ_θ the learned variance and g the gradient of the guiding loss
+
+    L = λc · BCE(f(x̂0|t), y = SP) + λp · perceptual_l2(x̂0|t, x)                      (eq. 4)
+
+per frame (the batch loss is the SUM of per-frame losses, so λ does not depend on batch size).
+Where the gradient is taken is the method:
+
+- ``diff-ice`` / ``diff-ice1``: w.r.t. the one-step estimate x̂0|t (eq. 3) of this step's
+  denoiser call, with no backpropagation through the denoiser (FastDiME without its mask).
+  ``diff-ice`` chains ``iterations`` passes, each starting from the previous output, the
+  perceptual term always anchored to the ORIGINAL input.
+- ``diff-ice1-xt``: w.r.t. the noisy x_t, backpropagating through the denoiser.
+- ``dime``: at every step a full unguided reverse chain from x_t to a clean image, gradient
+  w.r.t. that clean image divided by sqrt(ᾱ_t) (DiME's scaling).
+
+The input is noised to respaced index τ−1 and denoised over indices τ−1, …, 0 (τ denoiser
+calls per pass), as DiME and FastDiME do. x̂0|t is clipped to [−1, 1] when ``clip_denoised``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from diffice.counterfactual.seeding import frame_generators, randn_frames
+from diffice.errors import UserError
+
+METHODS = ("diff-ice", "diff-ice1", "diff-ice1-xt", "dime")
+
+Features = list[torch.Tensor]
+
+
+def default_perceptual_l2(a: Features, b: Features) -> torch.Tensor:
+    """Per-frame l2 perceptual distance: sum over layers of the mean squared feature difference."""
+    return sum(((fa - fb) ** 2).flatten(1).mean(1) for fa, fb in zip(a, b, strict=True))
+
+
+@dataclass
+class CFSettings:
+    """What a counterfactual run does; built from the ``cf`` config section."""
+
+    method: str = "diff-ice"
+    tau: int = 120
+    iterations: int = 5
+    lambda_c: Sequence[float] = (40.0, 60.0, 80.0)
+    lambda_p: float = 30.0
+    adaptive: bool = False
+    stop_threshold: float = 0.9
+    clip_denoised: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> CFSettings:
+        c = cfg.cf
+        return cls(
+            method=str(c.method),
+            tau=int(c.tau),
+            iterations=int(c.iterations),
+            lambda_c=[float(v) for v in c.lambda_c],
+            lambda_p=float(c.lambda_p),
+            adaptive=bool(c.adaptive),
+            stop_threshold=float(c.stop_threshold),
+            clip_denoised=bool(c.clip_denoised),
+            seed=int(cfg.seed),
+        )
+
+    @property
+    def passes(self) -> int:
+        """Diff-ICE iterations L; the single-pass methods run one."""
+        return self.iterations if self.method == "diff-ice" else 1
+
+    def validate(self, num_timesteps: int | None = None) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"cf.method: '{self.method}' is not one of {', '.join(METHODS)}")
+        if self.tau < 1 or (num_timesteps is not None and self.tau > num_timesteps):
+            raise UserError(f"cf.tau: {self.tau} must lie in 1..{num_timesteps or 'cf.respacing steps'}")
+        if self.iterations < 1:
+            raise UserError(f"cf.iterations: {self.iterations} must be at least 1")
+        if not self.lambda_c:
+            raise UserError("cf.lambda_c: give at least one classifier-loss weight, e.g. cf.lambda_c=[40,60,80]")
+        if not 0.0 < self.stop_threshold <= 1.0:
+            raise UserError(f"cf.stop_threshold: {self.stop_threshold} must lie in (0, 1]")
+
+
+class GuidanceLoss:
+    """Eq. (4) per frame: λc·BCE(f(x̂0), SP) + λp·perceptual_l2(x̂0, x). Returns (B,).
+
+    ``guide(x) -> (B,)`` SP logit, ``perceptual(x) -> list of feature maps``; images in [-1, 1].
+    """
+
+    def __init__(
+        self,
+        guide: Callable[[torch.Tensor], torch.Tensor],
+        perceptual: Callable[[torch.Tensor], Features],
+        lambda_p: float,
+        perceptual_l2: Callable[[Features, Features], torch.Tensor] | None = None,
+    ):
+        self.guide = guide
+        self.perceptual = perceptual
+        self.lambda_p = float(lambda_p)
+        self.perceptual_l2 = perceptual_l2 or default_perceptual_l2
+
+    @torch.no_grad()
+    def anchor(self, x: torch.Tensor) -> Features:
+        """Features of the original input, the fixed anchor of the perceptual term."""
+        return [f.detach() for f in self.perceptual(x)]
+
+    def __call__(self, x0: torch.Tensor, anchor: Features, lambda_c: torch.Tensor) -> torch.Tensor:
+        logit = self.guide(x0).float().reshape(-1)
+        # classification term towards y = SP (label 1): BCE with logits = softplus(-logit)
+        l_c = F.softplus(-logit)
+        l_p = self.perceptual_l2([f.float() for f in self.perceptual(x0)], anchor).float().reshape(-1)
+        return lambda_c.to(l_c) * l_c + self.lambda_p * l_p
+
+
+def _clock(like: torch.Tensor) -> float:
+    """Wall time in seconds after the device has finished its queued work."""
+    if like.is_cuda:
+        torch.cuda.synchronize(like.device)
+    return time.perf_counter()
+
+
+def guided_sample(out: dict, g: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Eq. (2): a sample of N(μ − Σ·g, Σ); no noise at t == 0. ``out`` from p_mean_variance."""
+    mean = out["mean"].detach() - out["variance"].detach() * g
+    nonzero = (t != 0).to(mean.dtype).view(-1, *([1] * (mean.dim() - 1)))
+    return mean + nonzero * torch.exp(0.5 * out["log_variance"].detach()) * noise
+
+
+@dataclass
+class FrameResult:
+    """One frame's counterfactual. Images are CPU float32 (1, H, W) in [-1, 1]."""
+
+    index: int
+    cf: torch.Tensor
+    iterates: list[torch.Tensor]
+    p_iters: list[float]
+    lambda_c: float
+    nfe: int
+    attempts: int
+    p_lambdas: list[float] = field(default_factory=list)  # final SP probability per λc tried
+    seconds_iters: list[float] = field(default_factory=list)  # the frame's share of each pass's time
+
+    @property
+    def iterations(self) -> int:
+        return len(self.iterates)
+
+    @property
+    def p_cf(self) -> float:
+        return self.p_iters[-1]
+
+    @property
+    def flipped(self) -> bool:
+        return self.p_cf > 0.5
+
+
+class CounterfactualEngine:
+    """Runs one method on a batch: λc search, Diff-ICE iterations, adaptive stopping, nfe.
+
+    ``diffusion`` follows the DIFFUSION contract (respaced ``GaussianDiffusion``), ``model`` is
+    the denoiser ``model(x, t_original) -> (B, 2, H, W)``. All networks should be in eval mode
+    with frozen parameters (the engine only ever differentiates w.r.t. images).
+    """
+
+    def __init__(
+        self,
+        diffusion,
+        model: torch.nn.Module,
+        guide: Callable[[torch.Tensor], torch.Tensor],
+        perceptual: Callable[[torch.Tensor], Features],
+        settings: CFSettings,
+        perceptual_l2: Callable[[Features, Features], torch.Tensor] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ):
+        settings.validate(getattr(diffusion, "num_timesteps", None))
+        self.diffusion = diffusion
+        self.model = model
+        self.guide = guide
+        self.s = settings
+        self.loss = GuidanceLoss(guide, perceptual, settings.lambda_p, perceptual_l2)
+        self.progress = progress
+
+    # ------------------------------------------------------------------ public
+
+    @torch.no_grad()
+    def prob_sp(self, x: torch.Tensor) -> torch.Tensor:
+        """The guide's SP probability σ(f(x)), (B,) float32."""
+        return torch.sigmoid(self.guide(x).float().reshape(-1))
+
+    def explain(self, x: torch.Tensor, indices: Sequence[int]) -> list[FrameResult]:
+        """Counterfactuals of a batch ``x`` (B,1,H,W) in [-1,1]; ``indices`` = dataset indices.
+
+        λc search: every frame runs with ``lambda_c[0]``; frames whose counterfactual the guide
+        does not call SP (p ≤ 0.5) run again, from the original input, with the next λc, and so
+        on. A frame keeps the result of the first λc that flips it, else the last one tried.
+        ``nfe`` counts every denoiser evaluation the frame took part in, over all attempts.
+        """
+        x = x.detach()
+        indices = [int(i) for i in indices]
+        n = x.shape[0]
+        anchor = self.loss.anchor(x)
+        results: list[FrameResult | None] = [None] * n
+        nfe = [0] * n
+        p_lambdas: list[list[float]] = [[] for _ in range(n)]
+        todo = list(range(n))
+        for attempt, lam in enumerate(self.s.lambda_c):
+            sel = torch.tensor(todo, device=x.device)
+            gens = frame_generators(self.s.seed, [indices[i] for i in todo], attempt)
+            iterates, probs, used, secs = self._run(x[sel], [f[sel] for f in anchor], float(lam), gens)
+            for j, i in enumerate(todo):
+                nfe[i] += used[j]
+                p_lambdas[i].append(probs[j][-1])
+                results[i] = FrameResult(
+                    index=indices[i], cf=iterates[j][-1], iterates=iterates[j], p_iters=probs[j],
+                    lambda_c=float(lam), nfe=nfe[i], attempts=attempt + 1, p_lambdas=list(p_lambdas[i]),
+                    seconds_iters=secs[j],
+                )
+            todo = [i for i in todo if not results[i].flipped]
+            if not todo:
+                break
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ passes
+
+    def _run(self, x: torch.Tensor, anchor: Features, lam: float, gens: list[torch.Generator]):
+        """All passes of one λc attempt; adaptive stopping shrinks the batch between passes."""
+        n = x.shape[0]
+        lam_t = torch.full((n,), lam, device=x.device, dtype=torch.float32)
+        current = x.clone()
+        active = list(range(n))
+        iterates: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        probs: list[list[float]] = [[] for _ in range(n)]
+        nfe = [0] * n
+        seconds: list[list[float]] = [[] for _ in range(n)]
+        for _ in range(self.s.passes):
+            sel = torch.tensor(active, device=x.device)
+            start = _clock(x)
+            out, used = self._pass(current[sel], [f[sel] for f in anchor], lam_t[sel], [gens[i] for i in active])
+            p = self.prob_sp(out).tolist()
+            share = (_clock(x) - start) / len(active)
+            for j, i in enumerate(active):
+                iterates[i].append(out[j].detach().float().cpu())
+                probs[i].append(float(p[j]))
+                nfe[i] += used
+                seconds[i].append(share)
+            current[sel] = out.detach()
+            if self.s.adaptive:
+                # stop a frame once the guide is confidently SP (not in the paper; ours)
+                active = [i for j, i in enumerate(active) if p[j] < self.s.stop_threshold]
+            if not active:
+                break
+        return iterates, probs, nfe, seconds
+
+    def _pass(self, x_in: torch.Tensor, anchor: Features, lam: torch.Tensor, gens: list[torch.Generator]):
+        """One guided reverse process from x_in (eq. 1 then eq. 2 for τ steps). Returns (x0, nfe)."""
+        d = self.diffusion
+        n = x_in.shape[0]
+        shape = tuple(x_in.shape[1:])
+        t = torch.full((n,), self.s.tau - 1, device=x_in.device, dtype=torch.long)
+        x_t = d.q_sample(x_in, t, randn_frames(gens, shape, x_in))  # eq. (1)
+        nfe = 0
+        for i in reversed(range(self.s.tau)):
+            t = torch.full((n,), i, device=x_in.device, dtype=torch.long)
+            if self.s.method == "diff-ice1-xt":
+                x_t, used = self._step_xt(x_t, t, anchor, lam, gens)
+            elif self.s.method == "dime":
+                x_t, used = self._step_dime(x_t, t, anchor, lam, gens)
+            else:
+                x_t, used = self._step_x0(x_t, t, anchor, lam, gens)
+            nfe += used
+            if self.progress is not None:
+                self.progress(f"step {i}")
+        return x_t.detach(), nfe
+
+    # ------------------------------------------------------------------ steps
+
+    def grad_x0(self, x0: torch.Tensor, anchor: Features, lam: torch.Tensor) -> torch.Tensor:
+        """∇ of the summed per-frame loss (eq. 4) w.r.t. a detached clean estimate x0."""
+        x0 = x0.detach().float().requires_grad_(True)
+        with torch.enable_grad():
+            loss = self.loss(x0, anchor, lam).sum()
+            (g,) = torch.autograd.grad(loss, x0)
+        return g
+
+    def _step_x0(self, x_t, t, anchor, lam, gens):
+        """Diff-ICE / FastDiME step: g = ∇_{x̂0|t} L, no backpropagation through the denoiser."""
+        with torch.no_grad():
+            out = self.diffusion.p_mean_variance(self.model, x_t, t, clip_denoised=self.s.clip_denoised)
+        g = self.grad_x0(out["pred_xstart"], anchor, lam)
+        return guided_sample(out, g, t, randn_frames(gens, x_t.shape[1:], x_t)), 1
+
+    def _step_xt(self, x_t, t, anchor, lam, gens):
+        """Diff-ICE1-xt step: g = ∇_{x_t} L(x̂0|t(x_t)), backpropagating through the denoiser."""
+        x_in = x_t.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = self.diffusion.p_mean_variance(self.model, x_in, t, clip_denoised=self.s.clip_denoised)
+            loss = self.loss(out["pred_xstart"].float(), anchor, lam).sum()
+            (g,) = torch.autograd.grad(loss, x_in)
+        out = {k: v.detach() for k, v in out.items()}
+        return guided_sample(out, g, t, randn_frames(gens, x_t.shape[1:], x_t)), 1
+
+    def _sqrt_alpha_bar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """sqrt(ᾱ_t) of the respaced schedule, read through q_sample (x0 = 1, noise = 0)."""
+        ones = torch.ones((t.shape[0], 1, 1, 1), device=like.device, dtype=torch.float32)
+        return self.diffusion.q_sample(ones, t, torch.zeros_like(ones))
+
+    def _step_dime(self, x_t, t, anchor, lam, gens):
+        """DiME step: an unguided chain x_t -> clean, g = ∇_clean L / sqrt(ᾱ_t). Costs t+1 calls."""
+        d = self.diffusion
+        shape = x_t.shape[1:]
+        i = int(t[0])
+        with torch.no_grad():
+            out = d.p_mean_variance(self.model, x_t, t, clip_denoised=self.s.clip_denoised)
+            z = guided_sample(out, torch.zeros_like(x_t), t, randn_frames(gens, shape, x_t))
+            for j in reversed(range(i)):
+                tj = torch.full_like(t, j)
+                o = d.p_mean_variance(self.model, z, tj, clip_denoised=self.s.clip_denoised)
+                z = guided_sample(o, torch.zeros_like(z), tj, randn_frames(gens, shape, z))
+        g = self.grad_x0(z, anchor, lam) / self._sqrt_alpha_bar(t, x_t)
+        return guided_sample(out, g, t, randn_frames(gens, shape, x_t)), i + 1

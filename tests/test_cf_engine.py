@@ -1,0 +1,207 @@
+"""The guided reverse process on tiny fakes: eq. 2 shift, where gradients flow, chaining,
+seeding, the λc search and adaptive stopping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffice.counterfactual import CFSettings, CounterfactualEngine, frame_generators, guided_sample
+from diffice.errors import UserError
+from tests.cf_fakes import FakeDenoiser, FakeFeatures, FakeGuide, frame, tiny_diffusion
+
+
+def make_engine(method="diff-ice", tau=4, iterations=2, lambda_c=(40.0,), adaptive=False, **kw):
+    s = CFSettings(method=method, tau=tau, iterations=iterations, lambda_c=list(lambda_c), lambda_p=30.0,
+                   adaptive=adaptive, seed=0, **kw)
+    feats = FakeFeatures()
+    return CounterfactualEngine(tiny_diffusion(), FakeDenoiser(), FakeGuide(), feats.perceptual, s, feats.perceptual_l2)
+
+
+def batch(n=4):
+    return torch.stack([frame(i) for i in range(n)])
+
+
+def test_guided_sample_shifts_mean_by_minus_sigma_g():
+    g = torch.Generator().manual_seed(0)
+    out = {k: torch.randn(3, 1, 4, 5, generator=g) for k in ("mean", "log_variance")}
+    out["variance"] = out["log_variance"].exp()
+    grad, noise = torch.randn(3, 1, 4, 5, generator=g), torch.randn(3, 1, 4, 5, generator=g)
+    t = torch.tensor([5, 1, 0])
+    s = guided_sample(out, grad, t, noise)
+    expect = out["mean"] - out["variance"] * grad + (out["log_variance"] / 2).exp() * noise
+    assert torch.allclose(s[:2], expect[:2])
+    assert torch.allclose(s[2], (out["mean"] - out["variance"] * grad)[2])  # no noise at t = 0
+
+
+def _loss_grad(engine, x0, anchor, lam):
+    x0 = x0.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(engine.loss(x0, anchor, lam).sum(), x0)
+    return g
+
+
+def test_diffice_gradient_is_taken_at_x0_without_the_denoiser():
+    e = make_engine("diff-ice")
+    for p in e.model.parameters():
+        p.requires_grad_(True)  # even trainable weights must not receive gradients
+    x = batch(3)
+    anchor, lam = e.loss.anchor(x), torch.full((3,), 40.0)
+    t = torch.full((3,), 2, dtype=torch.long)
+    x_t = e.diffusion.q_sample(x, t, torch.randn_like(x))
+    e.model.grad_modes.clear()
+    sample, used = e._step_x0(x_t, t, anchor, lam, frame_generators(0, [0, 1, 2]))
+    assert used == 1 and e.model.grad_modes == [False]  # one call, no graph through the denoiser
+    assert all(p.grad is None for p in e.model.parameters())
+    with torch.no_grad():
+        out = e.diffusion.p_mean_variance(e.model, x_t, t)
+    g = _loss_grad(e, out["pred_xstart"], anchor, lam)
+    noise = torch.stack([torch.randn(x.shape[1:], generator=gen) for gen in frame_generators(0, [0, 1, 2])])
+    assert torch.allclose(sample, guided_sample(out, g, t, noise), atol=1e-6)
+    assert g.abs().sum() > 0
+
+
+def test_xt_gradient_flows_through_the_denoiser():
+    e = make_engine("diff-ice1-xt")
+    x = batch(2)
+    anchor, lam = e.loss.anchor(x), torch.full((2,), 40.0)
+    t = torch.full((2,), 3, dtype=torch.long)
+    x_t = e.diffusion.q_sample(x, t, torch.randn_like(x))
+    e.model.grad_modes.clear()
+    sample, used = e._step_xt(x_t, t, anchor, lam, frame_generators(0, [0, 1]))
+    assert used == 1 and e.model.grad_modes == [True]
+    x_in = x_t.clone().requires_grad_(True)
+    out = e.diffusion.p_mean_variance(e.model, x_in, t)
+    (g_xt,) = torch.autograd.grad(e.loss(out["pred_xstart"], anchor, lam).sum(), x_in)
+    g_x0 = _loss_grad(e, out["pred_xstart"], anchor, lam)
+    assert not torch.allclose(g_xt, g_x0, atol=1e-4)  # the chain rule through the denoiser matters
+    noise = torch.stack([torch.randn(x.shape[1:], generator=gen) for gen in frame_generators(0, [0, 1])])
+    out = {k: v.detach() for k, v in out.items()}
+    assert torch.allclose(sample, guided_sample(out, g_xt, t, noise), atol=1e-6)
+
+
+def test_dime_scales_by_sqrt_alpha_bar_and_costs_a_chain_per_step(monkeypatch):
+    e = make_engine("dime", tau=3)
+    x = batch(2)
+    anchor, lam = e.loss.anchor(x), torch.full((2,), 40.0)
+    t = torch.full((2,), 2, dtype=torch.long)
+    x_t = e.diffusion.q_sample(x, t, torch.randn_like(x))
+    results = {}
+    for c in (0.0, 1.0):
+        monkeypatch.setattr(e, "grad_x0", lambda x0, a, lam_, c=c: torch.full_like(x0, c))
+        results[c], used = e._step_dime(x_t, t, anchor, lam, frame_generators(0, [0, 1]))
+        assert used == 3  # this step's call plus a 2-step unguided chain to a clean image
+    with torch.no_grad():
+        out = e.diffusion.p_mean_variance(e.model, x_t, t)
+    abar = float(e.diffusion.array("alphas_cumprod")[2])
+    assert torch.allclose(results[0.0] - results[1.0], out["variance"] / abar**0.5, atol=1e-5)
+    e.model.frames_seen = 0
+    e.explain(x, [0, 1])
+    assert e.model.frames_seen == 2 * (3 + 2 + 1)
+
+
+def test_iterations_chain_and_stay_anchored_to_the_original(monkeypatch):
+    e = make_engine("diff-ice", iterations=3)
+    x = batch(2)
+    anchor = e.loss.anchor(x)
+    calls = []
+    original = e._pass
+
+    def spy(x_in, anc, lam, gens):
+        out, used = original(x_in, anc, lam, gens)
+        calls.append((x_in.clone(), [a.clone() for a in anc], out.clone()))
+        return out, used
+
+    monkeypatch.setattr(e, "_pass", spy)
+    (r0, r1) = e.explain(x, [7, 8])
+    assert len(calls) == 3 and r0.iterations == 3 and r0.nfe == 3 * 4
+    assert torch.equal(calls[0][0], x)
+    for k in range(2):
+        assert torch.equal(calls[k + 1][0], calls[k][2])  # iteration k+1 starts from k's output
+    for _, anc, _ in calls:
+        assert all(torch.equal(a, b) for a, b in zip(anc, anchor, strict=True))
+    assert torch.equal(r0.iterates[1], calls[1][2][0]) and torch.equal(r1.cf, calls[2][2][1])
+    assert not torch.allclose(calls[2][2], x, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["diff-ice", "diff-ice1-xt"])
+def test_outputs_do_not_depend_on_batch_size(method):
+    e = make_engine(method, tau=3, iterations=2, lambda_c=(40.0, 80.0))
+    x = batch(4)
+    together = e.explain(x, [10, 11, 12, 13])
+    alone = [e.explain(x[i : i + 1], [10 + i])[0] for i in range(4)]
+    for a, b in zip(together, alone, strict=True):
+        assert a.lambda_c == b.lambda_c and a.nfe == b.nfe
+        assert torch.allclose(a.cf, b.cf, atol=1e-5)
+    other_seed = make_engine(method, tau=3, iterations=2, lambda_c=(40.0, 80.0))
+    other_seed.s.seed = 1
+    assert not torch.allclose(other_seed.explain(x[:1], [10])[0].cf, together[0].cf, atol=1e-3)
+
+
+def test_lambda_search_retries_only_unflipped_frames(monkeypatch):
+    e = make_engine("diff-ice1", lambda_c=(40.0, 60.0, 80.0))
+    # frame k flips once λc reaches needed[k] (inf: never)
+    needed = {0: 40.0, 1: 60.0, 2: 80.0, 3: float("inf")}
+    seen = []
+
+    def fake_run(x, anchor, lam, gens):
+        ids = [int(round(float(v))) for v in x[:, 0, 0, 0]]
+        seen.append((lam, ids))
+        probs = [[0.9 if lam >= needed[i] else 0.2] for i in ids]
+        return [[torch.full((1, 2, 2), float(i))] for i in ids], probs, [5] * len(ids), [[0.0]] * len(ids)
+
+    monkeypatch.setattr(e, "_run", fake_run)
+    x = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
+    rs = e.explain(x, [0, 1, 2, 3])
+    assert seen == [(40.0, [0, 1, 2, 3]), (60.0, [1, 2, 3]), (80.0, [2, 3])]
+    assert [r.lambda_c for r in rs] == [40.0, 60.0, 80.0, 80.0]
+    assert [r.flipped for r in rs] == [True, True, True, False]
+    assert [r.nfe for r in rs] == [5, 10, 15, 15]
+    assert rs[3].p_lambdas == [0.2, 0.2, 0.2]
+
+
+def test_adaptive_stopping_shrinks_the_batch_and_saves_nfe(monkeypatch):
+    sizes = []
+
+    def identity_pass(x_in, anchor, lam, gens):
+        sizes.append(x_in.shape[0])
+        return x_in.clone(), 4
+
+    nfe = {}
+    for adaptive in (False, True):
+        e = make_engine("diff-ice", iterations=4, adaptive=adaptive, stop_threshold=0.9)
+        monkeypatch.setattr(e, "_pass", identity_pass)
+        # the "guide" is confident exactly for bright frames
+        monkeypatch.setattr(e, "prob_sp", lambda x: torch.sigmoid(20 * x.mean(dim=(1, 2, 3))))
+        x = torch.tensor([0.5, -0.5, 0.5]).view(3, 1, 1, 1).expand(3, 1, 4, 4).contiguous()
+        sizes.clear()
+        rs = e.explain(x, [0, 1, 2])
+        nfe[adaptive] = [r.nfe for r in rs]
+        if adaptive:
+            assert sizes == [3, 1, 1, 1] and [r.iterations for r in rs] == [1, 4, 1]
+        else:
+            assert sizes == [3, 3, 3, 3] and [r.iterations for r in rs] == [4, 4, 4]
+    assert nfe[False] == [16, 16, 16] and nfe[True] == [4, 16, 4]
+
+
+def test_loss_is_a_per_frame_sum():
+    e = make_engine()
+    x = batch(3)
+    anchor, lam = e.loss.anchor(x), torch.tensor([40.0, 60.0, 80.0])
+    x0 = x.flip(-1)
+    per_frame = e.loss(x0, anchor, lam)
+    assert per_frame.shape == (3,)
+    for i in range(3):
+        one = e.loss(x0[i : i + 1], [a[i : i + 1] for a in anchor], lam[i : i + 1])
+        assert torch.allclose(one, per_frame[i : i + 1], atol=1e-6)
+    g_all = e.grad_x0(x0, anchor, lam)
+    g_one = e.grad_x0(x0[:1], [a[:1] for a in anchor], lam[:1])
+    assert torch.allclose(g_all[:1], g_one, atol=1e-6)  # λ does not scale with batch size
+
+
+def test_settings_are_validated():
+    with pytest.raises(UserError, match="cf.method"):
+        make_engine("fastdime")
+    with pytest.raises(UserError, match="cf.tau"):
+        make_engine(tau=21)
+    with pytest.raises(UserError, match="cf.lambda_c"):
+        make_engine(lambda_c=())
