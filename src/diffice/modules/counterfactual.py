@@ -1,0 +1,331 @@
+"""Counterfactuals as a Lightning predict step: models from checkpoints, one file set per frame.
+
+``run_counterfactuals(cfg)`` selects the inputs (``cf.split``'s frames with label ``cf.label``,
+at most ``cf.limit``), skips frames already finished in ``cf.out`` (their ``record.json``
+exists), predicts the rest with :class:`CounterfactualModule` under a Trainer built from
+``cfg.trainer`` (``inference_mode=False``: guidance needs gradients), and writes
+``results.csv``. Under DDP Lightning's unrepeated predict sampler gives each frame to exactly
+one process, which writes it; ``predict_step`` makes no collective call.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from omegaconf import DictConfig
+from torch import nn
+
+from diffice.config import save_config, to_dict
+from diffice.counterfactual.engine import CFSettings, CounterfactualEngine, FrameResult
+from diffice.counterfactual.outputs import (
+    check_run_folder,
+    is_finished,
+    overlay,
+    read_records,
+    write_frame,
+    write_results_csv,
+)
+from diffice.errors import UserError
+from diffice.io import to_uint8
+
+LABELS = {"NSP": "NSP", "SP": "SP", "all": None}
+
+
+@dataclass
+class Components:
+    """The networks a counterfactual run needs (all frozen, eval mode).
+
+    ``diffusion``: respaced ``GaussianDiffusion``; ``model``: denoiser (EMA weights);
+    ``guide``: ``guide(x) -> (B,)`` SP logit with ``.segment(x) -> (B,K,H,W)``; ``oracle``:
+    ``oracle(x) -> dict(concepts, qs_o)``; ``features``: object with ``.perceptual`` and
+    ``.perceptual_l2``. ``concepts``: the oracle's concept names.
+    """
+
+    diffusion: Any
+    model: nn.Module
+    guide: nn.Module
+    oracle: nn.Module
+    features: nn.Module
+    concepts: list[str]
+
+
+def _check_size(path: str, ck_cfg: DictConfig, cfg: DictConfig) -> None:
+    have = list(ck_cfg.data.image_size)
+    want = list(cfg.data.image_size)
+    if have != want:
+        raise UserError(
+            f"{path}: model trained at image size {have} but data.image_size is {want}; "
+            f"set data.image_size={have} or retrain the model at {want}"
+        )
+
+
+def load_components(cfg: DictConfig) -> Components:
+    """Rebuild DDPM (EMA), guide, oracle and feature nets from ``cf.*_ckpt``; check image sizes."""
+    from diffice.diffusion import build_diffusion
+    from diffice.modules.common import load_checkpoint
+    from diffice.nets.features import load_feature_nets
+
+    c = cfg.cf
+    ddpm = load_checkpoint(c.ddpm_ckpt, "ddpm")
+    _check_size(c.ddpm_ckpt, ddpm.cfg, cfg)
+    classifier = load_checkpoint(c.guide_ckpt, "classifier")
+    _check_size(c.guide_ckpt, classifier.cfg, cfg)
+    oracle_module = load_checkpoint(c.oracle_ckpt, "oracle")
+    _check_size(c.oracle_ckpt, oracle_module.cfg, cfg)
+    # the schedule is the one the DDPM was trained with; only the respacing comes from cf
+    diffusion = build_diffusion(ddpm.cfg, respacing=str(c.respacing))
+    guide = classifier.guide
+    oracle = oracle_module.oracle
+    features = load_feature_nets(cfg, guide=guide)
+    concepts = list(getattr(oracle, "concept_names", None) or oracle_module.cfg.data.concepts)
+    return Components(diffusion, ddpm.ema_model, guide, oracle, features, concepts)
+
+
+def _freeze(net: nn.Module) -> nn.Module:
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
+def _peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+class CounterfactualModule(L.LightningModule):
+    """Runs ``cf.method`` on each predict batch; returns per-frame records and images.
+
+    ``components`` (tests, benchmarks) skips loading checkpoints.
+    """
+
+    def __init__(self, cfg: DictConfig, components: Components | None = None):
+        super().__init__()
+        self.cfg = cfg
+        comps = components if components is not None else load_components(cfg)
+        self.diffusion = comps.diffusion
+        self.model = _freeze(comps.model)
+        self.guide = _freeze(comps.guide)
+        self.oracle = _freeze(comps.oracle)
+        self.features = _freeze(comps.features)
+        self.concepts = list(comps.concepts)
+        self.settings = CFSettings.from_config(cfg)
+        self.settings.validate(getattr(self.diffusion, "num_timesteps", None))
+
+    def train(self, mode: bool = True):  # the networks stay in eval mode (batch-norm statistics)
+        return super().train(False)
+
+    def engine(self) -> CounterfactualEngine:
+        from diffice.nets.features import perceptual_l2 as default_l2
+
+        l2 = getattr(self.features, "perceptual_l2", None) or default_l2
+        return CounterfactualEngine(self.diffusion, self.model, self.guide, self.features.perceptual, self.settings, l2)
+
+    @torch.no_grad()
+    def _judge(self, x: torch.Tensor) -> dict[str, Any]:
+        """Guide probability, segmentation classes and oracle scores of x (B,1,H,W) in [-1,1]."""
+        p = torch.sigmoid(self.guide(x).float().reshape(-1)).cpu()
+        seg = self.guide.segment(x).argmax(1).cpu().numpy()
+        o = self.oracle(x)
+        return {"p": p.tolist(), "seg": seg, "qs": o["qs_o"].float().cpu().tolist(), "concepts": o["concepts"].float().cpu().numpy()}
+
+    def _named(self, row: np.ndarray) -> dict[str, float]:
+        return {name: float(v) for name, v in zip(self.concepts, row, strict=False)}
+
+    def predict_step(self, batch: dict, batch_idx: int = 0) -> list[dict]:
+        x = batch["image"].float()
+        indices = [int(i) for i in batch["index"]]
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        start = time.perf_counter()
+        results: list[FrameResult] = self.engine().explain(x, indices)
+        cf = torch.stack([r.cf for r in results]).to(x.device)
+        before, after = self._judge(x), self._judge(cf)
+        iter_judges = self._iterate_judges(results, x.device)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        batch_seconds = time.perf_counter() - start
+        peak = _peak_memory_bytes(x.device)
+
+        ids = batch.get("id", [str(i) for i in indices])
+        has_target = batch.get("has_target")
+        target = batch.get("target")
+        frames = []
+        for b, r in enumerate(results):
+            t_l1_in = t_l1_cf = None
+            if has_target is not None and bool(has_target[b]):
+                tgt = target[b].float()
+                t_l1_in = float((x[b] - tgt).abs().mean())
+                t_l1_cf = float((r.cf.to(tgt.device) - tgt).abs().mean())
+            record = {
+                "index": r.index,
+                "id": str(ids[b]),
+                "method": self.settings.method,
+                "lambda_c": r.lambda_c,
+                "p_input": before["p"][b],
+                "p_cf": r.p_cf,
+                "p_iters": r.p_iters,
+                "flipped": r.flipped,
+                "concepts_input": self._named(before["concepts"][b]),
+                "concepts_cf": self._named(after["concepts"][b]),
+                "qs_input": before["qs"][b],
+                "qs_cf": after["qs"][b],
+                "qs_iters": iter_judges[b]["qs"],
+                "concepts_iters": iter_judges[b]["concepts"],
+                "target_l1_input": t_l1_in,
+                "target_l1_cf": t_l1_cf,
+                "nfe": r.nfe,
+                "seconds": batch_seconds / len(results),
+                "seconds_iters": r.seconds_iters,
+                "iterations": r.iterations,
+                "lambda_tries": r.attempts,
+                "p_lambdas": r.p_lambdas,
+                "batch_id": f"{self.global_rank}-{indices[0]}",
+                "batch_seconds": batch_seconds,
+                "batch_size": len(results),
+                "peak_memory_bytes": peak,
+                "device": str(x.device),
+            }
+            grey_in, grey_cf = to_uint8(x[b]), to_uint8(r.cf)
+            images = {"input.png": grey_in}
+            images.update({f"iter{k + 1}.png": to_uint8(it) for k, it in enumerate(r.iterates)})
+            images["cf.png"] = grey_cf
+            images["seg_input.png"] = overlay(grey_in, before["seg"][b])
+            images["seg_cf.png"] = overlay(grey_cf, after["seg"][b])
+            if t_l1_in is not None:
+                images["target.png"] = to_uint8(target[b])
+            frames.append({"record": record, "images": images})
+        return frames
+
+    @torch.no_grad()
+    def _iterate_judges(self, results: list[FrameResult], device) -> list[dict]:
+        """Oracle scores of every iteration's output (for Table 2 per iteration)."""
+        flat = [(b, it) for b, r in enumerate(results) for it in r.iterates]
+        out: list[dict] = [{"qs": [], "concepts": []} for _ in results]
+        step = max(1, len(results))
+        for s in range(0, len(flat), step):
+            chunk = flat[s : s + step]
+            o = self.oracle(torch.stack([it for _, it in chunk]).to(device))
+            for (b, _), qs, row in zip(chunk, o["qs_o"].float().cpu().tolist(), o["concepts"].float().cpu().numpy(), strict=True):
+                out[b]["qs"].append(qs)
+                out[b]["concepts"].append(self._named(row))
+        return out
+
+
+class FrameWriter(BasePredictionWriter):
+    """Writes each predicted frame into ``{out}/frames/{index:06d}/`` (record.json last)."""
+
+    def __init__(self, out: str | Path):
+        super().__init__(write_interval="batch")
+        self.out = Path(out)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        for frame in prediction:
+            write_frame(self.out, frame["record"], frame["images"])
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def select_inputs(cfg: DictConfig, datamodule) -> tuple[Any, list[int], list[int]]:
+    """The input set: ``(dataset, positions, dataset indices)`` of cf.split / cf.label / cf.limit."""
+    c = cfg.cf
+    if c.label not in LABELS:
+        raise UserError(f"cf.label: '{c.label}' is not one of NSP, SP, all")
+    ds = datamodule.dataset(str(c.split), label=LABELS[str(c.label)])
+    positions, indices, labels = [], [], []
+    for pos in range(len(ds)):
+        if c.limit is not None and len(positions) >= int(c.limit):
+            break
+        item = ds[pos]
+        positions.append(pos)
+        indices.append(int(item["index"]))
+        labels.append(int(item["label"]))
+    if not any(lab == 0 for lab in labels):
+        raise UserError(
+            f"cf.split={c.split}, cf.label={c.label}: the input set has no NSP frame "
+            f"({len(positions)} frames); choose another cf.split or check the data's labels"
+        )
+    return ds, positions, indices
+
+
+def build_predict_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> L.Trainer:
+    t = cfg.trainer
+    callbacks: list = [FrameWriter(out)]
+    if t.progress_bar:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    kwargs: dict[str, Any] = dict(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        inference_mode=False,  # guidance differentiates w.r.t. images
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=bool(t.progress_bar),
+        default_root_dir=str(out),
+        callbacks=callbacks,
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+def run_counterfactuals(
+    cfg: DictConfig,
+    components: Components | None = None,
+    datamodule=None,
+    **trainer_overrides: Any,
+) -> tuple[Path, list[int]] | None:
+    """Generate the counterfactuals of the selected inputs into ``cf.out``.
+
+    Returns ``(run folder, dataset indices of the inputs)`` on the global-zero process, None on
+    the others. A rerun skips finished frames; a folder of another configuration is refused.
+    """
+    settings = CFSettings.from_config(cfg)
+    settings.validate()
+    out = Path(cfg.cf.out)
+    check_run_folder(out, to_dict(cfg))
+    if datamodule is None:
+        from diffice.data import DiffIceDataModule
+
+        datamodule = DiffIceDataModule(cfg)
+    if hasattr(datamodule, "setup"):
+        datamodule.setup()
+    ds, positions, indices = select_inputs(cfg, datamodule)
+    module = CounterfactualModule(cfg, components)  # loads and checks every model before writing
+    save_config(cfg, out / "config.yaml")
+    todo = [pos for pos, idx in zip(positions, indices, strict=True) if not is_finished(out, idx)]
+    rank_zero = True
+    if todo:
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(ds, todo),
+            batch_size=int(cfg.cf.batch_size),
+            shuffle=False,
+            num_workers=int(cfg.data.num_workers),
+        )
+        trainer = build_predict_trainer(cfg, out, **trainer_overrides)
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        trainer.strategy.barrier("diffice.counterfactuals.done")
+        rank_zero = trainer.is_global_zero
+    if not rank_zero:
+        return None
+    records = read_records(out, indices)
+    missing = sorted(set(indices) - {int(r["index"]) for r in records})
+    if missing:
+        raise UserError(f"{out}: {len(missing)} frame(s) were not written (first: index {missing[0]}); run again to finish them")
+    write_results_csv(out, records)
+    return out, indices

@@ -1,0 +1,144 @@
+"""CounterfactualModule + prediction writer on tiny fakes: run folder, resume, DDP, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diffice.config import load_config
+from diffice.counterfactual.outputs import check_run_folder, read_records
+from diffice.errors import UserError
+from diffice.modules.counterfactual import CounterfactualModule, FrameWriter, _check_size, run_counterfactuals
+from tests.cf_fakes import CONCEPTS, FakeDataModule, LoggingWriter, fake_components
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def cfg(tiny_overrides, tmp_path):
+    over = [*tiny_overrides, "cf.tau=3", "cf.iterations=2", "cf.batch_size=2", "cf.lambda_c=[40.0,80.0]",
+            f"cf.out={tmp_path / 'cf'}"]
+    return load_config([ROOT / "configs/preset/tiny.yaml"], over)
+
+
+def frames_written(out):
+    return sorted(int(p.parent.name) for p in (out / "frames").glob("*/record.json"))
+
+
+def test_run_writes_the_contract_files(cfg):
+    out, indices = run_counterfactuals(cfg, fake_components(), FakeDataModule(5))
+    assert indices == [100, 101, 102, 103, 104] and frames_written(out) == indices
+    d = out / "frames" / "000100"
+    rec = json.loads((d / "record.json").read_text())
+    for key in ("index", "id", "method", "lambda_c", "p_input", "p_cf", "p_iters", "flipped", "concepts_input",
+                "concepts_cf", "qs_input", "qs_cf", "target_l1_input", "target_l1_cf", "nfe", "seconds", "iterations"):
+        assert key in rec
+    assert rec["id"] == "frame0" and rec["method"] == "diff-ice" and set(rec["concepts_cf"]) == set(CONCEPTS)
+    assert rec["iterations"] == 2 and len(rec["p_iters"]) == 2 and rec["nfe"] >= 2 * 3
+    names = {p.name for p in d.iterdir()}
+    assert {"input.png", "iter1.png", "iter2.png", "cf.png", "seg_input.png", "seg_cf.png", "target.png"} <= names
+    assert "target.png" not in {p.name for p in (out / "frames" / "000101").iterdir()}
+    assert json.loads((out / "frames/000101/record.json").read_text())["target_l1_cf"] is None
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["index"]) for r in rows] == indices
+    assert (out / "config.yaml").is_file()
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(cfg, monkeypatch):
+    out = cfg.cf.out
+    written = []
+    real = FrameWriter.write_on_batch_end
+
+    def crash_after_two_batches(self, trainer, pl_module, prediction, *args, **kw):
+        if len(written) >= 4:
+            raise RuntimeError("simulated crash")
+        real(self, trainer, pl_module, prediction, *args, **kw)
+        written.extend(f["record"]["index"] for f in prediction)
+
+    monkeypatch.setattr(FrameWriter, "write_on_batch_end", crash_after_two_batches)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_counterfactuals(cfg, fake_components(), FakeDataModule(7))
+    first = frames_written(Path(out))
+    assert first == [100, 101, 102, 103] and written == first
+
+    written.clear()
+    monkeypatch.setattr(FrameWriter, "write_on_batch_end", lambda self, *a, **k: (real(self, *a, **k), written.extend(
+        f["record"]["index"] for f in a[2])))
+    before = {i: (Path(out) / f"frames/{i:06d}/record.json").read_text() for i in first}
+    run_counterfactuals(cfg, fake_components(), FakeDataModule(7))
+    assert written == [104, 105, 106]  # only the unfinished frames ran
+    path = Path(out)
+    assert frames_written(path) == list(range(100, 107))
+    assert all((path / f"frames/{i:06d}/record.json").read_text() == before[i] for i in first)
+    with open(path / "results.csv") as fh:
+        assert [int(r["index"]) for r in csv.DictReader(fh)] == list(range(100, 107))
+
+    # a fresh run of everything gives the same results as the resumed one (seeding per frame)
+    fresh = cfg.copy()
+    fresh.cf.out = str(path.parent / "fresh")
+    fresh.cf.batch_size = 3
+    run_counterfactuals(fresh, fake_components(), FakeDataModule(7))
+    for a, b in zip(read_records(path), read_records(fresh.cf.out), strict=True):
+        assert a["p_iters"] == pytest.approx(b["p_iters"], abs=1e-4) and a["lambda_c"] == b["lambda_c"]
+
+
+def test_two_process_ddp_writes_every_frame_once(cfg):
+    out = Path(cfg.cf.out)
+    res = run_counterfactuals(
+        cfg, fake_components(), FakeDataModule(5),
+        strategy="ddp_spawn", devices=2, accelerator="cpu", callbacks=[LoggingWriter(out)],
+    )
+    assert res is not None  # the launching process is global zero after ddp_spawn
+    lines = [line.split() for line in (out / "writes.log").read_text().splitlines()]
+    written = sorted(int(idx) for _, _, idx in lines)
+    assert written == [100, 101, 102, 103, 104]  # every frame, each exactly once
+    assert {rank for _, rank, _ in lines} == {"0", "1"}  # both processes worked
+    assert frames_written(out) == written
+    with open(out / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 5
+
+
+def test_out_folder_of_another_configuration_is_refused(cfg):
+    run_counterfactuals(cfg, fake_components(), FakeDataModule(2))
+    other = cfg.copy()
+    other.cf.tau = 2
+    with pytest.raises(UserError, match=r"another configuration \(cf.tau"):
+        run_counterfactuals(other, fake_components(), FakeDataModule(2))
+    same = cfg.copy()
+    same.cf.batch_size = 1  # outputs do not depend on batch size: the same run
+    check_run_folder(same.cf.out, OmegaConf.to_container(same, resolve=True))
+
+
+def test_input_set_without_nsp_frames_is_refused(cfg):
+    with pytest.raises(UserError, match="no NSP frame"):
+        run_counterfactuals(cfg, fake_components(), FakeDataModule(3, labels=[1, 1, 1]))
+    all_cfg = cfg.copy()
+    all_cfg.cf.label = "all"
+    with pytest.raises(UserError, match="no NSP frame"):
+        run_counterfactuals(all_cfg, fake_components(), FakeDataModule(2, labels=[1, 1]))
+    assert not (Path(cfg.cf.out) / "config.yaml").exists()  # nothing half-written
+
+
+def test_bad_checkpoints_are_refused(cfg, tmp_path):
+    bad = cfg.copy()
+    bad.cf.ddpm_ckpt = str(tmp_path / "nope.ckpt")
+    with pytest.raises(UserError, match="nope.ckpt: checkpoint not found"):
+        CounterfactualModule(bad)
+    wrong = tmp_path / "oracle.ckpt"
+    torch.save({"diffice": {"kind": "oracle", "config": {}}, "state_dict": {}}, wrong)
+    bad.cf.ddpm_ckpt = str(wrong)
+    with pytest.raises(UserError, match="is a oracle checkpoint, expected a ddpm checkpoint"):
+        CounterfactualModule(bad)
+
+
+def test_models_at_another_image_size_are_refused(cfg):
+    ck = cfg.copy()
+    ck.data.image_size = [64, 80]
+    with pytest.raises(UserError, match=r"image size \[64, 80\] but data.image_size is \[32, 40\]"):
+        _check_size("runs/ddpm/last.ckpt", ck, cfg)
+    _check_size("runs/ddpm/last.ckpt", cfg, cfg)
