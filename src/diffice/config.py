@@ -127,6 +127,7 @@ class GuideConfig:
     sononet: int = 16
     segmenter_ckpt: str = "${paths.runs}/segmenter/last.ckpt"
     grad_through_segmenter: bool = True
+    segmenter_classes: list[str] | None = None
     pos_weight: float | None = None
     lr: float = 1e-3
     max_steps: int = 10000

@@ -7,15 +7,18 @@ Progression: image -> segmentation -> per-structure concept scores -> overall qu
     phi_k(x)    decoder features averaged under each class's probability map p_k, plus p_k's
                 area, plus the globally pooled deepest encoder features
     c(x)        = sigmoid(W_c phi(x) + b_c)               one score per concept (qs_th, ...)
-    QS_O(x)     = sigmoid(sum_j softplus(v_j) c_j(x) + b)  monotone in every concept
+    QS_O(x)     = sigmoid(g (softmin_tau(c(x)) - t))        g, tau > 0: monotone in every concept
 
-QS_O is monotone non-decreasing in each concept score, so a better structure never lowers
-the overall quality. Its training target is defined in :mod:`diffice.modules.oracle`.
+QS_O is non-decreasing in each concept score, so a better structure never lowers the overall
+quality; the learnt temperature tau moves it between "every structure must be good"
+(min) and "the average structure" (mean). Its training target is defined in :mod:`diffice.modules.oracle`.
 
 Intensities: x is (B, 1, H, W) in [-1, 1].
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +42,11 @@ class PCBM(nn.Module):
         feat_dim = num_classes * dec_ch + num_classes + enc_ch
         c = max(1, len(self.concept_names))
         self.concept_head = nn.Sequential(nn.LayerNorm(feat_dim), nn.Linear(feat_dim, c))
-        # monotone overall-quality head on the concept scores
-        self.qs_weight = nn.Parameter(torch.full((c,), 1.0))
-        self.qs_bias = nn.Parameter(torch.tensor(-0.5 * c * F.softplus(torch.tensor(1.0)).item()))
+        # monotone overall-quality head on the concept scores: a soft minimum of the concepts
+        # (temperature tau) compared with a threshold t, scaled by a positive gain g
+        self.qs_log_tau = nn.Parameter(torch.tensor(-2.0))    # tau = softplus(.) ~ 0.13
+        self.qs_threshold = nn.Parameter(torch.tensor(0.5))
+        self.qs_log_gain = nn.Parameter(torch.tensor(10.0))   # g = softplus(.) ~ 10
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         seg = self.segmenter
@@ -60,7 +65,7 @@ class PCBM(nn.Module):
         phi = torch.cat([pooled.flatten(1), area, glob], dim=1)
         concept_logits = self.concept_head(phi)
         concepts = torch.sigmoid(concept_logits)
-        qs_logit = (concepts * F.softplus(self.qs_weight)).sum(dim=1) + self.qs_bias
+        qs_logit = self.quality_logit(concepts)
         return {
             "concepts": concepts,
             "concept_logits": concept_logits,
@@ -68,6 +73,15 @@ class PCBM(nn.Module):
             "qs_logit": qs_logit,
             "seg_logits": seg_logits_full[..., :h, :w],
         }
+
+    def quality_logit(self, concepts: torch.Tensor) -> torch.Tensor:
+        """logit QS_O = g * (softmin_tau(c) - t), softmin_tau(c) = -tau log mean_j exp(-c_j / tau).
+
+        Non-decreasing in every concept; tau -> 0 gives min_j c_j (an SP needs every structure),
+        large tau gives the mean of the concepts."""
+        tau = F.softplus(self.qs_log_tau) + 1e-3
+        m = -tau * (torch.logsumexp(-concepts / tau, dim=1) - math.log(concepts.shape[1]))
+        return F.softplus(self.qs_log_gain) * (m - self.qs_threshold)
 
     def concepts_dict(self, concepts: torch.Tensor) -> list[dict[str, float]]:
         """Rows of a (B, C) concept tensor as {name: value} dicts (for record.json)."""

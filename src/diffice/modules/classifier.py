@@ -1,0 +1,170 @@
+"""ClassifierModule (checkpoint kind "classifier"): the standard-plane guide f(x) = l(s(x), x).
+
+s comes from ``cfg.guide.segmenter_ckpt`` (a "segmenter" checkpoint) and stays frozen; only
+the predictor l trains (paper, Sec. 4: "we train ... the classifier's predictor l
+sequentially keeping the weights of [s] fixed"). s's weights are part of this module's
+state dict, and s's architecture and class list are copied into this module's config
+(``segmenter.*``, ``guide.segmenter_classes``), so ``load_checkpoint(path, "classifier")``
+rebuilds the whole guide from the classifier checkpoint alone.
+
+Loss: binary cross-entropy on the SP logit with ``pos_weight`` = n_NSP / n_SP of the training
+split (or ``guide.pos_weight``), frames with label -1 ignored. Validation: balanced accuracy
+(mean of sensitivity and specificity at p = 0.5), AUROC, and a confusion-matrix image.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffice.errors import UserError
+from diffice.modules.common import DifficeModule, checkpoint_config, load_checkpoint, log_image
+from diffice.nets.guide import Guide
+from diffice.nets.segmenter import build_segmenter
+
+
+def binary_report(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Balanced accuracy, AUROC, sensitivity, specificity and counts at threshold 0.5."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    keep = labels >= 0
+    p, y = probs[keep].float(), labels[keep].long()
+    pred = (p >= 0.5).long()
+    tp = int(((pred == 1) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    sens = tp / (tp + fn) if tp + fn else math.nan
+    spec = tn / (tn + fp) if tn + fp else math.nan
+    both = [v for v in (sens, spec) if not math.isnan(v)]
+    auroc = float(binary_auroc(p, y)) if 0 < int(y.sum()) < len(y) else math.nan
+    return {
+        "balanced_accuracy": float(np.mean(both)) if both else math.nan,
+        "auroc": auroc,
+        "sensitivity": sens,
+        "specificity": spec,
+        "accuracy": (tp + tn) / max(1, len(y)),
+        "tp": tp, "tn": tn, "fp": fp, "fn": fn, "n_sp": tp + fn, "n_nsp": tn + fp,
+    }
+
+
+def confusion_image(rep: dict[str, float], cell: int = 64) -> np.ndarray:
+    """A 2x2 confusion matrix (rows truth NSP/SP, columns prediction NSP/SP) as RGB uint8."""
+    from PIL import Image, ImageDraw
+
+    m = np.array([[rep["tn"], rep["fp"]], [rep["fn"], rep["tp"]]], dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    frac = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    pad = 40
+    img = Image.new("RGB", (pad + 2 * cell, pad + 2 * cell), "white")
+    d = ImageDraw.Draw(img)
+    d.text((pad, 2), "pred NSP  SP", fill="black")
+    d.text((2, pad + cell // 2), "NSP", fill="black")
+    d.text((2, pad + cell + cell // 2), "SP", fill="black")
+    for i in range(2):
+        for j in range(2):
+            shade = int(255 - 200 * frac[i, j])
+            x0, y0 = pad + j * cell, pad + i * cell
+            d.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline="black")
+            d.text((x0 + 8, y0 + cell // 2 - 6), f"{int(m[i, j])}", fill="black" if shade > 120 else "white")
+    return np.asarray(img)
+
+
+def _train_labels(datamodule) -> torch.Tensor:
+    ds = datamodule.dataset("train")
+    labels = getattr(ds, "labels", None)
+    if labels is None:
+        labels = [int(ds[i]["label"]) for i in range(len(ds))]
+    return torch.as_tensor(np.asarray(labels), dtype=torch.long)
+
+
+class ClassifierModule(DifficeModule):
+    kind = "classifier"
+
+    def __init__(self, cfg, *, load_pretrained: bool = True):
+        cfg = copy.deepcopy(cfg)
+        if load_pretrained:
+            seg_path = cfg.guide.segmenter_ckpt
+            seg_cfg = checkpoint_config(seg_path, "segmenter")
+            # this module's config describes the segmenter it contains
+            cfg.segmenter = copy.deepcopy(seg_cfg.segmenter)
+            cfg.guide.segmenter_classes = list(seg_cfg.data.classes)
+            segmenter = load_checkpoint(seg_path, "segmenter").net
+        else:
+            classes = list(cfg.guide.segmenter_classes or cfg.data.classes)
+            segmenter = build_segmenter(cfg, len(classes), load_pretrained=False)
+        super().__init__(cfg)
+        k = len(cfg.guide.segmenter_classes or cfg.data.classes)
+        self.guide = Guide(segmenter, k, cfg.guide.sononet, cfg.guide.grad_through_segmenter)
+        # 0 = "not yet computed from the training split" (saved, so a resumed run keeps it)
+        self.register_buffer("pos_weight", torch.tensor(float(cfg.guide.pos_weight or 0.0)))
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.guide(x)
+
+    def on_fit_start(self) -> None:
+        if float(self.pos_weight) > 0:
+            return
+        dm = self.trainer.datamodule
+        labels = _train_labels(dm) if dm is not None else torch.zeros(0, dtype=torch.long)
+        n_sp, n_nsp = int((labels == 1).sum()), int((labels == 0).sum())
+        if n_sp == 0 or n_nsp == 0:
+            raise UserError(
+                f"train-classifier: the training split has {n_sp} SP and {n_nsp} NSP frames; "
+                "the guide needs both (check the data's labels and split)"
+            )
+        self.pos_weight.fill_(n_nsp / n_sp)
+        print(f"classifier: training split has {n_sp} SP / {n_nsp} NSP frames; pos_weight = {n_nsp / n_sp:.2f}")
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        keep = labels >= 0
+        if not bool(keep.any()):
+            return logits.sum() * 0.0
+        pw = self.pos_weight if float(self.pos_weight) > 0 else None
+        return F.binary_cross_entropy_with_logits(logits[keep], labels[keep].float(), pos_weight=pw)
+
+    def training_step(self, batch, batch_idx):
+        logits = self.guide(batch["image"])
+        loss = self._loss(logits, batch["label"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = []
+
+    def validation_step(self, batch, batch_idx):
+        logits = self.guide(batch["image"])
+        self.log("val/loss", self._loss(logits, batch["label"]), batch_size=logits.shape[0])
+        self._val.append((torch.sigmoid(logits).detach().cpu(), batch["label"].detach().cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        probs = torch.cat([p for p, _ in self._val])
+        labels = torch.cat([y for _, y in self._val])
+        rep = binary_report(probs, labels)
+        for key in ("balanced_accuracy", "auroc", "sensitivity", "specificity"):
+            if not math.isnan(rep[key]):
+                self.log(f"val/{key}", rep[key], prog_bar=key == "balanced_accuracy")
+        log_image(self, "val/confusion", confusion_image(rep), caption="rows: truth NSP/SP; columns: prediction")
+
+    def configure_optimizers(self):
+        # only the predictor l trains; s is frozen
+        return torch.optim.AdamW(self.guide.predictor.parameters(), lr=self.cfg.guide.lr, weight_decay=1e-4)
+
+
+@torch.no_grad()
+def evaluate_classifier(guide: Guide, loader) -> dict[str, float]:
+    """Balanced accuracy, AUROC etc. of a guide over a loader (labels -1 skipped)."""
+    guide.eval()
+    device = next(guide.parameters()).device
+    probs, labels = [], []
+    for batch in loader:
+        probs.append(torch.sigmoid(guide(batch["image"].to(device))).cpu())
+        labels.append(batch["label"])
+    return binary_report(torch.cat(probs), torch.cat(labels))

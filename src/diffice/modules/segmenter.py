@@ -1,0 +1,111 @@
+"""SegmenterModule (checkpoint kind "segmenter"): trains ``build_segmenter`` with Dice + CE
+on the data set's masks and logs per-class Dice and colour overlays.
+
+Batches follow the data contract: ``image`` (B,1,H,W) in [-1,1], ``mask`` (B,H,W) int64
+with -1 where unknown (frames without a mask contribute no loss).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffice.io import to_uint8
+from diffice.modules.common import DifficeModule, log_image
+from diffice.nets.segmenter import DiceCounter, build_segmenter, dice_ce_loss
+
+# Overlay colours (RGB) per class index; background (0) is left uncoloured.
+PALETTE = np.array(
+    [[0, 0, 0], [64, 160, 255], [255, 255, 255], [255, 80, 80], [80, 255, 120], [255, 200, 40],
+     [200, 80, 255], [40, 220, 220], [255, 120, 200], [160, 160, 60]],
+    dtype=np.uint8,
+)
+
+
+def overlay(image: torch.Tensor, classes: torch.Tensor, alpha: float = 0.45) -> np.ndarray:
+    """HxWx3 uint8: a grey frame ((1,H,W) or (H,W) in [-1,1]) with class indices (H,W) coloured
+    on top (background and -1 left as they are)."""
+    grey = to_uint8(image)
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    cls = classes.detach().cpu().numpy().astype(np.int64)
+    colour = PALETTE[np.clip(cls, 0, len(PALETTE) - 1) % len(PALETTE)].astype(np.float32)
+    on = (cls > 0)[..., None]
+    out = np.where(on, (1 - alpha) * rgb + alpha * colour, rgb)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def overlay_grid(images: torch.Tensor, rows: list[torch.Tensor]) -> np.ndarray:
+    """Columns = frames; first row the frame, then one overlay row per class map tensor (B,H,W)."""
+    n = images.shape[0]
+    lines = [np.concatenate([np.repeat(to_uint8(images[i])[..., None], 3, axis=2) for i in range(n)], axis=1)]
+    for r in rows:
+        lines.append(np.concatenate([overlay(images[i], r[i]) for i in range(n)], axis=1))
+    return np.concatenate(lines, axis=0)
+
+
+class SegmenterModule(DifficeModule):
+    kind = "segmenter"
+
+    def __init__(self, cfg, *, load_pretrained: bool = True):
+        super().__init__(cfg)
+        self.classes = list(cfg.data.classes)
+        self.net: nn.Module = build_segmenter(cfg, len(self.classes), load_pretrained=load_pretrained)
+        self._dice: DiceCounter | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        logits = self.net(batch["image"])
+        loss, dice = dice_ce_loss(logits, batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        self.log("train/soft_dice", dice[1:].mean() if dice.numel() > 1 else dice.mean(), batch_size=logits.shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._dice = DiceCounter(len(self.classes))
+
+    def validation_step(self, batch, batch_idx):
+        logits = self.net(batch["image"])
+        loss, _ = dice_ce_loss(logits, batch["mask"])
+        pred = logits.argmax(dim=1)
+        assert self._dice is not None
+        self._dice.update(pred.cpu(), batch["mask"].cpu())
+        self.log("val/loss", loss, batch_size=logits.shape[0])
+        if batch_idx == 0:
+            k = min(6, logits.shape[0])
+            grid = overlay_grid(batch["image"][:k].cpu(), [batch["mask"][:k].cpu(), pred[:k].cpu()])
+            log_image(self, "val/overlay", grid, caption="frame / truth / prediction")
+
+    def on_validation_epoch_end(self) -> None:
+        if self._dice is None:
+            return
+        for name, value in dice_report(self.classes, self._dice.compute()).items():
+            self.log(f"val/dice_{name}", value)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.net.parameters(), lr=self.cfg.segmenter.lr, weight_decay=1e-4)
+
+
+def dice_report(classes: list[str], dice: torch.Tensor) -> dict[str, float]:
+    """{class: Dice} for classes seen in prediction or truth, plus ``mean`` over foreground."""
+    out = {c: float(d) for c, d in zip(classes, dice, strict=True) if not math.isnan(float(d))}
+    fg = [v for c, v in out.items() if c != classes[0]]
+    if fg:
+        out["mean"] = float(np.mean(fg))
+    return out
+
+
+@torch.no_grad()
+def evaluate_segmenter(net: nn.Module, loader, classes: list[str]) -> dict[str, float]:
+    """Hard Dice per class over a loader (frames without masks skipped)."""
+    net.eval()
+    counter = DiceCounter(len(classes))
+    device = next(net.parameters()).device
+    for batch in loader:
+        pred = net(batch["image"].to(device)).argmax(dim=1).cpu()
+        counter.update(pred, batch["mask"])
+    return dice_report(classes, counter.compute())
