@@ -1,0 +1,115 @@
+"""Command entry points of the report area, called from ``diffice.commands.counterfactual``:
+
+    diffice evaluate RUN_DIR [RUN_DIR ...] [key=value ...] [--no-images] [--no-wandb] [--check] [--table OUT.md]
+    diffice reader-study RUN_DIR [--pairs 50] [--seed 0] [--force]
+    diffice reader-score RUN_DIR ANSWERS.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffice.errors import UserError
+from diffice.io import atomic_write_text
+
+
+def _diff(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in _diff(a, b, f"{prefix}{i}.")]
+    if isinstance(old, float) and isinstance(new, float):
+        return [] if abs(old - new) <= 1e-9 * max(1.0, abs(old)) else [f"{prefix[:-1]}: {old} -> {new}"]
+    return [] if old == new else [f"{prefix[:-1]}: {old} -> {new}"]
+
+
+def evaluate_main(argv: list[str]) -> int:
+    from diffice.report.compute import compute_metrics, load_eval_nets, run_batch_size
+    from diffice.report.finalize import finalize_run, read_run_config
+    from diffice.report.records import load_records
+    from diffice.report.tables import markdown_report
+
+    p = argparse.ArgumentParser(prog="diffice evaluate",
+                                description="Recompute a counterfactual run's metrics, results.csv and report.html "
+                                            "from its files; several runs give one table (one row per method).")
+    p.add_argument("args", nargs="+", help="run folders (cf.out), then key=value overrides of their config "
+                                           "(e.g. cf.guide_ckpt=... if the checkpoints moved)")
+    p.add_argument("--no-images", action="store_true", help="skip FID, FSD, SonoSim (no feature networks needed)")
+    p.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
+    p.add_argument("--check", action="store_true", help="only compare with the run's metrics.json; exit 1 if they differ")
+    p.add_argument("--table", type=Path, help="also write the combined markdown table here")
+    p.add_argument("--frames", type=int, default=6, help="frames shown in report.html (default 6)")
+    ns = p.parse_args(argv)
+    runs = [a for a in ns.args if "=" not in a]
+    overrides = [a for a in ns.args if "=" in a]
+    if not runs:
+        raise UserError("evaluate: give at least one run folder")
+    all_metrics, differ = [], False
+    for run in runs:
+        cfg = read_run_config(run, overrides)
+        if ns.check:
+            old_path = Path(run) / "metrics.json"
+            if not old_path.is_file():
+                raise UserError(f"{old_path}: not found; run 'diffice evaluate {run}' without --check to write it")
+            records = load_records(run)
+            nets = None if ns.no_images else load_eval_nets(cfg, need_oracle=not all(r.get("qs_iters") for r in records))
+            metrics = compute_metrics(records, nets=nets, batch_size=run_batch_size(cfg))
+            diffs = _diff(json.loads(old_path.read_text()), json.loads(json.dumps(metrics)))
+            print(f"{run}: " + ("metrics.json reproduced" if not diffs else "differs:\n  " + "\n  ".join(diffs)))
+            differ |= bool(diffs)
+        else:
+            out = finalize_run(run, cfg, nets=None if ns.no_images else "auto", log_wandb=not ns.no_wandb,
+                               frames=ns.frames)
+            metrics = out["metrics"]
+            print(f"{run}: wrote results.csv, metrics.json, metrics.md, report.html")
+        all_metrics.append(metrics)
+    table = markdown_report(all_metrics)
+    print()
+    print(table)
+    if ns.table:
+        atomic_write_text(ns.table, table)
+    return 1 if differ else 0
+
+
+def reader_study_main(argv: list[str]) -> int:
+    from diffice.report.reader import make_study
+
+    p = argparse.ArgumentParser(prog="diffice reader-study",
+                                description="Make a blinded reader-study page from a run's pairs with QD_O > 0.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--pairs", type=int, default=50, help="number of pairs (paper: 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an existing study of this run")
+    ns = p.parse_args(argv)
+    key = make_study(ns.run_dir, pairs=ns.pairs, seed=ns.seed, force=ns.force)
+    n = len(key["pairs"])
+    if n < ns.pairs:
+        print(f"note: only {n} frames have QD_O > 0; the study has {n} pairs, not {ns.pairs}")
+    print(f"study {key['study']}: {n} pairs\n  page for the reader: {key['page']}\n"
+          f"  key (do not share): {key['key']}\n  score with: diffice reader-score {ns.run_dir} ANSWERS.csv")
+    return 0
+
+
+def reader_score_main(argv: list[str]) -> int:
+    from diffice.report.reader import score_answers
+
+    p = argparse.ArgumentParser(prog="diffice reader-score", description="Score a reader's answers against the key.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("answers", type=Path, help="the CSV the study page downloaded")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    ns = p.parse_args(argv)
+    s = score_answers(ns.run_dir, ns.answers)
+    if ns.json:
+        print(json.dumps(s, indent=1))
+    else:
+        who = ", ".join(s["readers"]) or "reader"
+        print(f"study {s['study']} ({who}): counterfactual preferred in {s['preferred_cf']} of {s['answered']} "
+              f"answered pairs ({s['pairs']} in the study) = {s['fraction_cf']:.3f}, "
+              f"{s['confidence']:.0%} CI [{s['ci_low']:.3f}, {s['ci_high']:.3f}] (Clopper-Pearson), "
+              f"binomial test vs 0.5: p = {s['p_value']:.3g}")
+    return 0

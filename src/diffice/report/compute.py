@@ -1,0 +1,251 @@
+"""All metrics of a counterfactual run, computed from its files (records + PNGs) alone.
+
+Guide and oracle numbers come from the records (the engine computed them on float images);
+image metrics (FID, FSD, SonoSim, and oracle scores of intermediate iterations when the
+records lack ``qs_iters``) come from the PNGs through networks rebuilt from the checkpoints
+named in the run's config. Reading the same files therefore gives the same numbers, whether
+called at the end of a run (:func:`~diffice.report.finalize.finalize_run`) or later
+(``diffice evaluate``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffice.errors import UserError
+from diffice.metrics import Efficiency, FrechetDistance, OracleQuality, SonoSim, TargetDistance, Validity
+from diffice.report.records import concept_names, grey_tensor, iter_value, iteration_png, max_iterations, num
+
+Features = Callable[[torch.Tensor], torch.Tensor]
+
+# The paper's Table 1 / Table 2 columns, in order: key in metrics.json -> column title.
+TABLE_COLUMNS = {
+    "fid": "FID ↓", "fsd": "FSD ↓", "sonosim": "SonoSim ↑", "mqd": "MQD ↑",
+    "bkl": "BKL ↓", "mad": "MAD ↑", "fr": "FR ↑",
+}
+
+
+@dataclass
+class EvalNets:
+    """Networks for image metrics; each takes (B,1,H,W) in [-1, 1]. Any may be None (metric -> NaN)."""
+
+    fid: Features | None = None          # -> (B, 2048) Inception pool features
+    sononet: Features | None = None      # -> (B, F) SonoNet features (FSD, SonoSim)
+    oracle: Callable | None = None       # -> dict(concepts=(B,C), qs_o=(B,)), scores in [0, 1]
+    concepts: tuple[str, ...] = ()       # names of the oracle's concept columns
+    device: str = "cpu"
+
+
+def load_eval_nets(cfg, *, need_oracle: bool = True, device: str | None = None) -> EvalNets:
+    """Rebuild the feature networks (and the oracle) from the checkpoints named in ``cfg.cf``."""
+    from diffice.modules.common import load_checkpoint
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    guide = load_checkpoint(cfg.cf.guide_ckpt, "classifier", map_location=device).guide
+    try:
+        from diffice.nets.features import load_feature_nets
+    except ImportError as err:  # pragma: no cover - only before the judges land
+        raise UserError(f"feature networks unavailable ({err}); use --no-images to skip FID/FSD/SonoSim") from err
+    feats = load_feature_nets(cfg, guide=guide)
+    if hasattr(feats, "to"):
+        feats = feats.to(device)
+    oracle = None
+    if need_oracle:
+        oracle = load_checkpoint(cfg.cf.oracle_ckpt, "oracle", map_location=device).oracle
+    return EvalNets(fid=feats.fid, sononet=feats.sononet, oracle=oracle,
+                    concepts=tuple(cfg.data.concepts), device=device)
+
+
+def _f(x) -> float | None:
+    """Tensor/number -> float, NaN -> None (JSON has no NaN)."""
+    v = float(x)
+    return None if math.isnan(v) else v
+
+
+def _efficiency(records: list[dict], batch_size: int, notes: list[str]) -> dict:
+    eff = Efficiency()
+    if all(r.get("batch_id") is not None and r.get("batch_seconds") is not None for r in records):
+        groups: dict[str, list[dict]] = {}
+        for r in records:
+            groups.setdefault(str(r["batch_id"]), []).append(r)
+    else:
+        # fall back: the frame's "seconds" is its share of its batch's time; consecutive frames
+        # in groups of cf.batch_size stand in for the batches.
+        notes.append(f"batch time estimated from per-frame seconds in groups of cf.batch_size={batch_size} "
+                     "(records carry no batch_id/batch_seconds)")
+        groups = {str(i): records[i:i + batch_size] for i in range(0, len(records), max(1, batch_size))}
+    for group in groups.values():
+        if group[0].get("batch_seconds") is not None and group[0].get("batch_id") is not None:
+            seconds = num(group[0]["batch_seconds"])
+        else:
+            seconds = float(np.nansum([num(r["seconds"]) for r in group]))
+        peaks = [num(r.get("peak_memory_bytes")) for r in group if r.get("peak_memory_bytes") is not None]
+        eff.update(seconds, frames=len(group), nfe=int(sum(int(r["nfe"] or 0) for r in group)),
+                   peak_bytes=max(peaks) if peaks else None)
+    out = {k: _f(v) for k, v in eff.compute().items()}
+    if out["peak_memory_gb"] is None:
+        notes.append("peak memory not recorded (records carry no peak_memory_bytes)")
+    out["nfe"] = int(out["nfe"] or 0)
+    out["n_batches"] = int(out["n_batches"] or 0)
+    return out
+
+
+def _concept_matrix(records: list[dict], key: str, names: list[str]) -> torch.Tensor:
+    return torch.tensor([[num((r.get(key) or {}).get(c)) for c in names] for r in records], dtype=torch.float64)
+
+
+class _ImageMetrics:
+    """FID / FSD / SonoSim accumulators for one set of counterfactuals (final or an iteration)."""
+
+    def __init__(self, nets: EvalNets):
+        self.fid = FrechetDistance(nets.fid, name="FID") if nets.fid is not None else None
+        self.fsd = FrechetDistance(nets.sononet, name="FSD") if nets.sononet is not None else None
+        self.sim = SonoSim(nets.sononet) if nets.sononet is not None else None
+
+    def update(self, x: torch.Tensor, xc: torch.Tensor, valid: torch.Tensor) -> None:
+        for m in (self.fid, self.fsd):
+            if m is not None:
+                m.update(x, xc, valid)
+        if self.sim is not None:
+            self.sim.update(x, xc)
+
+    def compute(self, notes: list[str], label: str) -> dict:
+        out = {}
+        for key, m in (("fid", self.fid), ("fsd", self.fsd)):
+            out[key] = _f(m.compute()) if m is not None else None
+            if m is not None and m.note:
+                notes.append(f"{label}{m.note}")
+        out["sonosim"] = _f(self.sim.compute()) if self.sim is not None else None
+        return out
+
+
+def compute_metrics(records: list[dict], *, nets: EvalNets | None, batch_size: int = 10,
+                    chunk: int = 32, progress: bool = True) -> dict:
+    """The metrics dict written to ``metrics.json`` (see docs/metrics.md for every key).
+
+    ``nets=None`` skips the image metrics (FID, FSD, SonoSim -> null, with a note).
+    """
+    with warnings.catch_warnings():
+        # metrics left empty on purpose (e.g. no oracle) compute NaN; torchmetrics warns about that
+        warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric", category=UserWarning)
+        return _compute_metrics(records, nets, batch_size, chunk, progress)
+
+
+def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int, chunk: int, progress: bool) -> dict:
+    notes: list[str] = []
+    names = concept_names(records)
+    n_iter = max_iterations(records)
+    p_in = [num(r["p_input"]) for r in records]
+    q_in = [num(r["qs_input"]) for r in records]
+    c_in = _concept_matrix(records, "concepts_input", names)
+
+    # ---- final counterfactual: validity, oracle, target (records)
+    val = Validity()
+    val.update(p_in, [num(r["p_cf"]) for r in records])
+    orc = OracleQuality(num_concepts=len(names))
+    orc.update(q_in, [num(r["qs_cf"]) for r in records], c_in, _concept_matrix(records, "concepts_cf", names))
+    tgt = TargetDistance()
+    tgt.update([num(r["target_l1_input"]) for r in records], [num(r["target_l1_cf"]) for r in records])
+
+    # ---- per-iteration validity and oracle, from records where they carry the scores
+    iters = list(range(1, n_iter + 1)) if n_iter > 1 else []
+    it_val = {k: Validity() for k in iters}
+    it_orc = {k: OracleQuality(num_concepts=len(names)) for k in iters}
+    need_oracle_images = bool(iters) and not all(r.get("qs_iters") for r in records)
+    for k in iters:
+        it_val[k].update(p_in, [iter_value(r.get("p_iters"), k) for r in records])
+        if not need_oracle_images:
+            cc = torch.tensor([[num((iter_value_dict(r.get("concepts_iters"), k)).get(c)) for c in names]
+                               for r in records], dtype=torch.float64)
+            it_orc[k].update(q_in, [iter_value(r.get("qs_iters"), k) for r in records], c_in, cc)
+
+    # ---- image metrics (PNGs through the feature nets)
+    final_img = _ImageMetrics(nets) if nets is not None else None
+    it_img = {k: _ImageMetrics(nets) for k in iters} if nets is not None else {}
+    use_oracle = nets is not None and nets.oracle is not None and need_oracle_images
+    if nets is None:
+        notes.append("image metrics (FID, FSD, SonoSim) skipped: no feature networks")
+    if need_oracle_images and not use_oracle:
+        notes.append("per-iteration MQD unavailable: records carry no qs_iters and no oracle was loaded")
+    if nets is not None:
+        _image_pass(records, nets, final_img, it_img, it_orc if use_oracle else {}, names, q_in, c_in, chunk, progress)
+
+    out: dict = {"method": records[0]["method"], "n_frames": len(records), "iterations": n_iter}
+    out.update(final_img.compute(notes, "") if final_img is not None else {"fid": None, "fsd": None, "sonosim": None})
+    o, v = orc.compute(), val.compute()
+    out.update(mqd=_f(o["mqd"]), bkl=_f(v["bkl"]), mad=_f(v["mad"]), fr=_f(v["fr"]))
+    out["qd"] = {c: _f(q) for c, q in zip(names, o["qd_concepts"])}
+    out["n_nsp_guide"] = int(v["n_nsp"])
+    out["n_oracle_selected"] = int(o["n_selected"])
+    out["n_flipped"] = int(sum(bool(r["flipped"]) for r in records))
+    out.update(_efficiency(records, batch_size, notes))
+    t = tgt.compute()
+    out.update(target_l1_input=_f(t["target_l1_input"]), target_l1_cf=_f(t["target_l1_cf"]),
+               n_closer_to_target=int(t["n_closer"]), n_target=int(t["n_target"]))
+    if int(v["n_nsp"]) == 0:
+        notes.append("no input is classified NSP by the guide (p_input < 0.5): FR, MAD, BKL are null")
+    if int(o["n_selected"]) == 0:
+        notes.append("no input has oracle QS_O(x) < 0.5: MQD is null")
+
+    per_iter = []
+    for k in iters:
+        row = {"iteration": k}
+        row.update(it_img[k].compute(notes, f"iteration {k}: ") if k in it_img else {"fid": None, "fsd": None, "sonosim": None})
+        ok, vk = it_orc[k].compute(), it_val[k].compute()
+        row.update(mqd=_f(ok["mqd"]), bkl=_f(vk["bkl"]), mad=_f(vk["mad"]), fr=_f(vk["fr"]))
+        row["qd"] = {c: _f(q) for c, q in zip(names, ok["qd_concepts"])}
+        secs = [iter_value(r.get("seconds_iters"), k) if k <= len(r.get("seconds_iters") or []) else float("nan")
+                for r in records]
+        row["frames_running"] = int(sum(k <= int(r.get("iterations") or 0) for r in records))
+        row["iteration_hours"] = _f(np.nansum(secs) / 3600.0) if np.isfinite(secs).any() else None
+        per_iter.append(row)
+    out["per_iteration"] = per_iter
+    out["notes"] = notes
+    return out
+
+
+def iter_value_dict(values: list | None, k: int) -> dict:
+    if not values:
+        return {}
+    return values[min(k, len(values)) - 1] or {}
+
+
+def _image_pass(records, nets: EvalNets, final_img, it_img, it_orc, names, q_in, c_in, chunk, progress) -> None:
+    """One pass over the PNGs in chunks: inputs, counterfactuals and every iteration's output."""
+    from rich.progress import Progress
+
+    dev = torch.device(nets.device)
+    iters = sorted(it_img)
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("image metrics", total=len(records))
+        for start in range(0, len(records), chunk):
+            part = records[start:start + chunk]
+            x = torch.stack([grey_tensor(r["_dir"] / "input.png") for r in part]).to(dev)
+            xc = torch.stack([grey_tensor(r["_dir"] / "cf.png") for r in part]).to(dev)
+            final_img.update(x, xc, torch.tensor([bool(r["flipped"]) for r in part]))
+            for k in iters:
+                xk = torch.stack([grey_tensor(iteration_png(r, k)) for r in part]).to(dev)
+                valid = torch.tensor([iter_value(r.get("p_iters"), k) >= 0.5 for r in part])
+                it_img[k].update(x, xk, valid)
+                if k in it_orc:
+                    with torch.no_grad():
+                        o = nets.oracle(xk)
+                    cols = [list(nets.concepts).index(c) if c in nets.concepts else None for c in names]
+                    conc = o["concepts"].double().cpu()
+                    cc = torch.stack([conc[:, i] if i is not None else torch.full((len(part),), float("nan"), dtype=torch.float64)
+                                      for i in cols], 1) if cols else torch.zeros(len(part), 0, dtype=torch.float64)
+                    it_orc[k].update(q_in[start:start + chunk], o["qs_o"].double().cpu(), c_in[start:start + chunk], cc)
+            bar.advance(task, len(part))
+
+
+def run_batch_size(cfg) -> int:
+    try:
+        return int(cfg.cf.batch_size)
+    except Exception:  # noqa: BLE001 - a config without cf.batch_size
+        return 1
