@@ -94,7 +94,7 @@ def make_fake_run(root: str | Path, n: int = 6, iterations: int = 2, size: tuple
         record = {
             "index": index, "id": f"phantom_{index:05d}", "method": method, "lambda_c": 40.0,
             "p_input": rec["p_input"], "p_cf": rec["p_cf"], "p_iters": rec["p_iters"],
-            "flipped": bool(rec.get("flipped", rec["p_cf"] >= 0.5)),
+            "flipped": bool(rec.get("flipped", rec["p_cf"] > 0.5)),
             "concepts_input": rec["concepts_input"], "concepts_cf": rec["concepts_cf"],
             "qs_input": rec["qs_input"], "qs_cf": rec["qs_cf"],
             "target_l1_input": rec.get("target_l1_input", float(np.abs(x - target).mean()) if with_target else None),

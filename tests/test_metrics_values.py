@@ -73,6 +73,7 @@ def test_frechet_merge_state_equals_one_pass():
     assert float(a.compute()) == pytest.approx(25 + 4 / 3, rel=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method")
 def test_sonosim_hand_values():
     m = SonoSim()
     m.update(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 1.0], [2.0, 2.0]]))  # cos 0 and 1
@@ -86,14 +87,18 @@ def test_sonosim_hand_values():
 def test_validity_hand_values():
     m = Validity()
     # inputs the guide calls NSP: 0.2, 0.4, 0.1 (0.7 is SP and left out)
-    m.update(torch.tensor([0.2, 0.4, 0.7, 0.1]), torch.tensor([0.9, 0.3, 0.8, 0.5]))
+    m.update(torch.tensor([0.2, 0.4, 0.7, 0.1]), torch.tensor([0.9, 0.5, 0.8, 0.5]))
     out = m.compute()
-    assert float(out["fr"]) == pytest.approx(2 / 3)            # 0.9 and 0.5 are SP
+    assert float(out["fr"]) == pytest.approx(1 / 3)            # only 0.9 is SP (p > 0.5); 0.5 is not
     assert float(out["mad"]) == pytest.approx((0.7 + 0.1 + 0.4) / 3)
-    assert float(out["bkl"]) == pytest.approx((0.1 + 0.7 + 0.5) / 3)
+    assert float(out["bkl"]) == pytest.approx((0.1 + 0.5 + 0.5) / 3)
     assert int(out["n_nsp"]) == 3 and int(out["n_total"]) == 4
+    edge = Validity()
+    edge.update([0.5], [0.6])  # p = 0.5 is not SP, so the input counts as NSP
+    assert int(edge.compute()["n_nsp"]) == 1
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method")
 def test_validity_merge_and_empty():
     a, b = Validity(), Validity()
     a.update([0.2, 0.4], [0.9, 0.3])
@@ -109,7 +114,9 @@ def test_oracle_quality_hand_values():
     m.update(torch.tensor([0.3, 0.6, 0.1]), torch.tensor([0.5, 0.9, 0.05]),
              torch.tensor([[0.1, nan], [0.0, 0.0], [0.5, 0.2]]), torch.tensor([[0.4, 0.3], [1.0, 1.0], [0.6, 0.1]]))
     out = m.compute()
-    assert float(out["mqd"]) == pytest.approx((0.2 - 0.05) / 2)  # frames 0 and 2 have QS_O(x) < 0.5
+    # frames 0 and 2 have QS_O(x) < 0.5: QD 0.2 and -0.05; the paper divides by all N = 3 inputs
+    assert float(out["mqd"]) == pytest.approx((0.2 - 0.05) / 3)
+    assert float(out["mqd_selected"]) == pytest.approx((0.2 - 0.05) / 2)
     assert out["qd_concepts"].tolist() == pytest.approx([(0.3 + 0.1) / 2, -0.1])  # NaN concept skipped
     assert int(out["n_selected"]) == 2 and int(out["n_total"]) == 3
 

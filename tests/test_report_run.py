@@ -26,7 +26,7 @@ HAND = [
     dict(p_input=0.7, p_iters=[0.75, 0.8], p_cf=0.8, qs_input=0.1, qs_cf=0.05, seconds=3.0, nfe=20,
          concepts_input={"qs_th": 0.5, "qs_fp": 0.2}, concepts_cf={"qs_th": 0.6, "qs_fp": 0.1},
          target_l1_input=0.4, target_l1_cf=0.1),
-    dict(p_input=0.1, p_iters=[0.3, 0.5], p_cf=0.5, qs_input=0.55, qs_cf=0.6, seconds=3.0, nfe=40,
+    dict(p_input=0.1, p_iters=[0.3, 0.55], p_cf=0.55, qs_input=0.55, qs_cf=0.6, seconds=3.0, nfe=40,
          concepts_input={"qs_th": 0.2, "qs_fp": 0.3}, concepts_cf={"qs_th": 0.2, "qs_fp": 0.3},
          target_l1_input=0.3, target_l1_cf=0.2),
 ]
@@ -42,10 +42,11 @@ def test_metrics_json_matches_hand_values(hand_run):
     out = finalize_run(hand_run, nets=fake_eval_nets(), log_wandb=False, progress=False)
     m = json.loads((hand_run / "metrics.json").read_text())
     assert m["n_frames"] == 4 and m["iterations"] == 2 and m["n_nsp_guide"] == 3
-    assert m["fr"] == pytest.approx(2 / 3)                               # 0.9 and 0.5 flip; 0.3 does not
-    assert m["mad"] == pytest.approx((0.7 + 0.1 + 0.4) / 3)
-    assert m["bkl"] == pytest.approx((0.1 + 0.7 + 0.5) / 3)
-    assert m["mqd"] == pytest.approx((0.2 - 0.05) / 2)                   # frames 0 and 2
+    assert m["fr"] == pytest.approx(2 / 3)                               # 0.9 and 0.55 flip; 0.3 does not
+    assert m["mad"] == pytest.approx((0.7 + 0.1 + 0.45) / 3)
+    assert m["bkl"] == pytest.approx((0.1 + 0.7 + 0.45) / 3)
+    assert m["mqd"] == pytest.approx((0.2 - 0.05) / 4)                   # frames 0 and 2, over all N = 4
+    assert m["mqd_selected"] == pytest.approx((0.2 - 0.05) / 2)
     assert m["qd"] == pytest.approx({"qs_th": (0.3 + 0.1) / 2, "qs_fp": (0.0 - 0.1) / 2})
     assert m["n_closer_to_target"] == 3 and m["n_target"] == 4
     assert m["target_l1_input"] == pytest.approx(1.4 / 4) and m["target_l1_cf"] == pytest.approx(1.0 / 4)
@@ -66,8 +67,8 @@ def test_results_csv_one_row_per_input_and_rebuilt_identically(hand_run):
     first = (hand_run / "results.csv").read_bytes()
     rows = list(csv.DictReader(open(hand_run / "results.csv")))
     assert [int(r["index"]) for r in rows] == [3, 5, 7, 9]
-    assert [r["flipped"] for r in rows] == ["1", "0", "1", "1"]
-    assert float(rows[0]["qd_o"]) == pytest.approx(0.2)
+    assert [r["flipped"] for r in rows] == ["True", "False", "True", "True"]
+    assert float(rows[0]["qs_cf"]) - float(rows[0]["qs_input"]) == pytest.approx(0.2)
     assert rows[1]["p_iter2"] == "0.3" and "qs_th_cf" in rows[0]
     finalize_run(hand_run, nets=None, log_wandb=False, progress=False)
     assert (hand_run / "results.csv").read_bytes() == first

@@ -1,19 +1,18 @@
 """Validity: flip ratio (FR), MAD, BKL from the guide; MQD and per-concept QD from the oracle.
 
-Guide metrics (paper, section 4), over the inputs the guide calls NSP, p(x) < threshold, where
-p = sigma(f(.)) is the guide's SP probability:
+Guide metrics (paper, section 4), over the inputs the guide calls NSP, p(x) <= threshold, where
+p = sigma(f(.)) is the guide's SP probability (SP iff p > threshold, as the engine's ``flipped``):
 
-    FR  = mean 1[p(x_c) >= threshold]            (counterfactual classified as SP)
+    FR  = mean 1[p(x_c) > threshold]             (counterfactual classified as SP)
     MAD = mean |p(x) - p(x_c)|                   (FastDiME's mean absolute difference)
     BKL = mean (1 - p(x_c))                      (DiME's bounded KL for the SP target label)
 
-Oracle metrics, over the inputs with QS_O(x) < 0.5 (paper: QD_O(x_c, x) = QS_O(x_c) - QS_O(x)):
+Oracle metrics (paper: QD_O(x_c, x) = QS_O(x_c) - QS_O(x)), counting only the inputs the
+oracle confidently calls low quality, QS_O(x) < 0.5:
 
-    MQD = mean QD_O;  QD_c = mean (QS_c(x_c) - QS_c(x)) per concept c (NaN concept scores skipped)
-
-The paper writes MQD = 1/N sum_i 1[QS_O(x_i) < 0.5] QD_O with N all inputs; we divide by the
-number of selected inputs (a mean over them) and also report the selected count, so the
-paper's normalisation is ``mqd * n_selected / n_total``.
+    MQD          = 1/N sum_i 1[QS_O(x_i) < 0.5] QD_O(x_c_i, x_i)    (the paper's formula, N = all inputs)
+    MQD_selected = the same sum divided by the number of selected inputs (a plain mean over them)
+    QD_c         = mean over selected inputs of QS_c(x_c) - QS_c(x), per concept c (NaN scores skipped)
 """
 
 from __future__ import annotations
@@ -43,12 +42,12 @@ class Validity(Metric):
         p_in, p_cf = _vec(p_input), _vec(p_cf)
         if p_in.shape != p_cf.shape:
             raise ValueError(f"p_input {tuple(p_in.shape)} and p_cf {tuple(p_cf.shape)} differ")
-        keep = p_in < self.threshold
+        keep = p_in <= self.threshold
         p_in, p_c = p_in[keep], p_cf[keep]
         dev = self.n_total.device
         self.n_total += len(keep)
         self.n_nsp += int(keep.sum())
-        self.n_flip += int((p_c >= self.threshold).sum())
+        self.n_flip += int((p_c > self.threshold).sum())
         self.sum_abs += (p_in - p_c).abs().sum().to(dev)
         self.sum_bkl += (1.0 - p_c).sum().to(dev)
 
@@ -100,7 +99,8 @@ class OracleQuality(Metric):
         nan = torch.tensor(float("nan"), dtype=torch.float64)
         cqd = torch.where(self.n_cqd > 0, self.sum_cqd / self.n_cqd.clamp(min=1), torch.full_like(self.sum_cqd, float("nan")))
         return {
-            "mqd": self.sum_qd / self.n_sel if self.n_sel > 0 else nan,
+            "mqd": self.sum_qd / self.n_total if self.n_total > 0 else nan,
+            "mqd_selected": self.sum_qd / self.n_sel if self.n_sel > 0 else nan,
             "qd_concepts": cqd,
             "n_selected": self.n_sel.clone(),
             "n_total": self.n_total.clone(),

@@ -40,6 +40,7 @@ class EvalNets:
     oracle: Callable | None = None       # -> dict(concepts=(B,C), qs_o=(B,)), scores in [0, 1]
     concepts: tuple[str, ...] = ()       # names of the oracle's concept columns
     device: str = "cpu"
+    note: str = ""                       # e.g. where the SonoNet features come from (goes to the notes)
 
 
 def load_eval_nets(cfg, *, need_oracle: bool = True, device: str | None = None) -> EvalNets:
@@ -58,8 +59,12 @@ def load_eval_nets(cfg, *, need_oracle: bool = True, device: str | None = None) 
     oracle = None
     if need_oracle:
         oracle = load_checkpoint(cfg.cf.oracle_ckpt, "oracle", map_location=device).oracle
+    source = getattr(feats, "sononet_source", "")
+    note = f"FSD and SonoSim use SonoNet features from: {source}" if source else ""
+    if source and "official" not in source:
+        note += " (not the official SonoNet: not comparable with other projects' FSD / SonoSim)"
     return EvalNets(fid=feats.fid, sononet=feats.sononet, oracle=oracle,
-                    concepts=tuple(cfg.data.concepts), device=device)
+                    concepts=tuple(cfg.data.concepts), device=device, note=note)
 
 
 def _f(x) -> float | None:
@@ -171,6 +176,8 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     use_oracle = nets is not None and nets.oracle is not None and need_oracle_images
     if nets is None:
         notes.append("image metrics (FID, FSD, SonoSim) skipped: no feature networks")
+    elif nets.note:
+        notes.append(nets.note)
     if need_oracle_images and not use_oracle:
         notes.append("per-iteration MQD unavailable: records carry no qs_iters and no oracle was loaded")
     if nets is not None:
@@ -179,7 +186,7 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     out: dict = {"method": records[0]["method"], "n_frames": len(records), "iterations": n_iter}
     out.update(final_img.compute(notes, "") if final_img is not None else {"fid": None, "fsd": None, "sonosim": None})
     o, v = orc.compute(), val.compute()
-    out.update(mqd=_f(o["mqd"]), bkl=_f(v["bkl"]), mad=_f(v["mad"]), fr=_f(v["fr"]))
+    out.update(mqd=_f(o["mqd"]), bkl=_f(v["bkl"]), mad=_f(v["mad"]), fr=_f(v["fr"]), mqd_selected=_f(o["mqd_selected"]))
     out["qd"] = {c: _f(q) for c, q in zip(names, o["qd_concepts"])}
     out["n_nsp_guide"] = int(v["n_nsp"])
     out["n_oracle_selected"] = int(o["n_selected"])
@@ -189,16 +196,17 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     out.update(target_l1_input=_f(t["target_l1_input"]), target_l1_cf=_f(t["target_l1_cf"]),
                n_closer_to_target=int(t["n_closer"]), n_target=int(t["n_target"]))
     if int(v["n_nsp"]) == 0:
-        notes.append("no input is classified NSP by the guide (p_input < 0.5): FR, MAD, BKL are null")
+        notes.append("no input is classified NSP by the guide (p_input <= 0.5): FR, MAD, BKL are null")
     if int(o["n_selected"]) == 0:
-        notes.append("no input has oracle QS_O(x) < 0.5: MQD is null")
+        notes.append("no input has oracle QS_O(x) < 0.5: MQD is 0 and the per-concept QD null")
 
     per_iter = []
     for k in iters:
         row = {"iteration": k}
         row.update(it_img[k].compute(notes, f"iteration {k}: ") if k in it_img else {"fid": None, "fsd": None, "sonosim": None})
         ok, vk = it_orc[k].compute(), it_val[k].compute()
-        row.update(mqd=_f(ok["mqd"]), bkl=_f(vk["bkl"]), mad=_f(vk["mad"]), fr=_f(vk["fr"]))
+        row.update(mqd=_f(ok["mqd"]), bkl=_f(vk["bkl"]), mad=_f(vk["mad"]), fr=_f(vk["fr"]),
+                   mqd_selected=_f(ok["mqd_selected"]))
         row["qd"] = {c: _f(q) for c, q in zip(names, ok["qd_concepts"])}
         secs = [iter_value(r.get("seconds_iters"), k) if k <= len(r.get("seconds_iters") or []) else float("nan")
                 for r in records]
@@ -231,7 +239,7 @@ def _image_pass(records, nets: EvalNets, final_img, it_img, it_orc, names, q_in,
             final_img.update(x, xc, torch.tensor([bool(r["flipped"]) for r in part]))
             for k in iters:
                 xk = torch.stack([grey_tensor(iteration_png(r, k)) for r in part]).to(dev)
-                valid = torch.tensor([iter_value(r.get("p_iters"), k) >= 0.5 for r in part])
+                valid = torch.tensor([iter_value(r.get("p_iters"), k) > 0.5 for r in part])
                 it_img[k].update(x, xk, valid)
                 if k in it_orc:
                     with torch.no_grad():

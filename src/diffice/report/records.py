@@ -16,16 +16,13 @@ of each iteration's output), ``seconds_iters`` (the frame's share of each iterat
 
 from __future__ import annotations
 
-import csv
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from diffice.errors import UserError
-from diffice.io import atomic_write_text
 
 REQUIRED_KEYS = (
     "index", "id", "method", "lambda_c", "p_input", "p_cf", "p_iters", "flipped",
@@ -102,52 +99,12 @@ def iter_value(values: list | None, k: int) -> float:
 # ----------------------------------------------------------------------------- results.csv
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return str(value)
-
-
-def results_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of ``results.csv``: one row per input, sorted by index, deterministic text."""
-    concepts = concept_names(records)
-    n_iter = max_iterations(records)
-    header = ["index", "id", "method", "lambda_c", "p_input", "p_cf", "flipped", "qs_input", "qs_cf", "qd_o"]
-    for c in concepts:
-        header += [f"{c}_input", f"{c}_cf"]
-    header += ["target_l1_input", "target_l1_cf", "nfe", "seconds", "iterations"]
-    header += [f"p_iter{k}" for k in range(1, n_iter + 1)]
-    rows = []
-    for r in records:
-        qd = num(r["qs_cf"]) - num(r["qs_input"])
-        row = [r["index"], r["id"], r["method"], r["lambda_c"], r["p_input"], r["p_cf"], bool(r["flipped"]),
-               r["qs_input"], r["qs_cf"], qd]
-        for c in concepts:
-            row += [(r.get("concepts_input") or {}).get(c), (r.get("concepts_cf") or {}).get(c)]
-        row += [r["target_l1_input"], r["target_l1_cf"], r["nfe"], r["seconds"], r["iterations"]]
-        p_iters = list(r.get("p_iters") or [])
-        row += [p_iters[k] if k < len(p_iters) else None for k in range(n_iter)]
-        rows.append([_fmt(v) for v in row])
-    return header, rows
-
-
-def results_csv_text(records: list[dict]) -> str:
-    header, rows = results_rows(records)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def write_results_csv(run_dir: str | Path, records: list[dict] | None = None) -> Path:
-    """(Re)build ``{run}/results.csv`` from the records, atomically; the same records give the same bytes."""
+    """(Re)build ``{run}/results.csv`` with the engine's own writer, so a rebuild is byte-identical."""
+    from diffice.counterfactual.outputs import write_results_csv as engine_writer
+
     records = load_records(run_dir) if records is None else records
-    return atomic_write_text(Path(run_dir) / "results.csv", results_csv_text(records))
+    return engine_writer(run_dir, [{k: v for k, v in r.items() if k != "_dir"} for r in records])
 
 
 # ----------------------------------------------------------------------------- images

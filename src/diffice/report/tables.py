@@ -65,9 +65,9 @@ def qd_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
     names: list[str] = []
     for m in metrics:
         names += [c for c in (m.get("qd") or {}) if c not in names]
-    header = ["Method", "MQD (overall)"] + [f"QD {c}" for c in names]
-    rows = [[method_name(m["method"]), fmt(m.get("mqd"))] + [fmt((m.get("qd") or {}).get(c)) for c in names]
-            for m in metrics]
+    header = ["Method", "MQD (÷ all N)", "mean QD_O (selected)"] + [f"QD {c}" for c in names]
+    rows = [[method_name(m["method"]), fmt(m.get("mqd")), fmt(m.get("mqd_selected"))]
+            + [fmt((m.get("qd") or {}).get(c)) for c in names] for m in metrics]
     return header, rows
 
 
