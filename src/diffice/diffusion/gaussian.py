@@ -205,12 +205,14 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         device: torch.device | str = "cpu",
         progress: bool = False,
+        callback: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
         """Run the reverse process from step ``start_step`` (default K - 1) down to 0.
 
         ``x_T``: the starting x at ``start_step`` (default: standard normal noise). With
         ``generators`` (one per sample) the start and each step's noise are drawn per sample,
-        so a frame does not depend on the batch it is in. Returns x_0 in about [-1, 1].
+        so a frame does not depend on the batch it is in. ``progress`` shows a rich progress
+        bar; ``callback(k)`` is called after each step k. Returns x_0 in about [-1, 1].
         """
         shape = tuple(shape)
         start = self.num_timesteps - 1 if start_step is None else int(start_step)
@@ -224,6 +226,8 @@ class GaussianDiffusion:
                 x = self.p_sample(model, x, t, noise=noise, cond_fn=cond_fn, clip_denoised=clip_denoised)["sample"].detach()
             if bar is not None:
                 bar[0].advance(bar[1])
+            if callback is not None:
+                callback(k)
         if bar is not None:
             bar[0].stop()
         return x

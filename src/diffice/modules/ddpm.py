@@ -1,0 +1,248 @@
+"""The unconditional DDPM of Diff-ICE as a LightningModule (checkpoint kind "ddpm").
+
+Training follows DiME / the paper: a guided-diffusion style UNet, T = 1000 linear steps,
+learned variance and the hybrid loss of Improved DDPM, AdamW (lr 1e-4, weight decay 0.05),
+batch 16, no dropout, uniform t. An EMA copy of the weights (``.ema_model``, decay 0.9999 with
+a warm-up ``min(d, (1 + n) / (10 + n))`` at update n) is kept in the checkpoint and is what
+samples are drawn from. Images are float32 (B, 1, H, W) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from diffice.config import to_dict
+from diffice.diffusion import build_diffusion, generators_for, randn
+from diffice.errors import UserError
+from diffice.modules.common import DifficeModule, read_checkpoint
+from diffice.nets.unet import IN_CHANNELS, build_unet
+
+
+class DDPMModule(DifficeModule):
+    """``.model`` (trained UNet), ``.ema_model`` (EMA weights, used for sampling), ``.diffusion``
+    (all T training steps). ``forward(x, t)`` is the trained UNet (t: original steps)."""
+
+    kind = "ddpm"
+
+    def __init__(self, cfg: DictConfig, *, load_pretrained: bool = True):
+        super().__init__(cfg)
+        self.model = build_unet(cfg)
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.diffusion = build_diffusion(cfg)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))  # saved with the weights
+        self._sampler = None
+        self._quarters = (torch.zeros(4), torch.zeros(4, dtype=torch.long))  # loss sums and counts
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t)
+
+    def configure_optimizers(self):
+        d = self.cfg.ddpm
+        return torch.optim.AdamW(self.model.parameters(), lr=float(d.lr), weight_decay=float(d.weight_decay))
+
+    # ------------------------------------------------------------------ training
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        x0 = batch["image"]
+        T = self.diffusion.num_timesteps
+        t = torch.randint(0, T, (x0.shape[0],), device=x0.device)  # uniform t (DDPM Algorithm 1)
+        losses = self.diffusion.training_losses(self.model, x0, t, vb_weight=float(self.cfg.diffusion.vb_weight))
+        loss = losses["loss"].mean()
+        if not torch.isfinite(loss):
+            # raised before the optimizer step, so neither the weights nor last.ckpt see the NaN
+            raise UserError(
+                f"ddpm: loss became {float(loss.detach())} at step {self.global_step}; the last good checkpoint is kept in "
+                f"{self.trainer.default_root_dir if self._trainer else 'the run folder'} (lower ddpm.lr or check the data)"
+            )
+        bs = x0.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/mse", losses["mse"].mean(), batch_size=bs)
+        self.log("train/vb", losses["vb"].mean(), batch_size=bs)
+        # loss by timestep quarter (as Improved DDPM plots it), summed here and logged per window
+        quarter = (t * 4) // T
+        self._quarters[0].add_(torch.zeros(4, device=t.device).index_add_(0, quarter, losses["loss"].detach().float()).cpu())
+        self._quarters[1].add_(torch.bincount(quarter, minlength=4).cpu())
+        return loss
+
+    def log_quarters(self) -> None:
+        """Mean loss per timestep quarter since the last call, straight to the logger (rank 0's frames)."""
+        sums, counts = self._quarters
+        metrics = {f"train/loss_q{q}": float(sums[q] / counts[q]) for q in range(4) if counts[q] > 0}
+        if metrics and self.logger is not None and self.trainer.is_global_zero:
+            self.logger.log_metrics(metrics, step=self.global_step - 1)  # the step of the batch just trained
+        self._quarters = (torch.zeros(4), torch.zeros(4, dtype=torch.long))
+
+    def ema_decay(self) -> float:
+        d = float(self.cfg.ddpm.ema_decay)
+        if self.cfg.ddpm.ema_warmup:
+            n = int(self.ema_updates)
+            d = min(d, (1.0 + n) / (10.0 + n))
+        return d
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * model, after each optimizer step."""
+        decay = self.ema_decay()
+        ema = list(self.ema_model.parameters())
+        cur = [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(ema, cur, 1.0 - decay)
+        for b_ema, b in zip(self.ema_model.buffers(), self.model.buffers()):
+            b_ema.copy_(b)
+        self.ema_updates += 1
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # here rather than in on_train_batch_end, which runs after callbacks (and so after
+        # AtomicCheckpoint has saved this step): the saved EMA must include this step's update
+        self.update_ema()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.global_step % max(1, int(self.cfg.trainer.log_every_n_steps)) == 0:
+            self.log_quarters()
+        every = int(self.cfg.ddpm.sample_every_n_steps)
+        if every > 0 and self.global_step % every == 0 and self.trainer.is_global_zero:
+            self.log_samples()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Hybrid loss of the EMA weights at a fixed (t, noise) per frame, seeded by dataset index."""
+        x0 = batch["image"]
+        gens = generators_for(int(self.cfg.seed) + 1, batch["index"].tolist())
+        T = self.diffusion.num_timesteps
+        t = torch.tensor([int(torch.randint(0, T, (1,), generator=g)) for g in gens], device=x0.device)
+        noise = randn(x0.shape, gens, x0.device)
+        losses = self.diffusion.training_losses(self.ema_model, x0, t, noise, vb_weight=float(self.cfg.diffusion.vb_weight))
+        self.log("val/loss", losses["loss"].mean(), batch_size=x0.shape[0], sync_dist=True)
+        self.log("val/mse", losses["mse"].mean(), batch_size=x0.shape[0], sync_dist=True)
+
+    # ------------------------------------------------------------------ sampling
+
+    def sampler(self, respacing: str | None = None):
+        """The respaced diffusion used for sampling (default ``diffusion.timestep_respacing``)."""
+        respacing = str(self.cfg.diffusion.timestep_respacing if respacing is None else respacing)
+        if self._sampler is None or self._sampler[0] != respacing:
+            self._sampler = (respacing, build_diffusion(self.cfg, respacing))
+        return self._sampler[1]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        indices: Sequence[int],
+        *,
+        respacing: str | None = None,
+        seed: int | None = None,
+        callback: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Frames (N, 1, H, W) in [-1, 1] from the EMA weights; frame i's noise is seeded by
+        (seed, indices[i]) so it does not depend on the batch it is drawn in."""
+        seed = int(self.cfg.seed if seed is None else seed)
+        h, w = (int(s) for s in self.cfg.data.image_size)
+        diffusion = self.sampler(respacing)
+        was_training = self.ema_model.training
+        self.ema_model.eval()
+        bf16 = str(self._trainer.precision if self._trainer else "").startswith("bf16")
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            x = diffusion.p_sample_loop(
+                self.ema_model,
+                (len(indices), IN_CHANNELS, h, w),
+                generators=generators_for(seed, indices),
+                device=self.device,
+                callback=callback,
+            )
+        self.ema_model.train(was_training)
+        return x.float().clamp(-1, 1)
+
+    def log_samples(self) -> None:
+        from diffice.io import to_uint8
+        from diffice.modules.common import log_image
+
+        n = int(self.cfg.ddpm.sample_count)
+        if n <= 0:
+            return
+        frames = self.sample(range(n))
+        grid = make_grid([to_uint8(f) for f in frames])
+        log_image(self, "ddpm/samples", grid, caption=f"EMA samples, step {self.global_step}")
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def make_grid(frames: Sequence[np.ndarray], ncol: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile HxW uint8 frames into one uint8 image, row-major, with ``pad`` white pixels between."""
+    if not frames:
+        raise ValueError("make_grid needs at least one frame")
+    h, w = frames[0].shape[:2]
+    ncol = ncol or min(len(frames), max(1, math.ceil(math.sqrt(len(frames) * h / w))))
+    nrow = math.ceil(len(frames) / ncol)
+    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=np.uint8)
+    for i, f in enumerate(frames):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = f
+    return grid
+
+
+ARCH_KEYS = ("data.image_size", "unet", "diffusion.steps", "diffusion.noise_schedule", "diffusion.learn_sigma")
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+def check_compatible(path: str | os.PathLike, ckpt: dict, cfg: DictConfig, keys: Sequence[str] = ARCH_KEYS) -> None:
+    """UserError unless the DDPM checkpoint ``ckpt`` has grey input and the same ``keys`` as ``cfg``."""
+    weight = ckpt.get("state_dict", {}).get("model.net.conv_in.weight")
+    if weight is not None and weight.shape[1] != IN_CHANNELS:
+        raise UserError(f"{path}: the DDPM takes {weight.shape[1]}-channel frames; diffice frames are grey ({IN_CHANNELS} channel)")
+    theirs, ours = ckpt["diffice"]["config"], to_dict(cfg)
+    for key in keys:
+        a, b = _get(theirs, key), _get(ours, key)
+        if a != b:
+            what = "image size" if key == "data.image_size" else key
+            raise UserError(
+                f"{path}: the DDPM was trained with {key}={a}, the config asks for {b}; "
+                f"set {key}={a} or train a DDPM for this {what} (another paths.runs)"
+            )
+
+
+def load_ddpm(path: str | os.PathLike, cfg: DictConfig | None = None, map_location: str | torch.device = "cpu") -> DDPMModule:
+    """A trained DDPM (eval mode) from its checkpoint; with ``cfg``, its frame size must match ``cfg.data``."""
+    from diffice.modules.common import load_checkpoint
+
+    ckpt = read_checkpoint(path, "ddpm")
+    check_compatible(path, ckpt, cfg if cfg is not None else _stored(ckpt), keys=("data.image_size",))
+    del ckpt
+    return load_checkpoint(path, "ddpm", map_location=map_location)  # type: ignore[return-value]
+
+
+def _stored(ckpt: dict) -> DictConfig:
+    from diffice.config import from_dict
+
+    return from_dict(ckpt["diffice"]["config"])
+
+
+def train_ddpm(cfg: DictConfig, datamodule=None, **trainer_overrides) -> Path:
+    """Train (or resume) the DDPM of ``cfg`` into ``{paths.runs}/ddpm``; returns ``last.ckpt``.
+
+    A ``last.ckpt`` already there is resumed (step count, optimizer and EMA included) after
+    checking that it describes the same model and frame size.
+    """
+    from diffice.data import DiffIceDataModule
+    from diffice.modules.common import LAST, fit, run_dir
+
+    last = run_dir(cfg, "ddpm") / LAST
+    if last.exists():
+        ckpt = read_checkpoint(last, "ddpm")
+        check_compatible(last, ckpt, cfg)
+        del ckpt
+    dm = datamodule if datamodule is not None else DiffIceDataModule(cfg)
+    module = DDPMModule(cfg)
+    return fit(cfg, "ddpm", module, dm, int(cfg.ddpm.max_steps), **trainer_overrides)

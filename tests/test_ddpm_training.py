@@ -1,0 +1,202 @@
+"""DDPMModule: the loss falls, EMA warm-up, resume after a kill, NaN stop, bf16 on CPU, checkpoints."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset
+
+from diffice.config import load_config
+from diffice.errors import UserError
+from diffice.modules.common import load_checkpoint, read_checkpoint
+from diffice.modules.ddpm import DDPMModule, load_ddpm, make_grid, train_ddpm
+from tests.conftest import ROOT
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on this shared 2-core machine are slower than one for these tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Ellipses(Dataset):
+    """Synthetic frames in [-1, 1]: a bright ellipse on a dark background; items from ``nan_from`` on are NaN."""
+
+    def __init__(self, n: int, size=(32, 40), seed: int = 0, nan_from: int | None = None):
+        g = torch.Generator().manual_seed(seed)
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, size[0]), torch.linspace(-1, 1, size[1]), indexing="ij")
+        self.frames = []
+        for _ in range(n):
+            cx, cy, a, b = (torch.rand(4, generator=g) * torch.tensor([0.4, 0.4, 0.4, 0.3]) + torch.tensor([-0.2, -0.2, 0.4, 0.3])).tolist()
+            inside = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+            self.frames.append(torch.where(inside, 0.6, -0.8).unsqueeze(0))
+        self.nan_from = nan_from
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, i):
+        x = self.frames[i]
+        if self.nan_from is not None and i >= self.nan_from:
+            x = x * float("nan")
+        return {"image": x, "index": torch.tensor(i)}
+
+
+class SynthData(L.LightningDataModule):
+    def __init__(self, bs: int = 4, poison_after: int | None = None):
+        super().__init__()
+        nan_from = None if poison_after is None else poison_after * bs  # batches from `poison_after` on are NaN
+        self.train, self.val, self.bs = Ellipses(16, nan_from=nan_from), Ellipses(4, seed=1), bs
+
+    def train_dataloader(self):
+        return DataLoader(self.train, batch_size=self.bs, shuffle=False, drop_last=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val, batch_size=self.bs)
+
+
+def _cfg(tiny_overrides, *extra):
+    return load_config([ROOT / "configs/preset/tiny.yaml"], [*tiny_overrides, "ddpm.sample_every_n_steps=0", *extra])
+
+
+def _fixed_batch_loss(module: DDPMModule, model: torch.nn.Module, x0: torch.Tensor) -> float:
+    g = torch.Generator().manual_seed(123)
+    t = torch.randint(0, module.diffusion.num_timesteps, (x0.shape[0],), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        return float(module.diffusion.training_losses(model, x0, t, noise)["mse"].mean())
+
+
+def test_loss_falls_on_phantom_data(tiny_overrides):
+    from diffice.data import DiffIceDataModule
+
+    cfg = _cfg(tiny_overrides, "ddpm.max_steps=40", "ddpm.lr=2e-3", "ddpm.ema_decay=0.9", "data.augment=false",
+               "trainer.checkpoint_every_n_steps=1000", "trainer.val_every_n_steps=1000")
+    dm = DiffIceDataModule(cfg)
+    x0 = torch.stack([dm.dataset("val")[i]["image"] for i in range(4)])
+    fresh = DDPMModule(cfg)
+    before = _fixed_batch_loss(fresh, fresh.model, x0)
+    last = train_ddpm(cfg, dm, num_sanity_val_steps=0)
+    trained = load_checkpoint(last, "ddpm")
+    after = _fixed_batch_loss(trained, trained.model, x0)
+    after_ema = _fixed_batch_loss(trained, trained.ema_model, x0)
+    assert after < 0.6 * before, (before, after)
+    assert after_ema < 0.8 * before, (before, after_ema)
+    assert int(trained.ema_updates) == 40
+
+
+def test_ema_warmup_decay():
+    cfg = load_config([ROOT / "configs/preset/tiny.yaml"], ["unet.model_channels=8", "unet.num_head_channels=8"])
+    m = DDPMModule(cfg)
+    assert m.ema_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    with torch.no_grad():
+        for p in m.model.parameters():
+            p.fill_(1.0)
+        for p in m.ema_model.parameters():
+            p.zero_()
+    m.update_ema()
+    assert all(torch.allclose(p, torch.full_like(p, 0.9)) for p in m.ema_model.parameters())
+    m.ema_updates.fill_(10**6)
+    assert m.ema_decay() == pytest.approx(cfg.ddpm.ema_decay)
+    cfg.ddpm.ema_warmup = False
+    m2 = DDPMModule(cfg)
+    assert m2.ema_decay() == pytest.approx(0.9999)
+    assert not any(p.requires_grad for p in m.ema_model.parameters())
+
+
+class Kill(Callback):
+    """Simulates a killed job: raise after ``at`` optimizer steps."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at:
+            raise RuntimeError("killed")
+
+
+class Record(Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.start_step = trainer.global_step
+        self.ema = {k: v.clone() for k, v in pl_module.ema_model.state_dict().items()}
+        self.ema_updates = int(pl_module.ema_updates)
+
+
+def test_resume_after_interruption_continues_step_count_and_ema(tiny_overrides):
+    cfg = _cfg(tiny_overrides, "ddpm.max_steps=5", "trainer.checkpoint_every_n_steps=2", "ddpm.ema_decay=0.5")
+    with pytest.raises(RuntimeError, match="killed"):
+        train_ddpm(cfg, SynthData(), callbacks=[Kill(3)], num_sanity_val_steps=0)
+    saved = read_checkpoint(cfg.paths.runs + "/ddpm/last.ckpt", "ddpm")
+    assert saved["global_step"] == 2
+    saved_ema = {k[len("ema_model."):]: v for k, v in saved["state_dict"].items() if k.startswith("ema_model.")}
+    model_w = saved["state_dict"]["model.net.conv_in.weight"]
+    assert not torch.equal(saved_ema["net.conv_in.weight"], model_w)  # a real average, not a copy
+
+    rec = Record()
+    last = train_ddpm(cfg, SynthData(), callbacks=[rec], num_sanity_val_steps=0)
+    assert rec.start_step == 2 and rec.ema_updates == 2
+    assert all(torch.equal(rec.ema[k], saved_ema[k]) for k in saved_ema)
+    final = read_checkpoint(last, "ddpm")
+    assert final["global_step"] == 5
+    assert int(final["state_dict"]["ema_updates"]) == 5
+    # a finished run started again does nothing more
+    train_ddpm(cfg, SynthData(), num_sanity_val_steps=0)
+    assert read_checkpoint(last, "ddpm")["global_step"] == 5
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_overrides):
+    cfg = _cfg(tiny_overrides, "ddpm.max_steps=6", "trainer.checkpoint_every_n_steps=2")
+    with pytest.raises(UserError, match=r"loss became nan at step 3") as info:
+        train_ddpm(cfg, SynthData(poison_after=3), num_sanity_val_steps=0)
+    assert "last good checkpoint" in str(info.value)
+    ckpt = read_checkpoint(cfg.paths.runs + "/ddpm/last.ckpt", "ddpm")
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_bf16_mixed_on_cpu(tiny_overrides):
+    cfg = _cfg(tiny_overrides, "ddpm.max_steps=2", "trainer.precision=bf16-mixed", "ddpm.sample_every_n_steps=2",
+               "ddpm.sample_count=2", "diffusion.timestep_respacing='4'", "trainer.val_every_n_steps=2")
+    last = train_ddpm(cfg, SynthData(), num_sanity_val_steps=1)
+    ckpt = read_checkpoint(last, "ddpm")
+    assert ckpt["global_step"] == 2
+    w = ckpt["state_dict"]["model.net.conv_in.weight"]
+    assert w.dtype == torch.float32 and torch.isfinite(w).all()  # mixed precision keeps fp32 master weights
+    grids = list((last.parent / "images").glob("ddpm_samples_*.png"))
+    assert len(grids) == 1  # the EMA sample grid (CSV logger: saved as PNG)
+    metrics = (last.parent / "logs" / "metrics.csv").read_text()
+    assert "train/loss_q" in metrics and "val/loss" in metrics
+
+
+def test_checkpoint_rebuilds_and_checks_frame_size(tiny_overrides):
+    cfg = _cfg(tiny_overrides, "ddpm.max_steps=1")
+    last = train_ddpm(cfg, SynthData(), num_sanity_val_steps=0)
+    m = load_ddpm(last, cfg)
+    assert isinstance(m, DDPMModule) and not m.training
+    x = m.sample([0, 1], respacing="3", seed=5)
+    assert x.shape == (2, 1, 32, 40) and x.min() >= -1 and x.max() <= 1
+    torch.testing.assert_close(m.sample([1], respacing="3", seed=5), x[1:], atol=1e-4, rtol=1e-4)  # per-frame seeding
+    other = load_config([ROOT / "configs/preset/tiny.yaml"], [*tiny_overrides, "data.image_size=[64,80]"])
+    with pytest.raises(UserError, match=r"data.image_size=\[32, 40\]"):
+        load_ddpm(last, other)
+    # resuming into the same run folder with another architecture is refused before training
+    wider = _cfg(tiny_overrides, "ddpm.max_steps=2", "unet.model_channels=32", "unet.num_head_channels=32")
+    with pytest.raises(UserError, match="unet"):
+        train_ddpm(wider, SynthData())
+    with pytest.raises(UserError, match="expected a ddpm checkpoint"):
+        torch.save({"diffice": {"kind": "segmenter", "config": {}}}, last.parent / "seg.ckpt")
+        load_ddpm(last.parent / "seg.ckpt")
+
+
+def test_make_grid_layout():
+    import numpy as np
+
+    frames = [np.full((4, 6), i, dtype=np.uint8) for i in range(5)]
+    g = make_grid(frames, ncol=3, pad=1)
+    assert g.shape == (2 * 5 + 1, 3 * 7 + 1)
+    assert g[1, 1] == 0 and g[1, 8] == 1 and g[6, 1] == 3 and g[6, 15] == 255
