@@ -76,6 +76,9 @@ class Geometry:
     width: int
     xs: np.ndarray  # (Nr, Np) canvas x of every polar sample
     ys: np.ndarray  # (Nr, Np) canvas y
+    xs2: np.ndarray  # the same on a half-resolution polar grid (for smooth layers)
+    ys2: np.ndarray
+    depth2: np.ndarray
     depth: np.ndarray  # (Nr, 1) depth below the probe surface, in [0, 1]
     beam: tuple[np.ndarray, np.ndarray]  # (1, Np) unit beam direction (bx, by)
     lateral: np.ndarray  # (1, Np) |angle| / half-angle, in [0, 1]
@@ -93,7 +96,9 @@ def geometry(height: int, width: int) -> Geometry:
     r1 = r0 + depth
     half = math.asin(min(0.99, 0.5 * w * 0.98 / r1))  # half-angle: the deep arc spans the width
     ax, ay = 0.5 * w, 0.02 * h - r0  # apex (virtual, above the canvas)
-    nr, npx = height, width
+    # polar grid: one row per canvas row; ~0.72 columns per canvas column (the lateral PSF
+    # is wider than a pixel, so the beam angle needs fewer samples than the depth)
+    nr, npx = height, max(8, int(round(0.72 * width)))
     rr = r0 + (np.arange(nr, dtype=np.float32) + 0.5) / nr * depth
     pp = -half + (np.arange(npx, dtype=np.float32) + 0.5) / npx * 2 * half
     sin_p, cos_p = np.sin(pp)[None, :], np.cos(pp)[None, :]
@@ -120,6 +125,9 @@ def geometry(height: int, width: int) -> Geometry:
         width=width,
         xs=xs,
         ys=ys,
+        xs2=np.ascontiguousarray(xs[::2, ::2]),
+        ys2=np.ascontiguousarray(ys[::2, ::2]),
+        depth2=np.ascontiguousarray(((rr - r0) / depth)[::2, None].astype(np.float32)),
         depth=((rr - r0) / depth)[:, None].astype(np.float32),
         beam=(sin_p.astype(np.float32), cos_p.astype(np.float32)),
         lateral=(np.abs(pp) / half)[None, :].astype(np.float32),
@@ -141,32 +149,41 @@ def scan_convert(polar: np.ndarray, geo: Geometry) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def speckle_bank(height: int, width: int, count: int = 12, seed: int = 20240) -> np.ndarray:
-    """``count`` periodic unit-mean speckle envelopes in the polar grid, shape (count, Nr, Np).
+def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240) -> tuple[np.ndarray, np.ndarray]:
+    """Periodic fields in the polar grid (``nr`` depth rows x ``npx`` beam columns), made once
+    per size: ``speckle`` (count, nr, npx) and ``texture`` (count, ceil(nr/2), ceil(npx/2)).
 
-    Complex Gaussian scatterers convolved (wrap mode, so any circular shift is seamless) with
-    a Gaussian PSF of axial sigma ~0.35 % of the depth and lateral sigma growing from ~0.5 % to
-    ~1.1 % of the width with depth (beam spreading), then the envelope.
+    speckle: complex Gaussian scatterers convolved (wrap mode, so any circular shift is
+    seamless) with a Gaussian PSF of axial sigma ~0.3 % of the depth and a lateral sigma that
+    grows with depth from ~0.5 % to ~1 % of the beam columns (beam spreading), then the
+    envelope; unit mean (Rayleigh-like). texture: low-frequency tissue echogenicity
+    variation at half resolution, zero mean, unit standard deviation, elongated across the
+    beam like layered tissue.
     """
-    rng = _rng(seed, height, width)
-    sa = max(0.5, 0.0035 * height * 1.4)
-    sl_near, sl_far = max(0.6, 0.005 * width * 1.4), max(0.9, 0.011 * width * 1.4)
-    depth = (np.arange(height, dtype=np.float32)[:, None] + 0.5) / height
+    rng = _rng(seed, nr, npx)
+    sa = max(0.45, 0.004 * nr)
+    sl_near, sl_far = max(0.5, 0.007 * npx), max(0.75, 0.013 * npx)
+    depth = (np.arange(nr, dtype=np.float32)[:, None] + 0.5) / nr
     mix = np.clip(depth * 1.2, 0, 1)
-    bank = np.empty((count, height, width), dtype=np.float32)
+    h2, w2 = (nr + 1) // 2, (npx + 1) // 2
+    speckle = np.empty((count, nr, npx), dtype=np.float32)
+    texture = np.empty((count, h2, w2), dtype=np.float32)
     for k in range(count):
-        z = rng.standard_normal((2, height, width)).astype(np.float32)
-        env2 = 0.0
+        z = rng.standard_normal((2, nr, npx)).astype(np.float32)
+        env2 = np.zeros((nr, npx), dtype=np.float32)
         for part in z:
-            a = ndimage.gaussian_filter1d(part, sa, axis=0, mode="wrap")
-            near = ndimage.gaussian_filter1d(a, sl_near, axis=1, mode="wrap")
-            far = ndimage.gaussian_filter1d(a, sl_far, axis=1, mode="wrap")
+            ax = ndimage.gaussian_filter1d(part, sa, axis=0, mode="wrap")
+            near = ndimage.gaussian_filter1d(ax, sl_near, axis=1, mode="wrap")
+            far = ndimage.gaussian_filter1d(ax, sl_far, axis=1, mode="wrap")
             near /= near.std() + 1e-8
             far /= far.std() + 1e-8
-            env2 = env2 + ((1 - mix) * near + mix * far) ** 2
+            env2 += ((1 - mix) * near + mix * far) ** 2
         env = np.sqrt(env2)
-        bank[k] = env / env.mean()
-    return bank
+        speckle[k] = env / env.mean()
+        z2 = rng.standard_normal((h2, w2)).astype(np.float32)
+        t = ndimage.gaussian_filter(z2, (max(1.0, 0.0125 * nr), max(1.0, 0.03 * npx)), mode="wrap")
+        texture[k] = (t - t.mean()) / (t.std() + 1e-8)
+    return speckle, texture
 
 
 # ----------------------------------------------------------------------------- latents
@@ -183,20 +200,20 @@ def sample_patient(seed: int, patient: int) -> dict:
     """Anatomy shared by every frame of a patient (sizes relative to the canvas)."""
     g = _rng(seed, 1, patient)
     return {
-        "a": g.uniform(0.30, 0.37),  # occipito-frontal semi-axis / width
+        "a": g.uniform(0.23, 0.29),  # occipito-frontal semi-axis / width
         "ratio": g.uniform(0.74, 0.84),  # biparietal / occipito-frontal
         "angle": g.uniform(-20, 20),  # head rotation in degrees
         "front": float(g.choice([-1.0, 1.0])),  # which end of the u axis is frontal
         "skull": g.uniform(0.030, 0.045),  # skull thickness / semi-axis
-        "brain": g.uniform(0.16, 0.24),  # parenchyma echogenicity
-        "tissue": g.uniform(0.30, 0.45),  # maternal / fetal-body tissue echogenicity
-        "fluid": g.uniform(0.10, 0.30),  # width of the fluid rim around the head (relative)
+        "brain": g.uniform(0.09, 0.13),  # parenchyma echogenicity
+        "tissue": g.uniform(0.2, 0.32),  # maternal / fetal-body tissue echogenicity
+        "fluid": g.uniform(0.15, 0.45),  # width of the fluid rim around the head (relative)
         "fluid_h": g.uniform(-1, 1, size=(3, 2)),  # fluid-boundary harmonics
-        "th_u": g.uniform(-0.04, 0.06),
-        "th_v": g.uniform(0.14, 0.19),
-        "th_r": g.uniform(0.17, 0.21),
-        "csp_u": g.uniform(0.34, 0.42),
-        "csp_len": g.uniform(0.13, 0.17),
+        "th_u": g.uniform(-0.1, -0.02),
+        "th_v": g.uniform(0.14, 0.18),
+        "th_r": g.uniform(0.17, 0.2),
+        "csp_u": g.uniform(0.37, 0.43),
+        "csp_len": g.uniform(0.12, 0.15),
         "csp_w": g.uniform(0.07, 0.09),
         "cb_r": g.uniform(0.16, 0.19),
         "wall": g.uniform(0.10, 0.18),  # maternal abdominal wall thickness (depth fraction)
@@ -267,148 +284,199 @@ def label_of(concepts: dict[str, float]) -> int:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _smooth_step(x: np.ndarray, width: float) -> np.ndarray:
-    """0 for x <= -width, 1 for x >= width, linear in between (soft edges)."""
-    return np.clip(0.5 + x / (2 * width), 0.0, 1.0)
+def _ramp(x: np.ndarray, width: float) -> np.ndarray:
+    """Soft step: 0 for x <= -width, 1 for x >= width, linear in between."""
+    y = x * (0.5 / width) + 0.5
+    return np.clip(y, 0.0, 1.0, out=y)
 
 
-def _layers(pat: dict, lat: dict, geo: Geometry) -> dict:
-    """Anatomy layers in the polar grid that the visibilities and faults then combine."""
-    h, w = geo.height, geo.width
-    a = pat["a"] * w * lat["scale"]
-    b = a * pat["ratio"]
-    cx = w * (0.5 + lat["dx"])
-    cy = h * (0.55 + lat["dy"])
-    ang = math.radians(pat["angle"] + lat["dangle"])
-    ca, sa = math.cos(ang), math.sin(ang)
-    dx, dy = geo.xs - cx, geo.ys - cy
-    pu = (dx * ca + dy * sa) / a  # along the occipito-frontal axis, unit = a
-    pv = (-dx * sa + dy * ca) / b
-    u = pu * pat["front"]  # +u is frontal
-    rho = np.sqrt(pu * pu + pv * pv)
-    px = 1.0 / b  # one canvas pixel in units of b (≈ radial units)
-    edge = 0.9 * px + 0.004
-
-    # skull: a band around rho = 1; brightest where its normal faces the beam
-    t = pat["skull"]
-    d = (rho - 1.0) / t
-    skull = np.exp(-(d * d))
-    nx = pu / a * ca - pv / b * sa
-    ny = pu / a * sa + pv / b * ca
-    facing = np.abs(nx * geo.beam[0] + ny * geo.beam[1]) / (np.sqrt(nx * nx + ny * ny) + 1e-6)
-    bone = skull * (0.25 + 0.75 * facing * facing)
-    inside = _smooth_step(1.0 - t - rho, edge)  # brain region (inside the skull)
-
-    # fluid rim around the head with a wobbly outer boundary, tissue beyond it
-    theta = np.arctan2(pv, pu)
-    hmx = pat["fluid_h"]
-    wobble = sum(hmx[k, 0] * np.cos((k + 1) * theta) + hmx[k, 1] * np.sin((k + 1) * theta) for k in range(3))
-    rim = 1.0 + pat["fluid"] * (1.0 + 0.5 * wobble)
-    tissue = _smooth_step(rho - rim, 0.05)
-    wall = _smooth_step(pat["wall"] - geo.depth, 0.02)  # maternal abdominal wall near the probe
-    layers = 0.75 + 0.25 * np.cos(geo.depth * 90.0)  # layered texture of the wall
-    back = np.maximum(tissue * pat["tissue"], wall * (pat["tissue"] + 0.15) * layers)
-
-    # midline echo (falx), interrupted by the CSP
-    mid = np.exp(-((pv * b) ** 2) / (0.8 + 0.004 * w) ** 2) * _smooth_step(0.92 - np.abs(u), 0.02)
-
-    # thalami: paired hypoechoic ovals either side of the midline
-    def oval(u0, v0, ru, rv):
-        q = ((u - u0) / ru) ** 2 + ((pv - v0) / rv) ** 2
-        return _smooth_step(1.0 - q, 0.25)
-
-    th_ru, th_rv = pat["th_r"], pat["th_r"] * 0.7 * a / b
-    th = np.maximum(oval(pat["th_u"], pat["th_v"], th_ru, th_rv), oval(pat["th_u"], -pat["th_v"], th_ru, th_rv))
-
-    # CSP: anechoic box on the midline, anterior to the thalami, with bright walls
-    cu, cl, cw = pat["csp_u"], pat["csp_len"], pat["csp_w"]
-    qb = np.maximum(np.abs(u - cu) / cl, np.abs(pv) / cw)
-    csp = _smooth_step(1.0 - qb, 0.12)
-    csp_wall = np.exp(-(((qb - 1.05) / 0.18) ** 2)) * (np.abs(u - cu) < cl * 1.1)
-    mid = mid * (1.0 - _smooth_step(1.2 - qb, 0.2))
-
-    # fossa posterior: cerebellar hemispheres + anechoic cisterna magna behind them
-    cr = pat["cb_r"]
-    cb = np.maximum(oval(-0.58, 0.15, cr, cr * a / b), oval(-0.58, -0.15, cr, cr * a / b))
-    cm = oval(-0.84, 0.0, 0.09, 0.32) * (1.0 - cb)
-
-    # trans-ventricular cue: atrium of the lateral ventricle with its choroid plexus
-    atr = np.maximum(oval(-0.35, 0.42, 0.26, 0.09), oval(-0.35, -0.42, 0.26, 0.09))
-    chor = np.maximum(oval(-0.38, 0.42, 0.15, 0.05), oval(-0.38, -0.42, 0.15, 0.05))
-
-    return {
-        "bone": bone,
-        "inside": inside,
-        "back": back,
-        "mid": mid,
-        "th": th,
-        "csp": csp,
-        "csp_wall": csp_wall,
-        "cb": cb,
-        "cm": cm,
-        "atr": atr,
-        "chor": chor,
-        "rho": rho,
-        "skull": skull,
-        "u": u,
-        "v": pv,
-        "t": t,
-    }
-
-
-def _compose(pat: dict, lat: dict, L: dict, geo: Geometry, speck: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Echo image in [0, 1] (polar grid) from the layers and one latent parameter set."""
-    inside = L["inside"]
-    brain = pat["brain"]
-    vis_th, vis_csp, vis_fp, vis_tv = lat["vis_th"], lat["vis_csp"], lat["vis_fp"], lat["vis_tv"]
-    # diffuse scatterers (speckled): brain parenchyma, structures, tissue
-    tissue = brain * (1.0 - 0.75 * vis_th * L["th"]) * (1.0 - 0.9 * vis_csp * L["csp"])
-    tissue = tissue * (1.0 - 0.85 * vis_fp * L["cm"]) + vis_fp * L["cb"] * 0.22
-    tissue = tissue * (1.0 - 0.8 * vis_tv * L["atr"])
-    diffuse = inside * tissue + (1.0 - inside) * L["back"] * (1.0 - L["skull"])
-    # specular reflectors (less speckled): skull, falx, CSP walls, cerebellar rim, choroid plexus
-    spec = 1.6 * L["bone"] + inside * (
-        0.45 * L["mid"]
-        + 0.5 * vis_csp * L["csp_wall"]
-        + 0.35 * vis_tv * L["chor"]
-        + 0.25 * vis_fp * L["cb"] * (1.0 - L["cb"]) * 4.0
-    )
-    img = diffuse * speck + spec * (0.55 + 0.45 * speck)
-    # posterior shadowing behind the skull, depth attenuation, lateral fall-off
-    shadow = np.exp(-np.cumsum(L["bone"], axis=0) * (3.0 / geo.height) * 3.0)
-    img = img * shadow * np.exp(-lat["atten"] * geo.depth) * (1.0 - 0.25 * geo.lateral**2)
-    # faults: defocus blur, electronic noise, gain / contrast
-    if lat["blur"] > 0.02:
-        s = lat["blur"] * 0.03 * geo.height
-        img = ndimage.gaussian_filter(img, (0.6 * s, s), mode="nearest")
-    if lat["noise"] > 0.02:
-        img = img + lat["noise"] * 0.35 * noise
-    img = img * math.exp(lat["gain"])
-    img = np.log1p(6.0 * np.maximum(img, 0.0)) / math.log1p(6.0 * 1.4)  # log compression
-    c = lat["contrast"]
-    if c > 0.02:
-        img = 0.35 * c + img * (1.0 - 0.7 * c)  # haze: lifted floor, flattened contrast
-    return img
-
-
-def _mask(pat: dict, lat: dict, L: dict, geo: Geometry) -> np.ndarray:
-    """Class-index mask (uint8, canvas) of the structures visible in ``lat``."""
-    m = np.zeros(L["rho"].shape, dtype=np.uint8)
-    m[L["rho"] < 1.0] = HEAD
-    m[L["skull"] > 0.37] = BONE  # |rho - 1| < t
-    if lat["vis_th"] >= 0.5:
-        m[L["th"] > 0.5] = TH
-    if lat["vis_csp"] >= 0.5:
-        m[L["csp"] > 0.5] = CSP
-    if lat["vis_fp"] >= 0.5:
-        m[(L["cb"] > 0.5) | (L["cm"] > 0.5)] = FP
-    out = m.ravel()[geo.nearest].reshape(geo.height, geo.width)
-    out[~geo.inside] = BG
+def _box_blur(img: np.ndarray, sigma_r: float, sigma_c: float) -> np.ndarray:
+    """Approximate Gaussian blur (two box passes per axis: cost independent of sigma)."""
+    out = img
+    for axis, sigma in ((0, sigma_r), (1, sigma_c)):
+        size = int(round(math.sqrt(6.0 * sigma * sigma + 1.0)))  # two boxes of this size ~ sigma
+        if size >= 2:
+            out = ndimage.uniform_filter1d(out, size, axis=axis, mode="nearest")
+            out = ndimage.uniform_filter1d(out, size, axis=axis, mode="nearest")
     return out
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+def _oval(u: np.ndarray, v: np.ndarray, u0: float, v0: float, ru: float, rv: float, soft: float = 0.25) -> np.ndarray:
+    q = ((u - u0) * (1.0 / ru)) ** 2
+    q += ((v - v0) * (1.0 / rv)) ** 2
+    return _ramp(1.0 - q, soft)
+
+
+def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
+    """Anatomy of one frame pose in the polar grid (shared by the image and its target).
+
+    Full-grid layers: ``back`` (tissue / fluid outside the head), ``rho`` (elliptic radius).
+    Layers inside the head's bounding box ``crop``: skull, brain and the structures.
+    """
+    h, w = geo.height, geo.width
+    a = pat["a"] * w * lat["scale"]
+    b = a * pat["ratio"]
+    cx, cy = w * (0.5 + lat["dx"]), h * (0.56 + lat["dy"])
+    ang = math.radians(pat["angle"] + lat["dangle"])
+    ca, sa = math.cos(ang), math.sin(ang)
+    t = pat["skull"]
+
+    # outside the head, on the half-resolution grid (smooth): fluid around the head out to
+    # rho = rim(theta) (3 harmonics), tissue with a low-frequency texture beyond it
+    dx, dy = geo.xs2 - np.float32(cx), geo.ys2 - np.float32(cy)
+    pu = dx * np.float32(ca / a) + dy * np.float32(sa / a)
+    pv = dy * np.float32(ca / b) - dx * np.float32(sa / b)
+    rho = np.sqrt(pu * pu + pv * pv)
+    inv = 1.0 / (rho + 1e-6)
+    c1, s1 = pu * inv, pv * inv
+    c2, s2 = c1 * c1 - s1 * s1, 2.0 * c1 * s1
+    c3, s3 = c1 * c2 - s1 * s2, s1 * c2 + c1 * s2
+    hm = pat["fluid_h"]
+    wob = hm[0, 0] * c1 + hm[0, 1] * s1 + hm[1, 0] * c2 + hm[1, 1] * s2 + hm[2, 0] * c3 + hm[2, 1] * s3
+    rim = (1.0 + pat["fluid"]) + (0.5 * pat["fluid"]) * wob
+    back = _ramp(rho - rim, 0.06) * (pat["tissue"] * np.maximum(1.0 + 0.45 * tex, 0.15))
+    wall = _ramp(pat["wall"] - geo.depth2, 0.015) * ((pat["tissue"] + 0.03) * (0.8 + 0.2 * np.cos(geo.depth2 * 70.0)))
+    np.maximum(back, wall, out=back)  # maternal abdominal wall near the probe
+    nr, npx = geo.xs.shape
+    back = back.repeat(2, axis=0).repeat(2, axis=1)[:nr, :npx]
+
+    # bounding box of the head (skull included), from the half-resolution grid
+    near = rho < 1.0 + 4.0 * t + 4.0 / b
+    rows, cols = np.flatnonzero(near.any(axis=1)), np.flatnonzero(near.any(axis=0))
+    if len(rows) == 0:
+        crop = (slice(0, 0), slice(0, 0))
+    else:
+        crop = (slice(2 * rows[0], min(nr, 2 * rows[-1] + 2)), slice(2 * cols[0], min(npx, 2 * cols[-1] + 2)))
+    dx, dy = geo.xs[crop] - np.float32(cx), geo.ys[crop] - np.float32(cy)
+    pus = dx * np.float32(ca / a) + dy * np.float32(sa / a)
+    pvs = dy * np.float32(ca / b) - dx * np.float32(sa / b)
+    rc = np.sqrt(pus * pus + pvs * pvs)
+    u = pus * pat["front"]  # +u is frontal
+    v = pvs
+
+    # skull: a band around rho = 1, brightest where its normal faces the beam (|n . beam|^2)
+    d = (rc - 1.0) * (1.0 / t)
+    skull = np.exp(-(d * d))
+    nx = pus * (ca / a) - pvs * (sa / b)
+    ny = pus * (sa / a) + pvs * (ca / b)
+    bx, by = geo.beam[0][:, crop[1]], geo.beam[1][:, crop[1]]
+    facing = (nx * bx + ny * by) ** 2 / (nx * nx + ny * ny + 1e-12)
+    bone = skull * (0.12 + 0.88 * facing * facing)
+    edge = 1.0 / b + 0.004
+    inside = _ramp((1.0 - t) - rc, edge)
+
+    # midline echo (falx), broken by the CSP
+    lw = (0.7 + 0.004 * w) / b
+    mid = np.exp(-((v * (1.0 / lw)) ** 2)) * _ramp(0.9 - np.abs(u), 0.03)
+    # thalami: paired hypoechoic ovals either side of the midline
+    tr = pat["th_r"]
+    th_rv = tr * 0.72 * a / b
+    av = np.abs(v)  # paired structures are mirror images about the midline
+    th = _oval(u, av, pat["th_u"], pat["th_v"], tr, th_rv)
+    th_rim = _oval(u, av, pat["th_u"], pat["th_v"], tr * 1.2, th_rv * 1.2, 0.6)
+    th_rim = th_rim * (1.0 - th_rim) * (4.0 * (1.0 - th))
+    # CSP: anechoic box on the midline anterior to the thalami, with bright walls
+    cu, cl, cwid = pat["csp_u"], pat["csp_len"], pat["csp_w"]
+    qb = np.maximum(np.abs(u - cu) * (1.0 / cl), np.abs(v) * (1.0 / cwid))
+    csp = _ramp(1.0 - qb, 0.12)
+    csp_wall = np.exp(-(((qb - 1.08) * (1.0 / 0.16)) ** 2)) * _ramp(1.15 - np.abs(u - cu) * (1.0 / cl), 0.05)
+    mid *= _ramp(qb - 1.25, 0.15)
+    # fossa posterior: cerebellar hemispheres and the anechoic cisterna magna behind them
+    cr, crv = pat["cb_r"], pat["cb_r"] * a / b
+    cb = _oval(u, av, -0.56, 0.14, cr, crv)
+    cb_rim = _oval(u, av, -0.56, 0.14, cr * 1.15, crv * 1.15, 0.6)
+    cb_rim = cb_rim * (1.0 - cb_rim) * (4.0 * (1.0 - cb))
+    cm = _oval(u, v, -0.83, 0.0, 0.1, 0.36) * (1.0 - cb)
+    # trans-ventricular cue: atrium of the lateral ventricle with its bright choroid plexus
+    atr = _oval(u, av, -0.36, 0.4, 0.27, 0.1)
+    chor = _oval(u, av, -0.4, 0.4, 0.16, 0.055)
+    # insula / Sylvian fissure: faint echogenic arcs, lateral in both hemispheres
+    ins = _oval(u, av, 0.05, 0.66, 0.32, 0.2, 0.6)
+    ins = ins * (1.0 - ins) * 4.0 * (av < 0.62)
+    return {
+        "crop": crop, "rho": rc, "back": back, "skull": skull, "bone": bone, "inside": inside,
+        "mid": mid, "th": th, "th_rim": th_rim, "csp": csp, "csp_wall": csp_wall, "cb": cb, "cb_rim": cb_rim, "cm": cm,
+        "atr": atr, "chor": chor, "ins": ins,
+    }
+
+
+def _attenuation(lat: dict, L: dict, geo: Geometry) -> np.ndarray:
+    """Gain map: posterior shadowing exp(-k * cumsum(bone)) along each ray (rows), depth
+    attenuation exp(-a * depth) and lateral fall-off towards the sector edges."""
+    att = np.exp(-lat["atten"] * geo.depth) * (1.0 - 0.3 * geo.lateral**2)
+    gm = np.broadcast_to(att, L["back"].shape).copy()
+    r, c = L["crop"]
+    if r.stop > r.start:
+        sh = np.exp(-np.cumsum(L["bone"], axis=0) * (7.0 / geo.height))
+        gm[r, c] *= sh
+        gm[r.stop:, c] *= sh[-1:]
+    return gm
+
+
+def _head(pat: dict, lat: dict, L: dict, speck: np.ndarray, gm: np.ndarray) -> np.ndarray:
+    """Echo amplitude inside the head's box for one latent parameter set."""
+    r, c = L["crop"]
+    inside = L["inside"]
+    vis_th, vis_csp, vis_fp, vis_tv = lat["vis_th"], lat["vis_csp"], lat["vis_fp"], lat["vis_tv"]
+    # diffuse scatterers (speckled)
+    brain = pat["brain"] * (1.0 - 0.8 * vis_th * L["th"])
+    brain *= 1.0 - 0.9 * vis_csp * L["csp"]
+    brain *= 1.0 - 0.85 * vis_fp * L["cm"]
+    brain *= 1.0 - 0.75 * vis_tv * L["atr"]
+    brain += (0.2 * vis_fp) * L["cb"]
+    diffuse = inside * brain + (1.0 - inside) * L["back"][r, c] * (1.0 - L["skull"])
+    # specular reflectors (less speckled): skull, falx, CSP walls, insula, cerebellar rim, choroid
+    spec = 2.2 * L["bone"] + inside * (
+        0.3 * L["mid"] + (0.45 * vis_csp) * L["csp_wall"] + (0.22 * vis_th) * L["th_rim"] + 0.12 * L["ins"]
+        + (0.35 * vis_tv) * L["chor"] + (0.3 * vis_fp) * L["cb_rim"]
+    )
+    s = speck[r, c]
+    return (diffuse * s + spec * (0.5 + 0.5 * s)) * gm[r, c]
+
+
+def _lut(lat: dict, levels: int) -> np.ndarray:
+    """Display map of linear echo amplitude (index = amplitude * levels / 2): gain, log
+    compression, and the contrast fault's haze (lifted floor, flattened contrast)."""
+    x = np.arange(levels + 1, dtype=np.float32) * (2.0 / levels) * math.exp(lat["gain"])
+    y = np.log1p(8.0 * x) / math.log1p(8.0 * 1.3)
+    c = lat["contrast"]
+    if c > 0.02:
+        y = 0.32 * c + y * (1.0 - 0.75 * c)
+    return (np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _display(amp: np.ndarray, lat: dict, geo: Geometry, noise: np.ndarray) -> np.ndarray:
+    """Faults on the linear amplitude (defocus blur, electronic noise), scan conversion,
+    then the display LUT. Returns uint8 canvas, 0 outside the sector."""
+    if lat["blur"] > 0.02:
+        s = lat["blur"] * 0.028 * geo.height
+        amp = _box_blur(amp, 0.6 * s, s)
+    if lat["noise"] > 0.02:
+        amp = amp + (lat["noise"] * 0.2) * noise
+    levels = 2048
+    img = scan_convert(amp, geo)
+    img *= levels / 2.0
+    np.clip(img, 0, levels, out=img)
+    return _lut(lat, levels)[img.astype(np.int32)] * geo.inside
+
+
+def _mask(lat: dict, L: dict, geo: Geometry) -> np.ndarray:
+    """Class-index mask (uint8, canvas) of the structures visible in ``lat``."""
+    m = np.zeros(L["back"].shape, dtype=np.uint8)
+    r, c = L["crop"]
+    mc = (L["rho"] < 1.0).astype(np.uint8)  # head
+    mc[L["skull"] > 0.37] = BONE  # |rho - 1| < t
+    inside = L["inside"] > 0.5
+    if lat["vis_th"] >= 0.5:
+        mc[(L["th"] > 0.5) & inside] = TH
+    if lat["vis_csp"] >= 0.5:
+        mc[(L["csp"] > 0.5) & inside] = CSP
+    if lat["vis_fp"] >= 0.5:
+        mc[((L["cb"] > 0.5) | (L["cm"] > 0.5)) & inside] = FP
+    m[r, c] = mc
+    out = m.ravel()[geo.nearest].reshape(geo.height, geo.width)
+    out[~geo.inside] = BG
+    return out
 
 
 def render_frame(
@@ -421,40 +489,49 @@ def render_frame(
 ) -> dict:
     """Render frame ``index`` at ``size`` = [height, width].
 
-    Returns ``image`` and ``target`` (uint8 HxW, 0..255), ``mask`` (uint8 HxW class indices),
-    ``concepts`` (dict of floats in [0, 1]), ``quality`` (mean concept), ``label`` (1 SP, 0 NSP),
-    ``patient`` (int), ``id`` (str), ``faults`` (list) and ``latents`` (dict).
+    Returns ``image`` and ``target`` (uint8 HxW, 0..255; target None if not asked for),
+    ``mask`` (uint8 HxW class indices), ``concepts`` (dict of floats in [0, 1]), ``quality``
+    (mean concept), ``label`` (1 SP, 0 NSP), ``patient`` (int), ``id`` (str), ``faults`` (list)
+    and ``latents`` (dict: patient, frame, good).
     """
     height, width = int(size[0]), int(size[1])
     fr = sample_frame(index, seed, sp_fraction, frames_per_patient)
     pat = sample_patient(seed, fr["patient"])
     geo = geometry(height, width)
-    bank = speckle_bank(height, width)
-    g = _rng(fr["actual"]["speckle"])
-    k = int(g.integers(len(bank)))
-    speck = np.roll(bank[k], (int(g.integers(height)), int(g.integers(width))), axis=(0, 1))
-    if g.random() < 0.5:
-        speck = speck[:, ::-1]
-    noise = np.roll(bank[(k + 1) % len(bank)], int(g.integers(height)), axis=0) - 1.0
+    nr, npx = geo.xs.shape
+    speckles, textures = speckle_bank(nr, npx)
     act, good = fr["actual"], fr["good"]
-    L = _layers(pat, act, geo)
-    image = _to_uint8(scan_convert(_compose(pat, act, L, geo, speck, noise), geo))
+    g = _rng(act["speckle"])
+    k = int(g.integers(len(speckles)))
+    speck = np.roll(speckles[k], (int(g.integers(nr)), int(g.integers(npx))), axis=(0, 1))
+    tex = np.roll(textures[k], (int(g.integers(nr)), int(g.integers(npx))), axis=(0, 1))
+    noise = np.roll(speckles[(k + 1) % len(speckles)], int(g.integers(nr)), axis=0) - 1.0
+    L = _layers(pat, act, geo, tex)
+    gm = _attenuation(act, L, geo)
+    base = L["back"] * speck * gm  # everything outside the head's box
+    r, c = L["crop"]
+
+    def amplitude(lat: dict) -> np.ndarray:
+        amp = base.copy()
+        amp[r, c] = _head(pat, lat, L, speck, gm)
+        return amp
+
+    image = _display(amplitude(act), act, geo, noise)
+    target = None
     if with_target:
-        target = image if not fr["faults"] else _to_uint8(scan_convert(_compose(pat, good, L, geo, speck, noise), geo))
-    else:
-        target = None
+        target = image if not fr["faults"] else _display(amplitude(good), good, geo, noise)
     concepts = concepts_of(act)
     label = label_of(concepts)
     assert label == int(fr["sp"]), "sampler margins violated"
     return {
         "image": image,
         "target": target,
-        "mask": _mask(pat, act, L, geo),
+        "mask": _mask(act, L, geo),
         "concepts": concepts,
         "quality": float(np.mean(list(concepts.values()))),
         "label": label,
         "patient": fr["patient"],
         "id": f"phantom_s{seed}_{index:06d}",
-        "faults": fr["faults"],
+        "faults": [str(f) for f in fr["faults"]],
         "latents": {"patient": pat, "frame": act, "good": good},
     }

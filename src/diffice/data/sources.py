@@ -108,8 +108,16 @@ def load_mask(path: Path, kind: str, shape: tuple[int, int], num_classes: int) -
 
         outline = raw > 0
         filled = ndimage.binary_fill_holes(outline)
-        if filled.sum() <= outline.sum() * 1.5:  # a gap in the outline: close it first
-            filled = ndimage.binary_fill_holes(ndimage.binary_closing(outline, iterations=3))
+        if filled.sum() <= outline.sum() * 1.5:  # a gap in the outline: fit the ellipse instead
+            import cv2
+
+            ys, xs = np.nonzero(outline)
+            if len(xs) < 5:
+                raise UserError(f"{path}: annotation holds no ellipse outline (fewer than 5 pixels)")
+            ellipse = cv2.fitEllipse(np.stack([xs, ys], 1).astype(np.float32))
+            canvas = outline.astype(np.uint8)
+            cv2.ellipse(canvas, ellipse, 1, thickness=-1)
+            filled = canvas > 0
         return filled.astype(np.int64)
     mask = raw.copy()
     mask[raw == 255] = -1
@@ -188,7 +196,7 @@ def read_manifest(csv_path: str | Path) -> list[Record]:
 
 # ----------------------------------------------------------------------------- HC18
 
-_HC18_NAME = re.compile(r"^(\d+)(?:_(\d+))?HC$")
+_HC18_NAME = re.compile(r"^(\d+)_(\d*)HC$")
 
 
 def hc18_records(root: str | Path) -> list[Record]:
