@@ -17,7 +17,7 @@ def main() -> int:
     failed = []
     for script in sorted(HERE.glob("bench_*.py")):
         print(f"\n=== {script.name}", flush=True)
-        code = subprocess.call([sys.executable, str(script), *sys.argv[1:]])
+        code = subprocess.call([sys.executable, str(script)])
         if code:
             failed.append(script.name)
     if failed:

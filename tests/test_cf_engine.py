@@ -123,7 +123,7 @@ def test_iterations_chain_and_stay_anchored_to_the_original(monkeypatch):
     assert not torch.allclose(calls[2][2], x, atol=1e-3)
 
 
-@pytest.mark.parametrize("method", ["diff-ice", "diff-ice1-xt"])
+@pytest.mark.parametrize("method", ["diff-ice", "diff-ice1-xt", "dime"])
 def test_outputs_do_not_depend_on_batch_size(method):
     e = make_engine(method, tau=3, iterations=2, lambda_c=(40.0, 80.0))
     x = batch(4)

@@ -186,7 +186,7 @@ def test_checkpoint_rebuilds_and_checks_frame_size(tiny_overrides):
         load_ddpm(last, other)
     # resuming into the same run folder with another architecture is refused before training
     wider = _cfg(tiny_overrides, "ddpm.max_steps=2", "unet.model_channels=32", "unet.num_head_channels=32")
-    with pytest.raises(UserError, match="unet"):
+    with pytest.raises(UserError, match="unet.model_channels"):
         train_ddpm(wider, SynthData())
     with pytest.raises(UserError, match="expected a ddpm checkpoint"):
         torch.save({"diffice": {"kind": "segmenter", "config": {}}}, last.parent / "seg.ckpt")

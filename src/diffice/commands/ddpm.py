@@ -67,7 +67,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
     diffusion = module.sampler(steps)  # UserError on a bad respacing string
 
     out = Path(ns.out)
-    settings = {"ckpt": str(Path(ns.ckpt).resolve()), "steps": steps, "seed": ns.seed}
+    settings = {"ckpt": str(Path(ns.ckpt).resolve()), "trained_steps": module.trained_steps, "steps": steps, "seed": ns.seed}
     meta = out / "sample.json"
     if meta.exists():
         try:

@@ -44,6 +44,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -82,10 +83,9 @@ class Geometry:
     depth: np.ndarray  # (Nr, 1) depth below the probe surface, in [0, 1]
     beam: tuple[np.ndarray, np.ndarray]  # (1, Np) unit beam direction (bx, by)
     lateral: np.ndarray  # (1, Np) |angle| / half-angle, in [0, 1]
-    idx: np.ndarray  # (4, H*W) flat polar indices for bilinear scan conversion
-    wts: np.ndarray  # (4, H*W) weights
-    nearest: np.ndarray  # (H*W,) flat polar index for masks
-    inside: np.ndarray  # (H, W) bool: pixel inside the sector
+    maps: tuple  # cv2 fixed-point maps canvas pixel -> polar sample (bilinear scan conversion)
+    maps_nearest: tuple  # the same for nearest-neighbour lookup (masks)
+    inside: np.ndarray  # (H, W) uint8: 1 inside the sector
 
 
 @functools.lru_cache(maxsize=16)
@@ -110,16 +110,11 @@ def geometry(height: int, width: int) -> Geometry:
     r = np.hypot(dx, dy)
     phi = np.arctan2(dx, dy)
     inside = (r >= r0) & (r <= r1) & (np.abs(phi) <= half)
-    fr = np.clip((r - r0) / depth * nr - 0.5, 0, nr - 1).ravel()
-    fp = np.clip((phi + half) / (2 * half) * npx - 0.5, 0, npx - 1).ravel()
-    r_lo = np.minimum(np.floor(fr).astype(np.int64), nr - 2 if nr > 1 else 0)
-    p_lo = np.minimum(np.floor(fp).astype(np.int64), npx - 2 if npx > 1 else 0)
-    tr, tp = fr - r_lo, fp - p_lo
-    r_hi, p_hi = np.minimum(r_lo + 1, nr - 1), np.minimum(p_lo + 1, npx - 1)
-    idx = np.stack([r_lo * npx + p_lo, r_lo * npx + p_hi, r_hi * npx + p_lo, r_hi * npx + p_hi])
-    wts = np.stack([(1 - tr) * (1 - tp), (1 - tr) * tp, tr * (1 - tp), tr * tp]).astype(np.float32)
-    wts *= inside.ravel()[None, :]
-    nearest = np.rint(fr).astype(np.int64) * npx + np.rint(fp).astype(np.int64)
+    fr = np.clip((r - r0) / depth * nr - 0.5, 0, nr - 1).astype(np.float32)
+    fp = np.clip((phi + half) / (2 * half) * npx - 0.5, 0, npx - 1).astype(np.float32)
+    fr[~inside], fp[~inside] = -10.0, -10.0  # outside the sector: cv2's constant border (0)
+    maps = cv2.convertMaps(fp, fr, cv2.CV_16SC2, nninterpolation=False)
+    maps_nearest = cv2.convertMaps(fp, fr, cv2.CV_16SC2, nninterpolation=True)
     return Geometry(
         height=height,
         width=width,
@@ -131,21 +126,17 @@ def geometry(height: int, width: int) -> Geometry:
         depth=((rr - r0) / depth)[:, None].astype(np.float32),
         beam=(sin_p.astype(np.float32), cos_p.astype(np.float32)),
         lateral=(np.abs(pp) / half)[None, :].astype(np.float32),
-        idx=idx,
-        wts=wts,
-        nearest=nearest,
-        inside=inside,
+        maps=maps,
+        maps_nearest=maps_nearest,
+        inside=inside.astype(np.uint8),
     )
 
 
-def scan_convert(polar: np.ndarray, geo: Geometry) -> np.ndarray:
-    """Bilinear polar -> canvas; black (0) outside the sector. Float in, float out."""
-    flat = polar.ravel()
-    out = flat[geo.idx[0]] * geo.wts[0]
-    out += flat[geo.idx[1]] * geo.wts[1]
-    out += flat[geo.idx[2]] * geo.wts[2]
-    out += flat[geo.idx[3]] * geo.wts[3]
-    return out.reshape(geo.height, geo.width)
+def scan_convert(polar: np.ndarray, geo: Geometry, nearest: bool = False) -> np.ndarray:
+    """Polar grid -> canvas (bilinear, or nearest for masks); 0 outside the sector. Keeps the dtype."""
+    m1, m2 = geo.maps_nearest if nearest else geo.maps
+    return cv2.remap(polar, m1, m2, cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -287,18 +278,25 @@ def label_of(concepts: dict[str, float]) -> int:
 def _ramp(x: np.ndarray, width: float) -> np.ndarray:
     """Soft step: 0 for x <= -width, 1 for x >= width, linear in between."""
     y = x * (0.5 / width) + 0.5
-    return np.clip(y, 0.0, 1.0, out=y)
+    np.maximum(y, 0.0, out=y)
+    return np.minimum(y, 1.0, out=y)
+
+
+def _bump(x: np.ndarray) -> np.ndarray:
+    """A cheap compact stand-in for exp(-x^2): (1 - x^2 / 3)^2 for |x| < sqrt(3), else 0."""
+    y = x * x
+    y *= -1.0 / 3.0
+    y += 1.0
+    np.maximum(y, 0.0, out=y)
+    return y * y
 
 
 def _box_blur(img: np.ndarray, sigma_r: float, sigma_c: float) -> np.ndarray:
-    """Approximate Gaussian blur (two box passes per axis: cost independent of sigma)."""
-    out = img
-    for axis, sigma in ((0, sigma_r), (1, sigma_c)):
-        size = int(round(math.sqrt(6.0 * sigma * sigma + 1.0)))  # two boxes of this size ~ sigma
-        if size >= 2:
-            out = ndimage.uniform_filter1d(out, size, axis=axis, mode="nearest")
-            out = ndimage.uniform_filter1d(out, size, axis=axis, mode="nearest")
-    return out
+    """Approximate Gaussian blur: two box passes (cost independent of sigma)."""
+    kr = max(1, int(round(math.sqrt(6.0 * sigma_r * sigma_r + 1.0))))  # two boxes of this size ~ sigma
+    kc = max(1, int(round(math.sqrt(6.0 * sigma_c * sigma_c + 1.0))))
+    out = cv2.blur(img, (kc, kr), borderType=cv2.BORDER_REPLICATE)
+    return cv2.blur(out, (kc, kr), borderType=cv2.BORDER_REPLICATE)
 
 
 def _oval(u: np.ndarray, v: np.ndarray, u0: float, v0: float, ru: float, rv: float, soft: float = 0.25) -> np.ndarray:
@@ -338,66 +336,72 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     wall = _ramp(pat["wall"] - geo.depth2, 0.015) * ((pat["tissue"] + 0.03) * (0.8 + 0.2 * np.cos(geo.depth2 * 70.0)))
     np.maximum(back, wall, out=back)  # maternal abdominal wall near the probe
     nr, npx = geo.xs.shape
-    back = back.repeat(2, axis=0).repeat(2, axis=1)[:nr, :npx]
+    back = cv2.resize(back, (back.shape[1] * 2, back.shape[0] * 2), interpolation=cv2.INTER_LINEAR)[:nr, :npx]
 
     # bounding box of the head (skull included), from the half-resolution grid
     near = rho < 1.0 + 4.0 * t + 4.0 / b
     rows, cols = np.flatnonzero(near.any(axis=1)), np.flatnonzero(near.any(axis=0))
     if len(rows) == 0:
-        crop = (slice(0, 0), slice(0, 0))
-    else:
-        crop = (slice(2 * rows[0], min(nr, 2 * rows[-1] + 2)), slice(2 * cols[0], min(npx, 2 * cols[-1] + 2)))
+        rows, cols = np.array([0]), np.array([0])
+    crop2 = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    crop = (slice(2 * rows[0], min(nr, 2 * rows[-1] + 2)), slice(2 * cols[0], min(npx, 2 * cols[-1] + 2)))
+    size = (crop[0].stop - crop[0].start, crop[1].stop - crop[1].start)
+
+    # smooth structures on the half-resolution grid, upsampled into the crop
+    u2 = pu[crop2] * pat["front"]  # +u is frontal
+    av2 = np.abs(pv[crop2])  # paired structures are mirror images about the midline
+    tr = pat["th_r"]
+    th_rv = tr * 0.72 * a / b
+    cr, crv = pat["cb_r"], pat["cb_r"] * a / b
+    half_res = {
+        # thalami: paired hypoechoic ovals either side of the midline, with an echogenic rim
+        "th": _oval(u2, av2, pat["th_u"], pat["th_v"], tr, th_rv),
+        "th_rim": _oval(u2, av2, pat["th_u"], pat["th_v"], tr * 1.2, th_rv * 1.2, 0.6),
+        # fossa posterior: cerebellar hemispheres and the anechoic cisterna magna behind them
+        "cb": _oval(u2, av2, -0.56, 0.14, cr, crv),
+        "cb_rim": _oval(u2, av2, -0.56, 0.14, cr * 1.15, crv * 1.15, 0.6),
+        "cm": _oval(u2, av2, -0.83, 0.0, 0.1, 0.36),
+        # trans-ventricular cue: atrium of the lateral ventricle with its bright choroid plexus
+        "atr": _oval(u2, av2, -0.36, 0.4, 0.27, 0.1),
+        "chor": _oval(u2, av2, -0.4, 0.4, 0.16, 0.055),
+        # insula / Sylvian fissure: faint echogenic arcs, lateral in both hemispheres
+        "ins": _oval(u2, av2, 0.05, 0.66, 0.32, 0.2, 0.6) * (av2 < 0.62),
+    }
+    L = {}
+    for k, arr in half_res.items():
+        L[k] = cv2.resize(arr, (arr.shape[1] * 2, arr.shape[0] * 2), interpolation=cv2.INTER_LINEAR)[: size[0], : size[1]]
+    L["th_rim"] = L["th_rim"] * (1.0 - L["th_rim"]) * (4.0 * (1.0 - L["th"]))
+    L["cb_rim"] = L["cb_rim"] * (1.0 - L["cb_rim"]) * (4.0 * (1.0 - L["cb"]))
+    L["cm"] = L["cm"] * (1.0 - L["cb"])
+    L["ins"] = L["ins"] * (1.0 - L["ins"]) * 4.0
+
+    # thin structures at full resolution: skull, midline, CSP
     dx, dy = geo.xs[crop] - np.float32(cx), geo.ys[crop] - np.float32(cy)
     pus = dx * np.float32(ca / a) + dy * np.float32(sa / a)
     pvs = dy * np.float32(ca / b) - dx * np.float32(sa / b)
     rc = np.sqrt(pus * pus + pvs * pvs)
-    u = pus * pat["front"]  # +u is frontal
+    u = pus * pat["front"]
     v = pvs
-
     # skull: a band around rho = 1, brightest where its normal faces the beam (|n . beam|^2)
     d = (rc - 1.0) * (1.0 / t)
-    skull = np.exp(-(d * d))
+    skull = _bump(d)
     nx = pus * (ca / a) - pvs * (sa / b)
     ny = pus * (sa / a) + pvs * (ca / b)
     bx, by = geo.beam[0][:, crop[1]], geo.beam[1][:, crop[1]]
     facing = (nx * bx + ny * by) ** 2 / (nx * nx + ny * ny + 1e-12)
     bone = skull * (0.12 + 0.88 * facing * facing)
-    edge = 1.0 / b + 0.004
-    inside = _ramp((1.0 - t) - rc, edge)
-
-    # midline echo (falx), broken by the CSP
-    lw = (0.7 + 0.004 * w) / b
-    mid = np.exp(-((v * (1.0 / lw)) ** 2)) * _ramp(0.9 - np.abs(u), 0.03)
-    # thalami: paired hypoechoic ovals either side of the midline
-    tr = pat["th_r"]
-    th_rv = tr * 0.72 * a / b
-    av = np.abs(v)  # paired structures are mirror images about the midline
-    th = _oval(u, av, pat["th_u"], pat["th_v"], tr, th_rv)
-    th_rim = _oval(u, av, pat["th_u"], pat["th_v"], tr * 1.2, th_rv * 1.2, 0.6)
-    th_rim = th_rim * (1.0 - th_rim) * (4.0 * (1.0 - th))
+    inside = _ramp((1.0 - t) - rc, 1.0 / b + 0.004)
     # CSP: anechoic box on the midline anterior to the thalami, with bright walls
     cu, cl, cwid = pat["csp_u"], pat["csp_len"], pat["csp_w"]
     qb = np.maximum(np.abs(u - cu) * (1.0 / cl), np.abs(v) * (1.0 / cwid))
     csp = _ramp(1.0 - qb, 0.12)
-    csp_wall = np.exp(-(((qb - 1.08) * (1.0 / 0.16)) ** 2)) * _ramp(1.15 - np.abs(u - cu) * (1.0 / cl), 0.05)
-    mid *= _ramp(qb - 1.25, 0.15)
-    # fossa posterior: cerebellar hemispheres and the anechoic cisterna magna behind them
-    cr, crv = pat["cb_r"], pat["cb_r"] * a / b
-    cb = _oval(u, av, -0.56, 0.14, cr, crv)
-    cb_rim = _oval(u, av, -0.56, 0.14, cr * 1.15, crv * 1.15, 0.6)
-    cb_rim = cb_rim * (1.0 - cb_rim) * (4.0 * (1.0 - cb))
-    cm = _oval(u, v, -0.83, 0.0, 0.1, 0.36) * (1.0 - cb)
-    # trans-ventricular cue: atrium of the lateral ventricle with its bright choroid plexus
-    atr = _oval(u, av, -0.36, 0.4, 0.27, 0.1)
-    chor = _oval(u, av, -0.4, 0.4, 0.16, 0.055)
-    # insula / Sylvian fissure: faint echogenic arcs, lateral in both hemispheres
-    ins = _oval(u, av, 0.05, 0.66, 0.32, 0.2, 0.6)
-    ins = ins * (1.0 - ins) * 4.0 * (av < 0.62)
-    return {
-        "crop": crop, "rho": rc, "back": back, "skull": skull, "bone": bone, "inside": inside,
-        "mid": mid, "th": th, "th_rim": th_rim, "csp": csp, "csp_wall": csp_wall, "cb": cb, "cb_rim": cb_rim, "cm": cm,
-        "atr": atr, "chor": chor, "ins": ins,
-    }
+    csp_wall = _bump((qb - 1.08) * (1.0 / 0.16)) * _ramp(1.15 - np.abs(u - cu) * (1.0 / cl), 0.05)
+    # midline echo (falx), broken by the CSP
+    lw = (0.7 + 0.004 * w) / b
+    mid = _bump(v * (1.0 / lw)) * _ramp(0.9 - np.abs(u), 0.03) * _ramp(qb - 1.25, 0.15)
+    L.update({"crop": crop, "rho": rc, "back": back, "skull": skull, "bone": bone, "inside": inside,
+              "mid": mid, "csp": csp, "csp_wall": csp_wall})
+    return L
 
 
 def _attenuation(lat: dict, L: dict, geo: Geometry) -> np.ndarray:
@@ -407,7 +411,8 @@ def _attenuation(lat: dict, L: dict, geo: Geometry) -> np.ndarray:
     gm = np.broadcast_to(att, L["back"].shape).copy()
     r, c = L["crop"]
     if r.stop > r.start:
-        sh = np.exp(-np.cumsum(L["bone"], axis=0) * (7.0 / geo.height))
+        # exp(-k * cumsum(bone)) as a running product of (1 - k * bone): no exp needed
+        sh = np.cumprod(1.0 - L["bone"] * (7.0 / geo.height), axis=0)
         gm[r, c] *= sh
         gm[r.stop:, c] *= sh[-1:]
     return gm
@@ -454,10 +459,9 @@ def _display(amp: np.ndarray, lat: dict, geo: Geometry, noise: np.ndarray) -> np
     if lat["noise"] > 0.02:
         amp = amp + (lat["noise"] * 0.2) * noise
     levels = 2048
-    img = scan_convert(amp, geo)
-    img *= levels / 2.0
-    np.clip(img, 0, levels, out=img)
-    return _lut(lat, levels)[img.astype(np.int32)] * geo.inside
+    idx = amp * (levels / 2.0)
+    np.clip(idx, 0, levels, out=idx)
+    return scan_convert(_lut(lat, levels)[idx.astype(np.int32)], geo)
 
 
 def _mask(lat: dict, L: dict, geo: Geometry) -> np.ndarray:
@@ -465,7 +469,7 @@ def _mask(lat: dict, L: dict, geo: Geometry) -> np.ndarray:
     m = np.zeros(L["back"].shape, dtype=np.uint8)
     r, c = L["crop"]
     mc = (L["rho"] < 1.0).astype(np.uint8)  # head
-    mc[L["skull"] > 0.37] = BONE  # |rho - 1| < t
+    mc[L["skull"] > 0.44] = BONE  # |rho - 1| < t
     inside = L["inside"] > 0.5
     if lat["vis_th"] >= 0.5:
         mc[(L["th"] > 0.5) & inside] = TH
@@ -474,9 +478,7 @@ def _mask(lat: dict, L: dict, geo: Geometry) -> np.ndarray:
     if lat["vis_fp"] >= 0.5:
         mc[((L["cb"] > 0.5) | (L["cm"] > 0.5)) & inside] = FP
     m[r, c] = mc
-    out = m.ravel()[geo.nearest].reshape(geo.height, geo.width)
-    out[~geo.inside] = BG
-    return out
+    return scan_convert(m, geo, nearest=True)
 
 
 def render_frame(

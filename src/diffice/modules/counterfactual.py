@@ -117,7 +117,9 @@ class CounterfactualModule(L.LightningModule):
         self.model = _freeze(comps.model)
         self.guide = _freeze(comps.guide)
         self.oracle = _freeze(comps.oracle)
-        self.features = _freeze(comps.features)
+        # only the perceptual network is needed here (the FID / SonoNet nets are the report's)
+        self.perceptual = _freeze(comps.features.perceptual)
+        self.perceptual_l2 = getattr(comps.features, "perceptual_l2", None)
         self.concepts = list(comps.concepts)
         self.settings = CFSettings.from_config(cfg)
         self.settings.validate(getattr(self.diffusion, "num_timesteps", None))
@@ -128,8 +130,8 @@ class CounterfactualModule(L.LightningModule):
     def engine(self) -> CounterfactualEngine:
         from diffice.nets.features import perceptual_l2 as default_l2
 
-        l2 = getattr(self.features, "perceptual_l2", None) or default_l2
-        return CounterfactualEngine(self.diffusion, self.model, self.guide, self.features.perceptual, self.settings, l2)
+        l2 = self.perceptual_l2 or default_l2
+        return CounterfactualEngine(self.diffusion, self.model, self.guide, self.perceptual, self.settings, l2)
 
     @torch.no_grad()
     def _judge(self, x: torch.Tensor) -> dict[str, Any]:
@@ -243,14 +245,17 @@ def select_inputs(cfg: DictConfig, datamodule) -> tuple[Any, list[int], list[int
     if c.label not in LABELS:
         raise UserError(f"cf.label: '{c.label}' is not one of NSP, SP, all")
     ds = datamodule.dataset(str(c.split), label=LABELS[str(c.label)])
-    positions, indices, labels = [], [], []
-    for pos in range(len(ds)):
-        if c.limit is not None and len(positions) >= int(c.limit):
-            break
-        item = ds[pos]
-        positions.append(pos)
-        indices.append(int(item["index"]))
-        labels.append(int(item["label"]))
+    n = len(ds) if c.limit is None else min(len(ds), int(c.limit))
+    positions = list(range(n))
+    fast = hasattr(ds, "indices") and hasattr(ds, "labels") and n > 0  # diffice's FrameDataset
+    if fast:  # no image loading; checked against the first item
+        indices = [int(i) for i in ds.indices[:n]]
+        labels = [int(v) for v in ds.labels[:n]]
+        fast = int(ds[0]["index"]) == indices[0]
+    if not fast:
+        items = [ds[pos] for pos in positions]
+        indices = [int(it["index"]) for it in items]
+        labels = [int(it["label"]) for it in items]
     if not any(lab == 0 for lab in labels):
         raise UserError(
             f"cf.split={c.split}, cf.label={c.label}: the input set has no NSP frame "

@@ -39,6 +39,7 @@ class DDPMModule(DifficeModule):
         self.diffusion = build_diffusion(cfg)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))  # saved with the weights
         self._sampler = None
+        self.trained_steps = 0  # set by load_ddpm
         self._quarters = (torch.zeros(4), torch.zeros(4, dtype=torch.long))  # loss sums and counts
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -188,7 +189,15 @@ def make_grid(frames: Sequence[np.ndarray], ncol: int | None = None, pad: int = 
     return grid
 
 
-ARCH_KEYS = ("data.image_size", "unet", "diffusion.steps", "diffusion.noise_schedule", "diffusion.learn_sigma")
+# what must agree for a checkpoint to be resumed as the same model (dropout, lr etc. may change)
+ARCH_KEYS = (
+    "data.image_size",
+    *(f"unet.{k}" for k in ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions",
+                            "num_head_channels", "resblock_updown", "use_scale_shift_norm")),
+    "diffusion.steps",
+    "diffusion.noise_schedule",
+    "diffusion.learn_sigma",
+)
 
 
 def _get(d: dict, dotted: str):
@@ -214,13 +223,18 @@ def check_compatible(path: str | os.PathLike, ckpt: dict, cfg: DictConfig, keys:
 
 
 def load_ddpm(path: str | os.PathLike, cfg: DictConfig | None = None, map_location: str | torch.device = "cpu") -> DDPMModule:
-    """A trained DDPM (eval mode) from its checkpoint; with ``cfg``, its frame size must match ``cfg.data``."""
-    from diffice.modules.common import load_checkpoint
-
+    """A trained DDPM (eval mode) from its checkpoint, read once; with ``cfg``, its frame size
+    must match ``cfg.data.image_size``. ``.trained_steps`` is the checkpoint's global step."""
     ckpt = read_checkpoint(path, "ddpm")
-    check_compatible(path, ckpt, cfg if cfg is not None else _stored(ckpt), keys=("data.image_size",))
-    del ckpt
-    return load_checkpoint(path, "ddpm", map_location=map_location)  # type: ignore[return-value]
+    stored = _stored(ckpt)
+    check_compatible(path, ckpt, cfg if cfg is not None else stored, keys=("data.image_size",))
+    module = DDPMModule(stored, load_pretrained=False)
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        raise UserError(f"{path}: weights do not fit the DDPM its config describes ({str(err).splitlines()[0]})") from err
+    module.trained_steps = int(ckpt.get("global_step", 0))
+    return module.to(map_location).eval()
 
 
 def _stored(ckpt: dict) -> DictConfig:
