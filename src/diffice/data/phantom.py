@@ -329,8 +329,8 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     c1, s1 = pu * inv, pv * inv
     c2, s2 = c1 * c1 - s1 * s1, 2.0 * c1 * s1
     c3, s3 = c1 * c2 - s1 * s2, s1 * c2 + c1 * s2
-    hm = pat["fluid_h"]
-    wob = hm[0, 0] * c1 + hm[0, 1] * s1 + hm[1, 0] * c2 + hm[1, 1] * s2 + hm[2, 0] * c3 + hm[2, 1] * s3
+    hm = [[float(x) for x in row] for row in pat["fluid_h"]]  # Python floats keep float32 maths
+    wob = hm[0][0] * c1 + hm[0][1] * s1 + hm[1][0] * c2 + hm[1][1] * s2 + hm[2][0] * c3 + hm[2][1] * s3
     rim = (1.0 + pat["fluid"]) + (0.5 * pat["fluid"]) * wob
     back = _ramp(rho - rim, 0.06) * (pat["tissue"] * np.maximum(1.0 + 0.45 * tex, 0.15))
     wall = _ramp(pat["wall"] - geo.depth2, 0.015) * ((pat["tissue"] + 0.03) * (0.8 + 0.2 * np.cos(geo.depth2 * 70.0)))
