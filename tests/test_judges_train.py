@@ -1,0 +1,121 @@
+"""Training the judges on tiny phantom data through the CLI; checkpoints and their kinds."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from diffice.cli import main
+from diffice.errors import UserError
+from diffice.modules.common import load_checkpoint
+from tests.conftest import ROOT
+
+TINY = str(ROOT / "configs/preset/tiny.yaml")
+
+
+def _overrides(runs) -> list[str]:
+    return [
+        f"paths.runs={runs}",
+        "data.image_size=[32,40]",
+        "data.batch_size=8",
+        "data.phantom.count=48",
+        "data.phantom.sp_fraction=0.3",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_every_n_steps=2",
+        "trainer.checkpoint_every_n_steps=2",
+        "wandb.mode=disabled",
+        # small encoders keep the suite fast on 2 shared CPU cores
+        "segmenter.encoder=tu-mobilenetv3_small_050",
+        "oracle.encoder=tu-mobilenetv3_small_050",
+    ]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Train segmenter -> classifier -> oracle once for the whole module (a few steps each)."""
+    root = tmp_path_factory.mktemp("judges") / "runs"
+    ov = _overrides(root)
+    assert main(["train-segmenter", TINY, *ov, "segmenter.max_steps=4"]) == 0
+    assert main(["train-classifier", TINY, *ov, "guide.max_steps=4"]) == 0
+    assert main(["train-oracle", TINY, *ov, "oracle.max_steps=4"]) == 0
+    return root
+
+
+def _train_losses(run) -> list[float]:
+    with open(run / "logs" / "metrics.csv") as fh:
+        return [float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")]
+
+
+def test_segmenter_trains_and_reports_dice_per_class(runs):
+    m = json.loads((runs / "segmenter" / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert {"dice_background", "dice_head", "dice_mean"} <= set(m[split])
+        assert 0.0 <= m[split]["dice_head"] <= 1.0
+    losses = _train_losses(runs / "segmenter")
+    assert len(losses) == 4 and min(losses[1:]) < losses[0]
+    assert list((runs / "segmenter" / "images").glob("val_overlay_*.png"))
+    assert load_checkpoint(runs / "segmenter" / "last.ckpt", "segmenter").net(torch.zeros(1, 1, 32, 40)).shape == (1, 6, 32, 40)
+
+
+def test_classifier_reports_and_rebuilds_from_its_own_checkpoint(runs, tmp_path):
+    m = json.loads((runs / "classifier" / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert {"balanced_accuracy", "auroc", "sensitivity", "specificity"} <= set(m[split])
+    assert list((runs / "classifier" / "images").glob("val_confusion_*.png"))
+    ckpt = torch.load(runs / "classifier" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert float(ckpt["state_dict"]["pos_weight"]) > 1.0  # n_NSP / n_SP of the training split
+    seg = load_checkpoint(runs / "segmenter" / "last.ckpt", "segmenter").net
+    # rebuild with the segmenter checkpoint gone: the classifier checkpoint holds s too
+    moved = tmp_path / "seg.ckpt"
+    (runs / "segmenter" / "last.ckpt").rename(moved)
+    try:
+        guide = load_checkpoint(runs / "classifier" / "last.ckpt", "classifier").guide
+    finally:
+        moved.rename(runs / "segmenter" / "last.ckpt")
+    # s stayed frozen during training: identical to the segmenter checkpoint
+    for (k, a), b in zip(guide.segmenter.state_dict().items(), seg.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    x = (torch.rand(2, 1, 32, 40) * 2 - 1).requires_grad_(True)
+    guide(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_oracle_reports_concept_errors_and_calibration(runs):
+    m = json.loads((runs / "oracle" / "metrics.json").read_text())
+    for c in ("qs_th", "qs_csp", "qs_fp", "qs_bone"):
+        assert 0.0 <= m["val"][f"mae_{c}"] <= 1.0
+        assert 0.0 <= m["val"][f"ece_{c}"] <= 1.0
+    assert "ece_qs_o" in m["val"]
+    assert list((runs / "oracle" / "images").glob("val_reliability_*.png"))
+    oracle = load_checkpoint(runs / "oracle" / "last.ckpt", "oracle").oracle
+    out = oracle(torch.zeros(1, 1, 32, 40))
+    assert out["concepts"].shape == (1, 4) and 0 <= float(out["qs_o"].detach()) <= 1
+
+
+def test_wrong_checkpoint_kind_is_refused_by_name(runs, capsys):
+    with pytest.raises(UserError, match="is a segmenter checkpoint, expected a classifier checkpoint"):
+        load_checkpoint(runs / "segmenter" / "last.ckpt", "classifier")
+    with pytest.raises(UserError, match="is a classifier checkpoint, expected a oracle checkpoint"):
+        load_checkpoint(runs / "classifier" / "last.ckpt", "oracle")
+    ov = _overrides(runs)
+    code = main(["train-classifier", TINY, *ov, f"guide.segmenter_ckpt={runs / 'oracle' / 'last.ckpt'}"])
+    assert code == 2
+    assert "is a oracle checkpoint, expected a segmenter checkpoint" in capsys.readouterr().err
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    ov = _overrides(tmp_path / "runs")
+    assert main(["train-classifier", TINY, *ov]) == 2  # no segmenter trained yet
+    assert "train the segmenter first" in capsys.readouterr().err
+    assert main(["train-segmenter", TINY, *ov, "segmenter.encodr=x"]) == 2
+    assert "segmenter.encodr" in capsys.readouterr().err
+    assert main(["train-oracle", TINY, *ov, "data.concepts=[]"]) == 2
+    assert "data.concepts" in capsys.readouterr().err
+    assert main(["train-oracle", TINY, *ov, "oracle.qs_target=max", "oracle.max_steps=1"]) == 2
+    assert "oracle.qs_target" in capsys.readouterr().err
