@@ -169,3 +169,27 @@ def test_missing_png_is_user_error(hand_run):
     next((hand_run / "frames").glob("*/cf.png")).unlink()
     with pytest.raises(UserError, match="cf.png: image missing"):
         finalize_run(hand_run, nets=fake_eval_nets(), log_wandb=False, progress=False)
+
+
+def test_concept_columns_follow_the_config_order(tmp_path):
+    frames = [dict(h, concepts_input=dict(reversed(list(h["concepts_input"].items()))),
+                   concepts_cf=dict(reversed(list(h["concepts_cf"].items())))) for h in HAND]
+    run = make_fake_run(tmp_path / "run", frames=frames, iterations=2)  # records list qs_fp before qs_th
+    finalize_run(run, nets=None, log_wandb=False, progress=False)
+    m = json.loads((run / "metrics.json").read_text())
+    assert list(m["qd"]) == ["qs_th", "qs_fp"]  # cfg.data.concepts order: qs_th, qs_csp, qs_fp, qs_bone
+
+
+def test_each_distinct_image_goes_through_the_feature_nets_once(tmp_path):
+    from diffice.report.compute import EvalNets, compute_metrics
+    from tests._fake_run import FakeNets
+
+    seen = []
+
+    def fid(x):
+        seen.append(len(x))
+        return FakeNets.fid(x)
+
+    run = make_fake_run(tmp_path / "run", n=5, iterations=3)  # cf.png is a copy of iter3.png
+    compute_metrics(load_records(run), nets=EvalNets(fid=fid, sononet=FakeNets.sononet), progress=False)
+    assert sum(seen) == 5 * (1 + 3)  # input + 3 iterations per frame; cf and iterations reuse features

@@ -29,7 +29,7 @@ def _diff(old, new, prefix: str = "") -> list[str]:
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from diffice.report.compute import compute_metrics, load_eval_nets, run_batch_size
+    from diffice.report.compute import compute_metrics, load_eval_nets, run_batch_size, run_concepts
     from diffice.report.finalize import finalize_run, read_run_config
     from diffice.report.records import load_records
     from diffice.report.tables import markdown_report
@@ -58,7 +58,7 @@ def evaluate_main(argv: list[str]) -> int:
                 raise UserError(f"{old_path}: not found; run 'diffice evaluate {run}' without --check to write it")
             records = load_records(run)
             nets = None if ns.no_images else load_eval_nets(cfg, need_oracle=not all(r.get("qs_iters") for r in records))
-            metrics = compute_metrics(records, nets=nets, batch_size=run_batch_size(cfg))
+            metrics = compute_metrics(records, nets=nets, batch_size=run_batch_size(cfg), concepts=run_concepts(cfg))
             diffs = _diff(json.loads(old_path.read_text()), json.loads(json.dumps(metrics)))
             print(f"{run}: " + ("metrics.json reproduced" if not diffs else "differs:\n  " + "\n  ".join(diffs)))
             differ |= bool(diffs)

@@ -20,7 +20,15 @@ import torch
 
 from diffice.errors import UserError
 from diffice.metrics import Efficiency, FrechetDistance, OracleQuality, SonoSim, TargetDistance, Validity
-from diffice.report.records import concept_names, grey_tensor, iter_value, iteration_png, max_iterations, num
+from diffice.report.records import (
+    concept_names,
+    grey_tensor,
+    iter_value,
+    iteration_png,
+    max_iterations,
+    num,
+    read_bytes,
+)
 
 Features = Callable[[torch.Tensor], torch.Tensor]
 
@@ -106,19 +114,24 @@ def _concept_matrix(records: list[dict], key: str, names: list[str]) -> torch.Te
 
 
 class _ImageMetrics:
-    """FID / FSD / SonoSim accumulators for one set of counterfactuals (final or an iteration)."""
+    """FID / FSD / SonoSim accumulators for one set of counterfactuals (final or an iteration).
+
+    They take features (computed once per image file by :class:`_FeatureCache`), not images.
+    """
 
     def __init__(self, nets: EvalNets):
-        self.fid = FrechetDistance(nets.fid, name="FID") if nets.fid is not None else None
-        self.fsd = FrechetDistance(nets.sononet, name="FSD") if nets.sononet is not None else None
-        self.sim = SonoSim(nets.sononet) if nets.sononet is not None else None
+        self.fid = FrechetDistance(name="FID") if nets.fid is not None else None
+        self.fsd = FrechetDistance(name="FSD") if nets.sononet is not None else None
+        self.sim = SonoSim() if nets.sononet is not None else None
 
-    def update(self, x: torch.Tensor, xc: torch.Tensor, valid: torch.Tensor) -> None:
-        for m in (self.fid, self.fsd):
-            if m is not None:
-                m.update(x, xc, valid)
+    def update(self, x: dict, xc: dict, valid: torch.Tensor) -> None:
+        """``x``, ``xc``: dicts of features {"fid": (B, D), "sononet": (B, F)} of inputs and outputs."""
+        if self.fid is not None:
+            self.fid.update(x["fid"], xc["fid"], valid)
+        if self.fsd is not None:
+            self.fsd.update(x["sononet"], xc["sononet"], valid)
         if self.sim is not None:
-            self.sim.update(x, xc)
+            self.sim.update(x["sononet"], xc["sononet"])
 
     def compute(self, notes: list[str], label: str) -> dict:
         out = {}
@@ -130,21 +143,49 @@ class _ImageMetrics:
         return out
 
 
+class _FeatureCache:
+    """Features of PNG files, computed once per distinct file content (cf.png usually equals iterL.png)."""
+
+    def __init__(self, nets: EvalNets):
+        self.nets = nets
+        self.device = torch.device(nets.device)
+        self.cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, paths: list) -> dict[str, torch.Tensor]:
+        import hashlib
+
+        keys = [hashlib.sha1(read_bytes(p)).hexdigest() for p in paths]
+        todo = sorted({k: p for k, p in zip(keys, paths) if k not in self.cache}.items())
+        if todo:
+            x = torch.stack([grey_tensor(p) for _, p in todo]).to(self.device)
+            with torch.no_grad():
+                feats = {name: fn(x).detach().double().cpu().reshape(len(x), -1)
+                         for name, fn in (("fid", self.nets.fid), ("sononet", self.nets.sononet)) if fn is not None}
+            for i, (k, _) in enumerate(todo):
+                self.cache[k] = {name: f[i] for name, f in feats.items()}
+        names = self.cache[keys[0]].keys() if keys else ()
+        return {name: torch.stack([self.cache[k][name] for k in keys]) for name in names}
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+
 def compute_metrics(records: list[dict], *, nets: EvalNets | None, batch_size: int = 10,
-                    chunk: int = 32, progress: bool = True) -> dict:
+                    concepts=(), chunk: int = 32, progress: bool = True) -> dict:
     """The metrics dict written to ``metrics.json`` (see docs/metrics.md for every key).
 
-    ``nets=None`` skips the image metrics (FID, FSD, SonoSim -> null, with a note).
+    ``nets=None`` skips the image metrics (FID, FSD, SonoSim -> null, with a note); ``concepts``
+    orders the per-concept columns (cfg.data.concepts; others follow in record order).
     """
     with warnings.catch_warnings():
         # metrics left empty on purpose (e.g. no oracle) compute NaN; torchmetrics warns about that
         warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric", category=UserWarning)
-        return _compute_metrics(records, nets, batch_size, chunk, progress)
+        return _compute_metrics(records, nets, batch_size, concept_names(records, concepts), chunk, progress)
 
 
-def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int, chunk: int, progress: bool) -> dict:
+def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int, names: list[str], chunk: int,
+                     progress: bool) -> dict:
     notes: list[str] = []
-    names = concept_names(records)
     n_iter = max_iterations(records)
     p_in = [num(r["p_input"]) for r in records]
     q_in = [num(r["qs_input"]) for r in records]
@@ -229,27 +270,38 @@ def _image_pass(records, nets: EvalNets, final_img, it_img, it_orc, names, q_in,
     from rich.progress import Progress
 
     dev = torch.device(nets.device)
+    features = _FeatureCache(nets)
     iters = sorted(it_img)
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("image metrics", total=len(records))
         for start in range(0, len(records), chunk):
             part = records[start:start + chunk]
-            x = torch.stack([grey_tensor(r["_dir"] / "input.png") for r in part]).to(dev)
-            xc = torch.stack([grey_tensor(r["_dir"] / "cf.png") for r in part]).to(dev)
-            final_img.update(x, xc, torch.tensor([bool(r["flipped"]) for r in part]))
+            x = features([r["_dir"] / "input.png" for r in part])
+            final_img.update(x, features([r["_dir"] / "cf.png" for r in part]),
+                             torch.tensor([bool(r["flipped"]) for r in part]))
             for k in iters:
-                xk = torch.stack([grey_tensor(iteration_png(r, k)) for r in part]).to(dev)
+                paths = [iteration_png(r, k) for r in part]
                 valid = torch.tensor([iter_value(r.get("p_iters"), k) > 0.5 for r in part])
-                it_img[k].update(x, xk, valid)
+                it_img[k].update(x, features(paths), valid)
                 if k in it_orc:
+                    xk = torch.stack([grey_tensor(p) for p in paths]).to(dev)
                     with torch.no_grad():
                         o = nets.oracle(xk)
                     cols = [list(nets.concepts).index(c) if c in nets.concepts else None for c in names]
                     conc = o["concepts"].double().cpu()
-                    cc = torch.stack([conc[:, i] if i is not None else torch.full((len(part),), float("nan"), dtype=torch.float64)
-                                      for i in cols], 1) if cols else torch.zeros(len(part), 0, dtype=torch.float64)
+                    nan = torch.full((len(part),), float("nan"), dtype=torch.float64)
+                    cc = (torch.stack([conc[:, i] if i is not None else nan for i in cols], 1) if cols
+                          else torch.zeros(len(part), 0, dtype=torch.float64))
                     it_orc[k].update(q_in[start:start + chunk], o["qs_o"].double().cpu(), c_in[start:start + chunk], cc)
+            features.clear()
             bar.advance(task, len(part))
+
+
+def run_concepts(cfg) -> tuple[str, ...]:
+    try:
+        return tuple(cfg.data.concepts)
+    except Exception:  # noqa: BLE001 - a config without data.concepts
+        return ()
 
 
 def run_batch_size(cfg) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from diffice.errors import UserError
 from diffice.io import atomic_write_text
-from diffice.report.compute import EvalNets, compute_metrics, load_eval_nets, run_batch_size
+from diffice.report.compute import EvalNets, compute_metrics, load_eval_nets, run_batch_size, run_concepts
 from diffice.report.html import report_html
 from diffice.report.records import concept_names, load_records, write_results_csv
 from diffice.report.tables import markdown_report
@@ -59,18 +59,19 @@ def finalize_run(run_dir: str | Path, cfg=None, *, nets: EvalNets | str | None =
     if nets == "auto":
         nets = load_eval_nets(cfg, need_oracle=not all(r.get("qs_iters") for r in records))
     metrics = compute_metrics(records, nets=nets if isinstance(nets, EvalNets) else None,
-                              batch_size=run_batch_size(cfg), progress=progress)
+                              batch_size=run_batch_size(cfg), concepts=run_concepts(cfg), progress=progress)
     metrics_path = atomic_write_text(run_dir / "metrics.json", metrics_json_text(metrics))
     table = markdown_report([metrics])
     atomic_write_text(run_dir / "metrics.md", table)
     title = f"diffice counterfactuals: {run_dir.name}"
-    page = report_html(metrics, records, concept_names(records), title, _config_summary(cfg), frames=frames)
+    concepts = concept_names(records, run_concepts(cfg))
+    page = report_html(metrics, records, concepts, title, _config_summary(cfg), frames=frames)
     report = atomic_write_text(run_dir / "report.html", page)
     if log_wandb:
         from diffice.report.wandb_log import log_run
 
         try:
-            log_run(run_dir, cfg, metrics, records, concept_names(records))
+            log_run(run_dir, cfg, metrics, records, concepts)
         except Exception as err:  # noqa: BLE001 - the files are written; W&B is a copy
             print(f"warning: W&B logging failed ({type(err).__name__}: {err}); metrics.json and report.html "
                   "are written", file=sys.stderr)

@@ -76,13 +76,15 @@ def num(value) -> float:
         return float("nan")
 
 
-def concept_names(records: list[dict]) -> list[str]:
-    names: list[str] = []
+def concept_names(records: list[dict], order=()) -> list[str]:
+    """Concept names found in the records, those in ``order`` (e.g. cfg.data.concepts) first, in that order."""
+    found: list[str] = []
     for rec in records:
         for key in list(rec.get("concepts_input") or {}) + list(rec.get("concepts_cf") or {}):
-            if key not in names:
-                names.append(key)
-    return names
+            if key not in found:
+                found.append(key)
+    order = [c for c in (order or ()) if c in found]
+    return order + [c for c in found if c not in order]
 
 
 def max_iterations(records: list[dict]) -> int:
@@ -126,6 +128,15 @@ def read_png(path: str | Path) -> np.ndarray:
                         "'diffice counterfactuals' to redo it") from err
     except OSError as err:
         raise UserError(f"{path}: unreadable image ({type(err).__name__}); delete the frame folder and rerun") from err
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """A run file's bytes; UserError naming the file if it is missing."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: image missing from the run folder; delete the frame folder and rerun "
+                        "'diffice counterfactuals' to redo it") from err
 
 
 def grey_tensor(path: str | Path):
