@@ -193,3 +193,28 @@ def test_each_distinct_image_goes_through_the_feature_nets_once(tmp_path):
     run = make_fake_run(tmp_path / "run", n=5, iterations=3)  # cf.png is a copy of iter3.png
     compute_metrics(load_records(run), nets=EvalNets(fid=fid, sononet=FakeNets.sononet), progress=False)
     assert sum(seen) == 5 * (1 + 3)  # input + 3 iterations per frame; cf and iterations reuse features
+
+
+def test_cli_evaluate_and_one_line_errors(hand_run, tmp_path, capsys):
+    from diffice.cli import main
+
+    assert main(["evaluate", str(hand_run), "--no-images", "--no-wandb"]) == 0
+    assert "| Diff-ICE |" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "absent"), "--no-images"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "absent" in err
+    assert main(["reader-score", str(hand_run), str(tmp_path / "a.csv")]) == 2
+    assert "reader-study" in capsys.readouterr().err
+
+
+def test_wandb_table_rows_and_scalars(hand_run):
+    from diffice.report.compute import compute_metrics
+    from diffice.report.wandb_log import frame_table_rows, scalar_metrics
+
+    records = load_records(hand_run)
+    cols, rows = frame_table_rows(records, 2)
+    assert cols[:6] == ["index", "id", "input", "seg_input", "iter1", "iter2"] and len(rows) == 4
+    assert all(isinstance(rows[0][cols.index(c)], bytes) for c in ("input", "iter2", "cf", "diff", "target"))
+    assert rows[1][cols.index("flipped")] is False
+    s = scalar_metrics(compute_metrics(records, nets=None, progress=False))
+    assert s["cf/fr"] == pytest.approx(2 / 3) and "cf/fid" not in s and "cf/qd_qs_th" in s
