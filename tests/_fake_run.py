@@ -103,6 +103,7 @@ def make_fake_run(root: str | Path, n: int = 6, iterations: int = 2, size: tuple
             "iterations": its,
             "batch_id": f"rank0-{batch}", "batch_seconds": rec.get("batch_seconds", (0.5 + 0.1 * batch) * batch_size),
             "peak_memory_bytes": rec.get("peak_memory_bytes", 1e9 + 1e8 * i),
+            "seconds_iters": rec.get("seconds_iters", [0.1 * (k + 1) for k in range(its)]),
         }
         if with_qs_iters and "qs_iters" in rec:
             record["qs_iters"] = rec["qs_iters"]

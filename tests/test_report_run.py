@@ -53,6 +53,9 @@ def test_metrics_json_matches_hand_values(hand_run):
     # two batches (batch_size=2) of 2 s and 6 s
     assert m["n_batches"] == 2 and m["batch_seconds_mean"] == pytest.approx(4.0)
     assert m["total_hours"] == pytest.approx(8 / 3600) and m["nfe"] == 100
+    # per pass: frames' seconds_iters shares summed per batch; fake shares are 0.1 k s per frame
+    assert m["per_iteration"][1]["batch_seconds_mean"] == pytest.approx(2 * 0.2)
+    assert m["per_iteration"][1]["iteration_hours"] == pytest.approx(4 * 0.2 / 3600)
     # iteration 1: guide p = 0.6, 0.35, 0.3 on the NSP inputs -> FR 1/3
     assert m["per_iteration"][0]["fr"] == pytest.approx(1 / 3)
     assert m["per_iteration"][1]["mad"] == pytest.approx(m["mad"])

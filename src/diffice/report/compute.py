@@ -253,10 +253,28 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
                 for r in records]
         row["frames_running"] = int(sum(k <= int(r.get("iterations") or 0) for r in records))
         row["iteration_hours"] = _f(np.nansum(secs) / 3600.0) if np.isfinite(secs).any() else None
+        row.update(_iteration_batch_seconds(records, k))
         per_iter.append(row)
     out["per_iteration"] = per_iter
     out["notes"] = notes
     return out
+
+
+def _iteration_batch_seconds(records: list[dict], k: int) -> dict:
+    """Mean ± std over batches of pass k's time (sum of its frames' ``seconds_iters`` shares)."""
+    groups: dict[str, float] = {}
+    for r in records:
+        secs = r.get("seconds_iters") or []
+        if r.get("batch_id") is None or k > len(secs):
+            continue
+        groups[str(r["batch_id"])] = groups.get(str(r["batch_id"]), 0.0) + num(secs[k - 1])
+    if not groups:
+        return {"batch_seconds_mean": None, "batch_seconds_std": None}
+    eff = Efficiency()
+    for seconds in groups.values():
+        eff.update(seconds)
+    e = eff.compute()
+    return {"batch_seconds_mean": _f(e["batch_seconds_mean"]), "batch_seconds_std": _f(e["batch_seconds_std"])}
 
 
 def iter_value_dict(values: list | None, k: int) -> dict:

@@ -31,11 +31,8 @@ def table1_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["Method"] + [t for _, t, _ in QUALITY] + ["Batch time (s)", "Total time (h)", "Memory (GB)"]
     rows = []
     for m in metrics:
-        batch = fmt(m.get("batch_seconds_mean"), 1)
-        if m.get("batch_seconds_std") is not None:
-            batch += " ± " + fmt(m.get("batch_seconds_std"), 1)
         rows.append([method_name(m["method"])] + [fmt(m.get(k), d) for k, _, d in QUALITY]
-                    + [batch, fmt(m.get("total_hours"), 2), fmt(m.get("peak_memory_gb"), 1)])
+                    + [_batch_time(m), fmt(m.get("total_hours"), 2), fmt(m.get("peak_memory_gb"), 1)])
     return header, rows
 
 
@@ -54,11 +51,18 @@ def extra_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def table2_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    header = ["Iteration"] + [t for _, t, _ in QUALITY] + ["Frames running", "Iteration time (h)"]
+    header = ["Iteration"] + [t for _, t, _ in QUALITY] + ["Frames running", "Batch time (s)", "Iteration time (h)"]
     rows = [[str(it["iteration"])] + [fmt(it.get(k), d) for k, _, d in QUALITY]
-            + [str(it.get("frames_running", "–")), fmt(it.get("iteration_hours"), 2)]
+            + [str(it.get("frames_running", "–")), _batch_time(it), fmt(it.get("iteration_hours"), 2)]
             for it in metrics.get("per_iteration") or []]
     return header, rows
+
+
+def _batch_time(m: dict) -> str:
+    text = fmt(m.get("batch_seconds_mean"), 1)
+    if m.get("batch_seconds_std") is not None:
+        text += " ± " + fmt(m.get("batch_seconds_std"), 1)
+    return text
 
 
 def qd_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
