@@ -56,6 +56,7 @@ BG, HEAD, BONE, TH, CSP, FP = range(6)
 GOOD_MIN = 0.75
 BAD_MAX = 0.3
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+DYNAMIC_RANGE_DB = 40.0  # log compression of the display
 
 # NSP fault kinds and their relative frequencies.
 FAULTS = ("cerebellar", "ventricular", "no_csp", "blur", "contrast", "noise")
@@ -152,8 +153,8 @@ def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240) -> tuple
     beam like layered tissue.
     """
     rng = _rng(seed, nr, npx)
-    sa = max(0.45, 0.004 * nr)
-    sl_near, sl_far = max(0.5, 0.007 * npx), max(0.75, 0.013 * npx)
+    sa = max(0.4, 0.003 * nr)
+    sl_near, sl_far = max(0.45, 0.005 * npx), max(0.7, 0.01 * npx)
     depth = (np.arange(nr, dtype=np.float32)[:, None] + 0.5) / nr
     mix = np.clip(depth * 1.2, 0, 1)
     h2, w2 = (nr + 1) // 2, (npx + 1) // 2
@@ -169,7 +170,9 @@ def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240) -> tuple
             near /= near.std() + 1e-8
             far /= far.std() + 1e-8
             env2 += ((1 - mix) * near + mix * far) ** 2
-        env = np.sqrt(env2)
+        # display smoothing (compounding / persistence / the pixel's own area) averages a few
+        # speckle grains and lowers the speckle contrast from Rayleigh's 0.52 to about 0.3
+        env = ndimage.gaussian_filter(np.sqrt(env2), (0.8 * sa + 0.3, 0.8 * sl_near + 0.3), mode="wrap")
         speckle[k] = env / env.mean()
         z2 = rng.standard_normal((h2, w2)).astype(np.float32)
         t = ndimage.gaussian_filter(z2, (max(1.0, 0.0125 * nr), max(1.0, 0.03 * npx)), mode="wrap")
@@ -196,7 +199,7 @@ def sample_patient(seed: int, patient: int) -> dict:
         "angle": g.uniform(-20, 20),  # head rotation in degrees
         "front": float(g.choice([-1.0, 1.0])),  # which end of the u axis is frontal
         "skull": g.uniform(0.030, 0.045),  # skull thickness / semi-axis
-        "brain": g.uniform(0.09, 0.13),  # parenchyma echogenicity
+        "brain": g.uniform(0.065, 0.095),  # parenchyma echogenicity
         "tissue": g.uniform(0.2, 0.32),  # maternal / fetal-body tissue echogenicity
         "fluid": g.uniform(0.15, 0.45),  # width of the fluid rim around the head (relative)
         "fluid_h": g.uniform(-1, 1, size=(3, 2)),  # fluid-boundary harmonics
@@ -204,8 +207,8 @@ def sample_patient(seed: int, patient: int) -> dict:
         "th_v": g.uniform(0.14, 0.18),
         "th_r": g.uniform(0.17, 0.2),
         "csp_u": g.uniform(0.37, 0.43),
-        "csp_len": g.uniform(0.12, 0.15),
-        "csp_w": g.uniform(0.07, 0.09),
+        "csp_len": g.uniform(0.13, 0.16),
+        "csp_w": g.uniform(0.085, 0.105),
         "cb_r": g.uniform(0.16, 0.19),
         "wall": g.uniform(0.10, 0.18),  # maternal abdominal wall thickness (depth fraction)
     }
@@ -332,7 +335,7 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     hm = [[float(x) for x in row] for row in pat["fluid_h"]]  # Python floats keep float32 maths
     wob = hm[0][0] * c1 + hm[0][1] * s1 + hm[1][0] * c2 + hm[1][1] * s2 + hm[2][0] * c3 + hm[2][1] * s3
     rim = (1.0 + pat["fluid"]) + (0.5 * pat["fluid"]) * wob
-    back = _ramp(rho - rim, 0.06) * (pat["tissue"] * np.maximum(1.0 + 0.45 * tex, 0.15))
+    back = _ramp(rho - rim, 0.06) * (pat["tissue"] * np.maximum(1.0 + 0.5 * tex, 0.35))
     wall = _ramp(pat["wall"] - geo.depth2, 0.015) * ((pat["tissue"] + 0.03) * (0.8 + 0.2 * np.cos(geo.depth2 * 70.0)))
     np.maximum(back, wall, out=back)  # maternal abdominal wall near the probe
     nr, npx = geo.xs.shape
@@ -365,7 +368,7 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
         "atr": _oval(u2, av2, -0.36, 0.4, 0.27, 0.1),
         "chor": _oval(u2, av2, -0.4, 0.4, 0.16, 0.055),
         # insula / Sylvian fissure: faint echogenic arcs, lateral in both hemispheres
-        "ins": _oval(u2, av2, 0.05, 0.66, 0.32, 0.2, 0.6) * (av2 < 0.62),
+        "ins": _oval(u2, av2, 0.05, 0.74, 0.3, 0.2, 0.6) * (av2 < 0.7),
     }
     L = {}
     for k, arr in half_res.items():
@@ -389,7 +392,7 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     ny = pus * (sa / a) + pvs * (ca / b)
     bx, by = geo.beam[0][:, crop[1]], geo.beam[1][:, crop[1]]
     facing = (nx * bx + ny * by) ** 2 / (nx * nx + ny * ny + 1e-12)
-    bone = skull * (0.12 + 0.88 * facing * facing)
+    bone = skull * (0.04 + 0.96 * facing * facing)
     inside = _ramp((1.0 - t) - rc, 1.0 / b + 0.004)
     # CSP: anechoic box on the midline anterior to the thalami, with bright walls
     cu, cl, cwid = pat["csp_u"], pat["csp_len"], pat["csp_w"]
@@ -424,7 +427,7 @@ def _head(pat: dict, lat: dict, L: dict, speck: np.ndarray, gm: np.ndarray) -> n
     inside = L["inside"]
     vis_th, vis_csp, vis_fp, vis_tv = lat["vis_th"], lat["vis_csp"], lat["vis_fp"], lat["vis_tv"]
     # diffuse scatterers (speckled)
-    brain = pat["brain"] * (1.0 - 0.8 * vis_th * L["th"])
+    brain = pat["brain"] * (1.0 - 0.65 * vis_th * L["th"])
     brain *= 1.0 - 0.9 * vis_csp * L["csp"]
     brain *= 1.0 - 0.85 * vis_fp * L["cm"]
     brain *= 1.0 - 0.75 * vis_tv * L["atr"]
@@ -432,7 +435,7 @@ def _head(pat: dict, lat: dict, L: dict, speck: np.ndarray, gm: np.ndarray) -> n
     diffuse = inside * brain + (1.0 - inside) * L["back"][r, c] * (1.0 - L["skull"])
     # specular reflectors (less speckled): skull, falx, CSP walls, insula, cerebellar rim, choroid
     spec = 2.2 * L["bone"] + inside * (
-        0.3 * L["mid"] + (0.45 * vis_csp) * L["csp_wall"] + (0.22 * vis_th) * L["th_rim"] + 0.12 * L["ins"]
+        0.3 * L["mid"] + (0.45 * vis_csp) * L["csp_wall"] + (0.22 * vis_th) * L["th_rim"] + 0.07 * L["ins"]
         + (0.35 * vis_tv) * L["chor"] + (0.3 * vis_fp) * L["cb_rim"]
     )
     s = speck[r, c]
@@ -441,9 +444,10 @@ def _head(pat: dict, lat: dict, L: dict, speck: np.ndarray, gm: np.ndarray) -> n
 
 def _lut(lat: dict, levels: int) -> np.ndarray:
     """Display map of linear echo amplitude (index = amplitude * levels / 2): gain, log
-    compression, and the contrast fault's haze (lifted floor, flattened contrast)."""
-    x = np.arange(levels + 1, dtype=np.float32) * (2.0 / levels) * math.exp(lat["gain"])
-    y = np.log1p(8.0 * x) / math.log1p(8.0 * 1.3)
+    compression over a 40 dB dynamic range (white at amplitude 2.5), and the contrast
+    fault's haze (lifted floor, flattened contrast)."""
+    x = np.arange(levels + 1, dtype=np.float64) * (2.0 / levels) * math.exp(lat["gain"])
+    y = 1.0 + (20.0 / DYNAMIC_RANGE_DB) * np.log10(np.maximum(x, 1e-6) / 2.5)
     c = lat["contrast"]
     if c > 0.02:
         y = 0.32 * c + y * (1.0 - 0.75 * c)
@@ -454,10 +458,10 @@ def _display(amp: np.ndarray, lat: dict, geo: Geometry, noise: np.ndarray) -> np
     """Faults on the linear amplitude (defocus blur, electronic noise), scan conversion,
     then the display LUT. Returns uint8 canvas, 0 outside the sector."""
     if lat["blur"] > 0.02:
-        s = lat["blur"] * 0.028 * geo.height
+        s = lat["blur"] * 0.04 * geo.height
         amp = _box_blur(amp, 0.6 * s, s)
     if lat["noise"] > 0.02:
-        amp = amp + (lat["noise"] * 0.2) * noise
+        amp = amp + (lat["noise"] * 0.12) * noise  # additive (positive) clutter: haze and grain
     levels = 2048
     idx = amp * (levels / 2.0)
     np.clip(idx, 0, levels, out=idx)
@@ -507,7 +511,7 @@ def render_frame(
     k = int(g.integers(len(speckles)))
     speck = np.roll(speckles[k], (int(g.integers(nr)), int(g.integers(npx))), axis=(0, 1))
     tex = np.roll(textures[k], (int(g.integers(nr)), int(g.integers(npx))), axis=(0, 1))
-    noise = np.roll(speckles[(k + 1) % len(speckles)], int(g.integers(nr)), axis=0) - 1.0
+    noise = np.roll(speckles[(k + 1) % len(speckles)], int(g.integers(nr)), axis=0)
     L = _layers(pat, act, geo, tex)
     gm = _attenuation(act, L, geo)
     base = L["back"] * speck * gm  # everything outside the head's box
