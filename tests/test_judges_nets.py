@@ -185,3 +185,30 @@ def test_feature_nets_official_sononet(tiny_cfg, segmenter, sononet_dir):
     assert len(fn.perceptual(x)) == 5
     assert fn.sononet(x).shape == (2, 128)
     assert fn.sononet_source == "official SonoNet-16"
+
+
+def test_binary_report_balanced_accuracy_and_auroc():
+    from diffice.modules.classifier import binary_report
+
+    probs = torch.tensor([0.9, 0.8, 0.3, 0.2, 0.1, 0.6, 0.5])
+    labels = torch.tensor([1, 0, 1, 0, 0, 0, -1])  # -1 is ignored
+    r = binary_report(probs, labels)
+    assert (r["tp"], r["fn"], r["tn"], r["fp"]) == (1, 1, 2, 2)
+    assert r["balanced_accuracy"] == pytest.approx(0.5 * (1 / 2 + 2 / 4))
+    # AUROC: P(score of an SP > score of an NSP) over the 2 x 4 pairs: 0.9 beats 4, 0.3 beats 2
+    assert r["auroc"] == pytest.approx(6 / 8)
+
+
+def test_oracle_targets_and_calibration():
+    from diffice.modules.oracle import calibration, qs_target
+
+    c = torch.tensor([[0.8, 0.6, float("nan"), 1.0], [float("nan")] * 4, [0.2, 0.2, 0.2, 0.2]])
+    lab = torch.tensor([-1, 1, 0])
+    t = qs_target(lab, c, "label")
+    assert t[0] == pytest.approx(0.8) and t[1] == 1 and t[2] == 0
+    t = qs_target(lab, c, "mean")
+    assert t[0] == pytest.approx(0.8) and torch.isnan(t[1]) and t[2] == pytest.approx(0.2)
+    perfect = calibration(torch.tensor([0.05, 0.95, 0.55]), torch.tensor([0.05, 0.95, 0.55]))
+    assert perfect["ece"] == pytest.approx(0.0, abs=1e-9)
+    off = calibration(torch.tensor([0.9, 0.9]), torch.tensor([0.0, 1.0]))
+    assert off["ece"] == pytest.approx(0.4)

@@ -150,7 +150,7 @@ class ClassifierModule(DifficeModule):
         rep = binary_report(probs, labels)
         for key in ("balanced_accuracy", "auroc", "sensitivity", "specificity"):
             if not math.isnan(rep[key]):
-                self.log(f"val/{key}", rep[key], prog_bar=key == "balanced_accuracy")
+                self.log(f"val/{key}", rep[key], prog_bar=key == "balanced_accuracy", sync_dist=True)
         log_image(self, "val/confusion", confusion_image(rep), caption="rows: truth NSP/SP; columns: prediction")
 
     def configure_optimizers(self):

@@ -153,7 +153,7 @@ class OracleModule(DifficeModule):
                                     self.cfg.oracle.qs_target)
         for k, v in rep.items():
             if not math.isnan(v):
-                self.log(f"val/{k}", v)
+                self.log(f"val/{k}", v, sync_dist=True)
         log_image(self, "val/reliability", reliability_image(curves), caption="mean target per prediction bin")
 
     def configure_optimizers(self):

@@ -84,7 +84,7 @@ class SegmenterModule(DifficeModule):
         if self._dice is None:
             return
         for name, value in dice_report(self.classes, self._dice.compute()).items():
-            self.log(f"val/dice_{name}", value)
+            self.log(f"val/dice_{name}", value, sync_dist=True)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.net.parameters(), lr=self.cfg.segmenter.lr, weight_decay=1e-4)
