@@ -9,6 +9,8 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+# CPU DDP tests use gloo on the loopback interface (some hosts have no routable default)
+os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
