@@ -198,7 +198,7 @@ def sample_patient(seed: int, patient: int) -> dict:
         "ratio": g.uniform(0.74, 0.84),  # biparietal / occipito-frontal
         "angle": g.uniform(-20, 20),  # head rotation in degrees
         "front": float(g.choice([-1.0, 1.0])),  # which end of the u axis is frontal
-        "skull": g.uniform(0.030, 0.045),  # skull thickness / semi-axis
+        "skull": g.uniform(0.038, 0.052),  # skull thickness / semi-axis
         "brain": g.uniform(0.065, 0.095),  # parenchyma echogenicity
         "tissue": g.uniform(0.2, 0.32),  # maternal / fetal-body tissue echogenicity
         "fluid": g.uniform(0.15, 0.45),  # width of the fluid rim around the head (relative)
@@ -211,6 +211,7 @@ def sample_patient(seed: int, patient: int) -> dict:
         "csp_w": g.uniform(0.085, 0.105),
         "cb_r": g.uniform(0.16, 0.19),
         "wall": g.uniform(0.10, 0.18),  # maternal abdominal wall thickness (depth fraction)
+        "fascia": g.uniform(0.1, 1.0, size=3),  # depths of bright fascia lines in the wall (fraction of it)
     }
 
 
@@ -336,7 +337,10 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     wob = hm[0][0] * c1 + hm[0][1] * s1 + hm[1][0] * c2 + hm[1][1] * s2 + hm[2][0] * c3 + hm[2][1] * s3
     rim = (1.0 + pat["fluid"]) + (0.5 * pat["fluid"]) * wob
     back = _ramp(rho - rim, 0.06) * (pat["tissue"] * np.maximum(1.0 + 0.5 * tex, 0.35))
-    wall = _ramp(pat["wall"] - geo.depth2, 0.015) * ((pat["tissue"] + 0.03) * (0.8 + 0.2 * np.cos(geo.depth2 * 70.0)))
+    # maternal abdominal wall near the probe: tissue with bright fascia lines (arcs of equal depth)
+    fascia = sum(np.exp(-(((geo.depth2 - float(f) * pat["wall"]) * (1.0 / 0.008)) ** 2)) for f in pat["fascia"])
+    wall = _ramp(pat["wall"] - geo.depth2, 0.015) * ((pat["tissue"] + 0.03) * (0.85 + 2.0 * fascia))
+    wall = wall * np.maximum(1.0 + 0.5 * tex, 0.35)
     np.maximum(back, wall, out=back)  # maternal abdominal wall near the probe
     nr, npx = geo.xs.shape
     back = cv2.resize(back, (back.shape[1] * 2, back.shape[0] * 2), interpolation=cv2.INTER_LINEAR)[:nr, :npx]
@@ -427,7 +431,7 @@ def _head(pat: dict, lat: dict, L: dict, speck: np.ndarray, gm: np.ndarray) -> n
     inside = L["inside"]
     vis_th, vis_csp, vis_fp, vis_tv = lat["vis_th"], lat["vis_csp"], lat["vis_fp"], lat["vis_tv"]
     # diffuse scatterers (speckled)
-    brain = pat["brain"] * (1.0 - 0.65 * vis_th * L["th"])
+    brain = pat["brain"] * (1.0 - 0.6 * vis_th * L["th"])
     brain *= 1.0 - 0.9 * vis_csp * L["csp"]
     brain *= 1.0 - 0.85 * vis_fp * L["cm"]
     brain *= 1.0 - 0.75 * vis_tv * L["atr"]
@@ -435,10 +439,12 @@ def _head(pat: dict, lat: dict, L: dict, speck: np.ndarray, gm: np.ndarray) -> n
     diffuse = inside * brain + (1.0 - inside) * L["back"][r, c] * (1.0 - L["skull"])
     # specular reflectors (less speckled): skull, falx, CSP walls, insula, cerebellar rim, choroid
     spec = 2.2 * L["bone"] + inside * (
-        0.3 * L["mid"] + (0.45 * vis_csp) * L["csp_wall"] + (0.22 * vis_th) * L["th_rim"] + 0.07 * L["ins"]
+        0.3 * L["mid"] + (0.45 * vis_csp) * L["csp_wall"] + (0.15 * vis_th) * L["th_rim"] + 0.07 * L["ins"]
         + (0.35 * vis_tv) * L["chor"] + (0.3 * vis_fp) * L["cb_rim"]
     )
     s = speck[r, c]
+    glint = np.maximum(s - 1.75, 0.0)  # sparse bright echoes inside the brain (small vessels, sulci)
+    spec = spec + (0.3 * pat["brain"] / 0.08) * (inside * (1.0 - vis_th * L["th"])) * glint
     return (diffuse * s + spec * (0.5 + 0.5 * s)) * gm[r, c]
 
 
@@ -458,7 +464,7 @@ def _display(amp: np.ndarray, lat: dict, geo: Geometry, noise: np.ndarray) -> np
     """Faults on the linear amplitude (defocus blur, electronic noise), scan conversion,
     then the display LUT. Returns uint8 canvas, 0 outside the sector."""
     if lat["blur"] > 0.02:
-        s = lat["blur"] * 0.04 * geo.height
+        s = lat["blur"] * 0.035 * geo.height
         amp = _box_blur(amp, 0.6 * s, s)
     if lat["noise"] > 0.02:
         amp = amp + (lat["noise"] * 0.12) * noise  # additive (positive) clutter: haze and grain
