@@ -115,3 +115,27 @@ def test_fpdb_missing_image_names_the_file(tmp_path, tiny_overrides):
     with pytest.raises(UserError, match="Patient00005_Plane3_1_of_1.png"):
         ds[pos]
     assert torch.is_tensor(ds[0]["image"])
+
+
+def test_hc18_layout_fixture(tmp_path, tiny_overrides):
+    folder = tmp_path / "hc18" / "training_set"
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[0:54, 0:80]
+    ring = ((np.abs(np.hypot((xx - 40) / 25.0, (yy - 27) / 18.0) - 1) < 0.04) * 255).astype(np.uint8)
+    for name in ("000_HC", "001_HC", "001_2HC", "002_HC"):
+        Image.fromarray(np.full((54, 80), 90, np.uint8)).save(folder / f"{name}.png")
+        Image.fromarray(ring).save(folder / f"{name}_Annotation.png")
+    (folder / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (folder / "notes.png").write_bytes(b"not an image, and not an HC18 name")
+    recs = hc18_records(tmp_path / "hc18")
+    assert [r.id for r in recs] == ["000_HC", "001_2HC", "001_HC", "002_HC"]
+    assert recs[1].patient == recs[2].patient == "001"
+    dm = DiffIceDataModule(_cfg(tiny_overrides, "data.source=hc18", f"data.root={tmp_path / 'hc18'}",
+                                "data.classes=[background,head]", "data.concepts=[]"))
+    it = dm.dataset("all")[0]
+    assert it["mask"][16, 20] == 1 and it["mask"][0, 0] == 0 and int(it["label"]) == -1
+    empty = tmp_path / "empty" / "training_set"
+    empty.mkdir(parents=True)
+    (empty / "desktop.ini").write_text("x")
+    with pytest.raises(UserError, match="no HC18 images"):
+        hc18_records(tmp_path / "empty")
