@@ -186,12 +186,18 @@ def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240) -> tuple
 def is_sp(index: int, seed: int, sp_fraction: float) -> bool:
     """Class of frame ``index``: a golden-ratio sequence, so every stretch of frames holds
     close to ``sp_fraction`` standard planes whatever the count."""
-    offset = _rng(seed, 7).random()
-    return ((index + 0.5) * GOLDEN + offset) % 1.0 < sp_fraction
+    return ((index + 0.5) * GOLDEN + _sp_offset(seed)) % 1.0 < sp_fraction
 
 
+@functools.lru_cache(maxsize=64)
+def _sp_offset(seed: int) -> float:
+    return float(_rng(seed, 7).random())
+
+
+@functools.lru_cache(maxsize=4096)
 def sample_patient(seed: int, patient: int) -> dict:
-    """Anatomy shared by every frame of a patient (sizes relative to the canvas)."""
+    """Anatomy shared by every frame of a patient (sizes relative to the canvas). Cached:
+    treat the returned dict as read-only."""
     g = _rng(seed, 1, patient)
     return {
         "a": g.uniform(0.23, 0.29),  # occipito-frontal semi-axis / width
@@ -233,7 +239,7 @@ def sample_frame(index: int, seed: int = 0, sp_fraction: float = 0.152, frames_p
         "noise": g.uniform(0.0, 0.15),
         "gain": g.uniform(-0.1, 0.1),  # log gain
         "atten": g.uniform(0.5, 1.1),
-        "speckle": int(g.integers(1 << 30)),
+        "speckle": [float(x) for x in g.random(4)],  # speckle field and its circular shifts
         "cut": 0.0,
     }
     # head partly outside the sector: a nuisance, same in image and target
@@ -513,11 +519,11 @@ def render_frame(
     nr, npx = geo.xs.shape
     speckles, textures = speckle_bank(nr, npx)
     act, good = fr["actual"], fr["good"]
-    g = _rng(act["speckle"])
-    k = int(g.integers(len(speckles)))
-    speck = np.roll(speckles[k], (int(g.integers(nr)), int(g.integers(npx))), axis=(0, 1))
-    tex = np.roll(textures[k], (int(g.integers(nr)), int(g.integers(npx))), axis=(0, 1))
-    noise = np.roll(speckles[(k + 1) % len(speckles)], int(g.integers(nr)), axis=0)
+    q = act["speckle"]
+    k = int(q[0] * len(speckles))
+    speck = np.roll(speckles[k], (int(q[1] * nr), int(q[2] * npx)), axis=(0, 1))
+    tex = np.roll(textures[k], (int(q[2] * nr) // 2, int(q[1] * npx) // 2), axis=(0, 1))
+    noise = np.roll(speckles[(k + 1) % len(speckles)], int(q[3] * nr), axis=0)
     L = _layers(pat, act, geo, tex)
     gm = _attenuation(act, L, geo)
     base = L["back"] * speck * gm  # everything outside the head's box
@@ -545,5 +551,5 @@ def render_frame(
         "patient": fr["patient"],
         "id": f"phantom_s{seed}_{index:06d}",
         "faults": [str(f) for f in fr["faults"]],
-        "latents": {"patient": pat, "frame": act, "good": good},
+        "latents": {"patient": dict(pat), "frame": act, "good": good},
     }
