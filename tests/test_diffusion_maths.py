@@ -20,6 +20,15 @@ from diffice.diffusion import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on this shared 2-core machine are slower than one for these tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _diffusion(keep=None, T=1000, learn_sigma=True):
     return GaussianDiffusion(linear_betas(T), keep, learn_sigma=learn_sigma)
 

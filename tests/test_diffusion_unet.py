@@ -11,6 +11,15 @@ from diffice.nets.unet import build_unet
 from tests.conftest import ROOT
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on this shared 2-core machine are slower than one for these tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("size", [(32, 40), (64, 80)])
 def test_tiny_unet_on_non_square_frames(tiny_overrides, size):
     cfg = load_config([ROOT / "configs/preset/tiny.yaml"], [*tiny_overrides, f"data.image_size=[{size[0]},{size[1]}]"])

@@ -82,7 +82,8 @@ def cmd_sample(argv: Sequence[str]) -> int:
     todo = [i for i in range(ns.count) if not (out / f"{i:06d}.png").exists()]
     columns = (TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeRemainingColumn())
     with Progress(*columns) as bar:
-        task = bar.add_task("sample", total=len(todo) * diffusion.num_timesteps)
+        batches = -(-len(todo) // ns.batch_size)
+        task = bar.add_task("sample", total=batches * diffusion.num_timesteps)  # reverse steps of all batches
         for start in range(0, len(todo), ns.batch_size):
             chunk = todo[start : start + ns.batch_size]
             frames = module.sample(chunk, respacing=steps, seed=ns.seed, callback=lambda k: bar.advance(task))
