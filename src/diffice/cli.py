@@ -48,6 +48,25 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal to diffice's own lines: library chatter goes (set DIFFICE_VERBOSE=1 to keep it)."""
+    if os.environ.get("DIFFICE_VERBOSE"):
+        return
+    import logging
+    import warnings
+
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.trainer.connectors.checkpoint_connector",
+        "lightning.pytorch.accelerators.cuda",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*")
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
 def _resolve(target: str):
     mod, fn = target.split(":")
     return getattr(importlib.import_module(mod), fn)
@@ -68,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"diffice: error: unknown command '{name}' (see 'diffice --help')", file=sys.stderr)
         return EXIT_USER_ERROR
     os.environ.setdefault("WANDB_SILENT", "true")
+    _quiet_libraries()
     try:
         code = _resolve(COMMANDS[name][0])(rest)
     except UserError as err:
