@@ -212,9 +212,9 @@ def sample_patient(seed: int, patient: int) -> dict:
         "th_u": g.uniform(-0.1, -0.02),
         "th_v": g.uniform(0.14, 0.18),
         "th_r": g.uniform(0.17, 0.2),
-        "csp_u": g.uniform(0.37, 0.43),
-        "csp_len": g.uniform(0.13, 0.16),
-        "csp_w": g.uniform(0.085, 0.105),
+        "csp_u": g.uniform(0.4, 0.45),
+        "csp_len": g.uniform(0.15, 0.18),
+        "csp_w": g.uniform(0.1, 0.12),
         "cb_r": g.uniform(0.16, 0.19),
         "wall": g.uniform(0.10, 0.18),  # maternal abdominal wall thickness (depth fraction)
         "fascia": g.uniform(0.1, 1.0, size=3),  # depths of bright fascia lines in the wall (fraction of it)
@@ -411,9 +411,10 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     csp_wall = _bump((qb - 1.08) * (1.0 / 0.16)) * _ramp(1.15 - np.abs(u - cu) * (1.0 / cl), 0.05)
     # midline echo (falx), broken by the CSP
     lw = (0.7 + 0.004 * w) / b
-    mid = _bump(v * (1.0 / lw)) * _ramp(0.9 - np.abs(u), 0.03) * _ramp(qb - 1.25, 0.15)
+    mid = _bump(v * (1.0 / lw)) * _ramp(0.9 - np.abs(u), 0.03)
+    mid_gap = mid * (1.0 - _ramp(qb - 1.25, 0.15))  # the part of the falx the CSP interrupts
     L.update({"crop": crop, "rho": rc, "back": back, "skull": skull, "bone": bone, "inside": inside,
-              "mid": mid, "csp": csp, "csp_wall": csp_wall})
+              "mid": mid, "mid_gap": mid_gap, "csp": csp, "csp_wall": csp_wall})
     return L
 
 
@@ -445,8 +446,8 @@ def _head(pat: dict, lat: dict, L: dict, speck: np.ndarray, gm: np.ndarray) -> n
     diffuse = inside * brain + (1.0 - inside) * L["back"][r, c] * (1.0 - L["skull"])
     # specular reflectors (less speckled): skull, falx, CSP walls, insula, cerebellar rim, choroid
     spec = 2.2 * L["bone"] + inside * (
-        0.3 * L["mid"] + (0.45 * vis_csp) * L["csp_wall"] + (0.15 * vis_th) * L["th_rim"] + 0.07 * L["ins"]
-        + (0.35 * vis_tv) * L["chor"] + (0.3 * vis_fp) * L["cb_rim"]
+        0.3 * (L["mid"] - vis_csp * L["mid_gap"]) + (0.45 * vis_csp) * L["csp_wall"] + (0.15 * vis_th) * L["th_rim"] + 0.07 * L["ins"]
+        + (0.6 * vis_tv) * L["chor"] + (0.3 * vis_fp) * L["cb_rim"]
     )
     s = speck[r, c]
     glint = np.maximum(s - 1.75, 0.0)  # sparse bright echoes inside the brain (small vessels, sulci)
