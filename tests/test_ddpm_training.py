@@ -200,3 +200,13 @@ def test_make_grid_layout():
     g = make_grid(frames, ncol=3, pad=1)
     assert g.shape == (2 * 5 + 1, 3 * 7 + 1)
     assert g[1, 1] == 0 and g[1, 8] == 1 and g[6, 1] == 3 and g[6, 15] == 255
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training(tiny_overrides):
+    """DDP from cfg.trainer: two CPU processes (gloo), one checkpoint with the EMA of both steps."""
+    cfg = _cfg(tiny_overrides, "ddpm.max_steps=2", "trainer.strategy=ddp_spawn", "trainer.devices=2")
+    last = train_ddpm(cfg, SynthData(bs=2), num_sanity_val_steps=0)
+    ckpt = read_checkpoint(last, "ddpm")
+    assert ckpt["global_step"] == 2 and int(ckpt["state_dict"]["ema_updates"]) == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
