@@ -185,7 +185,8 @@ def build_trainer(
     out = run_dir(cfg, stage)
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.trainer
-    cbs: list[Callback] = [AtomicCheckpoint(out, t.checkpoint_every_n_steps), NaNGuard(), *callbacks]
+    # NaNGuard first: a NaN step must stop training before AtomicCheckpoint could save its weights
+    cbs: list[Callback] = [NaNGuard(), AtomicCheckpoint(out, t.checkpoint_every_n_steps), *callbacks]
     if t.progress_bar:
         from lightning.pytorch.callbacks import RichProgressBar
 
