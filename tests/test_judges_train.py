@@ -27,8 +27,8 @@ def _overrides(runs) -> list[str]:
         "trainer.devices=1",
         "trainer.progress_bar=false",
         "trainer.log_every_n_steps=1",
-        "trainer.val_every_n_steps=2",
-        "trainer.checkpoint_every_n_steps=2",
+        "trainer.val_every_n_steps=4",
+        "trainer.checkpoint_every_n_steps=4",
         "wandb.mode=disabled",
         # small encoders keep the suite fast on 2 shared CPU cores
         "segmenter.encoder=tu-mobilenetv3_small_050",

@@ -10,6 +10,7 @@ from PIL import Image
 from diffice.cli import main
 from diffice.errors import UserError
 from diffice.nets.sononet import OFFICIAL_CLASSES, SonoNet, preprocess_official
+from tests.conftest import SHARED_DATA
 
 # file stem -> official class name
 STEM_TO_CLASS = {
@@ -19,16 +20,20 @@ STEM_TO_CLASS = {
 }
 
 
-def _examples(sononet_dir):
+@pytest.fixture(scope="module")
+def official():
+    """(net, files, preprocessed frames), loaded once for the module (skips like ``sononet_dir``)."""
+    sononet_dir = SHARED_DATA / "sononet"
+    if not (sononet_dir / "SonoNet16.npz").is_file():
+        pytest.skip("SonoNet weights not present in ../shared/data/sononet")
     files = sorted((sononet_dir / "example_images").glob("*.tiff"))
     assert len(files) == 13
     x = torch.stack([preprocess_official(np.asarray(Image.open(f).convert("RGB"))) for f in files])
-    return files, x
+    return SonoNet.from_official(sononet_dir / "SonoNet16.npz"), files, x
 
 
-def test_official_sononet16_labels_all_13_examples(sononet_dir):
-    net = SonoNet.from_official(sononet_dir / "SonoNet16.npz")
-    files, x = _examples(sononet_dir)
+def test_official_sononet16_labels_all_13_examples(official):
+    net, files, x = official
     assert x.shape == (13, 1, 224, 288)
     with torch.no_grad():
         pred = net(x).argmax(dim=1)
@@ -39,10 +44,9 @@ def test_official_sononet16_labels_all_13_examples(sononet_dir):
         assert net.features(x[:2]).shape == (2, 128)
 
 
-def test_official_sononet_standardises_any_input_range(sononet_dir):
+def test_official_sononet_standardises_any_input_range(official):
     """from_official normalises per image inside forward, so a [-1, 1] frame gives the same answer."""
-    net = SonoNet.from_official(sononet_dir / "SonoNet16.npz")
-    _, x = _examples(sononet_dir)
+    net, _, x = official
     x = x[:3]
     lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
     x11 = (x - lo) / (hi - lo) * 2 - 1
