@@ -20,8 +20,8 @@ def _overrides(runs) -> list[str]:
     return [
         f"paths.runs={runs}",
         "data.image_size=[32,40]",
-        "data.batch_size=8",
-        "data.phantom.count=48",
+        "data.batch_size=4",
+        "data.phantom.count=40",
         "data.phantom.sp_fraction=0.3",
         "trainer.accelerator=cpu",
         "trainer.devices=1",
