@@ -228,8 +228,20 @@ def fit(cfg: DictConfig, stage: str, module: DifficeModule, datamodule, max_step
     trainer = build_trainer(cfg, stage, max_steps, **overrides)
     if trainer.is_global_zero:
         save_config(cfg, out / "config.yaml")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        finish_wandb()
     return last
+
+
+def finish_wandb() -> None:
+    """Close the active W&B run, so that the next stage in this process gets a run of its own."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def log_image(module: L.LightningModule, key: str, image, caption: str | None = None) -> None:
