@@ -65,6 +65,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*")
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 
 
 def _resolve(target: str):

@@ -108,6 +108,7 @@ class DDPMConfig:
     weight_decay: float = 0.05
     ema_decay: float = 0.9999
     ema_warmup: bool = True
+    train_max_t: float = 1.0
     max_steps: int = 300000
     sample_every_n_steps: int = 5000
     sample_count: int = 8

@@ -63,6 +63,9 @@ def cmd_sample(argv: Sequence[str]) -> int:
 
     cfg = config_from_args(ns.args) if ns.args else None
     module = load_ddpm(ns.ckpt, cfg, map_location=_device(ns.device))
+    if float(module.cfg.ddpm.train_max_t) < 1.0:
+        print(f"warning: {ns.ckpt} was trained only on t < {module.cfg.ddpm.train_max_t:g} T "
+              "(ddpm.train_max_t); frames sampled from pure noise will not look like ultrasound")
     steps = str(module.cfg.diffusion.timestep_respacing if ns.steps is None else ns.steps)
     diffusion = module.sampler(steps)  # UserError on a bad respacing string
 

@@ -54,7 +54,8 @@ class DDPMModule(DifficeModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x0 = batch["image"]
         T = self.diffusion.num_timesteps
-        t = torch.randint(0, T, (x0.shape[0],), device=x0.device)  # uniform t (DDPM Algorithm 1)
+        # uniform t (DDPM Algorithm 1), over the first ddpm.train_max_t of the schedule
+        t = torch.randint(0, self.max_train_t(), (x0.shape[0],), device=x0.device)
         losses = self.diffusion.training_losses(self.model, x0, t, vb_weight=float(self.cfg.diffusion.vb_weight))
         loss = losses["loss"].mean()
         if not torch.isfinite(loss):
@@ -72,6 +73,15 @@ class DDPMModule(DifficeModule):
         self._quarters[0].add_(torch.zeros(4, device=t.device).index_add_(0, quarter, losses["loss"].detach().float()).cpu())
         self._quarters[1].add_(torch.bincount(quarter, minlength=4).cpu())
         return loss
+
+    def max_train_t(self) -> int:
+        """Training draws t from 0 .. this - 1: all T steps unless ``ddpm.train_max_t`` < 1.
+
+        A fraction below 1 trains only the low noise levels that counterfactuals use (t <= τ),
+        which a CPU learns in minutes; such a model cannot sample from pure noise.
+        """
+        T = self.diffusion.num_timesteps
+        return max(1, min(T, math.ceil(float(self.cfg.ddpm.train_max_t) * T)))
 
     def log_quarters(self) -> None:
         """Mean loss per timestep quarter since the last call, straight to the logger (rank 0's frames)."""
@@ -116,8 +126,8 @@ class DDPMModule(DifficeModule):
         """Hybrid loss of the EMA weights at a fixed (t, noise) per frame, seeded by dataset index."""
         x0 = batch["image"]
         gens = generators_for(int(self.cfg.seed) + 1, batch["index"].tolist())
-        T = self.diffusion.num_timesteps
-        t = torch.tensor([int(torch.randint(0, T, (1,), generator=g)) for g in gens], device=x0.device)
+        t_max = self.max_train_t()
+        t = torch.tensor([int(torch.randint(0, t_max, (1,), generator=g)) for g in gens], device=x0.device)
         noise = randn(x0.shape, gens, x0.device)
         losses = self.diffusion.training_losses(self.ema_model, x0, t, noise, vb_weight=float(self.cfg.diffusion.vb_weight))
         self.log("val/loss", losses["loss"].mean(), batch_size=x0.shape[0], sync_dist=True)
