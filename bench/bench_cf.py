@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -138,32 +137,58 @@ def method_time_ratio(parts, batch: int, tau: int, device) -> dict:
             "xt_over_diffice1": times["diff-ice1-xt"] / times["diff-ice1"]}
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def memory_probe(method: str, preset: str, overrides: list[str], batch: int, tau: int) -> int:
-    """Run in a child process: peak memory (bytes) after one run of ``method`` ('none' = load only)."""
+    """Run in a child process: peak memory (bytes) that one run of ``method`` adds.
+
+    CUDA: peak allocated during the run. CPU: resident memory sampled every 2 ms during the run,
+    minus the resident memory just before it (the loaded networks and inputs).
+    """
+    import threading
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     parts = build(preset, overrides, device)
     cfg = parts[0]
     h, w = cfg.data.image_size
     x = torch.rand(batch, 1, h, w, device=device) * 2 - 1
+    never = (parts[0], parts[1], parts[2], _NeverSP(parts[3]), parts[4])
+    eng = engine_for(method, tau, 1, never)
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-    if method != "none":
-        never = (parts[0], parts[1], parts[2], _NeverSP(parts[3]), parts[4])
-        engine_for(method, tau, 1, never).explain(x, list(range(batch)))
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        eng.explain(x, list(range(batch)))
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    before = _rss_bytes()
+    peak = [before]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.002)
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    eng.explain(x, list(range(batch)))
+    done.set()
+    th.join()
+    return int(max(peak[0], _rss_bytes()) - before)
 
 
 def memory_ratio(preset: str, overrides: list[str], batch: int, tau: int) -> dict:
-    peaks = {}
-    for method in ("none", "diff-ice1", "diff-ice1-xt"):
+    added = {}
+    for method in ("diff-ice1", "diff-ice1-xt"):
         cmd = [sys.executable, __file__, "--memory-probe", method, "--preset", preset, "--batch", str(batch),
                "--tau", str(tau), *[f"--set={o}" for o in overrides]]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "WANDB_MODE": "disabled"})
-        peaks[method] = int(out.stdout.strip().splitlines()[-1])
-    base = 0 if torch.cuda.is_available() else peaks["none"]
-    return {"peak_bytes": peaks, "xt_over_diffice1": (peaks["diff-ice1-xt"] - base) / max(1, peaks["diff-ice1"] - base)}
+        added[method] = int(out.stdout.strip().splitlines()[-1])
+    return {"added_bytes": added, "xt_over_diffice1": added["diff-ice1-xt"] / max(1, added["diff-ice1"])}
 
 
 def adaptive_saving(runs: Path, limit: int) -> dict | None:
@@ -171,7 +196,6 @@ def adaptive_saving(runs: Path, limit: int) -> dict | None:
     need = [runs / s / "last.ckpt" for s in ("ddpm", "classifier", "oracle")]
     if not all(p.is_file() for p in need):
         return None
-    from diffice.config import checkpoint_config  # noqa: F401  (import check)
     from diffice.modules.counterfactual import load_components, select_inputs
 
     cfg = load_config([ROOT / "configs/preset/tiny.yaml"], [f"paths.runs={runs}", "wandb.mode=disabled"])
@@ -225,6 +249,7 @@ def main() -> None:
     p.add_argument("--tau", type=int, default=20)
     p.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument("--runs", default=str(ROOT / "runs"), help="trained models for the adaptive benchmark")
+    p.add_argument("--only", default="1,2,3,4", help="which parts to run, e.g. --only 2,3")
     ns = p.parse_args()
     torch.manual_seed(0)
     if ns.memory_probe:
@@ -238,30 +263,33 @@ def main() -> None:
     results: dict = {"machine": machine(), "preset": ns.preset, "image_size": [h, w]}
     print(f"# bench_cf on {results['machine']}, preset {ns.preset} ({h}x{w})")
 
-    eff = framework_efficiency(parts, batch, tau, 2, device)
-    results["framework_efficiency"] = eff
-    print(f"1. framework efficiency (Diff-ICE, batch {batch}, tau {tau}, L 2): {eff['efficiency']:.2f} "
-          f"(unavoidable {eff['unavoidable_s']:.2f} s / wall {eff['wall_s']:.2f} s; denoiser "
-          f"{eff['denoiser_share_of_unavoidable']:.0%} of the unavoidable compute)")
-
-    tr = method_time_ratio(parts, batch, tau, device)
-    results["time_ratio"] = tr
-    print(f"2a. DiME / Diff-ICE1 time at tau {tau}: {tr['dime_over_diffice1']:.1f}x "
-          f"(paper at tau 120: 27x); Diff-ICE1-xt / Diff-ICE1 time: {tr['xt_over_diffice1']:.2f}x (paper: 2.0x)")
-    mr = memory_ratio(ns.preset, overrides, batch, tau)
-    results["memory_ratio"] = mr
-    print(f"2b. Diff-ICE1-xt / Diff-ICE1 peak memory above the loaded networks: {mr['xt_over_diffice1']:.2f}x (paper: 3.5x)")
-
-    ad = adaptive_saving(Path(ns.runs), 16 if not ns.quick else 4)
-    results["adaptive"] = ad
-    if ad is None:
-        print(f"3. adaptive iteration: skipped (no trained models in {ns.runs}; run `make demo` first)")
-    else:
-        print(f"3. adaptive iteration on {ad['frames']} demo frames: flip ratio {ad['fixed']['flip_ratio']:.2f} -> "
-              f"{ad['adaptive']['flip_ratio']:.2f}, denoiser evaluations saved {ad['nfe_saved']:.0%}, "
-              f"time saved {ad['time_saved']:.0%}")
-
-    if device.type == "cuda":
+    only = {part.strip() for part in ns.only.split(",")}
+    if "1" in only:
+        eff = framework_efficiency(parts, batch, tau, 2, device)
+        results["framework_efficiency"] = eff
+        print(f"1. framework efficiency (Diff-ICE, batch {batch}, tau {tau}, L 2): {eff['efficiency']:.2f} "
+              f"(unavoidable {eff['unavoidable_s']:.2f} s / wall {eff['wall_s']:.2f} s; denoiser "
+              f"{eff['denoiser_share_of_unavoidable']:.0%} of the unavoidable compute)")
+    if "2" in only:
+        tr = method_time_ratio(parts, batch, tau, device)
+        results["time_ratio"] = tr
+        print(f"2a. DiME / Diff-ICE1 time at tau {tau}: {tr['dime_over_diffice1']:.1f}x "
+              f"(paper at tau 120: 27x); Diff-ICE1-xt / Diff-ICE1 time: {tr['xt_over_diffice1']:.2f}x (paper: 2.0x)")
+        mr = memory_ratio(ns.preset, overrides, batch, tau)
+        results["memory_ratio"] = mr
+        print(f"2b. Diff-ICE1-xt / Diff-ICE1 memory added by the run: {mr['xt_over_diffice1']:.2f}x (paper: 3.5x)")
+    if "3" in only:
+        ad = adaptive_saving(Path(ns.runs), 16 if not ns.quick else 4)
+        results["adaptive"] = ad
+        if ad is None:
+            print(f"3. adaptive iteration: skipped (no trained models in {ns.runs}; run `make demo` first)")
+        else:
+            print(f"3. adaptive iteration on {ad['frames']} demo frames: flip ratio {ad['fixed']['flip_ratio']:.2f} -> "
+                  f"{ad['adaptive']['flip_ratio']:.2f}, denoiser evaluations saved {ad['nfe_saved']:.0%}, "
+                  f"time saved {ad['time_saved']:.0%}")
+    if "4" not in only:
+        pass
+    elif device.type == "cuda":
         results["gpu_paper"] = gpu_paper(device)
         for k, v in results["gpu_paper"].items():
             print(f"4. paper setting {k}: {v['seconds_per_frame']:.1f} s/frame, peak {v['peak_memory_gb']:.1f} GB "
