@@ -199,11 +199,15 @@ def adaptive_saving(runs: Path, limit: int) -> dict | None:
     from diffice.modules.counterfactual import load_components, select_inputs
 
     cfg = load_config([ROOT / "configs/preset/tiny.yaml"], [f"paths.runs={runs}", "wandb.mode=disabled"])
+    from diffice.data import DiffIceDataModule
+
     comp = load_components(cfg)
-    ds = select_inputs(cfg)
-    n = min(limit, len(ds))
-    x = torch.stack([ds[i]["image"] for i in range(n)])
-    idx = [int(ds[i]["index"]) for i in range(n)]
+    dm = DiffIceDataModule(cfg)
+    dm.setup()
+    ds, positions, indices = select_inputs(cfg, dm)
+    n = min(limit, len(positions))
+    x = torch.stack([ds[p]["image"] for p in positions[:n]])
+    idx = indices[:n]
     out = {}
     for adaptive in (False, True):
         s = CFSettings.from_config(cfg)
