@@ -187,30 +187,41 @@ def build_trainer(
     t = cfg.trainer
     # NaNGuard first: a NaN step must stop training before AtomicCheckpoint could save its weights
     cbs: list[Callback] = [NaNGuard(), AtomicCheckpoint(out, t.checkpoint_every_n_steps), *callbacks]
-    if t.progress_bar:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        cbs.append(RichProgressBar(leave=True))
-    kwargs: dict[str, Any] = dict(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
+    kwargs = trainer_kwargs(cfg, out, cbs)
+    kwargs.update(
         max_steps=max_steps,
         gradient_clip_val=t.gradient_clip_val or None,
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=None,
         val_check_interval=t.val_every_n_steps,
+        logger=build_logger(cfg, stage, out),
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+def trainer_kwargs(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> dict[str, Any]:
+    """Trainer arguments every diffice Trainer shares: devices, precision, progress bar, run folder.
+
+    ``callbacks`` gets the rich progress bar appended when ``trainer.progress_bar`` is on.
+    """
+    t = cfg.trainer
+    if t.progress_bar:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=True))
+    return dict(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
         enable_checkpointing=False,
         enable_progress_bar=bool(t.progress_bar),
         enable_model_summary=False,
         default_root_dir=str(out),
-        logger=build_logger(cfg, stage, out),
-        callbacks=cbs,
+        callbacks=callbacks,
     )
-    kwargs.update(overrides)
-    return L.Trainer(**kwargs)
 
 
 def fit(cfg: DictConfig, stage: str, module: DifficeModule, datamodule, max_steps: int, **overrides) -> Path:

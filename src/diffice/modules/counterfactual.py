@@ -265,26 +265,10 @@ def select_inputs(cfg: DictConfig, datamodule) -> tuple[Any, list[int], list[int
 
 
 def build_predict_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> L.Trainer:
-    t = cfg.trainer
-    callbacks: list = [FrameWriter(out)]
-    if t.progress_bar:
-        from lightning.pytorch.callbacks import RichProgressBar
+    from diffice.modules.common import trainer_kwargs
 
-        callbacks.append(RichProgressBar(leave=True))
-    kwargs: dict[str, Any] = dict(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        inference_mode=False,  # guidance differentiates w.r.t. images
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=bool(t.progress_bar),
-        default_root_dir=str(out),
-        callbacks=callbacks,
-    )
+    kwargs = trainer_kwargs(cfg, out, [FrameWriter(out)])
+    kwargs.update(inference_mode=False, logger=False)  # guidance differentiates w.r.t. images
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
 
