@@ -23,6 +23,17 @@ def pytest_configure(config):
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread (tiny models on a shared 2-core machine run faster so); restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_overrides(tmp_path) -> list[str]:
     """key=value overrides that shrink any config to a CPU test: 32x40 frames, few steps."""
     return [

@@ -14,14 +14,7 @@ from diffice.modules.common import load_checkpoint, read_checkpoint
 from diffice.modules.ddpm import DDPMModule, load_ddpm, make_grid, train_ddpm
 from tests.conftest import ROOT
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on this shared 2-core machine are slower than one for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Ellipses(Dataset):

@@ -19,14 +19,7 @@ from diffice.diffusion import (
     space_timesteps,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on this shared 2-core machine are slower than one for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _diffusion(keep=None, T=1000, learn_sigma=True):

@@ -10,14 +10,7 @@ from diffice.errors import UserError
 from diffice.nets.unet import build_unet
 from tests.conftest import ROOT
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on this shared 2-core machine are slower than one for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("size", [(32, 40), (64, 80)])
