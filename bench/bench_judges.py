@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,28 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from _timing import timed as _timed  # noqa: E402
 from diffice.config import load_config  # noqa: E402
 from diffice.nets.features import perceptual_l2  # noqa: E402
 from diffice.nets.guide import Guide  # noqa: E402
 from diffice.nets.segmenter import build_segmenter  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device, repeat: int) -> float:
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def bench(preset: str, device: torch.device, batch: int, repeat: int) -> dict:
