@@ -148,3 +148,31 @@ def test_target_distance_hand_values():
     assert float(out["target_l1_input"]) == pytest.approx(0.35)
     assert float(out["target_l1_cf"]) == pytest.approx(0.35)
     assert int(out["n_closer"]) == 1 and int(out["n_target"]) == 2
+
+
+def test_target_l1_ranks_a_repair_with_new_speckle_closer_than_the_fault():
+    from diffice.metrics import target_l1
+
+    g = torch.Generator().manual_seed(0)
+    h, w = 64, 80
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    head = (((yy - 32) / 22.0) ** 2 + ((xx - 40) / 28.0) ** 2 < 1).float()
+    blob = (((yy - 30) / 5.0) ** 2 + ((xx - 36) / 6.0) ** 2 < 1).float()  # a "thalamus"
+    anatomy = 0.6 * head - 0.9 * blob * head - 0.3
+
+    def speckle():
+        return 0.25 * torch.randn(1, 1, h, w, generator=g)
+
+    s = speckle()
+    target = (anatomy + s).clamp(-1, 1)
+    fault = (anatomy + 0.9 * blob * head + s).clamp(-1, 1)  # the blob missing, same speckle
+    repair = (anatomy + speckle()).clamp(-1, 1)  # the blob back, speckle redrawn
+    pixel = lambda a: float((a - target).abs().mean())  # noqa: E731
+    assert pixel(repair) > pixel(fault)  # what a pixel L1 says, and why it is not used
+    d_fault = float(target_l1(fault, target)[0])
+    d_repair = float(target_l1(repair, target, reference=fault)[0])
+    d_other = float(target_l1(fault.flip(-1), target, reference=fault)[0])  # a wrong change
+    assert d_repair < 0.5 * d_fault and d_other > d_repair
+    assert float(target_l1(fault, target, reference=fault)[0]) == pytest.approx(d_fault)
+    assert torch.isnan(target_l1(target, target)[0])  # no fault, no footprint
+    assert target_l1(torch.zeros(3, 1, h, w), torch.ones(3, 1, h, w)).tolist() == pytest.approx([1.0] * 3)

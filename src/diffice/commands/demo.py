@@ -153,6 +153,37 @@ def read_experiment(path: str | Path) -> tuple[dict, dict, dict]:
     return data, {str(k): (v or {}) for k, v in runs.items()}, options
 
 
+def _tau_scale(value, preset: str, path) -> int | None:
+    """``tau_scale`` is a number, or a mapping preset name -> number with an optional ``default``."""
+    if isinstance(value, dict):
+        name = Path(preset).stem
+        value = value.get(name, value.get("default"))
+    if value is None:
+        return None
+    try:
+        scale = int(value)
+    except (TypeError, ValueError):
+        scale = 0
+    if scale < 1:
+        raise UserError(f"{path}: tau_scale must be a positive number of steps or a mapping preset -> steps")
+    return scale
+
+
+def row_layer(layer: dict, base: dict, tau_scale: int | None, files: Sequence, overrides: Sequence[str]) -> dict:
+    """A row's config layer with its tau mapped from the file's ``tau_scale``-step schedule to
+    the same fraction of the active ``cf.respacing`` (``files``: preset first, then extra files)."""
+    from omegaconf import OmegaConf
+
+    from diffice.config import load_config
+
+    layer = OmegaConf.to_container(OmegaConf.create(layer), resolve=False)
+    tau = (layer.get("cf") or {}).get("tau", (base.get("cf") or {}).get("tau"))
+    if tau_scale and tau is not None:
+        cfg = load_config([files[0], base, layer, *files[1:]], overrides)
+        layer.setdefault("cf", {})["tau"] = max(1, round(int(tau) * _respaced_steps(cfg) / int(tau_scale)))
+    return layer
+
+
 def cmd_experiment(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="diffice experiment",
@@ -165,7 +196,6 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     p.add_argument("--preset", default="tiny", help="preset name or file (default: tiny)")
     ns = p.parse_args(list(argv))
 
-    from omegaconf import OmegaConf
 
     from diffice.config import load_config, split_args
     from diffice.io import atomic_write_text
@@ -181,14 +211,8 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     out_root = Path(base_cfg.paths.runs) / "experiments" / name
     rows: list[dict] = []
     for label, layer in runs.items():
-        layer = OmegaConf.to_container(OmegaConf.create(layer), resolve=False)
-        tau_scale = options.get("tau_scale")
-        tau = (layer.get("cf") or {}).get("tau", (base.get("cf") or {}).get("tau"))
-        if tau_scale and tau is not None:
-            # the file gives tau on a tau_scale-step schedule (the paper's 400); use the same
-            # fraction of the active respacing so that tiny runs keep the paper's noise levels
-            steps = _respaced_steps(load_config([preset, base, layer, *files], overrides))
-            layer.setdefault("cf", {})["tau"] = max(1, round(int(tau) * steps / int(tau_scale)))
+        layer = row_layer(layer, base, _tau_scale(options.get("tau_scale"), ns.preset, ns.experiment),
+                          [preset, *files], overrides)
         run_out = out_root / _slug(label)
         cfg = load_config([preset, base, layer, *files], [*overrides, f"cf.out={run_out}"])
         print(f"[{name}] {label}: {cfg.cf.method}, tau {cfg.cf.tau} of {cfg.cf.respacing}, "

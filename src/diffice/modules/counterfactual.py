@@ -36,6 +36,7 @@ from diffice.counterfactual.outputs import (
 )
 from diffice.errors import UserError
 from diffice.io import to_uint8
+from diffice.metrics.target import target_l1
 
 LABELS = {"NSP": "NSP", "SP": "SP", "all": None}
 
@@ -58,6 +59,11 @@ class Components:
     concepts: list[str]
 
 
+def _finite(v: torch.Tensor) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
 def _check_size(path: str, ck_cfg: DictConfig, cfg: DictConfig) -> None:
     have = list(ck_cfg.data.image_size)
     want = list(cfg.data.image_size)
@@ -65,6 +71,21 @@ def _check_size(path: str, ck_cfg: DictConfig, cfg: DictConfig) -> None:
         raise UserError(
             f"{path}: model trained at image size {have} but data.image_size is {want}; "
             f"set data.image_size={have} or retrain the model at {want}"
+        )
+
+
+def _check_noise_level(path: str, ddpm, diffusion, cfg: DictConfig) -> None:
+    """Refuse a cf.tau whose noise level the DDPM never saw in training (``ddpm.train_max_t``)."""
+    tau = int(cfg.cf.tau)
+    if not 1 <= tau <= diffusion.num_timesteps:
+        return  # CFSettings.validate names the key
+    t = int(diffusion.timestep_map[tau - 1])
+    trained = ddpm.max_train_t()
+    if t >= trained:
+        raise UserError(
+            f"cf.tau: {tau} of {cfg.cf.respacing} starts at t = {t} of {diffusion.original_num_steps}, but "
+            f"{path} was trained only on t < {trained} (ddpm.train_max_t = {float(ddpm.cfg.ddpm.train_max_t):g}); "
+            f"lower cf.tau or retrain with a larger ddpm.train_max_t"
         )
 
 
@@ -83,6 +104,7 @@ def load_components(cfg: DictConfig) -> Components:
     _check_size(c.oracle_ckpt, oracle_module.cfg, cfg)
     # the schedule is the one the DDPM was trained with; only the respacing comes from cf
     diffusion = build_diffusion(ddpm.cfg, respacing=str(c.respacing))
+    _check_noise_level(c.ddpm_ckpt, ddpm, diffusion, cfg)
     guide = classifier.guide
     oracle = oracle_module.oracle
     features = load_feature_nets(cfg, guide=guide)
@@ -166,9 +188,9 @@ class CounterfactualModule(L.LightningModule):
         for b, r in enumerate(results):
             t_l1_in = t_l1_cf = None
             if has_target is not None and bool(has_target[b]):
-                tgt = target[b].float()
-                t_l1_in = float((x[b] - tgt).abs().mean())
-                t_l1_cf = float((r.cf.to(tgt.device) - tgt).abs().mean())
+                tgt = target[b : b + 1].float()
+                t_l1_in = _finite(target_l1(x[b : b + 1], tgt)[0])
+                t_l1_cf = _finite(target_l1(r.cf[None].to(tgt.device), tgt, reference=x[b : b + 1])[0])
             record = {
                 "index": r.index,
                 "id": str(ids[b]),

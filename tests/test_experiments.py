@@ -1,0 +1,72 @@
+"""The shipped experiment files: they parse, every row is a valid config, and tau maps into range."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diffice.commands.demo import _preset_file, _respaced_steps, _tau_scale, read_experiment, row_layer
+from diffice.config import load_config
+from diffice.diffusion import build_diffusion
+from diffice.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
+
+
+def test_the_three_experiments_are_there():
+    assert {p.stem for p in EXPERIMENTS} >= {"table1", "table2", "ablation"}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_row_is_a_valid_config_within_the_ddpms_noise_range(path, preset):
+    base, runs, options = read_experiment(path)
+    files = [_preset_file(preset)]
+    scale = _tau_scale(options.get("tau_scale"), preset, path)
+    for label, layer in runs.items():
+        cfg = load_config([files[0], base, row_layer(layer, base, scale, files, []), *files[1:]])
+        steps = _respaced_steps(cfg)
+        assert 1 <= cfg.cf.tau <= steps, label
+        # the DDPM of this preset was trained on t < train_max_t * T: the row must start inside it
+        d = build_diffusion(cfg, respacing=str(cfg.cf.respacing))
+        t = int(d.timestep_map[cfg.cf.tau - 1])
+        assert t < float(cfg.ddpm.train_max_t) * d.original_num_steps, (label, t)
+
+
+def test_paper_preset_keeps_the_papers_tau():
+    base, runs, options = read_experiment(ROOT / "experiments/ablation.yaml")
+    files = [_preset_file("paper")]
+    scale = _tau_scale(options.get("tau_scale"), "paper", "ablation.yaml")
+    taus = {label: row_layer(layer, base, scale, files, [])["cf"]["tau"] for label, layer in runs.items()}
+    assert {taus["tau=80"], taus["tau=120"], taus["tau=160"], taus["tau=200"]} == {80, 120, 160, 200}
+
+
+def test_tau_scale_forms():
+    assert _tau_scale(400, "tiny", "x.yaml") == 400
+    assert _tau_scale({"tiny": 1000, "default": 400}, "tiny", "x.yaml") == 1000
+    assert _tau_scale({"tiny": 1000, "default": 400}, "configs/preset/paper.yaml", "x.yaml") == 400
+    assert _tau_scale({"tiny": 1000}, "paper", "x.yaml") is None
+    assert _tau_scale(None, "tiny", "x.yaml") is None
+    with pytest.raises(UserError, match="x.yaml: tau_scale"):
+        _tau_scale("many", "tiny", "x.yaml")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("cf: {tau: 3}\n", "key 'runs'"),
+        ("runs: [a, b]\n", "key 'runs'"),
+        ("runs: {a: 3}\n", "runs.a must be a mapping"),
+        ("runs: {a: {cf: {tau: [\n", "invalid YAML"),
+    ],
+)
+def test_bad_experiment_files_name_the_file(tmp_path, text, message):
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    with pytest.raises(UserError, match=message) as err:
+        read_experiment(p)
+    assert str(p) in str(err.value)
+    with pytest.raises(UserError, match="not found"):
+        read_experiment(tmp_path / "missing.yaml")
