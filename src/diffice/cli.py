@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from diffice.errors import EXIT_USER_ERROR, UserError
@@ -73,7 +75,15 @@ def _resolve(target: str):
     return getattr(importlib.import_module(mod), fn)
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM (``kill``, a scheduler's time limit) stops a run as Ctrl-C does: Lightning's
+    graceful shutdown, checkpoints as last written (atomically), and a rerun resumes."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)  # only as the process's own entry point
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
