@@ -142,3 +142,22 @@ def test_models_at_another_image_size_are_refused(cfg):
     with pytest.raises(UserError, match=r"image size \[64, 80\] but data.image_size is \[32, 40\]"):
         _check_size("runs/ddpm/last.ckpt", ck, cfg)
     _check_size("runs/ddpm/last.ckpt", cfg, cfg)
+
+
+def test_tau_beyond_the_ddpms_trained_noise_levels_is_refused(cfg):
+    from types import SimpleNamespace
+
+    from diffice.diffusion import build_diffusion
+    from diffice.modules.counterfactual import _check_noise_level
+
+    ck = load_config([ROOT / "configs/preset/tiny.yaml"], ["diffusion.steps=1000", "ddpm.train_max_t=0.25"])
+    ddpm = SimpleNamespace(cfg=ck, max_train_t=lambda: 250)  # trained on t < 250 of 1000
+    run = ck.copy()
+    run.cf.respacing = "100"
+    d = build_diffusion(ck, respacing="100")  # keeps t = 0, 10, 20, ..., 232, 242, 252, ...
+    run.cf.tau = 25  # starts at t = 242
+    _check_noise_level("runs/ddpm/last.ckpt", ddpm, d, run)
+    run.cf.tau = 26  # t = 252
+    with pytest.raises(UserError, match=r"cf.tau: 26 of 100 starts at t = 252 of 1000, but runs/ddpm/last.ckpt "
+                                        r"was trained only on t < 250 \(ddpm.train_max_t = 0.25\)"):
+        _check_noise_level("runs/ddpm/last.ckpt", ddpm, d, run)

@@ -43,6 +43,7 @@ from torch import nn
 from diffice.errors import UserError
 from diffice.nets.segmenter import load_segmenter_checkpoint
 from diffice.nets.sononet import SonoNet
+from diffice.nets.weights import load_matching, read_state_dict
 
 PERCEPTUAL_CHOICES = ("segmenter", "sononet", "resnet50")
 
@@ -255,16 +256,4 @@ class _GuideFeatures(nn.Module):
 
 
 def _load_state(net: nn.Module, path: str, key: str) -> None:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{key}: {p} not found")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - a user file
-        raise UserError(f"{p}: not a readable PyTorch weights file ({type(err).__name__})") from err
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-    missing, _ = net.load_state_dict(state, strict=False)
-    if len(missing) == len(net.state_dict()):
-        raise UserError(f"{p}: no tensor matches timm's resnet50 ({key})")
+    load_matching(net, read_state_dict(path, key), path, f"timm's resnet50 ({key})")

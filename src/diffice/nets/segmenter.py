@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffice.errors import UserError
+from diffice.nets.weights import load_matching, read_state_dict
 
 SEGMENTERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -92,30 +93,16 @@ register_segmenter("fpn")(_smp("FPN"))
 
 def load_encoder_weights(net: nn.Module, path: str | os.PathLike, key: str) -> None:
     """Load a local state dict into ``net.encoder`` (prefixes ``module.``/``encoder.`` stripped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{key}: encoder weights file {path} not found (set {key}=null to train from scratch)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - a user file
-        raise UserError(f"{path}: not a readable weights file ({type(err).__name__})") from err
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    clean = {}
-    for k, v in state.items():
-        for p in ("module.", "encoder.", "backbone."):
-            if k.startswith(p):
-                k = k[len(p):]
-        clean[k] = v
+    clean = read_state_dict(path, key, prefixes=("module.", "encoder.", "backbone."),
+                            hint=f" (set {key}=null to train from scratch)")
     enc = net.encoder
     # a grey model: fold RGB first-layer kernels into one channel by summing (as smp does)
+    own_state = enc.state_dict()
     for k, v in clean.items():
-        own = enc.state_dict().get(k)
+        own = own_state.get(k)
         if own is not None and v.ndim == 4 and own.ndim == 4 and v.shape[1] == 3 and own.shape[1] == 1:
             clean[k] = v.sum(dim=1, keepdim=True)
-    missing, unexpected = enc.load_state_dict(clean, strict=False)
-    if len(missing) == len(enc.state_dict()):
-        raise UserError(f"{path}: no tensor matches the {key} encoder (wrong architecture?)")
+    load_matching(enc, clean, path, f"the {key} encoder")
 
 
 def build_segmenter(cfg, num_classes: int, load_pretrained: bool = True, *, section: str = "segmenter",
