@@ -70,3 +70,20 @@ def test_bad_experiment_files_name_the_file(tmp_path, text, message):
     assert str(p) in str(err.value)
     with pytest.raises(UserError, match="not found"):
         read_experiment(tmp_path / "missing.yaml")
+
+
+def test_demo_summarises_the_judges_and_warns_on_a_weak_guide(tmp_path):
+    import json
+
+    from diffice.commands.demo import judges_summary
+
+    assert judges_summary(tmp_path) == []  # nothing trained: nothing to say
+    for stage, test in [("segmenter", {"dice_mean": 0.81}), ("classifier", {"balanced_accuracy": 0.96, "auroc": 1.0}),
+                        ("oracle", {"mae_qs_o": 0.2})]:
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.json").write_text(json.dumps({"test": test}))
+    lines = judges_summary(tmp_path)
+    assert lines == ["judges on the test split: segmenter Dice 0.81, guide balanced accuracy 0.96 (AUROC 1.00), "
+                     "oracle QS_O MAE 0.20"]
+    (tmp_path / "classifier" / "metrics.json").write_text(json.dumps({"test": {"balanced_accuracy": 0.7}}))
+    assert judges_summary(tmp_path)[-1].startswith("warning: the guide's test balanced accuracy is 0.70")

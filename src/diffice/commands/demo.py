@@ -87,6 +87,35 @@ def _preset_file(preset: str) -> str:
 # ----------------------------------------------------------------------------- demo
 
 
+WEAK_GUIDE = 0.8  # test balanced accuracy under which a flip ratio says little
+
+
+def judges_summary(runs: Path) -> list[str]:
+    """One line on the judges' test quality (from their metrics.json), and a warning when the
+    guide is too weak for its flips to mean much."""
+
+    def test_metrics(stage: str) -> dict:
+        try:
+            return json.loads((runs / stage / "metrics.json").read_text()).get("test") or {}
+        except (OSError, ValueError):
+            return {}
+
+    seg, guide, oracle = test_metrics("segmenter"), test_metrics("classifier"), test_metrics("oracle")
+    parts = []
+    if "dice_mean" in seg:
+        parts.append(f"segmenter Dice {seg['dice_mean']:.2f}")
+    if "balanced_accuracy" in guide:
+        parts.append(f"guide balanced accuracy {guide['balanced_accuracy']:.2f} (AUROC {guide.get('auroc', float('nan')):.2f})")
+    if "mae_qs_o" in oracle:
+        parts.append(f"oracle QS_O MAE {oracle['mae_qs_o']:.2f}")
+    lines = ["judges on the test split: " + ", ".join(parts)] if parts else []
+    acc = guide.get("balanced_accuracy")
+    if acc is not None and acc < WEAK_GUIDE:
+        lines.append(f"warning: the guide's test balanced accuracy is {acc:.2f} (< {WEAK_GUIDE}); it calls many NSP "
+                     f"frames SP, so the flip ratio means little: train it longer (guide.max_steps)")
+    return lines
+
+
 def cmd_demo(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="diffice demo",
@@ -112,6 +141,8 @@ def cmd_demo(argv: Sequence[str]) -> int:
 
     cfg = config_from_args(words)
     out = Path(cfg.cf.out)
+    for line in judges_summary(Path(cfg.paths.runs)):
+        print(line)
     total = time.perf_counter() - t0
     print("demo stages: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + f"; total {total / 60:.1f} min")
     report = out / "report.html"
