@@ -13,9 +13,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, repeat: int) -> float:
-    """Median seconds of ``fn()`` over ``repeat`` runs, after one warm-up run."""
-    fn()
+def timed(fn, device: torch.device, repeat: int = 1, warmup: bool = True) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` runs, after one warm-up run unless ``warmup``
+    is False (for long runs that are their own warm-up, such as a whole counterfactual batch)."""
+    if warmup:
+        fn()
     sync(device)
     times = []
     for _ in range(repeat):

@@ -34,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+import _timing  # noqa: E402  (bench/ is on sys.path when a benchmark runs as a script)
 from diffice.config import load_config  # noqa: E402
 from diffice.counterfactual.engine import CFSettings, CounterfactualEngine  # noqa: E402
 from diffice.diffusion import build_diffusion  # noqa: E402
@@ -47,11 +48,6 @@ def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build(preset: str, overrides: list[str], device: torch.device):
@@ -89,12 +85,7 @@ class _NeverSP(torch.nn.Module):
 
 
 def timed(fn, device, repeat: int = 1) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / repeat
+    return _timing.timed(fn, device, repeat, warmup=False)
 
 
 def framework_efficiency(parts, batch: int, tau: int, iterations: int, device) -> dict:
