@@ -267,6 +267,6 @@ def cmd_experiment(argv: Sequence[str]) -> int:
             f"Preset `{ns.preset}`; command: `diffice experiment {ns.experiment} --preset {ns.preset}"
             + (" " + " ".join(ns.args) if ns.args else "") + "`", ""]
     table = out_root / "table.md"
-    atomic_write_text(table, "\n".join(head) + markdown_report(rows))
+    atomic_write_text(table, "\n".join(head) + "\n" + markdown_report(rows))
     print(f"[{name}] table: {table}")
     return 0
