@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from diffice import __version__
 from diffice.config import from_dict, save_config, to_dict
 from diffice.errors import UserError
+from diffice.nets.weights import read_checkpoint  # noqa: F401 - also imported from here by modules and tests
 
 # kind -> "module:Class" of the LightningModule that owns that kind of checkpoint.
 KINDS: dict[str, str] = {
@@ -55,23 +56,6 @@ class DifficeModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffice"] = {"kind": self.kind, "config": to_dict(self.cfg), "version": __version__}
-
-
-def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint file's dict, checking that it is a diffice checkpoint of ``kind``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found" + (f" (train the {kind} first)" if kind else ""))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__})") from err
-    meta = ckpt.get("diffice") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or "kind" not in meta:
-        raise UserError(f"{path}: not a diffice checkpoint (no 'diffice' metadata)")
-    if kind is not None and meta["kind"] != kind:
-        raise UserError(f"{path}: is a {meta['kind']} checkpoint, expected a {kind} checkpoint")
-    return ckpt
 
 
 def module_class(kind: str) -> type[DifficeModule]:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diffice.errors import UserError
-from diffice.nets.weights import load_matching, read_state_dict
+from diffice.nets.weights import load_matching, read_checkpoint, read_state_dict
 
 SEGMENTERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -170,19 +169,8 @@ def load_segmenter_checkpoint(path: str | os.PathLike) -> nn.Module:
     this reader exists so that ``nets/`` need not import the Lightning layer.)"""
     from diffice.config import from_dict
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found (train the segmenter first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - a user file
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__})") from err
-    meta = ckpt.get("diffice") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or "kind" not in meta:
-        raise UserError(f"{path}: not a diffice checkpoint (no 'diffice' metadata)")
-    if meta["kind"] != "segmenter":
-        raise UserError(f"{path}: is a {meta['kind']} checkpoint, expected a segmenter checkpoint")
-    cfg = from_dict(meta["config"])
+    ckpt = read_checkpoint(path, "segmenter")
+    cfg = from_dict(ckpt["diffice"]["config"])
     net = build_segmenter(cfg, len(cfg.data.classes), load_pretrained=False)
     state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     net.load_state_dict(state)

@@ -1,6 +1,8 @@
-"""Loading a user's local weight file into a network, with one clear line for every mistake.
+"""Reading weight files and checkpoints from disk, with one clear line for every mistake.
 
-Nothing is downloaded: a config key names the file. ``read_state_dict`` accepts a plain state
+Nothing is downloaded: a config key names the file. ``torch_load`` is the one place a file is
+unpickled; ``read_checkpoint`` reads a diffice checkpoint and checks its kind (used by the
+Lightning layer and by ``nets/`` alike). ``read_state_dict`` accepts a plain state
 dict or a checkpoint holding one under ``state_dict`` and strips wrapper prefixes (``module.``
 from DataParallel, ``backbone.``/``encoder.`` from self-supervised or segmentation code);
 ``load_matching`` loads what matches and refuses a file of which nothing does.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,16 +21,35 @@ from torch import nn
 from diffice.errors import UserError
 
 
+def torch_load(path: Path, missing: str, what: str) -> Any:
+    """``torch.load`` of ``path`` on the CPU; ``missing`` is the error line for an absent file,
+    an unreadable one is "{path}: not a readable {what} (Error)"."""
+    if not path.is_file():
+        raise UserError(missing)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input
+        raise UserError(f"{path}: not a readable {what} ({type(err).__name__})") from err
+
+
+def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint file's dict, checking that it is a diffice checkpoint of ``kind``."""
+    path = Path(path)
+    ckpt = torch_load(path, f"{path}: checkpoint not found" + (f" (train the {kind} first)" if kind else ""),
+                      "checkpoint")
+    meta = ckpt.get("diffice") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or "kind" not in meta:
+        raise UserError(f"{path}: not a diffice checkpoint (no 'diffice' metadata)")
+    if kind is not None and meta["kind"] != kind:
+        raise UserError(f"{path}: is a {meta['kind']} checkpoint, expected a {kind} checkpoint")
+    return ckpt
+
+
 def read_state_dict(path: str | os.PathLike, key: str, prefixes: Sequence[str] = ("module.", "backbone."),
                     hint: str = "") -> dict[str, torch.Tensor]:
     """The tensors of weight file ``path`` (named by config ``key`` in errors), prefixes stripped."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{key}: weights file {path} not found{hint}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - a user file
-        raise UserError(f"{path}: not a readable PyTorch weights file ({type(err).__name__})") from err
+    state = torch_load(path, f"{key}: weights file {path} not found{hint}", "PyTorch weights file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
