@@ -227,12 +227,12 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     p.add_argument("--preset", default="tiny", help="preset name or file (default: tiny)")
     ns = p.parse_args(list(argv))
 
-
     from diffice.config import load_config, split_args
     from diffice.io import atomic_write_text
     from diffice.report.tables import markdown_report
 
     base, runs, options = read_experiment(ns.experiment)
+    tau_scale = _tau_scale(options.get("tau_scale"), ns.preset, ns.experiment)  # checked before any training
     name = str(options.get("name") or Path(ns.experiment).stem)
     files, overrides = split_args(ns.args)
     preset = _preset_file(ns.preset)
@@ -242,8 +242,7 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     out_root = Path(base_cfg.paths.runs) / "experiments" / name
     rows: list[dict] = []
     for label, layer in runs.items():
-        layer = row_layer(layer, base, _tau_scale(options.get("tau_scale"), ns.preset, ns.experiment),
-                          [preset, *files], overrides)
+        layer = row_layer(layer, base, tau_scale, [preset, *files], overrides)
         run_out = out_root / _slug(label)
         cfg = load_config([preset, base, layer, *files], [*overrides, f"cf.out={run_out}"])
         print(f"[{name}] {label}: {cfg.cf.method}, tau {cfg.cf.tau} of {cfg.cf.respacing}, "
