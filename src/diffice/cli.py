@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("diffice.config:cmd_config", "print the resolved config"),
     "phantoms": ("diffice.commands.data:cmd_phantoms", "write a synthetic phantom data set with ground truth"),
     "data-check": ("diffice.commands.data:cmd_data_check", "count, size and sanity-check a data set"),
+    "realism": ("diffice.commands.data:cmd_realism", "compare two sets of frames: FID, histograms, speckle statistics"),
     "train-ddpm": ("diffice.commands.ddpm:cmd_train_ddpm", "train the unconditional DDPM"),
     "sample": ("diffice.commands.ddpm:cmd_sample", "sample frames from a trained DDPM"),
     "train-segmenter": ("diffice.commands.judges:cmd_train_segmenter", "train the segmentation network"),

