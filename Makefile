@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= tiny
 EXP ?= table1
+HC18 ?= ../shared/data/hc18
 ARGS ?=
 CFG := configs/preset/$(PRESET).yaml
 DIFFICE := $(BIN)/diffice
@@ -13,7 +14,7 @@ export WANDB_SILENT := true
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-all lint demo phantoms data-check train-ddpm train-segmenter \
-        train-classifier train-oracle train-all counterfactuals evaluate sample experiment bench clean
+        train-classifier train-oracle train-all counterfactuals evaluate sample experiment bench clean realism
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -42,6 +43,10 @@ demo: $(STAMP) ## phantom data -> four models -> counterfactuals -> report, on a
 
 phantoms: $(STAMP) ## write a phantom data set to data/phantom
 	$(DIFFICE) phantoms --out data/phantom --count 400 --seed 0 $(ARGS)
+
+realism: $(STAMP) ## how real the phantom looks: 300 phantom frames vs 300 HC18 frames (HC18=PATH)
+	$(DIFFICE) phantoms --out runs/realism/phantom300 --count 300 --seed 0 data.image_size=[224,288] $(ARGS)
+	$(DIFFICE) realism runs/realism/phantom300/manifest.csv $(HC18) --count 300 --out runs/realism
 
 data-check: $(STAMP) ## check the configured data set
 	$(DIFFICE) data-check $(CFG) $(ARGS)

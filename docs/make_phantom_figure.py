@@ -26,6 +26,18 @@ def _real(path: Path, crop=None) -> np.ndarray:
     return np.asarray(im.convert("L").resize((W, H), Image.BILINEAR))
 
 
+def _phantom_sp_by_age(count: int = 4) -> list[tuple[np.ndarray, str]]:
+    """SP frames spread over the gestational-age range (head size, skull thickness)."""
+    sp = [i for i in range(600) if ph.sample_frame(i)["sp"]]
+    sp.sort(key=lambda i: ph.sample_patient(0, ph.sample_frame(i)["patient"])["ga"])
+    picks = [sp[round(k * (len(sp) - 1) / (count - 1))] for k in range(count)]
+    out = []
+    for i in picks:
+        fr = ph.render_frame(i, (H, W))
+        out.append((fr["image"], f"phantom SP #{i} (ga {fr['latents']['patient']['ga']:.2f})"))
+    return out
+
+
 def _phantom(kind: str, start: int = 0) -> tuple[np.ndarray, str]:
     for i in range(start, 2000):
         lat = ph.sample_frame(i)
@@ -52,7 +64,7 @@ def main() -> None:
     sono = SHARED / "sononet" / "example_images"
     crop = (81, 115, 874, 734)  # SonoNet preprocessing: drop the vendor text
     rows = [
-        [_phantom("SP"), _phantom("SP", 40), _phantom("SP", 80), _phantom("SP", 120)],
+        _phantom_sp_by_age(),
         [(_real(hc[k]), f"HC18 {hc[k].stem}") for k in (30, 260, 520, 830)],
         [_phantom("ventricular"), (_real(sono / "BRAIN-TV.tiff", crop), "SonoNet BRAIN-TV (real)"),
          _phantom("cerebellar"), (_real(sono / "BRAIN-CB.tiff", crop), "SonoNet BRAIN-CB (real)")],

@@ -28,8 +28,8 @@ def test_any_size_and_types():
         assert fr["image"].shape == size and fr["image"].dtype == np.uint8
         assert fr["mask"].shape == size and fr["mask"].max() < len(ph.CLASSES)
         assert fr["target"].shape == size
-        # black outside the convex sector: corners are outside
-        assert fr["image"][-1, 0] == 0 and fr["image"][-1, -1] == 0 and fr["mask"][-1, 0] == 0
+        # black outside the convex sector: the top corners are outside
+        assert fr["image"][0, 0] == 0 and fr["image"][0, -1] == 0 and fr["mask"][0, 0] == 0
 
 
 def test_labels_agree_with_concepts_with_margin():

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from scipy import ndimage
+from scipy.signal import lfilter
 
 CLASSES = ("background", "head", "bone", "th", "csp", "fp")
 CONCEPTS = ("qs_th", "qs_csp", "qs_fp", "qs_bone")
@@ -56,7 +57,25 @@ BG, HEAD, BONE, TH, CSP, FP = range(6)
 GOOD_MIN = 0.75
 BAD_MAX = 0.3
 GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-DYNAMIC_RANGE_DB = 40.0  # log compression of the display
+# Appearance, fitted by eye and by grey-level percentiles against HC18 (docs/data.md):
+DYNAMIC_RANGE_DB = 45.0  # log compression of the display
+SPECKLE_SMOOTH = (0.6, 0.9)  # display smoothing of the speckle envelope (rows, beam columns)
+SPECKLE_POW = 1.0  # envelope exponent (< 1: speckle reduction / compounding)
+TISSUE_MOD = 0.45  # low-frequency echogenicity variation of the tissue around the head
+HEAD_A = (0.25, 0.12)  # occipito-frontal semi-axis / width = HEAD_A[0] + HEAD_A[1] * ga
+NOISE_FLOOR = 0.004  # receiver noise (amplitude; the display's white is 2)
+LOOK = {
+    "gain": 0.2,  # added to every frame's log gain
+    "bone": 3.0,  # skull reflectivity
+    "streak": 0.8,  # echogenic patches in the tissue
+    "tissue": 1.0,  # tissue echogenicity scale
+    "brain": 1.8,  # parenchyma echogenicity scale
+    "sulci": 0.12,  # echogenic lines in the brain
+    "glint": 1.5,  # sparse bright echoes in the brain
+    "falx": 0.15,  # midline echo
+    "haze": 0.6,  # reverberation haze below the near skull
+    "bonetex": 0.6,  # irregular ossification along the skull
+}
 
 # NSP fault kinds and their relative frequencies.
 FAULTS = ("cerebellar", "ventricular", "no_csp", "blur", "contrast", "noise")
@@ -81,7 +100,7 @@ class Geometry:
     xs2: np.ndarray  # the same on a half-resolution polar grid (for smooth layers)
     ys2: np.ndarray
     depth2: np.ndarray
-    depth: np.ndarray  # (Nr, 1) depth below the probe surface, in [0, 1]
+    depth: np.ndarray  # (Nr, 1) depth below the probe surface, in canvas heights (about 0..1.1)
     beam: tuple[np.ndarray, np.ndarray]  # (1, Np) unit beam direction (bx, by)
     lateral: np.ndarray  # (1, Np) |angle| / half-angle, in [0, 1]
     maps: tuple  # cv2 fixed-point maps canvas pixel -> polar sample (bilinear scan conversion)
@@ -89,17 +108,46 @@ class Geometry:
     inside: np.ndarray  # (H, W) uint8: 1 inside the sector
 
 
-@functools.lru_cache(maxsize=16)
-def geometry(height: int, width: int) -> Geometry:
+# Fields of view of a convex probe as HC18's scanners show them: (half-width of the probe
+# surface at the top of the canvas / width, depth where the sector's side meets the canvas's
+# side / height, depth of the deep arc / height or 0 when it lies below the canvas). A frame
+# picks one (``fov``); the top corners are black, the bottom is imaged to the canvas edge on
+# most of them and ends in an arc on a few (a shallower depth setting).
+FOVS = (
+    (0.30, 0.62, 0.0),
+    (0.27, 0.80, 0.0),
+    (0.34, 0.72, 0.0),
+    (0.24, 0.95, 0.0),
+    (0.36, 0.55, 0.0),
+    (0.30, 0.85, 0.0),
+    (0.22, 0.75, 0.93),
+    (0.31, 0.70, 0.97),
+)
+POLAR_COLUMNS = 0.75  # beam columns per canvas column (the lateral PSF is wider than a pixel)
+POLAR_ROWS = 0.85  # depth rows per canvas row (the axial PSF spans about two rows)
+
+
+def _half_angle(ft: float, fd: float, aspect: float) -> float:
+    """Half-angle of a sector whose top arc (apex at -r0, arc top at y = 0) is 2 ft wide and
+    whose side meets the canvas side at depth fd: (0.5 cos a - ft) / sin a = fd * H / W."""
+    lo, hi = 1e-3, math.acos(min(0.999, 2 * ft)) - 1e-6
+    for _ in range(60):  # (0.5 cos a - ft) / sin a decreases in a: bisection
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if (0.5 * math.cos(mid) - ft) / math.sin(mid) > fd * aspect else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+@functools.lru_cache(maxsize=64)
+def geometry(height: int, width: int, fov: int = 0) -> Geometry:
     h, w = float(height), float(width)
-    r0 = 0.32 * h  # probe-surface radius
-    depth = 0.97 * h  # imaging depth
-    r1 = r0 + depth
-    half = math.asin(min(0.99, 0.5 * w * 0.98 / r1))  # half-angle: the deep arc spans the width
-    ax, ay = 0.5 * w, 0.02 * h - r0  # apex (virtual, above the canvas)
-    # polar grid: one row per canvas row; ~0.72 columns per canvas column (the lateral PSF
-    # is wider than a pixel, so the beam angle needs fewer samples than the depth)
-    nr, npx = height, max(8, int(round(0.72 * width)))
+    ft, fd, bottom = FOVS[fov % len(FOVS)]
+    half = _half_angle(ft, fd, h / w)
+    r0 = ft * w / math.sin(half)  # probe-surface radius; the arc's top touches the canvas top
+    ax, ay = 0.5 * w, -r0  # apex (virtual, above the canvas)
+    r1 = (bottom * h - ay) if bottom else math.hypot(0.5 * w, h - ay) + 1.0
+    depth = r1 - r0
+    # polar grid: one row per canvas row, POLAR_COLUMNS beam columns per canvas column
+    nr, npx = max(8, int(round(POLAR_ROWS * height))), max(8, int(round(POLAR_COLUMNS * width)))
     rr = r0 + (np.arange(nr, dtype=np.float32) + 0.5) / nr * depth
     pp = -half + (np.arange(npx, dtype=np.float32) + 0.5) / npx * 2 * half
     sin_p, cos_p = np.sin(pp)[None, :], np.cos(pp)[None, :]
@@ -116,6 +164,7 @@ def geometry(height: int, width: int) -> Geometry:
     fr[~inside], fp[~inside] = -10.0, -10.0  # outside the sector: cv2's constant border (0)
     maps = cv2.convertMaps(fp, fr, cv2.CV_16SC2, nninterpolation=False)
     maps_nearest = cv2.convertMaps(fp, fr, cv2.CV_16SC2, nninterpolation=True)
+    dnorm = ((rr - r0) / h).astype(np.float32)  # depth below the probe in canvas heights
     return Geometry(
         height=height,
         width=width,
@@ -123,8 +172,8 @@ def geometry(height: int, width: int) -> Geometry:
         ys=ys,
         xs2=np.ascontiguousarray(xs[::2, ::2]),
         ys2=np.ascontiguousarray(ys[::2, ::2]),
-        depth2=np.ascontiguousarray(((rr - r0) / depth)[::2, None].astype(np.float32)),
-        depth=((rr - r0) / depth)[:, None].astype(np.float32),
+        depth2=np.ascontiguousarray(dnorm[::2, None]),
+        depth=dnorm[:, None],
         beam=(sin_p.astype(np.float32), cos_p.astype(np.float32)),
         lateral=(np.abs(pp) / half)[None, :].astype(np.float32),
         maps=maps,
@@ -141,7 +190,7 @@ def scan_convert(polar: np.ndarray, geo: Geometry, nearest: bool = False) -> np.
 
 
 @functools.lru_cache(maxsize=16)
-def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240) -> tuple[np.ndarray, np.ndarray]:
+def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240, smooth: tuple = (0.6, 0.9), power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Periodic fields in the polar grid (``nr`` depth rows x ``npx`` beam columns), made once
     per size: ``speckle`` (count, nr, npx) and ``texture`` (count, ceil(nr/2), ceil(npx/2)).
 
@@ -172,7 +221,8 @@ def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240) -> tuple
             env2 += ((1 - mix) * near + mix * far) ** 2
         # display smoothing (compounding / persistence / the pixel's own area) averages a few
         # speckle grains and lowers the speckle contrast from Rayleigh's 0.52 to about 0.3
-        env = ndimage.gaussian_filter(np.sqrt(env2), (0.8 * sa + 0.3, 0.8 * sl_near + 0.3), mode="wrap")
+        env = ndimage.gaussian_filter(np.sqrt(env2), smooth, mode="wrap")
+        env = env**power
         speckle[k] = env / env.mean()
         z2 = rng.standard_normal((h2, w2)).astype(np.float32)
         t = ndimage.gaussian_filter(z2, (max(1.0, 0.0125 * nr), max(1.0, 0.03 * npx)), mode="wrap")
@@ -197,27 +247,38 @@ def _sp_offset(seed: int) -> float:
 @functools.lru_cache(maxsize=4096)
 def sample_patient(seed: int, patient: int) -> dict:
     """Anatomy shared by every frame of a patient (sizes relative to the canvas). Cached:
-    treat the returned dict as read-only."""
+    treat the returned dict as read-only.
+
+    ``ga`` in [0, 1] places the fetus in the gestational-age range of HC18 (about 18 to 36
+    weeks): the head grows with it (as seen by a probe whose depth setting follows the head,
+    so the growth on the canvas is smaller than in millimetres) and so does the skull's
+    thickness and echogenicity."""
     g = _rng(seed, 1, patient)
+    ga = float(g.random())
     return {
-        "a": g.uniform(0.23, 0.29),  # occipito-frontal semi-axis / width
-        "ratio": g.uniform(0.74, 0.84),  # biparietal / occipito-frontal
-        "angle": g.uniform(-20, 20),  # head rotation in degrees
+        "ga": ga,
+        "a": HEAD_A[0] + HEAD_A[1] * ga + g.uniform(-0.012, 0.012),  # occipito-frontal semi-axis / width
+        "ratio": g.uniform(0.74, 0.86),  # biparietal / occipito-frontal
+        "angle": g.uniform(-16, 16),  # head rotation in degrees
         "front": float(g.choice([-1.0, 1.0])),  # which end of the u axis is frontal
-        "skull": g.uniform(0.038, 0.052),  # skull thickness / semi-axis
-        "brain": g.uniform(0.065, 0.095),  # parenchyma echogenicity
-        "tissue": g.uniform(0.2, 0.32),  # maternal / fetal-body tissue echogenicity
-        "fluid": g.uniform(0.15, 0.45),  # width of the fluid rim around the head (relative)
+        "skull": (0.02 + 0.016 * ga) * g.uniform(0.85, 1.15),  # skull thickness / semi-axis
+        "skull_h": g.uniform(-1, 1, size=(3, 2)),  # harmonics of thickness and echogenicity
+        "bone_echo": 0.75 + 0.5 * ga,  # ossification: brighter skull later in pregnancy
+        "brain": g.uniform(0.025, 0.045),  # parenchyma echogenicity (the fetal brain is hypoechoic)
+        "sulci": g.uniform(0.5, 1.3),  # strength of the echogenic lines inside the brain
+        "tissue": g.uniform(0.04, 0.09),  # maternal / fetal-body tissue echogenicity
+        "fluid": g.uniform(0.03, 0.3),  # width of the fluid rim around the head (relative)
         "fluid_h": g.uniform(-1, 1, size=(3, 2)),  # fluid-boundary harmonics
         "th_u": g.uniform(-0.1, -0.02),
-        "th_v": g.uniform(0.14, 0.18),
+        "th_v": g.uniform(0.11, 0.14),
         "th_r": g.uniform(0.17, 0.2),
+        "th_tilt": g.uniform(0.35, 0.6),  # radians: the pair converges anteriorly (heart shape)
         "csp_u": g.uniform(0.4, 0.45),
         "csp_len": g.uniform(0.15, 0.18),
-        "csp_w": g.uniform(0.1, 0.12),
+        "csp_w": g.uniform(0.09, 0.11),
         "cb_r": g.uniform(0.16, 0.19),
-        "wall": g.uniform(0.10, 0.18),  # maternal abdominal wall thickness (depth fraction)
-        "fascia": g.uniform(0.1, 1.0, size=3),  # depths of bright fascia lines in the wall (fraction of it)
+        "wall": g.uniform(0.07, 0.2),  # maternal abdominal wall thickness (canvas heights)
+        "fascia": g.uniform(0.1, 1.0, size=4),  # depths of bright fascia lines in the wall (fraction of it)
     }
 
 
@@ -227,7 +288,7 @@ def sample_frame(index: int, seed: int = 0, sp_fraction: float = 0.152, frames_p
     g = _rng(seed, 2, index)
     good = {
         "dx": g.uniform(-0.05, 0.05),  # head centre offset / width
-        "dy": g.uniform(-0.04, 0.05),  # head centre offset / height
+        "dy": g.uniform(-0.05, 0.04),  # head centre offset / height
         "dangle": g.uniform(-8, 8),
         "scale": g.uniform(0.93, 1.05),
         "vis_th": g.uniform(0.8, 1.0),
@@ -237,15 +298,18 @@ def sample_frame(index: int, seed: int = 0, sp_fraction: float = 0.152, frames_p
         "blur": g.uniform(0.0, 0.15),  # severities in [0, 1]
         "contrast": g.uniform(0.0, 0.15),
         "noise": g.uniform(0.0, 0.15),
-        "gain": g.uniform(-0.1, 0.1),  # log gain
-        "atten": g.uniform(0.5, 1.1),
+        "gain": g.uniform(-1.1, -0.4),  # log gain (the operator's gain knob)
+        "atten": g.uniform(0.4, 1.0),  # depth attenuation (after the scanner's default TGC)
+        "tgc": [float(x) for x in g.uniform(-0.25, 0.25, size=3)],  # the operator's TGC sliders
+        "reverb": g.uniform(0.3, 1.0),  # reverberation haze below the near skull
+        "fov": int(g.integers(len(FOVS))),  # probe depth / field of view
         "speckle": [float(x) for x in g.random(4)],  # speckle field and its circular shifts
         "cut": 0.0,
     }
-    # head partly outside the sector: a nuisance, same in image and target
+    # head partly outside the image: a nuisance, same in image and target
     if g.random() < 0.12:
         side = g.choice([-1.0, 1.0])
-        good["dx"] = side * g.uniform(0.12, 0.2)
+        good["dx"] = side * g.uniform(0.14, 0.22)
         good["cut"] = 1.0
     sp = is_sp(index, seed, sp_fraction)
     actual = dict(good)
@@ -324,10 +388,10 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     h, w = geo.height, geo.width
     a = pat["a"] * w * lat["scale"]
     b = a * pat["ratio"]
-    cx, cy = w * (0.5 + lat["dx"]), h * (0.56 + lat["dy"])
+    cx, cy = w * (0.5 + lat["dx"]), h * (0.54 + lat["dy"])
     ang = math.radians(pat["angle"] + lat["dangle"])
     ca, sa = math.cos(ang), math.sin(ang)
-    t = pat["skull"]
+    t = max(pat["skull"], 1.1 / b)  # at least about a pixel thick (small frames would alias it)
 
     # outside the head, on the half-resolution grid (smooth): fluid around the head out to
     # rho = rim(theta) (3 harmonics), tissue with a low-frequency texture beyond it
@@ -342,17 +406,22 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     hm = [[float(x) for x in row] for row in pat["fluid_h"]]  # Python floats keep float32 maths
     wob = hm[0][0] * c1 + hm[0][1] * s1 + hm[1][0] * c2 + hm[1][1] * s2 + hm[2][0] * c3 + hm[2][1] * s3
     rim = (1.0 + pat["fluid"]) + (0.5 * pat["fluid"]) * wob
-    back = _ramp(rho - rim, 0.06) * (pat["tissue"] * np.maximum(1.0 + 0.5 * tex, 0.35))
-    # maternal abdominal wall near the probe: tissue with bright fascia lines (arcs of equal depth)
-    fascia = sum(np.exp(-(((geo.depth2 - float(f) * pat["wall"]) * (1.0 / 0.008)) ** 2)) for f in pat["fascia"])
-    wall = _ramp(pat["wall"] - geo.depth2, 0.015) * ((pat["tissue"] + 0.03) * (0.85 + 2.0 * fascia))
-    wall = wall * np.maximum(1.0 + 0.5 * tex, 0.35)
-    np.maximum(back, wall, out=back)  # maternal abdominal wall near the probe
+    tissue = np.maximum(1.0 + TISSUE_MOD * tex, 0.15)
+    # echogenic interfaces in the tissue (fetal body, uterine wall, placenta): level lines of
+    # a second texture, bright and streaky across the beam
+    tex_b = np.roll(tex, (tex.shape[0] // 2, tex.shape[1] // 3), axis=(0, 1))
+    streak = _ramp(tex_b - 1.1, 0.3)
+    back = _ramp(rho - rim, 0.06) * (pat["tissue"] * LOOK["tissue"] * (tissue + LOOK["streak"] * streak))
+    # maternal abdominal wall near the probe: layered tissue with bright fascia lines (arcs
+    # of equal depth) over a darker fat layer
+    fascia = sum(np.exp(-(((geo.depth2 - float(f) * pat["wall"]) * (1.0 / 0.007)) ** 2)) for f in pat["fascia"])
+    wall = _ramp(pat["wall"] - geo.depth2, 0.012) * ((pat["tissue"] * LOOK["tissue"] * 1.3) * (0.6 + 3.0 * fascia)) * tissue
+    np.maximum(back, wall, out=back)
     nr, npx = geo.xs.shape
     back = cv2.resize(back, (back.shape[1] * 2, back.shape[0] * 2), interpolation=cv2.INTER_LINEAR)[:nr, :npx]
 
     # bounding box of the head (skull included), from the half-resolution grid
-    near = rho < 1.0 + 4.0 * t + 4.0 / b
+    near = rho < 1.0 + 3.0 * t + 3.0 / b  # the skull band ends at 1 + 1.73 * 1.45 t
     rows, cols = np.flatnonzero(near.any(axis=1)), np.flatnonzero(near.any(axis=0))
     if len(rows) == 0:
         rows, cols = np.array([0]), np.array([0])
@@ -363,23 +432,58 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     # smooth structures on the half-resolution grid, upsampled into the crop
     u2 = pu[crop2] * pat["front"]  # +u is frontal
     av2 = np.abs(pv[crop2])  # paired structures are mirror images about the midline
+    rho2 = rho[crop2]
     tr = pat["th_r"]
-    th_rv = tr * 0.72 * a / b
+    th_rv = tr * 0.6 * a / b
+    ct, st = math.cos(pat["th_tilt"]), math.sin(pat["th_tilt"])
+    du, dv = u2 - pat["th_u"], av2 - pat["th_v"]
+    th_al, th_ac = du * ct - dv * st, du * st + dv * ct  # the pair converges anteriorly: a heart
     cr, crv = pat["cb_r"], pat["cb_r"] * a / b
+    tx = tex[crop2]
+    # a second, independent texture: the same bank field read at a shifted place
+    tx2 = np.roll(tex, (tex.shape[0] // 3, tex.shape[1] // 2), axis=(0, 1))[crop2]
+    brain_zone = _ramp(0.86 - rho2, 0.06)
     half_res = {
         # thalami: paired hypoechoic ovals either side of the midline, with an echogenic rim
-        "th": _oval(u2, av2, pat["th_u"], pat["th_v"], tr, th_rv),
-        "th_rim": _oval(u2, av2, pat["th_u"], pat["th_v"], tr * 1.2, th_rv * 1.2, 0.6),
+        "th": _oval(th_al, th_ac, 0.0, 0.0, tr, th_rv),
+        "th_rim": _oval(th_al, th_ac, 0.0, 0.0, tr * 1.2, th_rv * 1.3, 0.6),
         # fossa posterior: cerebellar hemispheres and the anechoic cisterna magna behind them
         "cb": _oval(u2, av2, -0.56, 0.14, cr, crv),
         "cb_rim": _oval(u2, av2, -0.56, 0.14, cr * 1.15, crv * 1.15, 0.6),
+        "vermis": _oval(u2, av2, -0.58, 0.0, cr * 0.9, 0.05, 0.5),
         "cm": _oval(u2, av2, -0.83, 0.0, 0.1, 0.36),
         # trans-ventricular cue: atrium of the lateral ventricle with its bright choroid plexus
-        "atr": _oval(u2, av2, -0.36, 0.4, 0.27, 0.1),
-        "chor": _oval(u2, av2, -0.4, 0.4, 0.16, 0.055),
-        # insula / Sylvian fissure: faint echogenic arcs, lateral in both hemispheres
+        # insula / Sylvian fissure: an echogenic arc, lateral in both hemispheres
         "ins": _oval(u2, av2, 0.05, 0.74, 0.3, 0.2, 0.6) * (av2 < 0.7),
+        # echogenic lines (sulci, vessels, the pia): level lines of a smooth field elongated
+        # across the beam, interrupted by a second field; parenchyma brightness varies slowly
+        "sul": _bump(tx * (1.0 / 0.09)) * _ramp(tx2 - 0.3, 0.4) * brain_zone,
+        "paren": np.maximum(1.0 + 0.25 * tx2, 0.3),
+        "gap": _ramp(tx + 0.8, 0.3),  # interruptions of the falx
+        "bone_tex": np.maximum(1.0 + LOOK["bonetex"] * tx2, 0.25),  # irregular ossification
     }
+    if lat["vis_tv"] > 0:  # (only trans-ventricular tilts show them: skipped otherwise)
+        half_res["atr"] = _oval(u2, av2, -0.36, 0.4, 0.27, 0.1)
+        half_res["chor"] = _oval(u2, av2, -0.4, 0.4, 0.16, 0.055)
+    # skull thickness and brightness vary smoothly around the head (harmonics of the angle);
+    # bone is brightest where its normal faces the beam (|n . beam|^4, lateral drop-out)
+    pv2 = pv[crop2]
+    pu2 = pu[crop2]
+    k1, k2 = c1[crop2], s1[crop2]
+    k1b, k2b = c2[crop2], s2[crop2]
+    hk = [[float(x) for x in row] for row in pat["skull_h"]]
+    half_res["thick"] = t * (1.0 + 0.25 * (hk[0][0] * k1 + hk[0][1] * k2) + 0.2 * (hk[1][0] * k1b + hk[1][1] * k2b))
+    nx = pu2 * np.float32(ca / a) - pv2 * np.float32(sa / b)
+    ny = pu2 * np.float32(sa / a) + pv2 * np.float32(ca / b)
+    bx, by = geo.beam[0][:, ::2][:, crop2[1]], geo.beam[1][:, ::2][:, crop2[1]]
+    facing = (nx * bx + ny * by) ** 2 / (nx * nx + ny * ny + 1e-12)
+    f4 = facing * facing
+    echo = pat["bone_echo"] * (1.0 + 0.3 * (hk[2][0] * k1b + hk[2][1] * k2b))
+    half_res["bone_gain"] = (0.02 + 0.98 * f4 * f4) * echo * half_res.pop("bone_tex")
+    # CSP: a soft-edged fluid box on the midline anterior to the thalami (a superellipse)
+    qu, qv = (u2 - pat["csp_u"]) * (1.0 / pat["csp_len"]), pv2 * (1.0 / pat["csp_w"])
+    qu2, qv2 = qu * qu, qv * qv
+    half_res["csp"] = _ramp(1.0 - (qu2 * qu2 + qv2 * qv2), 0.2)
     L = {}
     for k, arr in half_res.items():
         L[k] = cv2.resize(arr, (arr.shape[1] * 2, arr.shape[0] * 2), interpolation=cv2.INTER_LINEAR)[: size[0], : size[1]]
@@ -388,47 +492,49 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     L["cm"] = L["cm"] * (1.0 - L["cb"])
     L["ins"] = L["ins"] * (1.0 - L["ins"]) * 4.0
 
-    # thin structures at full resolution: skull, midline, CSP
+    # thin structures at full resolution: skull, midline, CSP walls
     dx, dy = geo.xs[crop] - np.float32(cx), geo.ys[crop] - np.float32(cy)
     pus = dx * np.float32(ca / a) + dy * np.float32(sa / a)
     pvs = dy * np.float32(ca / b) - dx * np.float32(sa / b)
     rc = np.sqrt(pus * pus + pvs * pvs)
     u = pus * pat["front"]
     v = pvs
-    # skull: a band around rho = 1, brightest where its normal faces the beam (|n . beam|^2)
-    d = (rc - 1.0) * (1.0 / t)
-    skull = _bump(d)
-    nx = pus * (ca / a) - pvs * (sa / b)
-    ny = pus * (sa / a) + pvs * (ca / b)
-    bx, by = geo.beam[0][:, crop[1]], geo.beam[1][:, crop[1]]
-    facing = (nx * bx + ny * by) ** 2 / (nx * nx + ny * ny + 1e-12)
-    bone = skull * (0.04 + 0.96 * facing * facing)
-    inside = _ramp((1.0 - t) - rc, 1.0 / b + 0.004)
-    # CSP: anechoic box on the midline anterior to the thalami, with bright walls
+    # skull: a band around rho = 1 (thickness and brightness from the smooth layers above)
+    thick = L["thick"]
+    skull = _bump((rc - 1.0) / thick)
+    bone = skull * L["bone_gain"]
+    inside = _ramp((1.0 - thick) - rc, 1.0 / b + 0.004)
+    # CSP walls: two thin parallel echoes (the leaves of the septum pellucidum) along the box
     cu, cl, cwid = pat["csp_u"], pat["csp_len"], pat["csp_w"]
-    qb = np.maximum(np.abs(u - cu) * (1.0 / cl), np.abs(v) * (1.0 / cwid))
-    csp = _ramp(1.0 - qb, 0.12)
-    csp_wall = _bump((qb - 1.08) * (1.0 / 0.16)) * _ramp(1.15 - np.abs(u - cu) * (1.0 / cl), 0.05)
-    # midline echo (falx), broken by the CSP
-    lw = (0.7 + 0.004 * w) / b
-    mid = _bump(v * (1.0 / lw)) * _ramp(0.9 - np.abs(u), 0.03)
-    mid_gap = mid * (1.0 - _ramp(qb - 1.25, 0.15))  # the part of the falx the CSP interrupts
+    aqu, aqv = np.abs((u - cu) * (1.0 / cl)), np.abs(v * (1.0 / cwid))
+    csp_wall = _bump((aqv - 1.12) * (1.0 / 0.28)) * _ramp(1.0 - aqu, 0.15)
+    # midline echo (falx), interrupted here and there, and by the CSP
+    lw = (0.6 + 0.0035 * w) / b
+    mid = _bump(v * (1.0 / lw)) * _ramp(0.9 - np.abs(u), 0.03) * L["gap"]
+    mid_gap = mid * (1.0 - _ramp(np.maximum(aqu, aqv) - 1.25, 0.15))  # the part the CSP interrupts
     L.update({"crop": crop, "rho": rc, "back": back, "skull": skull, "bone": bone, "inside": inside,
-              "mid": mid, "mid_gap": mid_gap, "csp": csp, "csp_wall": csp_wall})
+              "mid": mid, "mid_gap": mid_gap, "csp_wall": csp_wall})
     return L
 
 
 def _attenuation(lat: dict, L: dict, geo: Geometry) -> np.ndarray:
     """Gain map: posterior shadowing exp(-k * cumsum(bone)) along each ray (rows), depth
-    attenuation exp(-a * depth) and lateral fall-off towards the sector edges."""
-    att = np.exp(-lat["atten"] * geo.depth) * (1.0 - 0.3 * geo.lateral**2)
+    attenuation exp(-a * depth) with the operator's time-gain compensation (three smooth
+    sliders), and lateral fall-off towards the sector edges."""
+    d = geo.depth
+    tg = lat["tgc"]
+    tgc = tg[0] * np.cos(math.pi * d) + tg[1] * np.cos(2 * math.pi * d) + tg[2] * np.cos(3 * math.pi * d)
+    att = np.exp(tgc - lat["atten"] * d) * (1.0 - 0.35 * geo.lateral**2)
     gm = np.broadcast_to(att, L["back"].shape).copy()
     r, c = L["crop"]
     if r.stop > r.start:
         # exp(-k * cumsum(bone)) as a running product of (1 - k * bone): no exp needed
-        sh = np.cumprod(1.0 - L["bone"] * (7.0 / geo.height), axis=0)
+        sh = np.cumprod(1.0 - np.minimum(L["bone"], 1.5) * (6.0 / geo.height), axis=0)
         gm[r, c] *= sh
         gm[r.stop:, c] *= sh[-1:]
+        # reverberation between the probe and the near skull: a decaying echo train below
+        # every bone crossing (a first-order recursive filter down each ray)
+        L["reverb"] = lfilter([0.05], [1.0, -0.95], L["bone"], axis=0).astype(np.float32)
     return gm
 
 
@@ -437,33 +543,41 @@ def _head(pat: dict, lat: dict, L: dict, speck: np.ndarray, gm: np.ndarray) -> n
     r, c = L["crop"]
     inside = L["inside"]
     vis_th, vis_csp, vis_fp, vis_tv = lat["vis_th"], lat["vis_csp"], lat["vis_fp"], lat["vis_tv"]
+    pb = pat["brain"] * LOOK["brain"]
     # diffuse scatterers (speckled)
-    brain = pat["brain"] * (1.0 - 0.6 * vis_th * L["th"])
+    brain = pb * L["paren"]
+    brain *= 1.0 - 0.85 * vis_th * L["th"]
     brain *= 1.0 - 0.9 * vis_csp * L["csp"]
     brain *= 1.0 - 0.85 * vis_fp * L["cm"]
-    brain *= 1.0 - 0.75 * vis_tv * L["atr"]
-    brain += (0.2 * vis_fp) * L["cb"]
+    if vis_tv > 0:
+        brain *= 1.0 - 0.75 * vis_tv * L["atr"]
+    brain += (2.5 * pb * vis_fp) * L["cb"]
+    brain += (LOOK["haze"] * lat["reverb"]) * L["reverb"]  # near-field haze
     diffuse = inside * brain + (1.0 - inside) * L["back"][r, c] * (1.0 - L["skull"])
-    # specular reflectors (less speckled): skull, falx, CSP walls, insula, cerebellar rim, choroid
-    spec = 2.2 * L["bone"] + inside * (
-        0.3 * (L["mid"] - vis_csp * L["mid_gap"]) + (0.45 * vis_csp) * L["csp_wall"] + (0.15 * vis_th) * L["th_rim"] + 0.07 * L["ins"]
-        + (0.6 * vis_tv) * L["chor"] + (0.3 * vis_fp) * L["cb_rim"]
+    # specular reflectors (less speckled): skull, falx, CSP walls, insula, cerebellar rim,
+    # vermis, choroid, sulci
+    spec = LOOK["bone"] * L["bone"] + inside * (
+        LOOK["falx"] * (L["mid"] - vis_csp * L["mid_gap"]) + (0.45 * vis_csp) * L["csp_wall"] + (0.1 * vis_th) * L["th_rim"]
+        + 0.05 * L["ins"] + (0.3 * vis_fp) * L["vermis"] + (0.2 * vis_fp) * L["cb_rim"]
+        + (LOOK["sulci"] * pat["sulci"]) * L["sul"]
     )
+    if vis_tv > 0:
+        spec += inside * ((0.6 * vis_tv) * L["chor"] * L["paren"])
     s = speck[r, c]
-    glint = np.maximum(s - 1.75, 0.0)  # sparse bright echoes inside the brain (small vessels, sulci)
-    spec = spec + (0.3 * pat["brain"] / 0.08) * (inside * (1.0 - vis_th * L["th"])) * glint
+    glint = np.maximum(s - 1.75, 0.0)  # sparse bright echoes inside the brain (small vessels)
+    spec = spec + (LOOK["glint"] * pb) * (inside * (1.0 - vis_th * L["th"])) * glint
     return (diffuse * s + spec * (0.5 + 0.5 * s)) * gm[r, c]
 
 
 def _lut(lat: dict, levels: int) -> np.ndarray:
     """Display map of linear echo amplitude (index = amplitude * levels / 2): gain, log
-    compression over a 40 dB dynamic range (white at amplitude 2.5), and the contrast
-    fault's haze (lifted floor, flattened contrast)."""
-    x = np.arange(levels + 1, dtype=np.float64) * (2.0 / levels) * math.exp(lat["gain"])
-    y = 1.0 + (20.0 / DYNAMIC_RANGE_DB) * np.log10(np.maximum(x, 1e-6) / 2.5)
+    compression over a DYNAMIC_RANGE_DB dynamic range (white at amplitude 2), and the
+    contrast fault's haze (lifted floor, flattened contrast)."""
+    x = np.arange(levels + 1, dtype=np.float64) * (2.0 / levels) * math.exp(lat["gain"] + LOOK["gain"])
+    y = 1.0 + (20.0 / DYNAMIC_RANGE_DB) * np.log10(np.maximum(x, 1e-6) / 2.0)
     c = lat["contrast"]
     if c > 0.02:
-        y = 0.32 * c + y * (1.0 - 0.75 * c)
+        y = 0.2 * c + y * (1.0 - 0.6 * c)
     return (np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -471,10 +585,11 @@ def _display(amp: np.ndarray, lat: dict, geo: Geometry, noise: np.ndarray) -> np
     """Faults on the linear amplitude (defocus blur, electronic noise), scan conversion,
     then the display LUT. Returns uint8 canvas, 0 outside the sector."""
     if lat["blur"] > 0.02:
-        s = lat["blur"] * 0.035 * geo.height
+        s = lat["blur"] * 0.022 * geo.height
         amp = _box_blur(amp, 0.6 * s, s)
-    if lat["noise"] > 0.02:
-        amp = amp + (lat["noise"] * 0.12) * noise  # additive (positive) clutter: haze and grain
+    # the receiver's noise floor (anechoic fluid is dark grey, not black), and the noise
+    # fault's additive (positive) clutter: haze and grain
+    amp = amp + (NOISE_FLOOR + (lat["noise"] * 0.05 if lat["noise"] > 0.02 else 0.0)) * noise
     levels = 2048
     idx = amp * (levels / 2.0)
     np.clip(idx, 0, levels, out=idx)
@@ -516,9 +631,9 @@ def render_frame(
     height, width = int(size[0]), int(size[1])
     fr = sample_frame(index, seed, sp_fraction, frames_per_patient)
     pat = sample_patient(seed, fr["patient"])
-    geo = geometry(height, width)
+    geo = geometry(height, width, int(fr["actual"]["fov"]))
     nr, npx = geo.xs.shape
-    speckles, textures = speckle_bank(nr, npx)
+    speckles, textures = speckle_bank(nr, npx, smooth=SPECKLE_SMOOTH, power=SPECKLE_POW)
     act, good = fr["actual"], fr["good"]
     q = act["speckle"]
     k = int(q[0] * len(speckles))
