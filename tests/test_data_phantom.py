@@ -112,3 +112,70 @@ def test_structures_visible_at_64x80():
     img, m = fr["image"].astype(float), fr["mask"]
     assert img[m == ph.TH].mean() < 0.8 * img[m == ph.HEAD].mean()
     assert img[m == ph.BONE].mean() > 1.5 * img[m == ph.HEAD].mean()
+
+
+def test_fields_of_view_are_convex_sectors_open_at_the_bottom():
+    """Every field of view: black top corners, imaged top centre, and a sector whose sides
+    widen with depth (HC18's frames: the bottom is imaged to or near the canvas edge)."""
+    for fov in range(len(ph.FOVS)):
+        g = ph.geometry(64, 80, fov)
+        inside = g.inside.astype(bool)
+        assert not inside[0, 0] and not inside[0, -1] and inside[2, 40]
+        widths = inside.sum(axis=1)
+        assert widths[8] < widths[40] and widths[40] >= 0.75 * 80
+    assert 0.6 < np.mean([ph.geometry(64, 80, f).inside.mean() for f in range(len(ph.FOVS))]) < 0.95
+    seen = {ph.sample_frame(i)["actual"]["fov"] for i in range(200)}
+    assert seen == set(range(len(ph.FOVS)))
+
+
+def test_head_and_skull_grow_with_gestational_age():
+    pats = [ph.sample_patient(0, p) for p in range(200)]
+    ga = np.array([p["ga"] for p in pats])
+    assert np.corrcoef(ga, [p["a"] for p in pats])[0, 1] > 0.9
+    assert np.corrcoef(ga, [p["skull"] for p in pats])[0, 1] > 0.6
+    # rendered: head area follows the age
+    areas, ages = [], []
+    for i in range(0, 160, 4):
+        fr = ph.render_frame(i, (64, 80))
+        if fr["latents"]["frame"]["cut"]:
+            continue
+        areas.append((fr["mask"] != ph.BG).sum())
+        ages.append(fr["latents"]["patient"]["ga"])
+    assert np.corrcoef(ages, areas)[0, 1] > 0.5
+
+
+def test_skull_is_bright_facing_the_beam_and_drops_out_laterally():
+    """Bone pixels near the top and bottom of the head (normal along the beam) are brighter
+    than those at its lateral walls, in the SP frames of a few patients."""
+    ratios = []
+    for i in range(120):
+        if not ph.sample_frame(i)["sp"]:
+            continue
+        fr = ph.render_frame(i, (224, 288))
+        img, bone = fr["image"].astype(float), fr["mask"] == ph.BONE
+        ys, xs = np.nonzero(bone)
+        cy, cx = ys.mean(), xs.mean()
+        ang = np.abs(np.arctan2(ys - cy, xs - cx))  # 0 / pi: lateral, pi/2: top or bottom
+        vertical = np.abs(ang - np.pi / 2) < np.pi / 8
+        lateral = (ang < np.pi / 8) | (ang > 7 * np.pi / 8)
+        if vertical.sum() > 20 and lateral.sum() > 20:
+            ratios.append(img[ys[vertical], xs[vertical]].mean() / max(1.0, img[ys[lateral], xs[lateral]].mean()))
+    assert len(ratios) >= 5 and np.median(ratios) > 1.5
+
+
+def test_grey_levels_are_like_a_scanner_display():
+    """Not a cartoon's flat black and white: anechoic fluid sits on a noise floor, the skull
+    reaches the top of the scale, and the brain is darker than the tissue around the head."""
+    imgs, masks, inside = [], [], []
+    for i in range(0, 60, 3):
+        fr = ph.render_frame(i, (112, 144))
+        if fr["faults"]:
+            continue
+        imgs.append(fr["image"])
+        masks.append(fr["mask"])
+        inside.append(ph.geometry(112, 144, fr["latents"]["frame"]["fov"]).inside.astype(bool))
+    assert imgs
+    img, m, ins = np.stack(imgs), np.stack(masks), np.stack(inside)
+    assert (img[ins] == 0).mean() < 0.2
+    assert np.percentile(img[m == ph.BONE], 95) > 150
+    assert img[m == ph.HEAD].mean() < img[(m == ph.BG) & ins].mean() * 1.6

@@ -1,23 +1,34 @@
-"""A procedural fetal-head ultrasound simulator with ground truth.
+"""A procedural fetal-head ultrasound simulator with ground truth, modelled on HC18's
+trans-thalamic frames and SonoNet's BRAIN-TV / BRAIN-CB examples (``docs/data.md``; how close
+it gets: ``diffice realism``).
 
 Every frame is rendered in the probe's own polar grid (rows = depth along the beam, columns =
-beam angle) and scan-converted to a convex-probe sector on a ``[height, width]`` canvas, black
-outside the sector. That makes the physics cheap and axis-aligned:
+beam angle) and scan-converted to a convex-probe sector on a ``[height, width]`` canvas. That
+makes the physics cheap and axis-aligned:
 
+* field of view: one of ``FOVS`` per frame (the probe's depth setting): black top corners, the
+  sector's sides meeting the canvas sides part-way down, the bottom imaged to the canvas edge
+  (or ending in an arc), as HC18's scanners show it;
 * speckle: complex Gaussian scatterers convolved with an anisotropic point-spread function
   (short along the beam, wide across it, widening with depth), then the envelope ``|.|``
-  (Rayleigh statistics). A small bank of periodic speckle fields is made once per size and
-  every frame takes one at a random circular shift, so a frame costs no convolution;
-* depth attenuation ``exp(-a * depth)``; posterior shadowing ``exp(-k * cumsum(bone))`` along
-  every ray; a skull that is brightest where its normal faces the beam (``|n . b|^2``);
-* anatomy on the ellipse of the head (``u`` along the occipito-frontal axis, ``v`` across):
-  anechoic amniotic fluid around the head, bright skull, midline echo (falx), paired
-  hypoechoic thalami (TH), the cavum septi pellucidi (CSP) anterior to them, and — when the
-  plane tilts towards the trans-cerebellar plane — the fossa posterior (FP: cerebellar
-  hemispheres and the anechoic cisterna magna). A tilt towards the trans-ventricular plane
-  hides the thalami and shows the atrium of the lateral ventricle with its choroid plexus.
+  (Rayleigh statistics) and a small display smoothing. A small bank of periodic speckle fields
+  is made once per size and every frame takes one at a random circular shift, so a frame costs
+  no convolution;
+* the scanner: depth attenuation ``exp(-a * depth)`` with the operator's time-gain
+  compensation, posterior shadowing ``exp(-k * cumsum(bone))`` along every ray, reverberation
+  haze below the near skull, a receiver noise floor, gain and log compression;
+* anatomy on the ellipse of the head (``u`` along the occipito-frontal axis, ``v`` across),
+  sized by the patient's gestational age: amniotic fluid, tissue and the maternal abdominal wall
+  around the head; a skull of varying thickness and ossification, brightest where its normal
+  faces the beam and dropping out at the lateral walls; hypoechoic brain with slowly varying
+  echogenicity and echogenic lines; the falx (an interrupted midline echo); heart-shaped
+  hypoechoic thalami (TH); the cavum septi pellucidi (CSP) anterior to them, a soft-edged fluid
+  box between two thin echoes; the insula; and — when the plane tilts towards the
+  trans-cerebellar plane — the fossa posterior (FP: cerebellar hemispheres, vermis and the
+  anechoic cisterna magna). A tilt towards the trans-ventricular plane hides the thalami and
+  shows the atrium of the lateral ventricle with its echogenic choroid plexus.
 * acquisition faults: defocus blur, bad gain / contrast, electronic noise (they lower the bone
-  boundary sharpness ``qs_bone``), the head partly outside the sector (a nuisance that keeps
+  boundary sharpness ``qs_bone``), the head partly outside the image (a nuisance that keeps
   the concepts), off-plane tilt (changes ``qs_th``, ``qs_csp``, ``qs_fp``).
 
 Labels follow the paper's criteria (Pegios et al. 2024, Fig. 1): a standard plane (SP) shows
@@ -64,9 +75,12 @@ SPECKLE_POW = 1.0  # envelope exponent (< 1: speckle reduction / compounding)
 TISSUE_MOD = 0.45  # low-frequency echogenicity variation of the tissue around the head
 HEAD_A = (0.25, 0.12)  # occipito-frontal semi-axis / width = HEAD_A[0] + HEAD_A[1] * ga
 NOISE_FLOOR = 0.004  # receiver noise (amplitude; the display's white is 2)
+# Acquisition faults at full severity: defocus sigma / height, the contrast fault's lifted
+# floor and flattening of the display, the noise fault's clutter amplitude
+FAULT_LOOK = {"blur": 0.022, "haze": 0.2, "flatten": 0.6, "noise": 0.05}
 LOOK = {
     "gain": 0.2,  # added to every frame's log gain
-    "bone": 3.0,  # skull reflectivity
+    "bone": 2.0,  # skull reflectivity
     "streak": 0.8,  # echogenic patches in the tissue
     "tissue": 1.0,  # tissue echogenicity scale
     "brain": 1.8,  # parenchyma echogenicity scale
@@ -146,7 +160,7 @@ def geometry(height: int, width: int, fov: int = 0) -> Geometry:
     ax, ay = 0.5 * w, -r0  # apex (virtual, above the canvas)
     r1 = (bottom * h - ay) if bottom else math.hypot(0.5 * w, h - ay) + 1.0
     depth = r1 - r0
-    # polar grid: one row per canvas row, POLAR_COLUMNS beam columns per canvas column
+    # polar grid: POLAR_ROWS depth rows per canvas row, POLAR_COLUMNS beam columns per canvas column
     nr, npx = max(8, int(round(POLAR_ROWS * height))), max(8, int(round(POLAR_COLUMNS * width)))
     rr = r0 + (np.arange(nr, dtype=np.float32) + 0.5) / nr * depth
     pp = -half + (np.arange(npx, dtype=np.float32) + 0.5) / npx * 2 * half
@@ -190,14 +204,16 @@ def scan_convert(polar: np.ndarray, geo: Geometry, nearest: bool = False) -> np.
 
 
 @functools.lru_cache(maxsize=16)
-def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240, smooth: tuple = (0.6, 0.9), power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240, smooth: tuple = (0.6, 0.9),
+                 power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Periodic fields in the polar grid (``nr`` depth rows x ``npx`` beam columns), made once
     per size: ``speckle`` (count, nr, npx) and ``texture`` (count, ceil(nr/2), ceil(npx/2)).
 
     speckle: complex Gaussian scatterers convolved (wrap mode, so any circular shift is
     seamless) with a Gaussian PSF of axial sigma ~0.3 % of the depth and a lateral sigma that
     grows with depth from ~0.5 % to ~1 % of the beam columns (beam spreading), then the
-    envelope; unit mean (Rayleigh-like). texture: low-frequency tissue echogenicity
+    envelope, display smoothing ``smooth`` (polar samples) and an optional exponent ``power``
+    (< 1: speckle reduction); unit mean. texture: low-frequency tissue echogenicity
     variation at half resolution, zero mean, unit standard deviation, elongated across the
     beam like layered tissue.
     """
@@ -219,8 +235,8 @@ def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240, smooth: 
             near /= near.std() + 1e-8
             far /= far.std() + 1e-8
             env2 += ((1 - mix) * near + mix * far) ** 2
-        # display smoothing (compounding / persistence / the pixel's own area) averages a few
-        # speckle grains and lowers the speckle contrast from Rayleigh's 0.52 to about 0.3
+        # display smoothing (compounding / persistence / the pixel's own area, ``smooth`` in
+        # polar samples) averages neighbouring grains, to HC18's display-level local mean/std
         env = ndimage.gaussian_filter(np.sqrt(env2), smooth, mode="wrap")
         env = env**power
         speckle[k] = env / env.mean()
@@ -577,7 +593,7 @@ def _lut(lat: dict, levels: int) -> np.ndarray:
     y = 1.0 + (20.0 / DYNAMIC_RANGE_DB) * np.log10(np.maximum(x, 1e-6) / 2.0)
     c = lat["contrast"]
     if c > 0.02:
-        y = 0.2 * c + y * (1.0 - 0.6 * c)
+        y = FAULT_LOOK["haze"] * c + y * (1.0 - FAULT_LOOK["flatten"] * c)
     return (np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
@@ -585,11 +601,11 @@ def _display(amp: np.ndarray, lat: dict, geo: Geometry, noise: np.ndarray) -> np
     """Faults on the linear amplitude (defocus blur, electronic noise), scan conversion,
     then the display LUT. Returns uint8 canvas, 0 outside the sector."""
     if lat["blur"] > 0.02:
-        s = lat["blur"] * 0.022 * geo.height
+        s = lat["blur"] * FAULT_LOOK["blur"] * geo.height
         amp = _box_blur(amp, 0.6 * s, s)
     # the receiver's noise floor (anechoic fluid is dark grey, not black), and the noise
     # fault's additive (positive) clutter: haze and grain
-    amp = amp + (NOISE_FLOOR + (lat["noise"] * 0.05 if lat["noise"] > 0.02 else 0.0)) * noise
+    amp = amp + (NOISE_FLOOR + (lat["noise"] * FAULT_LOOK["noise"] if lat["noise"] > 0.02 else 0.0)) * noise
     levels = 2048
     idx = amp * (levels / 2.0)
     np.clip(idx, 0, levels, out=idx)
