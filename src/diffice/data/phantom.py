@@ -423,8 +423,8 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     wob = hm[0][0] * c1 + hm[0][1] * s1 + hm[1][0] * c2 + hm[1][1] * s2 + hm[2][0] * c3 + hm[2][1] * s3
     rim = (1.0 + pat["fluid"]) + (0.5 * pat["fluid"]) * wob
     tissue = np.maximum(1.0 + TISSUE_MOD * tex, 0.15)
-    # echogenic interfaces in the tissue (fetal body, uterine wall, placenta): level lines of
-    # a second texture, bright and streaky across the beam
+    # echogenic patches in the tissue (fetal body, uterine wall, placenta): where a second
+    # texture is high, elongated across the beam
     tex_b = np.roll(tex, (tex.shape[0] // 2, tex.shape[1] // 3), axis=(0, 1))
     streak = _ramp(tex_b - 1.1, 0.3)
     back = _ramp(rho - rim, 0.06) * (pat["tissue"] * LOOK["tissue"] * (tissue + LOOK["streak"] * streak))
