@@ -10,8 +10,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffice.config import load_config
 from diffice.errors import UserError
+from diffice.io import make_grid
 from diffice.modules.common import load_checkpoint, read_checkpoint
-from diffice.modules.ddpm import DDPMModule, load_ddpm, make_grid, train_ddpm
+from diffice.modules.ddpm import DDPMModule, load_ddpm, train_ddpm
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,5 @@
-"""Atomic file writes: a file is either absent or complete, never half-written.
+"""Atomic file writes (a file is either absent or complete, never half-written) and two image
+helpers for what is written: ``to_uint8`` and ``make_grid``.
 
 Every writer goes to a temporary file in the destination folder and renames it into place,
 so a run killed at any moment leaves no partial output and a restarted run can trust that
@@ -8,9 +9,10 @@ any file it finds is whole.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +81,17 @@ def to_uint8(x) -> np.ndarray:
     if x.ndim == 3 and x.shape[0] == 1:
         x = x[0]
     return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def make_grid(frames: Sequence[np.ndarray], ncol: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile HxW uint8 frames into one uint8 image, row-major, with ``pad`` white pixels between."""
+    if not frames:
+        raise ValueError("make_grid needs at least one frame")
+    h, w = frames[0].shape[:2]
+    ncol = ncol or min(len(frames), max(1, math.ceil(math.sqrt(len(frames) * h / w))))
+    nrow = math.ceil(len(frames) / ncol)
+    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=np.uint8)
+    for i, f in enumerate(frames):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = f
+    return grid

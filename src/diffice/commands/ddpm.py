@@ -41,8 +41,8 @@ def cmd_sample(argv: Sequence[str]) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from diffice.config import config_from_args
-    from diffice.io import atomic_write_text, save_png, to_uint8
-    from diffice.modules.ddpm import load_ddpm, make_grid
+    from diffice.io import atomic_write_text, make_grid, save_png, to_uint8
+    from diffice.modules.ddpm import load_ddpm
 
     p = argparse.ArgumentParser(
         prog="diffice sample",

@@ -15,13 +15,13 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from diffice.config import to_dict
 from diffice.diffusion import build_diffusion, generators_for, randn
 from diffice.errors import UserError
+from diffice.io import make_grid
 from diffice.modules.common import DifficeModule, read_checkpoint
 from diffice.nets.unet import IN_CHANNELS, build_unet
 
@@ -183,20 +183,6 @@ class DDPMModule(DifficeModule):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def make_grid(frames: Sequence[np.ndarray], ncol: int | None = None, pad: int = 2) -> np.ndarray:
-    """Tile HxW uint8 frames into one uint8 image, row-major, with ``pad`` white pixels between."""
-    if not frames:
-        raise ValueError("make_grid needs at least one frame")
-    h, w = frames[0].shape[:2]
-    ncol = ncol or min(len(frames), max(1, math.ceil(math.sqrt(len(frames) * h / w))))
-    nrow = math.ceil(len(frames) / ncol)
-    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=np.uint8)
-    for i, f in enumerate(frames):
-        r, c = divmod(i, ncol)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = f
-    return grid
 
 
 # what must agree for a checkpoint to be resumed as the same model (dropout, lr etc. may change)
