@@ -71,7 +71,6 @@ GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 # Appearance, fitted by eye and by grey-level percentiles against HC18 (docs/data.md):
 DYNAMIC_RANGE_DB = 45.0  # log compression of the display
 SPECKLE_SMOOTH = (0.6, 0.9)  # display smoothing of the speckle envelope (rows, beam columns)
-SPECKLE_POW = 1.0  # envelope exponent (< 1: speckle reduction / compounding)
 TISSUE_MOD = 0.45  # low-frequency echogenicity variation of the tissue around the head
 HEAD_A = (0.25, 0.12)  # occipito-frontal semi-axis / width = HEAD_A[0] + HEAD_A[1] * ga
 NOISE_FLOOR = 0.004  # receiver noise (amplitude; the display's white is 2)
@@ -204,16 +203,14 @@ def scan_convert(polar: np.ndarray, geo: Geometry, nearest: bool = False) -> np.
 
 
 @functools.lru_cache(maxsize=16)
-def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240, smooth: tuple = (0.6, 0.9),
-                 power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240, smooth: tuple = (0.6, 0.9)) -> tuple[np.ndarray, np.ndarray]:
     """Periodic fields in the polar grid (``nr`` depth rows x ``npx`` beam columns), made once
     per size: ``speckle`` (count, nr, npx) and ``texture`` (count, ceil(nr/2), ceil(npx/2)).
 
     speckle: complex Gaussian scatterers convolved (wrap mode, so any circular shift is
     seamless) with a Gaussian PSF of axial sigma ~0.3 % of the depth and a lateral sigma that
     grows with depth from ~0.5 % to ~1 % of the beam columns (beam spreading), then the
-    envelope, display smoothing ``smooth`` (polar samples) and an optional exponent ``power``
-    (< 1: speckle reduction); unit mean. texture: low-frequency tissue echogenicity
+    envelope and display smoothing ``smooth`` (polar samples); unit mean. texture: low-frequency tissue echogenicity
     variation at half resolution, zero mean, unit standard deviation, elongated across the
     beam like layered tissue.
     """
@@ -238,7 +235,6 @@ def speckle_bank(nr: int, npx: int, count: int = 12, seed: int = 20240, smooth: 
         # display smoothing (compounding / persistence / the pixel's own area, ``smooth`` in
         # polar samples) averages neighbouring grains, to HC18's display-level local mean/std
         env = ndimage.gaussian_filter(np.sqrt(env2), smooth, mode="wrap")
-        env = env**power
         speckle[k] = env / env.mean()
         z2 = rng.standard_normal((h2, w2)).astype(np.float32)
         t = ndimage.gaussian_filter(z2, (max(1.0, 0.0125 * nr), max(1.0, 0.03 * npx)), mode="wrap")
@@ -649,7 +645,7 @@ def render_frame(
     pat = sample_patient(seed, fr["patient"])
     geo = geometry(height, width, int(fr["actual"]["fov"]))
     nr, npx = geo.xs.shape
-    speckles, textures = speckle_bank(nr, npx, smooth=SPECKLE_SMOOTH, power=SPECKLE_POW)
+    speckles, textures = speckle_bank(nr, npx, smooth=SPECKLE_SMOOTH)
     act, good = fr["actual"], fr["good"]
     q = act["speckle"]
     k = int(q[0] * len(speckles))
