@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "realism": ("diffice.commands.data:cmd_realism", "compare two sets of frames: FID, histograms, speckle statistics"),
     "train-ddpm": ("diffice.commands.ddpm:cmd_train_ddpm", "train the unconditional DDPM"),
     "sample": ("diffice.commands.ddpm:cmd_sample", "sample frames from a trained DDPM"),
+    "ddpm-check": ("diffice.commands.ddpm:cmd_ddpm_check", "does the DDPM keep the anatomy at the counterfactuals' noise level?"),
     "train-segmenter": ("diffice.commands.judges:cmd_train_segmenter", "train the segmentation network"),
     "train-classifier": ("diffice.commands.judges:cmd_train_classifier", "train the standard-plane guide f(x)=l(s(x),x)"),
     "train-oracle": ("diffice.commands.judges:cmd_train_oracle", "train the PCBM concept oracle"),

@@ -119,6 +119,7 @@ class SegmenterConfig:
     arch: str = "unet"
     encoder: str = "resnet34"
     encoder_weights: str | None = None
+    decoder_channels: list[int] | None = None
     lr: float = 1e-3
     max_steps: int = 20000
 
@@ -137,6 +138,7 @@ class GuideConfig:
 @dataclass
 class OracleConfig:
     encoder: str = "resnet18"
+    decoder_channels: list[int] | None = None
     qs_target: str = "label"
     seg_weight: float = 1.0
     lr: float = 1e-3
@@ -165,6 +167,7 @@ class CounterfactualConfig:
     adaptive: bool = False
     stop_threshold: float = 0.9
     clip_denoised: bool = True
+    noise_convention: str = "diffice"
     batch_size: int = 10
     split: str = "test"
     label: str = "NSP"

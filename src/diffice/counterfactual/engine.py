@@ -24,8 +24,12 @@ Where the gradient is taken is the method:
 - ``dime``: at every step a full unguided reverse chain from x_t to a clean image, gradient
   w.r.t. that clean image divided by sqrt(ᾱ_t) (DiME's scaling).
 
-The input is noised to respaced index τ−1 and denoised over indices τ−1, …, 0 (τ denoiser
-calls per pass), as DiME and FastDiME do. x̂0|t is clipped to [−1, 1] when ``clip_denoised``.
+Where a pass starts (``noise_convention``): by default (``diffice``) the input is noised to
+respaced index τ−1 and denoised over indices τ−1, …, 0 — τ denoiser calls, and the first call
+is told the noise level the frame actually has. DiME's and FastDiME's code (``dime``) noises
+to index τ and starts denoising at τ−1, so the first call sees a frame one step noisier
+than its t says; it is offered for comparisons with their numbers. x̂0|t is clipped to
+[−1, 1] when ``clip_denoised``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from diffice.counterfactual.seeding import frame_generators, randn_frames
 from diffice.errors import UserError
 
 METHODS = ("diff-ice", "diff-ice1", "diff-ice1-xt", "dime")
+NOISE_CONVENTIONS = ("diffice", "dime")
 
 Features = list[torch.Tensor]
 
@@ -62,6 +67,7 @@ class CFSettings:
     adaptive: bool = False
     stop_threshold: float = 0.9
     clip_denoised: bool = True
+    noise_convention: str = "diffice"
     seed: int = 0
 
     @classmethod
@@ -76,6 +82,7 @@ class CFSettings:
             adaptive=bool(c.adaptive),
             stop_threshold=float(c.stop_threshold),
             clip_denoised=bool(c.clip_denoised),
+            noise_convention=str(c.noise_convention),
             seed=int(cfg.seed),
         )
 
@@ -89,6 +96,10 @@ class CFSettings:
             raise UserError(f"cf.method: '{self.method}' is not one of {', '.join(METHODS)}")
         if self.tau < 1 or (num_timesteps is not None and self.tau > num_timesteps):
             raise UserError(f"cf.tau: {self.tau} must lie in 1..{num_timesteps or 'cf.respacing steps'}")
+        if self.noise_convention not in NOISE_CONVENTIONS:
+            raise UserError(f"cf.noise_convention: '{self.noise_convention}' is not one of {', '.join(NOISE_CONVENTIONS)}")
+        if self.noise_convention == "dime" and num_timesteps is not None and self.tau >= num_timesteps:
+            raise UserError(f"cf.tau: {self.tau} with cf.noise_convention=dime noises to index tau, which needs tau < {num_timesteps}")
         if self.iterations < 1:
             raise UserError(f"cf.iterations: {self.iterations} must be at least 1")
         if not self.lambda_c:
@@ -133,6 +144,27 @@ def _clock(like: torch.Tensor) -> float:
     if like.is_cuda:
         torch.cuda.synchronize(like.device)
     return time.perf_counter()
+
+
+def noise_to(diffusion, x: torch.Tensor, tau: int, convention: str, gens: Sequence[torch.Generator]) -> torch.Tensor:
+    """Eq. (1): x noised to respaced index τ−1 (``diffice``) or τ (``dime``), one generator per frame."""
+    index = tau - 1 if convention == "diffice" else tau
+    t = torch.full((x.shape[0],), index, device=x.device, dtype=torch.long)
+    return diffusion.q_sample(x, t, randn_frames(gens, tuple(x.shape[1:]), x))
+
+
+@torch.no_grad()
+def reconstruct(diffusion, model: torch.nn.Module, x: torch.Tensor, tau: int, gens: Sequence[torch.Generator],
+                convention: str = "diffice", clip_denoised: bool = True) -> torch.Tensor:
+    """The unguided pass (λc = λp = 0): x noised as a counterfactual pass noises it, then denoised
+    over indices τ−1, …, 0 with the same per-frame noise stream. What the DDPM alone does to a frame."""
+    x_t = noise_to(diffusion, x, tau, convention, gens)
+    shape = tuple(x.shape[1:])
+    for i in reversed(range(tau)):
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        out = diffusion.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised)
+        x_t = guided_sample(out, torch.zeros_like(x_t), t, randn_frames(gens, shape, x_t))
+    return x_t
 
 
 def guided_sample(out: dict, g: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -271,8 +303,7 @@ class CounterfactualEngine:
         d = self.diffusion
         n = x_in.shape[0]
         shape = tuple(x_in.shape[1:])
-        t = torch.full((n,), self.s.tau - 1, device=x_in.device, dtype=torch.long)
-        x_t = d.q_sample(x_in, t, randn_frames(gens, shape, x_in))  # eq. (1)
+        x_t = noise_to(d, x_in, self.s.tau, self.s.noise_convention, gens)  # eq. (1)
         nfe = 0
         for i in reversed(range(self.s.tau)):
             t = torch.full((n,), i, device=x_in.device, dtype=torch.long)

@@ -25,6 +25,8 @@ from diffice.io import make_grid
 from diffice.modules.common import DifficeModule, read_checkpoint
 from diffice.nets.unet import IN_CHANNELS, build_unet
 
+CHECK_FRAMES = 8  # validation standard planes reconstructed at cf.tau each validation
+
 
 class DDPMModule(DifficeModule):
     """``.model`` (trained UNet), ``.ema_model`` (EMA weights, used for sampling), ``.diffusion``
@@ -41,6 +43,8 @@ class DDPMModule(DifficeModule):
         self._sampler = None
         self.trained_steps = 0  # set by load_ddpm
         self._quarters = (torch.zeros(4), torch.zeros(4, dtype=torch.long))  # loss sums and counts
+        self._check_frames: list = []  # validation SP frames for the reconstruction check
+        self._segmenter = None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model(x, t)
@@ -132,6 +136,52 @@ class DDPMModule(DifficeModule):
         losses = self.diffusion.training_losses(self.ema_model, x0, t, noise, vb_weight=float(self.cfg.diffusion.vb_weight))
         self.log("val/loss", losses["loss"].mean(), batch_size=x0.shape[0], sync_dist=True)
         self.log("val/mse", losses["mse"].mean(), batch_size=x0.shape[0], sync_dist=True)
+        # keep a few standard planes for the reconstruction check at the counterfactuals' tau
+        sp = (batch["label"] == 1).nonzero().flatten().tolist() if "label" in batch else []
+        room = CHECK_FRAMES - sum(len(i) for _, i in self._check_frames)
+        if sp and room > 0:
+            sp = sp[:room]
+            self._check_frames.append((x0[sp].detach(), [int(batch["index"][i]) for i in sp]))
+
+    def on_validation_epoch_start(self) -> None:
+        self._check_frames = []
+
+    def on_validation_epoch_end(self) -> None:
+        """``diffice ddpm-check`` on the kept validation standard planes: PSNR, and the segmenter's
+        Dice between input and reconstruction when ``guide.segmenter_ckpt`` exists (``val/check_*``)."""
+        from diffice.counterfactual.check import ddpm_check
+
+        frames, self._check_frames = self._check_frames, []
+        if not frames or self.trainer.sanity_checking:
+            return
+        diffusion = self.sampler(str(self.cfg.cf.respacing))
+        tau = int(self.cfg.cf.tau)
+        if not 1 <= tau <= diffusion.num_timesteps or int(diffusion.timestep_map[tau - 1]) >= self.max_train_t():
+            return
+        segment, classes = self._check_segmenter()
+        self.ema_model.eval()
+        res = ddpm_check(diffusion, self.ema_model, segment, frames, tau=tau, classes=classes, seed=int(self.cfg.seed),
+                         convention=str(self.cfg.cf.noise_convention), clip_denoised=bool(self.cfg.cf.clip_denoised))
+        n = res["frames"]
+        self.log("val/check_psnr", res["psnr"], batch_size=n)
+        for name, v in res["dice"].items():
+            if v is not None:
+                self.log(f"val/check_dice_{name}", v, batch_size=n)
+
+    def _check_segmenter(self):
+        """The segmenter at ``guide.segmenter_ckpt`` (loaded once), or (None, classes) when absent."""
+        if self._segmenter is None:
+            path = self.cfg.guide.segmenter_ckpt
+            self._segmenter = (None, list(self.cfg.data.classes))
+            if path and Path(path).is_file():
+                from diffice.nets.segmenter import load_segmenter_checkpoint
+
+                try:
+                    net = load_segmenter_checkpoint(path).to(self.device).requires_grad_(False)
+                    self._segmenter = (net, list(_stored(read_checkpoint(path, "segmenter")).data.classes))
+                except UserError:
+                    pass  # not a segmenter: the check reports PSNR only
+        return self._segmenter
 
     # ------------------------------------------------------------------ sampling
 

@@ -103,7 +103,8 @@ class OracleModule(DifficeModule):
         if cfg.oracle.qs_target not in QS_TARGETS:
             raise UserError(f"oracle.qs_target: '{cfg.oracle.qs_target}' is not one of {', '.join(QS_TARGETS)}")
         self.concepts = list(cfg.data.concepts)
-        self.oracle = PCBM(cfg.oracle.encoder, len(cfg.data.classes), self.concepts)
+        self.oracle = PCBM(cfg.oracle.encoder, len(cfg.data.classes), self.concepts,
+                           decoder_channels=cfg.oracle.decoder_channels)
         self._val: list[dict[str, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

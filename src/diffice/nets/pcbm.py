@@ -31,11 +31,12 @@ class PCBM(nn.Module):
     """``oracle(x) -> dict(concepts=(B,C) in [0,1], qs_o=(B,) in [0,1], concept_logits,
     qs_logit, seg_logits=(B,K,H,W))``."""
 
-    def __init__(self, encoder: str, num_classes: int, concepts: list[str], arch: str = "unet"):
+    def __init__(self, encoder: str, num_classes: int, concepts: list[str], arch: str = "unet",
+                 decoder_channels: list[int] | None = None):
         super().__init__()
         self.concept_names = list(concepts)
         self.num_classes = num_classes
-        self.segmenter = SEGMENTERS[arch](encoder, 1, num_classes)
+        self.segmenter = SEGMENTERS[arch](encoder, 1, num_classes, decoder_channels=decoder_channels)
         net = self.segmenter.net
         dec_ch = net.segmentation_head[0].in_channels
         enc_ch = net.encoder.out_channels[-1]

@@ -29,7 +29,8 @@ SEGMENTERS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_segmenter(name: str):
-    """Decorator: register ``factory(encoder, in_channels, num_classes) -> nn.Module``."""
+    """Decorator: register ``factory(encoder, in_channels, num_classes, decoder_channels=None) -> nn.Module``
+    (``decoder_channels``: the decoder's widths, deepest first; None = the architecture's default)."""
 
     def deco(factory):
         SEGMENTERS[name] = factory
@@ -72,12 +73,16 @@ class PaddedSegmenter(nn.Module):
 
 
 def _smp(arch: str):
-    def factory(encoder: str, in_channels: int, num_classes: int) -> nn.Module:
+    def factory(encoder: str, in_channels: int, num_classes: int, decoder_channels=None) -> nn.Module:
         import segmentation_models_pytorch as smp
 
         cls = getattr(smp, arch)
+        extra = {}
+        if decoder_channels is not None:
+            key = "decoder_channels" if arch != "FPN" else "decoder_segmentation_channels"
+            extra[key] = tuple(int(c) for c in decoder_channels) if arch != "FPN" else int(decoder_channels[-1])
         try:
-            net = cls(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
+            net = cls(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes, **extra)
         except (KeyError, ValueError) as err:
             raise UserError(f"segmenter.encoder: '{encoder}' is not an encoder segmentation-models-pytorch knows ({err})") from err
         return PaddedSegmenter(net, stride=32)
@@ -111,7 +116,7 @@ def build_segmenter(cfg, num_classes: int, load_pretrained: bool = True, *, sect
     arch = sec.get("arch", "unet")
     if arch not in SEGMENTERS:
         raise UserError(f"{section}.arch: unknown architecture '{arch}' (known: {', '.join(sorted(SEGMENTERS))})")
-    net = SEGMENTERS[arch](encoder or sec.encoder, 1, num_classes)
+    net = SEGMENTERS[arch](encoder or sec.encoder, 1, num_classes, decoder_channels=sec.get("decoder_channels"))
     weights = sec.get("encoder_weights")
     if load_pretrained and weights:
         load_encoder_weights(net, weights, f"{section}.encoder_weights")
