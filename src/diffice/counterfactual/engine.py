@@ -302,7 +302,6 @@ class CounterfactualEngine:
         """One guided reverse process from x_in (eq. 1 then eq. 2 for τ steps). Returns (x0, nfe)."""
         d = self.diffusion
         n = x_in.shape[0]
-        shape = tuple(x_in.shape[1:])
         x_t = noise_to(d, x_in, self.s.tau, self.s.noise_convention, gens)  # eq. (1)
         nfe = 0
         for i in reversed(range(self.s.tau)):
