@@ -131,6 +131,8 @@ class GuideConfig:
     grad_through_segmenter: bool = True
     segmenter_classes: list[str] | None = None
     pos_weight: float | None = None
+    x0_prob: float = 0.0
+    ddpm_ckpt: str = "${paths.runs}/ddpm/last.ckpt"
     lr: float = 1e-3
     max_steps: int = 10000
 

@@ -7,6 +7,13 @@ state dict, and s's architecture and class list are copied into this module's co
 (``segmenter.*``, ``guide.segmenter_classes``), so ``load_checkpoint(path, "classifier")``
 rebuilds the whole guide from the classifier checkpoint alone.
 
+Robust guidance (``guide.x0_prob`` > 0): guidance differentiates the guide at the DDPM's
+one-step estimates x̂0|t, which are smoother than any training frame; a guide that never saw
+them has no meaningful gradient there and is fooled by texture. With probability
+``x0_prob`` a training frame is replaced by x̂0|t of the (frozen, EMA) DDPM at
+``guide.ddpm_ckpt``, t drawn uniformly from the respaced steps 0..cf.tau−1 of cf.respacing,
+keeping the frame's label.
+
 Loss: binary cross-entropy on the SP logit with ``pos_weight`` = n_NSP / n_SP of the training
 split (or ``guide.pos_weight``), frames with label -1 ignored. Validation: balanced accuracy
 (mean of sensitivity and specificity at p = 0.5), AUROC, and a confusion-matrix image.
@@ -103,6 +110,7 @@ class ClassifierModule(DifficeModule):
         # 0 = "not yet computed from the training split" (saved, so a resumed run keeps it)
         self.register_buffer("pos_weight", torch.tensor(float(cfg.guide.pos_weight or 0.0)))
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._x0 = None  # (denoiser, diffusion, tau) for guide.x0_prob, not part of the state dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.guide(x)
@@ -128,8 +136,42 @@ class ClassifierModule(DifficeModule):
         pw = self.pos_weight if float(self.pos_weight) > 0 else None
         return F.binary_cross_entropy_with_logits(logits[keep], labels[keep].float(), pos_weight=pw)
 
+    def _estimator(self):
+        """(DDPM EMA denoiser, respaced diffusion) for x0_prob, loaded once; None when unused."""
+        if float(self.cfg.guide.x0_prob) <= 0:
+            return None
+        if self._x0 is None:
+            from diffice.diffusion import build_diffusion
+
+            ddpm = load_checkpoint(self.cfg.guide.ddpm_ckpt, "ddpm")
+            if list(ddpm.cfg.data.image_size) != list(self.cfg.data.image_size):
+                raise UserError(f"guide.ddpm_ckpt: {self.cfg.guide.ddpm_ckpt} was trained at image size "
+                                f"{list(ddpm.cfg.data.image_size)}, the data is {list(self.cfg.data.image_size)}")
+            diffusion = build_diffusion(ddpm.cfg, respacing=str(self.cfg.cf.respacing))
+            tau = min(int(self.cfg.cf.tau), diffusion.num_timesteps)
+            self._x0 = (ddpm.ema_model.to(self.device).requires_grad_(False).eval(), diffusion, tau)
+        return self._x0
+
+    @torch.no_grad()
+    def one_step_estimates(self, x: torch.Tensor) -> torch.Tensor:
+        """x with a random ``guide.x0_prob`` of its frames replaced by the DDPM's x̂0|t, t < cf.tau."""
+        est = self._estimator()
+        if est is None:
+            return x
+        model, diffusion, tau = est
+        pick = torch.rand(x.shape[0], device=x.device) < float(self.cfg.guide.x0_prob)
+        if not bool(pick.any()):
+            return x
+        xs = x[pick]
+        t = torch.randint(0, tau, (xs.shape[0],), device=x.device)
+        x_t = diffusion.q_sample(xs, t, torch.randn_like(xs))
+        x0 = diffusion.p_mean_variance(model, x_t, t, clip_denoised=True)["pred_xstart"]
+        out = x.clone()
+        out[pick] = x0.to(out.dtype)
+        return out
+
     def training_step(self, batch, batch_idx):
-        logits = self.guide(batch["image"])
+        logits = self.guide(self.one_step_estimates(batch["image"]))
         loss = self._loss(logits, batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         return loss
