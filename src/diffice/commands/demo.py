@@ -116,20 +116,73 @@ def judges_summary(runs: Path) -> list[str]:
     return lines
 
 
+PACK_DIR = "models/demo"
+PACK_PRESET = "demo"
+PACK_RUNS = "runs/demo-pack"
+PACK_MAX_MB = 25.0
+
+
+def pack_words(pack: Path) -> list[str]:
+    """Config words that point a counterfactual run at a model pack's checkpoints."""
+    from diffice.modules.pack import PACK_FILES
+
+    prov = pack / "PROVENANCE.json"
+    if not prov.is_file():
+        raise UserError(f"{prov}: not found; {pack} is not a model pack (make demo-models writes one, "
+                        "or run 'diffice demo --scratch')")
+    keys = {"ddpm": "cf.ddpm_ckpt", "classifier": "cf.guide_ckpt", "oracle": "cf.oracle_ckpt"}
+    words = []
+    for name, (kind, _) in PACK_FILES.items():
+        f = pack / name
+        if not f.is_file():
+            raise UserError(f"{f}: missing from the model pack (rebuild it with make demo-models)")
+        words.append(f"{keys[kind]}={f}")
+    return words
+
+
+def pack_summary(pack: Path) -> list[str]:
+    """The pack's models and their test numbers, from its provenance file."""
+    try:
+        prov = json.loads((pack / "PROVENANCE.json").read_text())
+    except (OSError, ValueError):
+        return []
+    m = prov.get("models", {})
+    g = (m.get("classifier") or {}).get("test") or {}
+    check = prov.get("ddpm_check") or {}
+    parts = [f"DDPM {m.get('ddpm', {}).get('trained_steps', '?')} steps"]
+    if check.get("dice"):
+        parts.append("reconstruction Dice at tau " + ", ".join(
+            f"{k} {v:.2f}" for k, v in check["dice"].items() if v is not None))
+    if "balanced_accuracy" in g:
+        parts.append(f"guide balanced accuracy {g['balanced_accuracy']:.2f}")
+    return [f"model pack {pack} ({prov.get('total_mb', 0):.1f} MB, commit {str(prov.get('commit', '?'))[:10]}): "
+            + "; ".join(parts)]
+
+
 def cmd_demo(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="diffice demo",
-        description="The whole pipeline on the built-in phantom with the tiny preset: train the DDPM, "
-        "segmenter, guide and oracle, make Diff-ICE counterfactuals of the NSP test frames, and "
-        "write metrics and a report. Interrupt it at any time; a rerun resumes.",
+        description="Diff-ICE on the built-in phantom, end to end. By default with the shipped model pack "
+        f"({PACK_DIR}): counterfactuals of the NSP test frames, metrics and a report in a few minutes. "
+        "With --scratch, the whole pipeline from nothing with the tiny preset: train the DDPM, segmenter, "
+        "guide and oracle first. Interrupt it at any time; a rerun resumes.",
     )
     p.add_argument("args", nargs="*", help="extra config files (*.yaml) and key=value overrides")
-    p.add_argument("--preset", default="tiny", help="preset name or file (default: tiny)")
-    ns = p.parse_args(list(argv))
+    p.add_argument("--scratch", action="store_true", help="train the four models first (tiny preset, ~10 minutes)")
+    p.add_argument("--pack", default=PACK_DIR, help=f"model pack folder (default {PACK_DIR})")
+    p.add_argument("--preset", default=None, help="preset name or file (default: demo with the pack, tiny with --scratch)")
+    ns = p.parse_intermixed_args(list(argv))
 
-    words = [_preset_file(ns.preset), *ns.args]
     t0 = time.perf_counter()
-    times = train_models(words)
+    if ns.scratch:
+        words = [_preset_file(ns.preset or "tiny"), *ns.args]
+        times = train_models(words)
+    else:
+        pack = Path(ns.pack)
+        words = [_preset_file(ns.preset or PACK_PRESET), "paths.runs=runs/demo", *pack_words(pack), *ns.args]
+        times = {}
+        for line in pack_summary(pack):
+            print(line)
     print("[counterfactuals] Diff-ICE on the NSP test frames")
     t1 = time.perf_counter()
     code = _call("diffice.commands.counterfactual:cmd_counterfactuals")(list(words))
@@ -141,13 +194,162 @@ def cmd_demo(argv: Sequence[str]) -> int:
 
     cfg = config_from_args(words)
     out = Path(cfg.cf.out)
-    for line in judges_summary(Path(cfg.paths.runs)):
-        print(line)
+    if ns.scratch:
+        for line in judges_summary(Path(cfg.paths.runs)):
+            print(line)
     total = time.perf_counter() - t0
     print("demo stages: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + f"; total {total / 60:.1f} min")
     report = out / "report.html"
     print(f"demo finished: open {report if report.exists() else out}")
     return 0
+
+
+# ----------------------------------------------------------------------------- the model pack
+
+
+def _git_commit() -> tuple[str, bool]:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                    text=True, check=True).stdout.strip())
+        return head, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+def _machine() -> dict:
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _stage_seconds(run: Path) -> float | None:
+    """Wall time of a stage's last (re)start: its config.yaml (written at the start) to last.ckpt."""
+    try:
+        return max(0.0, (run / "last.ckpt").stat().st_mtime - (run / "config.yaml").stat().st_mtime)
+    except OSError:
+        return None
+
+
+def cmd_demo_models(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="diffice demo-models",
+        description=f"Train the demo's models with the {PACK_PRESET} preset (resuming, or skipping stages already "
+        f"trained in --runs) and write the model pack: fp16 checkpoints of the DDPM (EMA), the guide (with its "
+        f"segmenter) and the oracle, and PROVENANCE.json (config, commit, steps, wall time, machine, test metrics).",
+    )
+    p.add_argument("args", nargs="*", help="extra config files (*.yaml) and key=value overrides")
+    p.add_argument("--preset", default=PACK_PRESET, help=f"preset name or file (default {PACK_PRESET})")
+    p.add_argument("--runs", default=PACK_RUNS, help=f"run folder of the training stages (default {PACK_RUNS})")
+    p.add_argument("--out", default=PACK_DIR, help=f"pack folder (default {PACK_DIR})")
+    p.add_argument("--max-mb", type=float, default=PACK_MAX_MB, help=f"refuse a pack larger than this (default {PACK_MAX_MB:g})")
+    ns = p.parse_intermixed_args(list(argv))
+
+    import datetime
+    import shutil
+
+    from diffice.config import config_from_args, to_dict
+    from diffice.io import atomic_write_text
+    from diffice.modules.common import LAST, run_dir
+    from diffice.modules.pack import PACK_FILES, write_pack_file
+
+    preset = _preset_file(ns.preset)
+    words = [preset, f"paths.runs={ns.runs}", *ns.args]
+    cfg = config_from_args(words)
+    t0 = time.perf_counter()
+    times = train_models(words)
+    out = Path(ns.out)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    models: dict[str, dict] = {}
+    try:
+        for name, (kind, stage) in PACK_FILES.items():
+            run = run_dir(cfg, stage)
+            facts = write_pack_file(run / LAST, tmp / name, kind)
+            facts["train_seconds"] = times.get(stage) or _stage_seconds(run)
+            try:
+                facts.update({k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k in ("val", "test")})
+            except (OSError, ValueError):
+                pass
+            models[kind] = facts
+        seg_run = run_dir(cfg, "segmenter")
+        try:
+            models["classifier"]["segmenter_test"] = json.loads((seg_run / "metrics.json").read_text()).get("test")
+        except (OSError, ValueError):
+            pass
+        models["classifier"]["segmenter_train_seconds"] = times.get("segmenter") or _stage_seconds(seg_run)
+        total = sum(m["bytes"] for m in models.values())
+        if total > ns.max_mb * 1e6:
+            raise UserError(f"{out}: the pack would be {total / 1e6:.1f} MB, over --max-mb {ns.max_mb:g}; "
+                            "use smaller networks in the preset")
+        print("[pack] checking the fp16 pack: DDPM reconstruction at cf.tau (ddpm-check)")
+        check = _pack_ddpm_check(tmp, cfg)
+        commit, dirty = _git_commit()
+        prov = {
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": "diffice demo-models " + " ".join(argv),
+            "commit": commit, "uncommitted_changes": dirty,
+            "preset": Path(preset).name, "machine": _machine(),
+            "total_bytes": total, "total_mb": round(total / 1e6, 2),
+            "wall_seconds_this_command": round(time.perf_counter() - t0, 1),
+            "models": models, "ddpm_check": check, "config": to_dict(cfg),
+        }
+        atomic_write_text(tmp / "PROVENANCE.json", json.dumps(prov, indent=1, default=str))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    print(f"model pack: {out} ({total / 1e6:.1f} MB): " + ", ".join(f"{m['file']} {m['bytes'] / 1e6:.1f} MB" for m in models.values()))
+    for line in pack_summary(out):
+        print(line)
+    return 0
+
+
+def _pack_ddpm_check(pack: Path, cfg) -> dict:
+    """ddpm-check of the pack's DDPM with the pack guide's segmenter, on 32 SP test frames."""
+    import torch
+
+    from diffice.commands.ddpm import _segment_fn
+    from diffice.counterfactual.check import ddpm_check
+    from diffice.data import DiffIceDataModule
+    from diffice.modules.ddpm import load_ddpm
+
+    module = load_ddpm(pack / "ddpm.ckpt")
+    segment, classes = _segment_fn(str(pack / "guide.ckpt"), torch.device("cpu"))
+    dm = DiffIceDataModule(cfg)
+    dm.setup()
+    ds = dm.dataset("test", label="SP")
+    n = min(32, len(ds))
+    batches = []
+    for s in range(0, n, 16):
+        items = [ds[i] for i in range(s, min(n, s + 16))]
+        batches.append((torch.stack([it["image"] for it in items]), [int(it["index"]) for it in items]))
+    res = ddpm_check(module.sampler(str(cfg.cf.respacing)), module.ema_model, segment, batches, tau=int(cfg.cf.tau),
+                     classes=classes, seed=int(cfg.seed), convention=str(cfg.cf.noise_convention),
+                     clip_denoised=bool(cfg.cf.clip_denoised))
+    res.pop("examples")
+    return res
 
 
 # ----------------------------------------------------------------------------- experiments

@@ -68,8 +68,10 @@ def load_checkpoint(path: str | os.PathLike, kind: str, map_location: str | torc
     ckpt = read_checkpoint(path, kind)
     cfg = from_dict(ckpt["diffice"]["config"])
     module = module_class(kind)(cfg, load_pretrained=False)
+    from diffice.modules.pack import unpack_state
+
     try:
-        module.load_state_dict(ckpt["state_dict"])
+        module.load_state_dict(unpack_state(kind, ckpt["state_dict"]))
     except RuntimeError as err:
         raise UserError(f"{path}: weights do not fit the {kind} model its config describes ({str(err).splitlines()[0]})") from err
     if hasattr(module, "on_load_checkpoint"):

@@ -275,8 +275,10 @@ def load_ddpm(path: str | os.PathLike, cfg: DictConfig | None = None, map_locati
     stored = _stored(ckpt)
     check_compatible(path, ckpt, cfg if cfg is not None else stored, keys=("data.image_size",))
     module = DDPMModule(stored, load_pretrained=False)
+    from diffice.modules.pack import unpack_state
+
     try:
-        module.load_state_dict(ckpt["state_dict"])
+        module.load_state_dict(unpack_state("ddpm", ckpt["state_dict"]))
     except (RuntimeError, KeyError) as err:
         raise UserError(f"{path}: weights do not fit the DDPM its config describes ({str(err).splitlines()[0]})") from err
     module.trained_steps = int(ckpt.get("global_step", 0))
