@@ -69,7 +69,13 @@ def cmd_counterfactuals(argv: list[str]) -> int:
     print(f"  flip ratio {_fmt(summary.get('fr'))}   MQD {_fmt(summary.get('mqd'))}   "
           f"denoiser evaluations {nfe:.0f} per frame (mean)")
     if summary.get("n_target"):
-        print(f"  closer to the ground-truth target: {summary['n_closer_to_target']} of {summary['n_target']} frames")
+        print(f"  closer to the ground-truth target: {summary['n_closer_to_target']} of {summary['n_target']} frames "
+              "(inside the fault's footprint)"
+              + (f", {summary['n_closer_sector']} of {summary['n_target_sector']} (whole sector)"
+                 if summary.get("n_target_sector") else ""))
+    if summary.get("n_adversarial") is not None:
+        print(f"  adversarial texture (high-frequency energy beyond real SP frames): {summary['n_adversarial']} of "
+              f"{len(records)} frames")
     print(f"  results: {Path(out) / 'results.csv'}")
     if summary.get("report"):
         print(f"  report:  {summary['report']}")

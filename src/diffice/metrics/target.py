@@ -62,6 +62,18 @@ def target_l1(
     return torch.where(n > 0, out, torch.full_like(out, float("nan")))
 
 
+def sector_l1(x: torch.Tensor, target: torch.Tensor, sigma: float | None = None, black: float = -0.95) -> torch.Tensor:
+    """Per-sample anatomy-scale L1 of (B,1,H,W) images to ``target`` over the whole imaged sector
+    (where the low-passed target is brighter than ``black``), not only the fault's footprint: a
+    counterfactual that repairs the fault but loses the midline elsewhere is farther here."""
+    t = low_pass(target.double(), sigma)
+    d = (low_pass(x.double(), sigma) - t).abs()
+    m = (t > black).double()
+    n = m.flatten(1).sum(1)
+    out = (d * m).flatten(1).sum(1) / n.clamp_min(1)
+    return torch.where(n > 0, out, torch.full_like(out, float("nan")))
+
+
 class TargetDistance(Metric):
     """Mean distance to the target for inputs and counterfactuals, and how many counterfactuals got closer."""
 

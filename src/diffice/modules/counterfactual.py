@@ -36,7 +36,8 @@ from diffice.counterfactual.outputs import (
 )
 from diffice.errors import UserError
 from diffice.io import to_uint8
-from diffice.metrics.target import target_l1
+from diffice.metrics.target import sector_l1, target_l1
+from diffice.metrics.texture import hf_energy, hf_threshold
 
 LABELS = {"NSP": "NSP", "SP": "SP", "all": None}
 
@@ -145,6 +146,7 @@ class CounterfactualModule(L.LightningModule):
         self.concepts = list(comps.concepts)
         self.settings = CFSettings.from_config(cfg)
         self.settings.validate(getattr(self.diffusion, "num_timesteps", None))
+        self.hf_threshold = float("nan")  # adversarial-texture flag; set by run_counterfactuals from real SP frames
 
     def train(self, mode: bool = True):  # the networks stay in eval mode (batch-norm statistics)
         return super().train(False)
@@ -171,26 +173,33 @@ class CounterfactualModule(L.LightningModule):
         indices = [int(i) for i in batch["index"]]
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
+            torch.cuda.reset_peak_memory_stats(x.device)  # the peak of this batch, not of the run so far
         start = time.perf_counter()
         results: list[FrameResult] = self.engine().explain(x, indices)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        batch_seconds = time.perf_counter() - start  # the method alone: the judges' scoring is timed apart
+        peak = _peak_memory_bytes(x.device)
         cf = torch.stack([r.cf for r in results]).to(x.device)
         before, after = self._judge(x), self._judge(cf)
         iter_judges = self._iterate_judges(results, x.device)
+        hf_in, hf_cf = hf_energy(x).tolist(), hf_energy(cf).tolist()
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
-        batch_seconds = time.perf_counter() - start
-        peak = _peak_memory_bytes(x.device)
+        judge_seconds = time.perf_counter() - start - batch_seconds
 
         ids = batch.get("id", [str(i) for i in indices])
         has_target = batch.get("has_target")
         target = batch.get("target")
         frames = []
         for b, r in enumerate(results):
-            t_l1_in = t_l1_cf = None
+            t_l1_in = t_l1_cf = s_l1_in = s_l1_cf = None
             if has_target is not None and bool(has_target[b]):
                 tgt = target[b : b + 1].float()
                 t_l1_in = _finite(target_l1(x[b : b + 1], tgt)[0])
                 t_l1_cf = _finite(target_l1(r.cf[None].to(tgt.device), tgt, reference=x[b : b + 1])[0])
+                s_l1_in = _finite(sector_l1(x[b : b + 1], tgt)[0])
+                s_l1_cf = _finite(sector_l1(r.cf[None].to(tgt.device), tgt)[0])
             record = {
                 "index": r.index,
                 "id": str(ids[b]),
@@ -208,8 +217,15 @@ class CounterfactualModule(L.LightningModule):
                 "concepts_iters": iter_judges[b]["concepts"],
                 "target_l1_input": t_l1_in,
                 "target_l1_cf": t_l1_cf,
+                "target_sector_l1_input": s_l1_in,
+                "target_sector_l1_cf": s_l1_cf,
+                "hf_input": hf_in[b],
+                "hf_cf": hf_cf[b],
+                "hf_threshold": _finite(torch.tensor(self.hf_threshold)),
+                "adversarial": bool(np.isfinite(self.hf_threshold) and hf_cf[b] > self.hf_threshold),
                 "nfe": r.nfe,
                 "seconds": batch_seconds / len(results),
+                "judge_seconds": judge_seconds / len(results),
                 "seconds_iters": r.seconds_iters,
                 "iterations": r.iterations,
                 "lambda_tries": r.attempts,
@@ -286,6 +302,18 @@ def select_inputs(cfg: DictConfig, datamodule) -> tuple[Any, list[int], list[int
     return ds, positions, indices
 
 
+def reference_hf_threshold(datamodule, limit: int = 256) -> float:
+    """The adversarial-texture threshold: 99th percentile of the high-frequency energy of up to
+    ``limit`` standard planes of the training split (NaN when it has none or cannot say)."""
+    try:
+        ds = datamodule.dataset("train", label="SP")
+    except (TypeError, AttributeError, UserError):
+        return float("nan")
+    n = min(len(ds), limit)
+    frames = [torch.stack([ds[i]["image"].float() for i in range(s, min(n, s + 32))]) for s in range(0, n, 32)]
+    return hf_threshold(frames)
+
+
 def build_predict_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> L.Trainer:
     from diffice.modules.common import trainer_kwargs
 
@@ -318,6 +346,7 @@ def run_counterfactuals(
         datamodule.setup()
     ds, positions, indices = select_inputs(cfg, datamodule)
     module = CounterfactualModule(cfg, components)  # loads and checks every model before writing
+    module.hf_threshold = reference_hf_threshold(datamodule)
     save_config(cfg, out / "config.yaml")
     todo = [pos for pos, idx in zip(positions, indices, strict=True) if not is_finished(out, idx)]
     rank_zero = True

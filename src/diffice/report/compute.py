@@ -236,6 +236,17 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     t = tgt.compute()
     out.update(target_l1_input=_f(t["target_l1_input"]), target_l1_cf=_f(t["target_l1_cf"]),
                n_closer_to_target=int(t["n_closer"]), n_target=int(t["n_target"]))
+    sec = TargetDistance()
+    sec.update([num(r.get("target_sector_l1_input")) for r in records], [num(r.get("target_sector_l1_cf")) for r in records])
+    ts = sec.compute()
+    out.update(target_sector_l1_input=_f(ts["target_l1_input"]), target_sector_l1_cf=_f(ts["target_l1_cf"]),
+               n_closer_sector=int(ts["n_closer"]), n_target_sector=int(ts["n_target"]))
+    flags = [r.get("adversarial") for r in records if r.get("adversarial") is not None]
+    out["n_adversarial"] = int(sum(bool(f) for f in flags)) if flags else None
+    out["adversarial_fraction"] = _f(np.mean([bool(f) for f in flags])) if flags else None
+    out["hf_threshold"] = next((num(r["hf_threshold"]) for r in records if r.get("hf_threshold") is not None), None)
+    # the guide calls the counterfactual SP but the independent oracle does not
+    out["n_guide_oracle_disagree"] = int(sum(bool(r["flipped"]) and num(r["qs_cf"]) < 0.5 for r in records))
     if int(v["n_nsp"]) == 0:
         notes.append("no input is classified NSP by the guide (p_input <= 0.5): FR, MAD, BKL are null")
     if int(o["n_selected"]) == 0:

@@ -77,4 +77,6 @@ def finalize_run(run_dir: str | Path, cfg=None, *, nets: EvalNets | str | None =
                   "are written", file=sys.stderr)
     return {"metrics": metrics, "fr": metrics["fr"], "mqd": metrics["mqd"],
             "n_closer_to_target": metrics["n_closer_to_target"], "n_target": metrics["n_target"],
+            "n_closer_sector": metrics.get("n_closer_sector"), "n_target_sector": metrics.get("n_target_sector"),
+            "n_adversarial": metrics.get("n_adversarial"),
             "report": str(report), "metrics_json": str(metrics_path), "results_csv": str(results), "table": table}

@@ -23,6 +23,7 @@ from diffice.report.tables import (
 )
 
 CSS = """
+b.warn{color:#c0392b}
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:1.5em;margin-bottom:0}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:8px 0;font-size:.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -165,7 +166,10 @@ def _frames_html(records: list[dict], count: int) -> str:
         scores = (f"<b>#{int(rec['index'])}</b> {html.escape(str(rec['id']))} — "
                   f"guide p(SP) {num(rec['p_input']):.3f} → {num(rec['p_cf']):.3f} "
                   f"({'flipped' if rec['flipped'] else 'not flipped'}); "
-                  f"oracle QS_O {num(rec['qs_input']):.3f} → {num(rec['qs_cf']):.3f} (QD {qd:+.3f}); λc = {rec['lambda_c']}")
+                  f"oracle QS_O {num(rec['qs_input']):.3f} → {num(rec['qs_cf']):.3f} (QD {qd:+.3f}); λc = {rec['lambda_c']}"
+                  + ("; <b class='warn'>adversarial texture</b> (high-frequency energy "
+                     f"{num(rec['hf_cf']):.3f} &gt; {num(rec['hf_threshold']):.3f}, the 99th percentile of real SP frames)"
+                     if rec.get("adversarial") else ""))
         blocks.append(f'<div class="frame"><div class="scores">{scores}</div><div class="strip">{figs}</div></div>')
     return "".join(blocks)
 
@@ -187,7 +191,10 @@ def report_html(metrics: dict, records: list[dict], concepts: list[str], title: 
         _table_html(*table1_rows([metrics])),
         "<p class='muted'>FID/FSD: all inputs vs the valid (flipped) counterfactuals; SonoSim: all pairs; "
         "FR, MAD, BKL: inputs the guide calls NSP; MQD: inputs with oracle QS_O(x) &lt; 0.5. "
-        "Total time is device-hours summed over processes.</p>",
+        "Total time is device-hours summed over processes. Adversarial: counterfactuals whose high-frequency "
+        "energy exceeds the 99th percentile of the training split's standard planes (texture, not anatomy). "
+        "Closer (footprint): L1 to the phantom's ground-truth target inside the fault's footprint; "
+        "closer (sector): over the whole imaged sector.</p>",
         _table_html(*extra_rows([metrics])),
         _table_html(*qd_rows([metrics])),
     ]

@@ -38,15 +38,17 @@ def table1_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def extra_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Counts and ground truth: frames, NSP by guide, oracle-selected, flipped, NFE, phantom target L1."""
-    header = ["Method", "Frames", "NSP (guide)", "QS_O<0.5", "Flipped", "NFE / frame",
-              "L1 to target: input", "L1 to target: cf", "Closer to target"]
+    header = ["Method", "Frames", "NSP (guide)", "QS_O<0.5", "Flipped", "Adversarial", "NFE / frame",
+              "L1 to target: input", "L1 to target: cf", "Closer (footprint)", "Closer (sector)"]
     rows = []
     for m in metrics:
         closer = f"{m.get('n_closer_to_target', 0)} / {m.get('n_target', 0)}" if m.get("n_target") else "–"
+        sector = f"{m.get('n_closer_sector', 0)} / {m.get('n_target_sector', 0)}" if m.get("n_target_sector") else "–"
+        adv = "–" if m.get("n_adversarial") is None else str(m["n_adversarial"])
         rows.append([method_name(m["method"]), str(m["n_frames"]), str(m.get("n_nsp_guide", "–")),
-                     str(m.get("n_oracle_selected", "–")), str(m.get("n_flipped", "–")),
+                     str(m.get("n_oracle_selected", "–")), str(m.get("n_flipped", "–")), adv,
                      fmt(m.get("nfe_per_frame"), 1), fmt(m.get("target_l1_input"), 3),
-                     fmt(m.get("target_l1_cf"), 3), closer])
+                     fmt(m.get("target_l1_cf"), 3), closer, sector])
     return header, rows
 
 
