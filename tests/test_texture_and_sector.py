@@ -57,4 +57,5 @@ def test_run_records_flag_and_counts(tiny_overrides, tmp_path):
     m = compute_metrics(load_records(out), nets=None, progress=False)
     assert m["n_adversarial"] == sum(r["adversarial"] for r in recs)
     assert m["hf_threshold"] == pytest.approx(thr)
+    assert set(m["anatomy_dice"]) <= {"head", "bone", "th", "csp"}
     assert m["n_target_sector"] == sum(r["target_sector_l1_cf"] is not None for r in recs) > 0

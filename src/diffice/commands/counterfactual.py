@@ -73,6 +73,10 @@ def cmd_counterfactuals(argv: list[str]) -> int:
               "(inside the fault's footprint)"
               + (f", {summary['n_closer_sector']} of {summary['n_target_sector']} (whole sector)"
                  if summary.get("n_target_sector") else ""))
+    dice = (summary.get("metrics") or {}).get("anatomy_dice") or {}
+    if dice:
+        print("  anatomy kept (segmentation Dice input vs counterfactual): "
+              + ", ".join(f"{k} {_fmt(v)}" for k, v in dice.items()))
     if summary.get("n_adversarial") is not None:
         print(f"  adversarial texture (high-frequency energy beyond real SP frames): {summary['n_adversarial']} of "
               f"{len(records)} frames")

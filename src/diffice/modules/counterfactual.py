@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from diffice.config import save_config, to_dict
+from diffice.counterfactual.check import SCORED
 from diffice.counterfactual.engine import CFSettings, CounterfactualEngine, FrameResult
 from diffice.counterfactual.outputs import (
     check_run_folder,
@@ -146,6 +147,7 @@ class CounterfactualModule(L.LightningModule):
         self.concepts = list(comps.concepts)
         self.settings = CFSettings.from_config(cfg)
         self.settings.validate(getattr(self.diffusion, "num_timesteps", None))
+        self.classes = list(cfg.data.classes)  # mask class order of the guide's segmenter
         self.hf_threshold = float("nan")  # adversarial-texture flag; set by run_counterfactuals from real SP frames
 
     def train(self, mode: bool = True):  # the networks stay in eval mode (batch-norm statistics)
@@ -164,6 +166,17 @@ class CounterfactualModule(L.LightningModule):
         seg = self.guide.segment(x).argmax(1).cpu().numpy()
         o = self.oracle(x)
         return {"p": p.tolist(), "seg": seg, "qs": o["qs_o"].float().cpu().tolist(), "concepts": o["concepts"].float().cpu().numpy()}
+
+    def _anatomy_dice(self, a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
+        """Per structure, the guide's segmentation Dice between input and counterfactual (does the anatomy stay?)."""
+        out: dict[str, float | None] = {}
+        for c, name in enumerate(self.classes):
+            if name not in SCORED:
+                continue
+            pa, pb = a == c, b == c
+            total = int(pa.sum() + pb.sum())
+            out[name] = float(2 * (pa & pb).sum() / total) if total else None
+        return out
 
     def _named(self, row: np.ndarray) -> dict[str, float]:
         return {name: float(v) for name, v in zip(self.concepts, row, strict=False)}
@@ -219,6 +232,7 @@ class CounterfactualModule(L.LightningModule):
                 "target_l1_cf": t_l1_cf,
                 "target_sector_l1_input": s_l1_in,
                 "target_sector_l1_cf": s_l1_cf,
+                "anatomy_dice": self._anatomy_dice(before["seg"][b], after["seg"][b]),
                 "hf_input": hf_in[b],
                 "hf_cf": hf_cf[b],
                 "hf_threshold": _finite(torch.tensor(self.hf_threshold)),

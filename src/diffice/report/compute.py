@@ -241,6 +241,11 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     ts = sec.compute()
     out.update(target_sector_l1_input=_f(ts["target_l1_input"]), target_sector_l1_cf=_f(ts["target_l1_cf"]),
                n_closer_sector=int(ts["n_closer"]), n_target_sector=int(ts["n_target"]))
+    # does the anatomy stay? the guide's segmentation Dice between input and counterfactual, mean over frames
+    structures = sorted({k for r in records for k in (r.get("anatomy_dice") or {})})
+    out["anatomy_dice"] = {k: _f(np.mean(vals)) if (vals := [num(r["anatomy_dice"][k]) for r in records
+                                                              if (r.get("anatomy_dice") or {}).get(k) is not None]) else None
+                           for k in structures}
     flags = [r.get("adversarial") for r in records if r.get("adversarial") is not None]
     out["n_adversarial"] = int(sum(bool(f) for f in flags)) if flags else None
     out["adversarial_fraction"] = _f(np.mean([bool(f) for f in flags])) if flags else None
