@@ -205,3 +205,59 @@ def test_settings_are_validated():
         make_engine(tau=21)
     with pytest.raises(UserError, match="cf.lambda_c"):
         make_engine(lambda_c=())
+
+
+def test_fastdime_gradient_at_the_previous_estimate(monkeypatch):
+    e = make_engine("diff-ice1", tau=4, iterations=1, grad_at="previous")
+    seen = []
+    real = e.grad_x0
+
+    def spy(x0, anchor, lam):
+        seen.append(x0.detach().clone())
+        return real(x0, anchor, lam)
+
+    monkeypatch.setattr(e, "grad_x0", spy)
+    x = batch(2)
+    e.explain(x, [0, 1])
+    assert len(seen) == 4
+    assert torch.equal(seen[0], x)  # the first step's gradient is taken at the input itself
+    assert not torch.allclose(seen[1], x, atol=1e-3)  # later ones at the previous step's x0
+
+
+def test_fastdime_mask_holds_the_frame_to_the_input(monkeypatch):
+    e = make_engine("diff-ice1", tau=4, iterations=1, mask=True, mask_warmup=1)
+    x = batch(2)
+    keep = torch.zeros_like(x)
+    keep[..., :, :20] = 1.0  # hold the left half
+    monkeypatch.setattr(e, "_keep_mask", lambda x0, x_in: keep)
+    cf = torch.stack([r.cf for r in e.explain(x, [0, 1])])
+    assert torch.equal(cf[..., :20], x[..., :20])
+    assert not torch.allclose(cf[..., 20:], x[..., 20:], atol=1e-3)
+
+
+def test_fastdime_mask_is_the_dilated_normalised_difference():
+    e = make_engine("diff-ice1", tau=4, mask=True, mask_dilation=3, mask_threshold=0.5)
+    x_in = torch.zeros(1, 1, 8, 8)
+    x0 = x_in.clone()
+    x0[0, 0, 4, 4] = 1.0   # the one changed pixel: normalised difference 1 there, 0 elsewhere
+    keep = e._keep_mask(x0, x_in)
+    assert keep[0, 0, 3:6, 3:6].sum() == 0 and keep.sum() == 64 - 9  # 3x3 neighbourhood released
+
+
+def test_fastdime_options_are_validated():
+    with pytest.raises(UserError, match="cf.grad_at"):
+        CFSettings(tau=3, grad_at="next").validate(20)
+    with pytest.raises(UserError, match="apply to diff-ice"):
+        CFSettings(tau=3, method="dime", mask=True).validate(20)
+    with pytest.raises(UserError, match="mask_dilation"):
+        CFSettings(tau=3, mask=True, mask_dilation=4).validate(20)
+
+
+@pytest.mark.parametrize("opts", [{"grad_at": "previous"}, {"mask": True, "mask_warmup": 1}])
+def test_fastdime_options_do_not_depend_on_batch_size(opts):
+    e = make_engine("diff-ice", tau=3, iterations=2, **opts)
+    x = batch(3)
+    together = e.explain(x, [10, 11, 12])
+    alone = [e.explain(x[i : i + 1], [10 + i])[0] for i in range(3)]
+    for a, b in zip(together, alone, strict=True):
+        assert torch.allclose(a.cf, b.cf, atol=1e-5)

@@ -170,6 +170,11 @@ class CounterfactualConfig:
     stop_threshold: float = 0.9
     clip_denoised: bool = True
     noise_convention: str = "diffice"
+    grad_at: str = "current"
+    mask: bool = False
+    mask_threshold: float = 0.15
+    mask_dilation: int = 5
+    mask_warmup: int = 5
     batch_size: int = 10
     split: str = "test"
     label: str = "NSP"

@@ -46,6 +46,8 @@ from diffice.errors import UserError
 
 METHODS = ("diff-ice", "diff-ice1", "diff-ice1-xt", "dime")
 NOISE_CONVENTIONS = ("diffice", "dime")
+GRAD_AT = ("current", "previous")
+X0_METHODS = ("diff-ice", "diff-ice1")
 
 Features = list[torch.Tensor]
 
@@ -68,6 +70,11 @@ class CFSettings:
     stop_threshold: float = 0.9
     clip_denoised: bool = True
     noise_convention: str = "diffice"
+    grad_at: str = "current"
+    mask: bool = False
+    mask_threshold: float = 0.15
+    mask_dilation: int = 5
+    mask_warmup: int = 5
     seed: int = 0
 
     @classmethod
@@ -83,6 +90,11 @@ class CFSettings:
             stop_threshold=float(c.stop_threshold),
             clip_denoised=bool(c.clip_denoised),
             noise_convention=str(c.noise_convention),
+            grad_at=str(c.grad_at),
+            mask=bool(c.mask),
+            mask_threshold=float(c.mask_threshold),
+            mask_dilation=int(c.mask_dilation),
+            mask_warmup=int(c.mask_warmup),
             seed=int(cfg.seed),
         )
 
@@ -100,6 +112,15 @@ class CFSettings:
             raise UserError(f"cf.noise_convention: '{self.noise_convention}' is not one of {', '.join(NOISE_CONVENTIONS)}")
         if self.noise_convention == "dime" and num_timesteps is not None and self.tau >= num_timesteps:
             raise UserError(f"cf.tau: {self.tau} with cf.noise_convention=dime noises to index tau, which needs tau < {num_timesteps}")
+        if self.grad_at not in GRAD_AT:
+            raise UserError(f"cf.grad_at: '{self.grad_at}' is not one of {', '.join(GRAD_AT)}")
+        if (self.grad_at != "current" or self.mask) and self.method not in X0_METHODS:
+            raise UserError(f"cf.grad_at=previous and cf.mask apply to {' and '.join(X0_METHODS)} (gradient at x0), "
+                            f"not to cf.method={self.method}")
+        if self.mask_dilation < 1 or self.mask_dilation % 2 == 0:
+            raise UserError(f"cf.mask_dilation: {self.mask_dilation} must be an odd number of pixels")
+        if not 0.0 <= self.mask_threshold <= 1.0:
+            raise UserError(f"cf.mask_threshold: {self.mask_threshold} must lie in [0, 1]")
         if self.iterations < 1:
             raise UserError(f"cf.iterations: {self.iterations} must be at least 1")
         if not self.lambda_c:
@@ -303,6 +324,8 @@ class CounterfactualEngine:
         d = self.diffusion
         n = x_in.shape[0]
         x_t = noise_to(d, x_in, self.s.tau, self.s.noise_convention, gens)  # eq. (1)
+        if self.s.method in X0_METHODS and (self.s.grad_at == "previous" or self.s.mask):
+            return self._pass_fastdime(x_in, x_t, anchor, lam, gens)
         nfe = 0
         for i in reversed(range(self.s.tau)):
             t = torch.full((n,), i, device=x_in.device, dtype=torch.long)
@@ -316,6 +339,47 @@ class CounterfactualEngine:
             if self.progress is not None:
                 self.progress(f"step {i}")
         return x_t.detach(), nfe
+
+    def _pass_fastdime(self, x_in, x_t, anchor, lam, gens):
+        """The x0-gradient pass with FastDiME's options (Weng et al. 2024).
+
+        ``grad_at=previous``: step t's gradient is taken at the previous step's x̂0 (the input at
+        the first step), as FastDiME does, instead of at this step's own estimate.
+        ``mask``: after ``mask_warmup`` steps, the normalised difference |x̂0 − x_in| (divided by
+        its per-frame maximum) is dilated by a ``mask_dilation`` max-filter; where it stays below
+        ``mask_threshold`` the frame is held to the input (x̂0 := x_in, x_t := x_in noised to the
+        step's level), and the final frame takes the input there — changes stay where the
+        guidance makes them.
+        """
+        d = self.diffusion
+        n, shape = x_in.shape[0], tuple(x_in.shape[1:])
+        prev_x0 = x_in
+        keep = None  # 1 where the frame is held to the input
+        for jdx, i in enumerate(reversed(range(self.s.tau))):
+            t = torch.full((n,), i, device=x_in.device, dtype=torch.long)
+            with torch.no_grad():
+                out = d.p_mean_variance(self.model, x_t, t, clip_denoised=self.s.clip_denoised)
+            at = prev_x0 if self.s.grad_at == "previous" else out["pred_xstart"]
+            g = self.grad_x0(at, anchor, lam)
+            x_t = guided_sample(out, g, t, randn_frames(gens, shape, x_t))
+            prev_x0 = out["pred_xstart"].detach()
+            if self.s.mask and jdx >= self.s.mask_warmup:
+                keep = self._keep_mask(prev_x0, x_in)
+                prev_x0 = prev_x0 * (1 - keep) + keep * x_in
+                x_t = x_t * (1 - keep) + keep * d.q_sample(x_in, t, randn_frames(gens, shape, x_in))
+            if self.progress is not None:
+                self.progress(f"step {i}")
+        if keep is not None:
+            x_t = x_t * (1 - keep) + keep * x_in
+        return x_t.detach(), self.s.tau
+
+    def _keep_mask(self, x0: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        """FastDiME's self-optimised mask, inverted: 1 where x̂0 stays close to the input."""
+        diff = ((x0 - x_in).abs() / 2).sum(dim=1, keepdim=True)
+        diff = diff / diff.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        k = self.s.mask_dilation
+        dil = F.max_pool2d(diff, k, stride=1, padding=(k - 1) // 2)
+        return (dil < self.s.mask_threshold).to(x0.dtype)
 
     # ------------------------------------------------------------------ steps
 

@@ -1,0 +1,78 @@
+"""The demo model pack (models/demo): it loads with the current code and config schema.
+
+If a change breaks these tests, rebuild the pack with `make demo-models` (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from diffice.cli import main
+from diffice.commands.demo import PACK_MAX_MB, pack_words
+from diffice.config import config_from_args, from_dict
+from diffice.errors import UserError
+from diffice.modules.common import load_checkpoint
+from diffice.modules.ddpm import load_ddpm
+from diffice.modules.pack import PACK_FILES, write_pack_file
+from tests.conftest import ROOT
+
+PACK = ROOT / "models" / "demo"
+DEMO = str(ROOT / "configs/preset/demo.yaml")
+
+
+def test_pack_is_small_and_documented():
+    files = {f.name for f in PACK.iterdir()}
+    assert set(PACK_FILES) | {"PROVENANCE.json"} <= files
+    total = sum((PACK / n).stat().st_size for n in PACK_FILES)
+    assert total <= PACK_MAX_MB * 1e6
+    prov = json.loads((PACK / "PROVENANCE.json").read_text())
+    assert prov["total_bytes"] == total
+    assert len(prov["commit"]) == 40 and prov["machine"]["cpu_count"] >= 1
+    for kind in ("ddpm", "classifier", "oracle"):
+        m = prov["models"][kind]
+        assert m["trained_steps"] > 0 and m["train_seconds"] is not None
+    assert prov["models"]["classifier"]["test"]["balanced_accuracy"] > 0.5
+    assert set(prov["ddpm_check"]["dice"]) == {"head", "bone", "th", "csp"}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_pack_loads_with_the_current_code_and_schema():
+    for name, (kind, _) in PACK_FILES.items():
+        raw = torch.load(PACK / name, map_location="cpu", weights_only=True)  # tensors and plain types only
+        assert all(v.dtype != torch.float32 for v in raw["state_dict"].values())  # fp16 (and integer buffers)
+        from_dict(raw["diffice"]["config"])  # the stored config fits today's schema
+        load_checkpoint(PACK / name, kind)   # and the weights fit today's networks
+    cfg = config_from_args([DEMO, *pack_words(PACK)])
+    from diffice.modules.counterfactual import load_components
+
+    comps = load_components(cfg)  # image sizes and the noise level checked as a run checks them
+    h, w = cfg.data.image_size
+    x = torch.zeros(2, 1, h, w)
+    with torch.no_grad():
+        assert comps.model(x, torch.tensor([10, 20])).shape == (2, 2, h, w)
+        assert comps.guide(x).shape == (2,)
+        assert comps.oracle(x)["qs_o"].shape == (2,)
+
+
+def test_pack_words_name_a_missing_pack(tmp_path):
+    with pytest.raises(UserError, match="PROVENANCE.json: not found"):
+        pack_words(tmp_path)
+    assert main(["demo", "--pack", str(tmp_path)]) == 2
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_pack_file_round_trip(tiny_overrides, tmp_path):
+    tiny = str(ROOT / "configs/preset/tiny.yaml")
+    assert main(["train-ddpm", tiny, *tiny_overrides, "ddpm.max_steps=2", "ddpm.sample_every_n_steps=0"]) == 0
+    src = tmp_path / "runs" / "ddpm" / "last.ckpt"
+    facts = write_pack_file(src, tmp_path / "ddpm.ckpt", "ddpm")
+    assert facts["trained_steps"] == 2 and facts["bytes"] < src.stat().st_size / 2
+    full, packed = load_ddpm(src), load_ddpm(tmp_path / "ddpm.ckpt")
+    assert packed.trained_steps == 2
+    for (k, a), b in zip(full.ema_model.state_dict().items(), packed.ema_model.state_dict().values(), strict=True):
+        assert torch.equal(a.half().float(), b.float()), k
+    for a, b in zip(packed.model.parameters(), packed.ema_model.parameters(), strict=True):
+        assert torch.equal(a, b)  # the pack's trained weights are its EMA weights
