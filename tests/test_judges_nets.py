@@ -144,7 +144,33 @@ def test_perceptual_l2():
     assert torch.allclose(perceptual_l2(a, [t * 3 for t in a]), torch.zeros(3), atol=1e-6)
 
 
-def test_feature_nets_default_perceptual_is_the_guide_segmenter(segmenter, tiny_cfg):
+def test_default_judges_share_no_weight_with_the_guide(segmenter, tiny_cfg):
+    from diffice.nets.unet import build_unet
+
+    guide = Guide(segmenter, K)
+    unet = build_unet(tiny_cfg)
+    oracle = PCBM("tu-mobilenetv3_small_050", K, ["qs_th", "qs_csp"]).eval()
+    fn = load_feature_nets(tiny_cfg, guide, ddpm=unet, oracle=oracle)
+    assert fn.perceptual_name == "ddpm" and "oracle" in fn.sononet_source
+    x = (torch.rand(2, 1, 32, 40) * 2 - 1).requires_grad_(True)
+    fa = fn.perceptual(x)
+    assert len(fa) == len(tiny_cfg.unet.channel_mult)  # one map per resolution level of the denoiser
+    d = fn.perceptual_l2(fa, fn.perceptual(torch.zeros(2, 1, 32, 40)))
+    d.sum().backward()
+    assert (d > 0).all() and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in unet.parameters())  # frozen: gradients reach the image only
+    feats = fn.sononet(x.detach())
+    assert feats.shape[0] == 2 and torch.equal(feats, oracle.features(x.detach()))
+    guide_params = {id(p) for p in guide.parameters()}
+    assert not guide_params & {id(p) for p in [*unet.parameters(), *oracle.parameters()]}
+    tiny_cfg.features.fsd = "cosine"
+    with pytest.raises(UserError, match="features.fsd"):
+        load_feature_nets(tiny_cfg, guide, ddpm=unet, oracle=oracle)
+
+
+def test_feature_nets_guide_segmenter_and_predictor_on_request(segmenter, tiny_cfg):
+    tiny_cfg.features.perceptual = "segmenter"
+    tiny_cfg.features.fsd = "guide"
     guide = Guide(segmenter, K)
     fn = load_feature_nets(tiny_cfg, guide)
     assert fn.perceptual_name == "segmenter"
@@ -156,7 +182,7 @@ def test_feature_nets_default_perceptual_is_the_guide_segmenter(segmenter, tiny_
     assert d.shape == (2,) and (d > 0).all() and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in fn.perceptual.parameters())
     assert fn.sononet(x.detach()).shape == (2, 128)
-    assert fn.sononet_source == "guide predictor l"
+    assert fn.sononet_source.startswith("guide predictor l")
     f = fn.fid(torch.rand(2, 1, 32, 40) * 2 - 1)
     assert f.shape == (2, 2048) and torch.isfinite(f).all()
 

@@ -149,7 +149,8 @@ class OracleConfig:
 
 @dataclass
 class FeaturesConfig:
-    perceptual: str = "segmenter"
+    perceptual: str = "ddpm"
+    fsd: str = "oracle"
     perceptual_weights: str | None = None
     sononet_weights: str | None = None
     inception_weights: str | None = None

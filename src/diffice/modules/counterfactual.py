@@ -109,7 +109,7 @@ def load_components(cfg: DictConfig) -> Components:
     _check_noise_level(c.ddpm_ckpt, ddpm, diffusion, cfg)
     guide = classifier.guide
     oracle = oracle_module.oracle
-    features = load_feature_nets(cfg, guide=guide)
+    features = load_feature_nets(cfg, guide=guide, ddpm=ddpm.ema_model, oracle=oracle)
     concepts = list(getattr(oracle, "concept_names", None) or oracle_module.cfg.data.concepts)
     return Components(diffusion, ddpm.ema_model, guide, oracle, features, concepts)
 

@@ -5,9 +5,12 @@ Inception network, and SonoNet features for FSD / SonoSim.
 
 Perceptual network (``cfg.features.perceptual``):
 
-* ``segmenter`` (default): the encoder of the guide's segmenter s, an ultrasound-trained
-  network every diffice pipeline has (taken from ``guide``, else loaded from
-  ``cfg.guide.segmenter_ckpt``). Works on a fresh clone without any downloaded weight.
+* ``ddpm`` (default): the down path of the DDPM's own (EMA) denoiser at t = 0 — the output of
+  each resolution level. An ultrasound-trained network every diffice pipeline has, which shares
+  no weight with the guide it is balanced against (taken from the run's DDPM, else loaded from
+  ``cf.ddpm_ckpt``).
+* ``segmenter``: the encoder of the guide's segmenter s (taken from ``guide``, else loaded
+  from ``cfg.guide.segmenter_ckpt``): the network being optimised also anchors the result.
 * ``sononet``: the official SonoNet-16 (``features.perceptual_weights`` or, if null,
   ``features.sononet_weights``: the authors' ``SonoNet16.npz``). No weights -> an error
   naming the keys (no silent fallback: the loss would change meaning).
@@ -24,9 +27,12 @@ file is read directly, that package's downloader is never called). ``features.in
 overrides the path. The grey frame is repeated to 3 channels, resized bilinearly to 299x299
 and mapped from [-1, 1] to the TF input range [-1, 0.9921875] (255 -> 254/128 - 1).
 
-SonoNet features (``.sononet``): the official SonoNet-16 pooled stage-5 features (128-d) when
-``features.sononet_weights`` is set; else the guide predictor l's pooled features (a network
-trained here, not comparable across projects: say so when reporting FSD / SonoSim).
+SonoNet features (``.sononet``, for FSD / SonoSim): the official SonoNet-16 pooled stage-5
+features (128-d) when ``features.sononet_weights`` is set; else ``features.fsd``: ``oracle``
+(default: the PCBM oracle's own backbone, pooled deepest encoder features — trained here on the
+same data but sharing no weight with the guide) or ``guide`` (the guide predictor l's pooled
+features: realism judged by the network being optimised). Networks trained here are not
+comparable across projects: the report says which was used.
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ from diffice.nets.segmenter import load_segmenter_checkpoint
 from diffice.nets.sononet import SonoNet
 from diffice.nets.weights import load_matching, read_state_dict
 
-PERCEPTUAL_CHOICES = ("segmenter", "sononet", "resnet50")
+PERCEPTUAL_CHOICES = ("ddpm", "segmenter", "sononet", "resnet50")
+FSD_CHOICES = ("oracle", "guide")
 
 
 def _freeze(net: nn.Module) -> nn.Module:
@@ -79,6 +86,36 @@ class _SegmenterEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.segmenter.encode(x)
+
+
+class _DDPMEncoder(nn.Module):
+    """Feature maps of the DDPM denoiser's down path at t = 0 (one per resolution level)."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self._unet = [unet]  # a plain reference: the run's denoiser, not registered (or copied) here
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        net = self._unet[0].net
+        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        emb = net.time_embedding(net.time_proj(t).to(dtype=x.dtype))
+        h = net.conv_in(x)
+        feats = []
+        for block in net.down_blocks:
+            h, _ = block(hidden_states=h, temb=emb)
+            feats.append(h)
+        return feats
+
+
+class _OracleFeatures(nn.Module):
+    """Pooled backbone features of the oracle (not registered as a submodule)."""
+
+    def __init__(self, oracle: nn.Module):
+        super().__init__()
+        self._oracle = [oracle]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._oracle[0].features(x)
 
 
 class _SonoNetMaps(nn.Module):
@@ -185,12 +222,24 @@ def _guide_segmenter(cfg, guide) -> nn.Module:
     return load_segmenter_checkpoint(cfg.guide.segmenter_ckpt)
 
 
-def load_feature_nets(cfg, guide: nn.Module | None = None) -> FeatureNets:
-    """Build the frozen feature networks of ``cfg.features`` (see the module docstring)."""
+def load_feature_nets(cfg, guide: nn.Module | None = None, *, ddpm: nn.Module | None = None,
+                      oracle: nn.Module | None = None, need_perceptual: bool = True) -> FeatureNets:
+    """Build the frozen feature networks of ``cfg.features`` (see the module docstring).
+
+    ``ddpm`` (the EMA denoiser) and ``oracle`` are the run's own networks when the caller has
+    them; otherwise they are loaded from ``cf.ddpm_ckpt`` / ``cf.oracle_ckpt`` when needed."""
     fc = cfg.features
     name = fc.perceptual
-    if name == "segmenter":
-        perceptual: nn.Module = _SegmenterEncoder(_guide_segmenter(cfg, guide))
+    if not need_perceptual:
+        perceptual: nn.Module = _Unavailable("no perceptual network was built")
+    elif name == "ddpm":
+        if ddpm is None:
+            from diffice.modules.common import load_checkpoint
+
+            ddpm = load_checkpoint(cfg.cf.ddpm_ckpt, "ddpm").ema_model
+        perceptual = _DDPMEncoder(_freeze(ddpm))
+    elif name == "segmenter":
+        perceptual = _SegmenterEncoder(_guide_segmenter(cfg, guide))
     elif name == "sononet":
         weights = fc.perceptual_weights or fc.sononet_weights
         if not weights:
@@ -220,12 +269,21 @@ def load_feature_nets(cfg, guide: nn.Module | None = None) -> FeatureNets:
     else:
         fid = InceptionFID(inception)
 
+    if fc.fsd not in FSD_CHOICES:
+        raise UserError(f"features.fsd: unknown network '{fc.fsd}' (choose one of {', '.join(FSD_CHOICES)})")
     if fc.sononet_weights:
         sononet: nn.Module = _SonoFeatures(_official_sononet(fc.sononet_weights, "features.sononet_weights"))
         source = "official SonoNet-16"
+    elif fc.fsd == "oracle":
+        if oracle is None:
+            from diffice.modules.common import load_checkpoint
+
+            oracle = load_checkpoint(cfg.cf.oracle_ckpt, "oracle").oracle
+        sononet = _OracleFeatures(_freeze(oracle))
+        source = "the oracle's backbone (shares no weight with the guide)"
     elif guide is not None:
         sononet = _GuideFeatures(guide)
-        source = "guide predictor l"
+        source = "guide predictor l (the network being optimised)"
     else:
         sononet = _Unavailable("SonoNet features need features.sononet_weights (SonoNet16.npz) or a guide")
         source = "unavailable"

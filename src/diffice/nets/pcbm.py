@@ -49,6 +49,12 @@ class PCBM(nn.Module):
         self.qs_threshold = nn.Parameter(torch.tensor(0.5))
         self.qs_log_gain = nn.Parameter(torch.tensor(10.0))   # g = softplus(.) ~ 10
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally pooled deepest encoder features (B, D) of the oracle's own backbone: an
+        ultrasound network that shares no weight with the guide (FSD / SonoSim by default)."""
+        seg = self.segmenter
+        return seg.net.encoder(seg.pad(x))[-1].mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         seg = self.segmenter
         h, w = x.shape[-2:]

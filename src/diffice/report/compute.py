@@ -61,16 +61,18 @@ def load_eval_nets(cfg, *, need_oracle: bool = True, device: str | None = None) 
         from diffice.nets.features import load_feature_nets
     except ImportError as err:  # pragma: no cover - only before the judges land
         raise UserError(f"feature networks unavailable ({err}); use --no-images to skip FID/FSD/SonoSim") from err
-    feats = load_feature_nets(cfg, guide=guide)
+    oracle = None
+    if need_oracle or (cfg.features.fsd == "oracle" and not cfg.features.sononet_weights):
+        oracle = load_checkpoint(cfg.cf.oracle_ckpt, "oracle", map_location=device).oracle
+    feats = load_feature_nets(cfg, guide=guide, oracle=oracle, need_perceptual=False)
     if hasattr(feats, "to"):
         feats = feats.to(device)
-    oracle = None
-    if need_oracle:
-        oracle = load_checkpoint(cfg.cf.oracle_ckpt, "oracle", map_location=device).oracle
+    oracle = oracle if need_oracle else None
     source = getattr(feats, "sononet_source", "")
-    note = f"FSD and SonoSim use SonoNet features from: {source}" if source else ""
+    note = f"FSD and SonoSim use features from: {source}" if source else ""
     if source and "official" not in source:
         note += " (not the official SonoNet: not comparable with other projects' FSD / SonoSim)"
+    note += f"; perceptual loss network: {cfg.features.perceptual}"
     return EvalNets(fid=feats.fid, sononet=feats.sononet, oracle=oracle,
                     concepts=tuple(cfg.data.concepts), device=device, note=note)
 
