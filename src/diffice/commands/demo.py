@@ -37,13 +37,17 @@ def _call(target: str) -> Callable[[list[str]], int]:
 
 
 def _trained_steps(ckpt: Path) -> int | None:
-    """The global step stored in a diffice checkpoint, or None if there is none."""
+    """The global step stored in a diffice checkpoint, or None if there is none.
+
+    Read with the safe loader (no code in the file runs); an unreadable or refused checkpoint
+    gives None, and the stage's own training then reports it in one line.
+    """
     if not ckpt.is_file():
         return None
-    import torch
+    from diffice.nets.weights import torch_load
 
     try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", -1))
+        return int(torch_load(ckpt, f"{ckpt}: checkpoint not found", "checkpoint").get("global_step", -1))
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is retrained (fit reports it)
         return None
 
