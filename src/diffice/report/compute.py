@@ -238,7 +238,9 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
                n_closer_to_target=int(t["n_closer"]), n_target=int(t["n_target"]))
     if int(v["n_nsp"]) == 0:
         notes.append("no input is classified NSP by the guide (p_input <= 0.5): FR, MAD, BKL are null")
-    if int(o["n_selected"]) == 0:
+    if int(o["n_valid"]) == 0:
+        notes.append("no input has finite oracle scores: MQD and the per-concept QD are null")
+    elif int(o["n_selected"]) == 0:
         notes.append("no input has oracle QS_O(x) < 0.5: MQD is 0 and the per-concept QD null")
 
     per_iter = []
