@@ -129,7 +129,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
     )
     p.add_argument("args", nargs="*", help="extra config files (*.yaml) and key=value overrides")
     p.add_argument("--preset", default="tiny", help="preset name or file (default: tiny)")
-    ns = p.parse_args(list(argv))
+    ns = p.parse_intermixed_args(list(argv))
 
     words = [_preset_file(ns.preset), *ns.args]
     t0 = time.perf_counter()
@@ -229,7 +229,7 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     p.add_argument("experiment", help="experiment file, e.g. experiments/table1.yaml")
     p.add_argument("args", nargs="*", help="extra config files (*.yaml) and key=value overrides")
     p.add_argument("--preset", default="tiny", help="preset name or file (default: tiny)")
-    ns = p.parse_args(list(argv))
+    ns = p.parse_intermixed_args(list(argv))
 
     from diffice.config import load_config, split_args
     from diffice.io import atomic_write_text
