@@ -99,15 +99,21 @@ def run_dir(cfg: DictConfig, stage: str) -> Path:
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, made safe: files are written with a plain ``torch.save``
-    into the path given (no detour through a temporary folder elsewhere), and read with
+    """Lightning's checkpoint I/O, made safe: a file is serialised in memory and written with
+    plain Python I/O into the path given (no detour through a temporary file elsewhere; a full
+    disk is an ``OSError``, not a C++ stream error), and read with
     diffice's safe loader (``weights_only=True``, kind-agnostic), so that resuming a run
     (``trainer.fit(ckpt_path=...)``) cannot run code from the file either."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        import io
+
         path = Path(path)
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(checkpoint, path)
+        with path.open("wb") as f:
+            f.write(buf.getbuffer())
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         from diffice.nets.weights import torch_load
