@@ -43,10 +43,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # names the folder that could not be made
+        raise naming(err, path.parent if err.filename is None else err.filename) from err
+    try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
         os.close(fd)
-    except OSError as err:
-        raise naming(err, path if err.filename is None else err.filename) from err
+    except OSError as err:  # names the file to be written, not its temporary name
+        raise naming(err, path) from err
     tmp_path = Path(tmp)
     try:
         yield tmp_path
