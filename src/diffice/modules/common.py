@@ -21,8 +21,11 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig
 
 from diffice import __version__
@@ -205,35 +208,42 @@ def _keep_csv_history(metrics_csv: Path, resume_step: int | None) -> Path | None
     return kept
 
 
-def _csv_logger(out: Path, resume_step: int | None):
+class _HistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer that starts from ``history`` (the kept rows) instead of deleting
+    ``metrics.csv``; new rows are appended after them."""
+
+    def __init__(self, log_dir: str, history: Path | None) -> None:
+        super().__init__(log_dir)
+        if history is not None and history.is_file():
+            import csv
+
+            with history.open(newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+            os.replace(history, self.metrics_file_path)
+            self._rewrite_with_new_header(self.metrics_keys)
+
+
+class _HistoryCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` keeps a resumed run's history (module level: DDP
+    spawn pickles the logger)."""
+
+    def __init__(self, save_dir: str, history: Path | None) -> None:
+        super().__init__(save_dir=save_dir, name="logs", version="")
+        self._history = history
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryWriter(self.log_dir, self._history)
+        return self._experiment
+
+
+def _csv_logger(out: Path, resume_step: int | None) -> CSVLogger:
     """Lightning's CSV logger, keeping the history of a resumed run in ``logs/metrics.csv``."""
-    from lightning.fabric.loggers.logger import rank_zero_experiment
-    from lightning.pytorch.loggers import CSVLogger
-    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-
-    kept = _keep_csv_history(out / "logs" / ExperimentWriter.NAME_METRICS_FILE, resume_step)
-
-    class _Writer(ExperimentWriter):
-        def __init__(self, log_dir: str) -> None:
-            super().__init__(log_dir)
-            if kept is not None and kept.is_file():  # the history goes back first, then new rows are appended
-                import csv
-
-                with kept.open(newline="") as f:
-                    self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
-                os.replace(kept, self.metrics_file_path)
-                self._rewrite_with_new_header(self.metrics_keys)
-
-    class _Logger(CSVLogger):
-        @property
-        @rank_zero_experiment
-        def experiment(self):
-            if self._experiment is None:
-                os.makedirs(self.root_dir, exist_ok=True)
-                self._experiment = _Writer(log_dir=self.log_dir)
-            return self._experiment
-
-    return _Logger(save_dir=str(out), name="logs", version="")
+    history = _keep_csv_history(out / "logs" / ExperimentWriter.NAME_METRICS_FILE, resume_step)
+    return _HistoryCSVLogger(str(out), history)
 
 
 def build_logger(cfg: DictConfig, stage: str, out: Path, resume_step: int | None = None):
