@@ -13,7 +13,7 @@ DIFFICE := $(BIN)/diffice
 export WANDB_SILENT := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all lint demo phantoms data-check train-ddpm train-segmenter \
+.PHONY: help install lock test test-all lint demo phantoms data-check train-ddpm train-segmenter \
         train-classifier train-oracle train-all counterfactuals evaluate sample experiment bench clean realism \
         demo-scratch demo-models
 
@@ -21,14 +21,23 @@ help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 	@echo "  variables: PRESET=tiny|paper (default tiny)  ARGS='key=value ...'  EXP=table1|table2|ablation"
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every dependency to the version the test suite passed with (pyproject.toml
+# keeps ranges, for those who embed diffice); `make lock` regenerates it from .venv
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c constraints.txt torch torchvision
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv with torch and diffice (+ test extras)
+install: $(STAMP) ## create .venv with torch and diffice (+ test extras), at the tested versions (constraints.txt)
+
+lock: $(STAMP) ## after upgrading .venv and passing `make test`: pin its versions in constraints.txt
+	@{ echo "# The versions diffice's tests passed with; 'make install' installs exactly these. Regenerate:"; \
+	   echo "# 'make lock' (pip freeze of .venv without diffice itself and torch's platform-specific CUDA wheels)."; \
+	   $(BIN)/python -m pip freeze --exclude-editable | grep -v -i -E '^(nvidia-|cuda-|triton==|diffice)' | LC_ALL=C sort -f; \
+	 } > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
+	@echo "constraints.txt: $$(grep -c '==' constraints.txt) pinned packages"
 
 test: $(STAMP) ## fast test suite (a few minutes on 2 CPU cores)
 	WANDB_MODE=disabled $(BIN)/python -m pytest

@@ -1,3 +1,15 @@
-"""diffice: diffusion-based iterative counterfactual explanations for fetal ultrasound quality."""
+"""diffice: diffusion-based iterative counterfactual explanations for fetal ultrasound quality.
+
+Nothing diffice runs reaches the network (weights come from files named in the config; W&B is
+offline by default). Importing ``diffice`` therefore switches off, before any of those libraries
+is imported, what would otherwise go online at run time: albumentations' update check on import
+(``NO_ALBUMENTATIONS_UPDATE``) and Hugging Face Hub look-ups and telemetry (diffusers, timm:
+``HF_HUB_OFFLINE``, ``HF_HUB_DISABLE_TELEMETRY``). A value the user has set is kept.
+"""
+
+import os as _os
+
+for _key in ("NO_ALBUMENTATIONS_UPDATE", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+    _os.environ.setdefault(_key, "1")
 
 __version__ = "0.1.0"

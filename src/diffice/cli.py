@@ -2,7 +2,11 @@
 
 Each command lives in its own module and is imported only when it runs, so ``diffice --help``
 is instant. A :class:`~diffice.errors.UserError` anywhere ends the command with one line on
-stderr and exit status 2.
+stderr and exit status 2, and so does an ``OSError`` (a read-only or full disk, a path that is
+not a folder): "{path}: {cause}".
+
+Nothing here reaches the network: ``import diffice`` has already switched off the update
+checks and hub look-ups of the libraries it uses (see ``diffice/__init__.py``).
 """
 
 from __future__ import annotations
@@ -73,6 +77,13 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
 
 
+def os_error_line(err: OSError) -> str:
+    """One line for an OSError: "{path}: {cause}" (both paths of a failed rename)."""
+    cause = err.strerror or str(err) or type(err).__name__
+    paths = [str(f) for f in (err.filename, err.filename2) if f is not None]
+    return f"{' -> '.join(paths)}: {cause}" if paths else f"{cause} ({type(err).__name__})"
+
+
 def _resolve(target: str):
     mod, fn = target.split(":")
     return getattr(importlib.import_module(mod), fn)
@@ -106,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _resolve(COMMANDS[name][0])(rest)
     except UserError as err:
         print(f"diffice {name}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:
+        print(f"diffice {name}: error: {' '.join(os_error_line(err).split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"diffice {name}: interrupted; finished work is kept and a rerun resumes it", file=sys.stderr)

@@ -338,6 +338,6 @@ def cmd_config(argv: Sequence[str]) -> int:
 
     p = argparse.ArgumentParser(prog="diffice config", description="Print the resolved config.")
     p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides, in order")
-    ns = p.parse_args(argv)
+    ns = p.parse_intermixed_args(argv)
     print(to_yaml(config_from_args(ns.args)), end="")
     return 0

@@ -24,18 +24,39 @@ def _umask() -> int:
     return mask
 
 
+def naming(err: OSError, path: str | os.PathLike) -> OSError:
+    """``err`` as an OSError that names ``path`` (a failed write, e.g. a full disk, often names
+    no file, or only a temporary one): the command line shows it as "{path}: {cause}"."""
+    if err.filename is not None and Path(err.filename) == Path(path):
+        return err
+    named = OSError(err.errno, err.strerror or str(err), str(path))
+    named.__cause__ = err
+    return named
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    An OSError (a read-only or full disk) is raised naming ``path``; the temporary file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # names the folder that could not be made
+        raise naming(err, path.parent if err.filename is None else err.filename) from err
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as err:  # names the file to be written, not its temporary name
+        raise naming(err, path) from err
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(tmp_path, path)
+    except OSError as err:
+        raise naming(err, path) from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

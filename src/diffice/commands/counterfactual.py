@@ -13,7 +13,8 @@ def _summary_from_records(records: list[dict]) -> dict:
     nsp = [r for r in records if (r.get("p_input") or 0.0) < 0.5]
     fr = sum(bool(r["flipped"]) for r in nsp) / len(nsp) if nsp else math.nan
     n = len(records)
-    mqd = sum((r["qs_cf"] - r["qs_input"]) for r in records if r["qs_input"] < 0.5) / n if n else math.nan
+    scored = [r for r in records if r.get("qs_input") is not None and r.get("qs_cf") is not None]
+    mqd = sum((r["qs_cf"] - r["qs_input"]) for r in scored if r["qs_input"] < 0.5) / n if scored else math.nan
     tgt = [r for r in records if r.get("target_l1_cf") is not None]
     closer = sum(r["target_l1_cf"] < r["target_l1_input"] for r in tgt)
     return {"fr": fr, "mqd": mqd, "n_closer_to_target": closer, "n_target": len(tgt), "report": None}
@@ -42,7 +43,7 @@ def cmd_counterfactuals(argv: list[str]) -> int:
     )
     p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides, in order")
     p.add_argument("--no-report", action="store_true", help="only generate; skip metrics.json and report.html")
-    ns = p.parse_args(argv)
+    ns = p.parse_intermixed_args(argv)
 
     from diffice.config import config_from_args
     from diffice.counterfactual.outputs import read_records

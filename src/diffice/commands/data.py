@@ -65,7 +65,7 @@ def cmd_realism(argv: Sequence[str]) -> int:
     p.add_argument("--dynamic-range-db", type=float, default=40.0,
                    help="log compression assumed when speckle statistics decompress grey levels to amplitude "
                    "(default 40 dB; the scanner's law is unknown)")
-    ns = p.parse_args(argv)
+    ns = p.parse_intermixed_args(argv)
     if ns.count < 2:
         p.error("--count must be at least 2")
     if ns.offset_a < 0 or ns.offset_b < 0:

@@ -22,7 +22,7 @@ def cmd_train_ddpm(argv: Sequence[str]) -> int:
         "A run folder holding last.ckpt is resumed.",
     )
     p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides, in order")
-    ns = p.parse_args(argv)
+    ns = p.parse_intermixed_args(argv)
     cfg = config_from_args(ns.args)
     last = train_ddpm(cfg)
     print(f"DDPM checkpoint: {last}")
@@ -57,7 +57,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="frame i is drawn from a generator seeded by (seed, i)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per batch")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    ns = p.parse_args(argv)
+    ns = p.parse_intermixed_args(argv)
     if ns.count < 1 or ns.batch_size < 1:
         raise UserError("--count and --batch-size must be at least 1")
 

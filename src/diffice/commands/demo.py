@@ -37,13 +37,17 @@ def _call(target: str) -> Callable[[list[str]], int]:
 
 
 def _trained_steps(ckpt: Path) -> int | None:
-    """The global step stored in a diffice checkpoint, or None if there is none."""
+    """The global step stored in a diffice checkpoint, or None if there is none.
+
+    Read with the safe loader (no code in the file runs); an unreadable or refused checkpoint
+    gives None, and the stage's own training then reports it in one line.
+    """
     if not ckpt.is_file():
         return None
-    import torch
+    from diffice.nets.weights import torch_load
 
     try:
-        return int(torch.load(ckpt, map_location="cpu", weights_only=False).get("global_step", -1))
+        return int(torch_load(ckpt, f"{ckpt}: checkpoint not found", "checkpoint").get("global_step", -1))
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is retrained (fit reports it)
         return None
 
@@ -427,7 +431,7 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     p.add_argument("experiment", help="experiment file, e.g. experiments/table1.yaml")
     p.add_argument("args", nargs="*", help="extra config files (*.yaml) and key=value overrides")
     p.add_argument("--preset", default="tiny", help="preset name or file (default: tiny)")
-    ns = p.parse_args(list(argv))
+    ns = p.parse_intermixed_args(list(argv))
 
     from diffice.config import load_config, split_args
     from diffice.io import atomic_write_text

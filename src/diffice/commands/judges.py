@@ -28,7 +28,7 @@ def _setup(argv: Sequence[str], prog: str, desc: str):
     from diffice.config import config_from_args
     from diffice.data import DiffIceDataModule
 
-    ns = _parser(prog, desc).parse_args(list(argv))
+    ns = _parser(prog, desc).parse_intermixed_args(list(argv))
     cfg = config_from_args(ns.args)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     dm = DiffIceDataModule(cfg)
@@ -129,7 +129,7 @@ def cmd_sononet(argv: Sequence[str]) -> int:
     p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=list(OFFICIAL_SIZE),
                    help="network input height and width (default %(default)s)")
     p.add_argument("--top", type=int, default=1, help="also print the next planes (default 1)")
-    ns = p.parse_args(list(argv))
+    ns = p.parse_intermixed_args(list(argv))
 
     import numpy as np
     import torch

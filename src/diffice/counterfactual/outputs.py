@@ -7,8 +7,10 @@ Layout (``{cf.out}``)::
                        [target.png] record.json      <- written LAST: its presence = frame finished
     results.csv                                      <- one row per input, assembled at the end
 
-Every file is written atomically (``diffice.io``), so a run killed at any moment leaves
-either a finished frame or one without ``record.json``, which a restarted run redoes.
+A frame's files are written into ``frames/.{index:06d}.tmp/`` and the folder is renamed into
+place once ``record.json`` is in it, so ``frames/`` only ever holds finished frames: a run
+killed (or out of disk space) at any moment leaves at most a temporary folder, which the
+failed write or the next run removes (:func:`remove_unfinished`), and a restarted run redoes it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import csv
 import io
 import json
 import math
+import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ import numpy as np
 import yaml
 
 from diffice.errors import UserError
-from diffice.io import atomic_write_text, save_png
+from diffice.io import atomic_write_text, naming, save_png
 
 RECORD = "record.json"
 
@@ -75,12 +79,42 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _tmp_dir(d: Path) -> Path:
+    return d.with_name(f".{d.name}.tmp")
+
+
+def remove_unfinished(out: str | Path) -> int:
+    """Remove the temporary frame folders a killed run left in ``{out}/frames``; returns how many."""
+    frames = Path(out) / "frames"
+    stale = sorted(frames.glob(".*.tmp")) if frames.is_dir() else []
+    for d in stale:
+        shutil.rmtree(d, ignore_errors=True)
+    return len(stale)
+
+
 def write_frame(out: str | Path, record: dict, images: dict[str, np.ndarray]) -> Path:
-    """Write one frame's PNGs (uint8 arrays by file name), then ``record.json`` last."""
+    """Write one frame's PNGs (uint8 arrays by file name) and ``record.json`` into a temporary
+    folder, then rename it into place: the frame's folder exists only when it is complete."""
     d = frame_dir(out, record["index"])
-    for name, arr in images.items():
-        save_png(d / name, arr)
-    atomic_write_text(d / RECORD, json.dumps(_clean(record), indent=1, sort_keys=True))
+    tmp = _tmp_dir(d)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        for name, arr in images.items():
+            save_png(tmp / name, arr)
+        atomic_write_text(tmp / RECORD, json.dumps(_clean(record), indent=1, sort_keys=True))
+        if d.exists():  # an unfinished folder left by an older diffice
+            shutil.rmtree(d)
+        try:
+            os.replace(tmp, d)
+        except OSError as err:
+            raise naming(err, d) from err
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.filename is not None and Path(err.filename).parent == tmp:
+            raise naming(err, d / Path(err.filename).name) from err  # name the frame's file, not the temporary one
+        raise
     return d
 
 
@@ -95,7 +129,7 @@ def read_records(out: str | Path, indices: Iterable[int] | None = None) -> list[
     """Records of the given dataset indices (all finished frames if None), in index order."""
     out = Path(out)
     if indices is None:
-        paths = sorted((out / "frames").glob(f"*/{RECORD}"))
+        paths = sorted(p for p in (out / "frames").glob(f"*/{RECORD}") if not p.parent.name.startswith("."))
         return [json.loads(p.read_text()) for p in paths]
     recs = [read_record(out, i) for i in sorted(set(int(i) for i in indices))]
     return [r for r in recs if r is not None]

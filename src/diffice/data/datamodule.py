@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
+import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from diffice.data.datasets import (
     FrameDataset,
@@ -63,6 +65,51 @@ def build_source(cfg: DictConfig) -> FrameSource:
     raise UserError(f"data.source '{d.source}' is not one of {', '.join(SOURCES)}")
 
 
+class ResumableSampler(DistributedSampler):
+    """The training order as a function of (seed, batch position) alone, so that a resumed run
+    continues exactly where the killed one stopped.
+
+    Epoch ``e``'s order is a permutation drawn from a generator seeded by (seed, e), with one
+    augmentation seed per position; rank ``r`` of ``W`` takes positions ``r, r + W, ...``. Each
+    ``iter()`` starts at the batch ``position()`` returns (the trainer's optimizer step: batches
+    already trained) and yields ``(index, augmentation seed)`` pairs up to the end of that
+    epoch, so a run resumed mid-epoch skips the batches it has trained and then goes on to the
+    next epoch's order, as an uninterrupted run does. It subclasses ``DistributedSampler`` so
+    that Lightning does not replace it under DDP.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, position: Callable[[], int] = lambda: 0,
+                 num_replicas: int = 1, rank: int = 0):
+        self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
+        self.position = position
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.per_rank = self.n // self.num_replicas
+        self.drop_last = self.per_rank >= self.batch_size
+        self.batches = self.per_rank // self.batch_size if self.drop_last else 1
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.batches * self.batch_size if self.drop_last else self.per_rank
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning's epoch count is not used: see position()
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int) -> tuple[list[int], list[int]]:
+        """This rank's positions and augmentation seeds of ``epoch``."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * int(epoch) + 1)
+        perm = torch.randperm(self.n, generator=g)
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
+        take = slice(self.rank, self.per_rank * self.num_replicas, self.num_replicas)
+        return perm[take].tolist(), seeds[take].tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        step = max(0, int(self.position()))
+        epoch, skip = divmod(step, self.batches)
+        perm, seeds = self.order(epoch)
+        start = skip * self.batch_size
+        return iter(list(zip(perm[start : len(self)], seeds[start : len(self)], strict=True)))
+
+
 class DiffIceDataModule(L.LightningDataModule):
     """Train / val / test loaders over the configured data; ``dataset(split, label, augment)``
     gives any view (split in train | val | test | all, label in SP | NSP | None)."""
@@ -90,7 +137,21 @@ class DiffIceDataModule(L.LightningDataModule):
                           persistent_workers=nw > 0, pin_memory=False)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train", augment=bool(self.cfg.data.augment)), shuffle=True)
+        """The training order is :class:`ResumableSampler`'s: a function of (seed, step), so a
+        resumed run continues it (and its augmentations) where the killed run stopped."""
+        ds = self.dataset("train", augment=bool(self.cfg.data.augment))
+        if len(ds) == 0:
+            return self._loader(ds, shuffle=True)  # the one-line "split is empty" error
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            len(ds), int(self.cfg.data.batch_size), int(self.cfg.seed),
+            position=(lambda: int(trainer.global_step)) if trainer is not None else (lambda: 0),
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+        )
+        nw = int(self.cfg.data.num_workers)
+        return DataLoader(ds, batch_size=int(self.cfg.data.batch_size), sampler=sampler, drop_last=sampler.drop_last,
+                          num_workers=nw, persistent_workers=nw > 0, pin_memory=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), shuffle=False)

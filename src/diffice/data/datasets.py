@@ -222,7 +222,12 @@ class FrameDataset(Dataset):
     def __repr__(self) -> str:
         return f"FrameDataset({self.source.name}, split={self.split}, label={self.label}, n={len(self)})"
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict:
+        """Item at position ``i``; ``(i, seed)`` (from :class:`~diffice.data.datamodule.ResumableSampler`)
+        fixes the augmentation's randomness instead of drawing it from torch's global generator."""
+        aug_seed = None
+        if isinstance(i, tuple | list):
+            i, aug_seed = int(i[0]), int(i[1])
         index = int(self.indices[i])
         raw = self.source.load(index)
         img = raw["image"]
@@ -231,7 +236,9 @@ class FrameDataset(Dataset):
         has_target = raw["target"] is not None
         mask = raw["mask"] if has_mask else np.full((h, w), -1, dtype=np.int64)
         target = raw["target"] if has_target else np.zeros_like(img)
-        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if self.augment else None
+        seed = None
+        if self.augment:
+            seed = aug_seed if aug_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         img, mask, target = apply_transform(self._tf, img, mask, target, seed)
         return {
             "image": torch.from_numpy(to_model_range(img))[None],

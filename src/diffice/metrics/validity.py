@@ -13,6 +13,9 @@ oracle confidently calls low quality, QS_O(x) < 0.5:
     MQD          = 1/N sum_i 1[QS_O(x_i) < 0.5] QD_O(x_c_i, x_i)    (the paper's formula, N = all inputs)
     MQD_selected = the same sum divided by the number of selected inputs (a plain mean over them)
     QD_c         = mean over selected inputs of QS_c(x_c) - QS_c(x), per concept c (NaN scores skipped)
+
+MQD is undefined (NaN; reported as null / n/a) when no input has finite oracle scores (e.g. an
+oracle that returns NaN): 0 would claim a measurement that was not made.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class OracleQuality(Metric):
         self.num_concepts = int(num_concepts)
         self.add_state("n_total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("n_sel", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("n_valid", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("sum_qd", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("sum_cqd", default=torch.zeros(self.num_concepts, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n_cqd", default=torch.zeros(self.num_concepts, dtype=torch.long), dist_reduce_fx="sum")
@@ -82,9 +86,11 @@ class OracleQuality(Metric):
     def update(self, qs_input, qs_cf, concepts_input=None, concepts_cf=None) -> None:
         """``qs_*``: (B,) overall scores; ``concepts_*``: (B, C) concept scores, NaN where unknown."""
         q_in, q_cf = _vec(qs_input), _vec(qs_cf)
-        keep = (q_in < self.threshold) & torch.isfinite(q_in) & torch.isfinite(q_cf)
+        finite = torch.isfinite(q_in) & torch.isfinite(q_cf)
+        keep = (q_in < self.threshold) & finite
         dev = self.n_total.device
         self.n_total += len(q_in)
+        self.n_valid += int(finite.sum())
         self.n_sel += int(keep.sum())
         self.sum_qd += (q_cf[keep] - q_in[keep]).sum().to(dev)
         if self.num_concepts and concepts_input is not None and concepts_cf is not None:
@@ -99,9 +105,11 @@ class OracleQuality(Metric):
         nan = torch.tensor(float("nan"), dtype=torch.float64)
         cqd = torch.where(self.n_cqd > 0, self.sum_cqd / self.n_cqd.clamp(min=1), torch.full_like(self.sum_cqd, float("nan")))
         return {
-            "mqd": self.sum_qd / self.n_total if self.n_total > 0 else nan,
+            # undefined (NaN, shown as n/a) when no input has finite oracle scores: 0 would claim a measurement
+            "mqd": self.sum_qd / self.n_total if self.n_valid > 0 else nan,
             "mqd_selected": self.sum_qd / self.n_sel if self.n_sel > 0 else nan,
             "qd_concepts": cqd,
             "n_selected": self.n_sel.clone(),
             "n_total": self.n_total.clone(),
+            "n_valid": self.n_valid.clone(),
         }

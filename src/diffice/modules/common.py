@@ -21,7 +21,11 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig
 
 from diffice import __version__
@@ -57,6 +61,14 @@ class DifficeModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffice"] = {"kind": self.kind, "config": to_dict(self.cfg), "version": __version__}
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Seed torch's generators from (seed, step, rank) before each step: the step's random
+        draws (timesteps, noise, dropout) are a function of the step alone, so a run killed and
+        resumed at any checkpoint trains exactly as an uninterrupted one (the data order comes
+        from ``ResumableSampler``; the other state from the checkpoint)."""
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        torch.manual_seed((int(self.cfg.seed) * 1_000_003 + int(self.global_step) * 1009 + rank) % (2**63 - 1))
+
 
 def module_class(kind: str) -> type[DifficeModule]:
     mod, cls = KINDS[kind].split(":")
@@ -91,11 +103,36 @@ def run_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.paths.runs) / stage
 
 
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, made safe: a file is serialised in memory and written with
+    plain Python I/O into the path given (no detour through a temporary file elsewhere; a full
+    disk is an ``OSError``, not a C++ stream error), and read with
+    diffice's safe loader (``weights_only=True``, kind-agnostic), so that resuming a run
+    (``trainer.fit(ckpt_path=...)``) cannot run code from the file either."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        import io
+
+        path = Path(path)
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            f.write(buf.getbuffer())
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+        from diffice.nets.weights import torch_load
+
+        return torch_load(Path(path), f"{path}: checkpoint not found", "checkpoint")
+
+
 class AtomicCheckpoint(Callback):
     """Save ``last.ckpt`` every N optimizer steps and at the end of training, atomically.
 
     The file is written beside its final name and renamed into place, so a run killed while
-    saving keeps the previous complete checkpoint and resumes from it.
+    saving keeps the previous complete checkpoint and resumes from it. A save that fails (a
+    full or read-only disk) removes its partial file and ends the run with one line naming
+    the checkpoint and the cause.
     """
 
     def __init__(self, dirpath: Path, every_n_steps: int):
@@ -108,9 +145,17 @@ class AtomicCheckpoint(Callback):
             return
         final = self.dirpath / LAST
         tmp = self.dirpath / f".{LAST}.tmp"
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            os.replace(tmp, final)
+        try:
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                os.replace(tmp, final)
+        except BaseException as err:
+            if trainer.is_global_zero:
+                tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                kept = "the previous checkpoint is kept" if final.exists() else "no checkpoint was written"
+                raise UserError(f"{final}: cannot write the checkpoint ({err.strerror or err}); {kept}") from err
+            raise
         trainer.strategy.barrier("diffice.atomic_checkpoint")
         self._last_saved = trainer.global_step
 
@@ -139,13 +184,79 @@ class NaNGuard(Callback):
             )
 
 
-def build_logger(cfg: DictConfig, stage: str, out: Path):
-    """W&B offline by default; ``wandb.mode=disabled`` (or WANDB_MODE=disabled) logs to CSV instead."""
+def _keep_csv_history(metrics_csv: Path, resume_step: int | None) -> Path | None:
+    """Before a CSV logger starts (it deletes ``metrics.csv``): move the file aside, keeping only
+    the rows of steps before ``resume_step`` (those after it, logged by the killed run after its
+    last checkpoint, are redone). Returns the kept file, or None when there is no history."""
+    if resume_step is None or not metrics_csv.is_file():
+        return None
+    import csv
+
+    from diffice.io import atomic_write_text
+
+    with metrics_csv.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = [r for r in reader if r.get("step", "") == "" or int(float(r["step"])) < resume_step]
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    kept = metrics_csv.with_name(".metrics.history.csv")
+    atomic_write_text(kept, buf.getvalue())
+    metrics_csv.unlink()
+    return kept
+
+
+class _HistoryWriter(ExperimentWriter):
+    """Lightning's CSV writer that starts from ``history`` (the kept rows) instead of deleting
+    ``metrics.csv``; new rows are appended after them."""
+
+    def __init__(self, log_dir: str, history: Path | None) -> None:
+        super().__init__(log_dir)
+        if history is not None and history.is_file():
+            import csv
+
+            with history.open(newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+            os.replace(history, self.metrics_file_path)
+            self._rewrite_with_new_header(self.metrics_keys)
+
+
+class _HistoryCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` keeps a resumed run's history (module level: DDP
+    spawn pickles the logger)."""
+
+    def __init__(self, save_dir: str, history: Path | None) -> None:
+        super().__init__(save_dir=save_dir, name="logs", version="")
+        self._history = history
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _HistoryWriter(self.log_dir, self._history)
+        return self._experiment
+
+
+def _csv_logger(out: Path, resume_step: int | None) -> CSVLogger:
+    """Lightning's CSV logger, keeping the history of a resumed run in ``logs/metrics.csv``."""
+    history = _keep_csv_history(out / "logs" / ExperimentWriter.NAME_METRICS_FILE, resume_step)
+    return _HistoryCSVLogger(str(out), history)
+
+
+def build_logger(cfg: DictConfig, stage: str, out: Path, resume_step: int | None = None):
+    """W&B offline by default; ``wandb.mode=disabled`` (or WANDB_MODE=disabled) logs to CSV instead.
+
+    ``resume_step``: the step of the checkpoint a run resumes from; the CSV log keeps its rows
+    of the steps before it (a resumed run's ``metrics.csv`` holds the whole history).
+    """
     mode = os.environ.get("WANDB_MODE", cfg.wandb.mode)
     if mode == "disabled":
-        from lightning.pytorch.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(out), name="logs", version="")
+        return _csv_logger(out, resume_step)
     from lightning.pytorch.loggers import WandbLogger
 
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -165,9 +276,11 @@ def build_trainer(
     stage: str,
     max_steps: int,
     callbacks: Sequence[Callback] = (),
+    resume_step: int | None = None,
     **overrides: Any,
 ) -> L.Trainer:
-    """A Trainer from ``cfg.trainer`` writing to ``{paths.runs}/{stage}``."""
+    """A Trainer from ``cfg.trainer`` writing to ``{paths.runs}/{stage}`` (``resume_step``: see
+    :func:`build_logger`)."""
     out = run_dir(cfg, stage)
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.trainer
@@ -180,7 +293,7 @@ def build_trainer(
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=None,
         val_check_interval=t.val_every_n_steps,
-        logger=build_logger(cfg, stage, out),
+        logger=build_logger(cfg, stage, out, resume_step),
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
@@ -203,6 +316,7 @@ def trainer_kwargs(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> dic
         strategy=t.strategy,
         precision=t.precision,
         enable_checkpointing=False,
+        plugins=[SafeCheckpointIO()],
         enable_progress_bar=bool(t.progress_bar),
         enable_model_summary=False,
         default_root_dir=str(out),
@@ -210,23 +324,48 @@ def trainer_kwargs(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> dic
     )
 
 
+class SaveConfigOnStart(Callback):
+    """Write the run's ``config.yaml`` once training starts (the data set up and checked), so
+    that a run refused before then leaves no config behind."""
+
+    def __init__(self, cfg: DictConfig, path: Path):
+        self.cfg, self.path = cfg, Path(path)
+        self.started = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.started = True
+        if trainer.is_global_zero:
+            save_config(self.cfg, self.path)
+
+
 def fit(cfg: DictConfig, stage: str, module: DifficeModule, datamodule, max_steps: int, **overrides) -> Path:
     """Fit ``module``, resuming from ``{run}/last.ckpt`` when it exists; returns that path.
 
-    The resolved config is saved as ``{run}/config.yaml``. A checkpoint of another kind in the
-    folder is refused rather than overwritten.
+    The resolved config is saved as ``{run}/config.yaml`` once training starts. A checkpoint
+    of another kind in the folder is refused rather than overwritten; the checkpoint is read
+    with the safe loader (and its weights checked) before Lightning resumes from it, and
+    Lightning reads it through :class:`SafeCheckpointIO` as well. A run that fails before
+    starting to train (a data error found at set-up) in a folder that did not exist (or was
+    empty) removes that folder again.
     """
     out = run_dir(cfg, stage)
     last = out / LAST
-    ckpt_path = None
+    fresh = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    ckpt_path, resume_step = None, None
     if last.exists():
-        read_checkpoint(last, module.kind)
+        resume_step = int(read_checkpoint(last, module.kind).get("global_step", 0))
         ckpt_path = str(last)
-    trainer = build_trainer(cfg, stage, max_steps, **overrides)
-    if trainer.is_global_zero:
-        save_config(cfg, out / "config.yaml")
+    on_start = SaveConfigOnStart(cfg, out / "config.yaml")
+    callbacks = [*overrides.pop("callbacks", ()), on_start]
+    trainer = build_trainer(cfg, stage, max_steps, callbacks=callbacks, resume_step=resume_step, **overrides)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except Exception:
+        if fresh and not on_start.started and trainer.is_global_zero and not last.exists():
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         finish_wandb()
     return last

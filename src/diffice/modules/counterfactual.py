@@ -32,6 +32,7 @@ from diffice.counterfactual.outputs import (
     is_finished,
     overlay,
     read_records,
+    remove_unfinished,
     write_frame,
     write_results_csv,
 )
@@ -362,6 +363,7 @@ def run_counterfactuals(
     module = CounterfactualModule(cfg, components)  # loads and checks every model before writing
     module.hf_threshold = reference_hf_threshold(datamodule)
     save_config(cfg, out / "config.yaml")
+    remove_unfinished(out)  # temporary frame folders of a killed run
     todo = [pos for pos, idx in zip(positions, indices, strict=True) if not is_finished(out, idx)]
     rank_zero = True
     if todo:

@@ -306,5 +306,6 @@ def train_ddpm(cfg: DictConfig, datamodule=None, **trainer_overrides) -> Path:
         check_compatible(last, ckpt, cfg)
         del ckpt
     dm = datamodule if datamodule is not None else DiffIceDataModule(cfg)
+    torch.manual_seed(int(cfg.seed))  # the initial weights are a function of the seed (as the judges')
     module = DDPMModule(cfg)
     return fit(cfg, "ddpm", module, dm, int(cfg.ddpm.max_steps), **trainer_overrides)

@@ -150,7 +150,7 @@ class SonoNet(nn.Module):
         if not path.is_file():
             raise UserError(f"{path}: SonoNet weights not found (the official release's SonoNet{features}.npz)")
         try:
-            data = np.load(path)
+            data = np.load(path, allow_pickle=False)  # no object arrays: nothing in the file runs
             arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
         except Exception as err:  # noqa: BLE001 - a user file
             raise UserError(f"{path}: not a readable SonoNet .npz ({type(err).__name__})") from err

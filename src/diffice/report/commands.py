@@ -45,7 +45,7 @@ def evaluate_main(argv: list[str]) -> int:
     p.add_argument("--check", action="store_true", help="only compare with the run's metrics.json; exit 1 if they differ")
     p.add_argument("--table", type=Path, help="also write the combined markdown table here")
     p.add_argument("--frames", type=int, default=6, help="frames shown in report.html (default 6)")
-    ns = p.parse_args(argv)
+    ns = p.parse_intermixed_args(argv)
     runs = [a for a in ns.args if "=" not in a]
     overrides = [a for a in ns.args if "=" in a]
     if not runs:
@@ -86,7 +86,7 @@ def reader_study_main(argv: list[str]) -> int:
     p.add_argument("--pairs", type=int, default=50, help="number of pairs (paper: 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an existing study of this run")
-    ns = p.parse_args(argv)
+    ns = p.parse_intermixed_args(argv)
     key = make_study(ns.run_dir, pairs=ns.pairs, seed=ns.seed, force=ns.force)
     n = len(key["pairs"])
     if n < ns.pairs:
@@ -103,7 +103,7 @@ def reader_score_main(argv: list[str]) -> int:
     p.add_argument("run_dir", type=Path)
     p.add_argument("answers", type=Path, help="the CSV the study page downloaded")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    ns = p.parse_args(argv)
+    ns = p.parse_intermixed_args(argv)
     s = score_answers(ns.run_dir, ns.answers)
     if ns.json:
         print(json.dumps(s, indent=1))

@@ -256,7 +256,9 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     out["n_guide_oracle_disagree"] = int(sum(bool(r["flipped"]) and num(r["qs_cf"]) < 0.5 for r in records))
     if int(v["n_nsp"]) == 0:
         notes.append("no input is classified NSP by the guide (p_input <= 0.5): FR, MAD, BKL are null")
-    if int(o["n_selected"]) == 0:
+    if int(o["n_valid"]) == 0:
+        notes.append("no input has finite oracle scores: MQD and the per-concept QD are null")
+    elif int(o["n_selected"]) == 0:
         notes.append("no input has oracle QS_O(x) < 0.5: MQD is 0 and the per-concept QD null")
 
     per_iter = []

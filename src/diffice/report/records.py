@@ -40,7 +40,7 @@ def load_records(run_dir: str | Path) -> list[dict]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found (give the cf.out folder of a counterfactual run)")
-    paths = sorted((run_dir / "frames").glob("*/record.json"))
+    paths = sorted(p for p in (run_dir / "frames").glob("*/record.json") if not p.parent.name.startswith("."))
     if not paths:
         raise UserError(f"{run_dir}: no frames/*/record.json found; run 'diffice counterfactuals' first "
                         "or give the folder it wrote (cf.out)")
