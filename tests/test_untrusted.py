@@ -94,11 +94,21 @@ CASES = {
         "train-segmenter", TINY, *m["words"], f"paths.runs={t}/runs", f"segmenter.encoder_weights={e}"]),
     "train-ddpm resumed": ("ddpm", lambda m, e, t: ["train-ddpm", TINY, *m["words"], f"paths.runs={t}/runs"]),
     "train-oracle resumed": ("oracle", lambda m, e, t: ["train-oracle", TINY, *m["words"], f"paths.runs={t}/runs"]),
-    "demo": ("ddpm", lambda m, e, t: ["demo", *m["words"], f"paths.runs={t}/runs", f"cf.out={t}/cf"]),
+    "demo": ("ddpm", lambda m, e, t: ["demo", "--scratch", *m["words"], f"paths.runs={t}/runs", f"cf.out={t}/cf"]),
+    "demo --pack": ("ddpm", lambda m, e, t: ["demo", "--pack", str(_pack_around(e)), "--preset", TINY,
+                                             *[w for w in m["words"] if not w.startswith("cf.")], f"cf.out={t}/cf"]),
 }
+
+
+def _pack_around(ddpm: Path) -> Path:
+    """A model pack folder whose ddpm.ckpt is the crafted file (the DDPM is loaded first)."""
+    for name in ("guide.ckpt", "oracle.ckpt"):
+        (ddpm.parent / name).write_bytes(b"")
+    (ddpm.parent / "PROVENANCE.json").write_text("{}")
+    return ddpm.parent
 # where the crafted file goes: resumed training finds it as the run's last.ckpt
 WHERE = {"train-ddpm resumed": "runs/ddpm/last.ckpt", "train-oracle resumed": "runs/oracle/last.ckpt",
-         "demo": "runs/ddpm/last.ckpt"}
+         "demo": "runs/ddpm/last.ckpt", "demo --pack": "pack/ddpm.ckpt"}
 
 
 def _fake_run(tmp: Path) -> Path:
