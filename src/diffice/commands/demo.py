@@ -262,6 +262,7 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
     p.add_argument("--runs", default=PACK_RUNS, help=f"run folder of the training stages (default {PACK_RUNS})")
     p.add_argument("--out", default=PACK_DIR, help=f"pack folder (default {PACK_DIR})")
     p.add_argument("--max-mb", type=float, default=PACK_MAX_MB, help=f"refuse a pack larger than this (default {PACK_MAX_MB:g})")
+    p.add_argument("--note", default="", help="free text recorded in PROVENANCE.json (e.g. how long stages trained before a resume)")
     ns = p.parse_intermixed_args(list(argv))
 
     import datetime
@@ -286,7 +287,9 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
         for name, (kind, stage) in PACK_FILES.items():
             run = run_dir(cfg, stage)
             facts = write_pack_file(run / LAST, tmp / name, kind)
-            facts["train_seconds"] = times.get(stage) or _stage_seconds(run)
+            # trained by this command: its wall time; trained before: the last (re)start's segment only
+            facts["train_seconds"] = times.get(stage) or None
+            facts["last_segment_seconds"] = _stage_seconds(run)
             try:
                 facts.update({k: v for k, v in json.loads((run / "metrics.json").read_text()).items() if k in ("val", "test")})
             except (OSError, ValueError):
@@ -297,7 +300,8 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
             models["classifier"]["segmenter_test"] = json.loads((seg_run / "metrics.json").read_text()).get("test")
         except (OSError, ValueError):
             pass
-        models["classifier"]["segmenter_train_seconds"] = times.get("segmenter") or _stage_seconds(seg_run)
+        models["classifier"]["segmenter_train_seconds"] = times.get("segmenter") or None
+        models["classifier"]["segmenter_last_segment_seconds"] = _stage_seconds(seg_run)
         total = sum(m["bytes"] for m in models.values())
         if total > ns.max_mb * 1e6:
             raise UserError(f"{out}: the pack would be {total / 1e6:.1f} MB, over --max-mb {ns.max_mb:g}; "
@@ -312,6 +316,7 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
             "preset": Path(preset).name, "machine": _machine(),
             "total_bytes": total, "total_mb": round(total / 1e6, 2),
             "wall_seconds_this_command": round(time.perf_counter() - t0, 1),
+            "note": ns.note,
             "models": models, "ddpm_check": check, "config": to_dict(cfg),
         }
         atomic_write_text(tmp / "PROVENANCE.json", json.dumps(prov, indent=1, default=str))
