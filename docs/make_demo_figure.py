@@ -40,7 +40,7 @@ def main() -> None:
         caps = ["input"] + [f"iter {k}" for k in range(1, int(r["iterations"]) + 1)] + ["counterfactual"]
         if ns.control:
             names.append(Path(ns.control) / "frames" / d.name / "cf.png")
-            caps.append("control (λc = 0)")
+            caps.append("control (lambda_c = 0)")
         if (d / "target.png").exists():
             names.append(d / "target.png")
             caps.append("ground truth")
