@@ -105,23 +105,43 @@ def _segment_fn(path: str, device: torch.device):
     """``segment(x) -> logits`` of a segmenter checkpoint, or of the guide's segmenter in a
     classifier checkpoint (the demo pack ships the segmenter inside the guide)."""
     from diffice.modules.common import load_checkpoint
-    from diffice.nets.weights import read_checkpoint
 
-    kind = read_checkpoint(path)["diffice"]["kind"]
-    if kind == "segmenter":
-        module = load_checkpoint(path, "segmenter", map_location=device)
+    module = load_checkpoint(path, None, map_location=device)  # the file read once, whatever its kind
+    if module.kind not in ("segmenter", "classifier"):
+        raise UserError(f"--segmenter {path}: is a {module.kind} checkpoint, expected a segmenter or classifier checkpoint")
+    if module.kind == "segmenter":
         return module.net, list(module.cfg.data.classes)
-    if kind == "classifier":
-        module = load_checkpoint(path, "classifier", map_location=device)
-        return module.guide.segment, list(module.cfg.guide.segmenter_classes or module.cfg.data.classes)
-    raise UserError(f"--segmenter {path}: is a {kind} checkpoint, expected a segmenter or classifier checkpoint")
+    return module.guide.segment, list(module.cfg.guide.segmenter_classes or module.cfg.data.classes)
+
+
+def check_sp_frames(module, cfg, segment, classes, *, split: str = "test", count: int = 32, batch_size: int = 16,
+                    device: torch.device | str = "cpu", keep: int = 0) -> dict:
+    """``ddpm_check`` of DDPM ``module`` on the first ``count`` standard planes of ``split``, at
+    ``cfg.cf``'s tau, respacing, noise convention and clipping (the counterfactuals' settings)."""
+    from diffice.counterfactual.check import ddpm_check
+    from diffice.data import DiffIceDataModule
+
+    dm = DiffIceDataModule(cfg)
+    dm.setup()
+    ds = dm.dataset(split, label="SP")
+    n = min(len(ds), count)
+    if n == 0:
+        raise UserError(f"the {split} split has no standard-plane frame to reconstruct")
+
+    def batches():
+        for s in range(0, n, batch_size):
+            items = [ds[i] for i in range(s, min(n, s + batch_size))]
+            yield torch.stack([it["image"] for it in items]).to(device), [int(it["index"]) for it in items]
+
+    return ddpm_check(module.sampler(str(cfg.cf.respacing)), module.ema_model, segment, batches(), tau=int(cfg.cf.tau),
+                      classes=classes, seed=int(cfg.seed), convention=str(cfg.cf.noise_convention),
+                      clip_denoised=bool(cfg.cf.clip_denoised), keep=keep)
 
 
 def cmd_ddpm_check(argv: Sequence[str]) -> int:
     from diffice.config import config_from_args
-    from diffice.counterfactual.check import SCORED, ddpm_check
+    from diffice.counterfactual.check import SCORED
     from diffice.counterfactual.engine import NOISE_CONVENTIONS
-    from diffice.data import DiffIceDataModule
     from diffice.io import atomic_write_text, make_grid, save_png, to_uint8
     from diffice.modules.ddpm import load_ddpm
 
@@ -167,20 +187,8 @@ def cmd_ddpm_check(argv: Sequence[str]) -> int:
     if segment is None:
         print("warning: no segmenter checkpoint found (--segmenter); reporting PSNR only")
 
-    dm = DiffIceDataModule(cfg)
-    dm.setup()
-    ds = dm.dataset(ns.split, label="SP")
-    n = min(len(ds), ns.count)
-    if n == 0:
-        raise UserError(f"the {ns.split} split has no standard-plane frame to reconstruct")
-
-    def batches():
-        for s in range(0, n, ns.batch_size):
-            items = [ds[i] for i in range(s, min(n, s + ns.batch_size))]
-            yield torch.stack([it["image"] for it in items]).to(device), [int(it["index"]) for it in items]
-
-    res = ddpm_check(diffusion, module.ema_model, segment, batches(), tau=tau, classes=seg_classes,
-                     seed=int(cfg.seed), convention=convention, clip_denoised=bool(cfg.cf.clip_denoised), keep=8)
+    res = check_sp_frames(module, cfg, segment, seg_classes, split=ns.split, count=ns.count,
+                          batch_size=ns.batch_size, device=device, keep=8)
     examples = res.pop("examples")
     res.update(ckpt=str(ns.ckpt), trained_steps=module.trained_steps, respacing=str(cfg.cf.respacing),
                segmenter=seg_path, split=ns.split)

@@ -337,26 +337,11 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
 
 def _pack_ddpm_check(pack: Path, cfg) -> dict:
     """ddpm-check of the pack's DDPM with the pack guide's segmenter, on 32 SP test frames."""
-    import torch
-
-    from diffice.commands.ddpm import _segment_fn
-    from diffice.counterfactual.check import ddpm_check
-    from diffice.data import DiffIceDataModule
+    from diffice.commands.ddpm import _segment_fn, check_sp_frames
     from diffice.modules.ddpm import load_ddpm
 
-    module = load_ddpm(pack / "ddpm.ckpt")
-    segment, classes = _segment_fn(str(pack / "guide.ckpt"), torch.device("cpu"))
-    dm = DiffIceDataModule(cfg)
-    dm.setup()
-    ds = dm.dataset("test", label="SP")
-    n = min(32, len(ds))
-    batches = []
-    for s in range(0, n, 16):
-        items = [ds[i] for i in range(s, min(n, s + 16))]
-        batches.append((torch.stack([it["image"] for it in items]), [int(it["index"]) for it in items]))
-    res = ddpm_check(module.sampler(str(cfg.cf.respacing)), module.ema_model, segment, batches, tau=int(cfg.cf.tau),
-                     classes=classes, seed=int(cfg.seed), convention=str(cfg.cf.noise_convention),
-                     clip_denoised=bool(cfg.cf.clip_denoised))
+    segment, classes = _segment_fn(str(pack / "guide.ckpt"), "cpu")
+    res = check_sp_frames(load_ddpm(pack / "ddpm.ckpt"), cfg, segment, classes)
     res.pop("examples")
     return res
 

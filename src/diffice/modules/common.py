@@ -75,9 +75,13 @@ def module_class(kind: str) -> type[DifficeModule]:
     return getattr(importlib.import_module(mod), cls)
 
 
-def load_checkpoint(path: str | os.PathLike, kind: str, map_location: str | torch.device = "cpu") -> DifficeModule:
-    """Rebuild the LightningModule of ``kind`` from a checkpoint path alone, in eval mode."""
+def load_checkpoint(path: str | os.PathLike, kind: str | None, map_location: str | torch.device = "cpu") -> DifficeModule:
+    """Rebuild the LightningModule of ``kind`` from a checkpoint path alone, in eval mode
+    (``kind=None``: whatever kind the file says it is; ``module.kind`` tells which)."""
     ckpt = read_checkpoint(path, kind)
+    kind = kind or ckpt["diffice"]["kind"]
+    if kind not in KINDS:
+        raise UserError(f"{path}: a '{kind}' checkpoint, which is not a model kind diffice knows")
     cfg = from_dict(ckpt["diffice"]["config"])
     module = module_class(kind)(cfg, load_pretrained=False)
     from diffice.modules.pack import unpack_state

@@ -236,7 +236,7 @@ class CounterfactualModule(L.LightningModule):
                 "anatomy_dice": self._anatomy_dice(before["seg"][b], after["seg"][b]),
                 "hf_input": hf_in[b],
                 "hf_cf": hf_cf[b],
-                "hf_threshold": _finite(torch.tensor(self.hf_threshold)),
+                "hf_threshold": _finite(self.hf_threshold),
                 "adversarial": bool(np.isfinite(self.hf_threshold) and hf_cf[b] > self.hf_threshold),
                 "nfe": r.nfe,
                 "seconds": batch_seconds / len(results),

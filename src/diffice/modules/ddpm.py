@@ -174,11 +174,11 @@ class DDPMModule(DifficeModule):
             path = self.cfg.guide.segmenter_ckpt
             self._segmenter = (None, list(self.cfg.data.classes))
             if path and Path(path).is_file():
-                from diffice.nets.segmenter import load_segmenter_checkpoint
+                from diffice.modules.common import load_checkpoint
 
                 try:
-                    net = load_segmenter_checkpoint(path).to(self.device).requires_grad_(False)
-                    self._segmenter = (net, list(_stored(read_checkpoint(path, "segmenter")).data.classes))
+                    seg = load_checkpoint(path, "segmenter", map_location=self.device)
+                    self._segmenter = (seg.net.requires_grad_(False), list(seg.cfg.data.classes))
                 except UserError:
                     pass  # not a segmenter: the check reports PSNR only
         return self._segmenter
