@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("diffice.commands.demo:cmd_demo", "Diff-ICE on phantom data with the shipped model pack (--scratch: train first)"),
     "demo-models": ("diffice.commands.demo:cmd_demo_models", "train the demo's models and write the model pack (models/demo)"),
     "experiment": ("diffice.commands.demo:cmd_experiment", "run one of the paper's experiments (experiments/*.yaml)"),
+    "wandb-check": ("diffice.tracking:cmd_wandb_check", "count and check the pictures, tables and artifacts of local W&B runs"),
 }
 
 

@@ -79,6 +79,7 @@ class WandbConfig:
     mode: str = "offline"
     project: str = "diffice"
     entity: str | None = None
+    group: str | None = None
 
 
 @dataclass

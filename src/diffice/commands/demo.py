@@ -75,6 +75,21 @@ def train_models(words: Sequence[str], *, log: Callable[[str], None] = print) ->
     return times
 
 
+def pipeline_group(words: Sequence[str], prefix: str) -> list[str]:
+    """``words`` plus ``wandb.group=<prefix>-<date>-<time>``, so that every stage of one pipeline
+    invocation lands in one W&B group; unchanged when the config (a file or a word) already names
+    a group, when ``WANDB_RUN_GROUP`` is set, or when W&B is disabled."""
+    import os
+
+    from diffice.config import config_from_args
+    from diffice.tracking import wandb_group, wandb_mode
+
+    cfg = config_from_args(list(words))
+    if wandb_group(cfg) or wandb_mode(cfg) == "disabled":
+        return list(words)
+    return [*words, f"wandb.group={_slug(prefix)}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"]
+
+
 def _preset_file(preset: str) -> str:
     from diffice.config import configs_dir
 
@@ -179,11 +194,12 @@ def cmd_demo(argv: Sequence[str]) -> int:
 
     t0 = time.perf_counter()
     if ns.scratch:
-        words = [_preset_file(ns.preset or "tiny"), *ns.args]
+        words = pipeline_group([_preset_file(ns.preset or "tiny"), *ns.args], "demo-scratch")
         times = train_models(words)
     else:
         pack = Path(ns.pack)
-        words = [_preset_file(ns.preset or PACK_PRESET), "paths.runs=runs/demo", *pack_words(pack), *ns.args]
+        words = pipeline_group([_preset_file(ns.preset or PACK_PRESET), "paths.runs=runs/demo", *pack_words(pack),
+                                *ns.args], "demo")
         times = {}
         for line in pack_summary(pack):
             print(line)
@@ -274,7 +290,7 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
     from diffice.modules.pack import PACK_FILES, write_pack_file
 
     preset = _preset_file(ns.preset)
-    words = [preset, f"paths.runs={ns.runs}", *ns.args]
+    words = pipeline_group([preset, f"paths.runs={ns.runs}", *ns.args], "demo-models")
     cfg = config_from_args(words)
     t0 = time.perf_counter()
     times = train_models(words)
@@ -432,6 +448,8 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     name = str(options.get("name") or Path(ns.experiment).stem)
     files, overrides = split_args(ns.args)
     preset = _preset_file(ns.preset)
+    if not (base.get("wandb") or {}).get("group"):
+        overrides = pipeline_group([preset, *files, *overrides], f"experiment-{name}")[1 + len(files):]
     train_models([preset, *files, *overrides])
 
     base_cfg = load_config([preset, base, *files], overrides)

@@ -115,6 +115,13 @@ class ClassifierModule(DifficeModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.guide(x)
 
+    def input_checkpoints(self) -> dict[str, str]:
+        """The frozen segmenter (and, with ``guide.x0_prob``, the DDPM of its x̂0 estimates)."""
+        out = {"segmenter": str(self.cfg.guide.segmenter_ckpt)} if self.cfg.guide.segmenter_ckpt else {}
+        if float(self.cfg.guide.x0_prob) > 0 and self.cfg.guide.ddpm_ckpt:
+            out["ddpm"] = str(self.cfg.guide.ddpm_ckpt)
+        return out
+
     def on_fit_start(self) -> None:
         if float(self.pos_weight) > 0:
             return

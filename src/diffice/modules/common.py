@@ -58,6 +58,11 @@ class DifficeModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
 
+    def input_checkpoints(self) -> dict[str, str]:
+        """The checkpoints this model was built from, kind -> path (W&B lineage: the training run
+        declares them as used artifacts). None by default."""
+        return {}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["diffice"] = {"kind": self.kind, "config": to_dict(self.cfg), "version": __version__}
 
@@ -258,10 +263,16 @@ def build_logger(cfg: DictConfig, stage: str, out: Path, resume_step: int | None
     ``resume_step``: the step of the checkpoint a run resumes from; the CSV log keeps its rows
     of the steps before it (a resumed run's ``metrics.csv`` holds the whole history).
     """
-    mode = os.environ.get("WANDB_MODE", cfg.wandb.mode)
+    from diffice.tracking import wandb_mode
+
+    mode = wandb_mode(cfg)
     if mode == "disabled":
         return _csv_logger(out, resume_step)
+    if mode not in ("offline", "online"):
+        raise UserError(f"wandb.mode: '{mode}' is not one of offline, online, disabled")
     from lightning.pytorch.loggers import WandbLogger
+
+    from diffice.tracking import wandb_group
 
     os.environ.setdefault("WANDB_SILENT", "true")
     return WandbLogger(
@@ -271,7 +282,8 @@ def build_logger(cfg: DictConfig, stage: str, out: Path, resume_step: int | None
         save_dir=str(out),
         offline=(mode == "offline"),
         config=to_dict(cfg),
-        job_type=stage,
+        job_type=f"train-{stage}",
+        group=wandb_group(cfg),
     )
 
 
@@ -364,6 +376,7 @@ def fit(cfg: DictConfig, stage: str, module: DifficeModule, datamodule, max_step
     trainer = build_trainer(cfg, stage, max_steps, callbacks=callbacks, resume_step=resume_step, **overrides)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        log_training_artifacts(trainer, cfg, module, last)
     except Exception:
         if fresh and not on_start.started and trainer.is_global_zero and not last.exists():
             import shutil
@@ -373,6 +386,31 @@ def fit(cfg: DictConfig, stage: str, module: DifficeModule, datamodule, max_step
     finally:
         finish_wandb()
     return last
+
+
+def log_training_artifacts(trainer: L.Trainer, cfg: DictConfig, module: DifficeModule, last: Path) -> None:
+    """With a W&B logger: the run declares the data set and the checkpoints the model was built
+    from (``module.input_checkpoints()``) as used, and logs ``last`` as the ``model`` artifact
+    named by the module's kind (a reference to the file; metadata kind, steps, config digest).
+    A W&B failure is a warning: the checkpoint is written."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    logger = trainer.logger
+    if not isinstance(logger, WandbLogger) or not trainer.is_global_zero or trainer.interrupted or not last.is_file():
+        return
+    from diffice.tracking import config_digest, log_model_artifact, use_checkpoint, use_dataset, warn
+
+    try:
+        run = logger.experiment
+        use_dataset(run, cfg)
+        for kind, path in module.input_checkpoints().items():
+            use_checkpoint(run, path, kind)
+        steps = int(trainer.global_step)
+        log_model_artifact(run, last, module.kind, {"kind": module.kind, "steps": steps, "run_dir": str(trainer.default_root_dir),
+                                                     "config_digest": config_digest(to_dict(module.cfg))},
+                           aliases=[f"step-{steps}"])
+    except Exception as err:  # noqa: BLE001 - W&B is a copy; the checkpoint is written
+        warn(f"W&B artifacts of {last} not logged ({type(err).__name__}: {err})")
 
 
 def finish_wandb() -> None:

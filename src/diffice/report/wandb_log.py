@@ -1,21 +1,26 @@
-"""W&B logging of a finished run: scalar metrics, a per-frame table of pictures, Fig. 4 plots.
+"""W&B logging of a finished counterfactual run: scalar metrics, the per-frame table of pictures,
+Fig. 4 plots, per-iteration curves, and its lineage (data set, DDPM, guide and oracle used; the
+run's outputs as a ``counterfactuals`` artifact). See ``docs/wandb.md``.
 
 Offline by default (``wandb.mode=offline``, upload later with ``wandb sync``); nothing is
-imported or written when the mode (``WANDB_MODE`` or ``cfg.wandb.mode``) is ``disabled``.
+imported or written when the mode (``WANDB_MODE`` or ``cfg.wandb.mode``) is ``disabled``. The
+generic helpers (picture tables, artifacts) are in :mod:`diffice.tracking`.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from diffice.errors import UserError
 from diffice.report.html import fig4_points, frame_strip
 from diffice.report.records import num
 from diffice.report.tables import QUALITY, method_name
+from diffice.tracking import wandb_mode
 
-
-def wandb_mode(cfg) -> str:
-    return os.environ.get("WANDB_MODE") or (str(cfg.wandb.mode) if cfg is not None else "offline")
+# the checkpoints a counterfactual run uses: config key -> model kind
+CF_CHECKPOINTS = (("ddpm_ckpt", "ddpm"), ("guide_ckpt", "classifier"), ("oracle_ckpt", "oracle"))
+# the run-folder files its artifact references
+CF_OUTPUTS = ("config.yaml", "results.csv", "metrics.json", "metrics.md", "report.html", "frames")
 
 
 def scalar_metrics(metrics: dict) -> dict[str, float]:
@@ -46,39 +51,47 @@ def frame_table_rows(records: list[dict], n_iter: int) -> tuple[list[str], list[
 
 def log_run(run_dir: Path, cfg, metrics: dict, records: list[dict], concepts: list[str]) -> str | None:
     """Log to W&B; returns the local run folder W&B wrote, or None when disabled."""
-    mode = wandb_mode(cfg)
-    if mode == "disabled":
+    from diffice.tracking import (
+        init_run,
+        log_outputs_artifact,
+        log_picture_table,
+        run_folder,
+        staged_in_run,
+        use_checkpoint,
+        use_dataset,
+        warn,
+    )
+
+    if wandb_mode(cfg) == "disabled":
         return None
-    import io
-
     import wandb
-    from PIL import Image
 
-    from diffice.config import to_dict
-
-    run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, dir=str(run_dir), mode=mode,
-                     name=f"{cfg.name}-{metrics['method']}", job_type="counterfactuals", config=to_dict(cfg))
-    try:
-        scalars = scalar_metrics(metrics)
-        run.log(scalars)
-        run.summary.update(scalars)
-        columns, rows = frame_table_rows(records, int(metrics["iterations"]))
-
-        def image(b):
-            return wandb.Image(Image.open(io.BytesIO(b))) if b is not None else None
-
-        table = wandb.Table(columns=columns, data=[[image(v) if isinstance(v, bytes) else v for v in r] for r in rows])
-        run.log({"cf/frames": table})
-        for name, pts in fig4_points(records, concepts).items():
-            t = wandb.Table(columns=["input_score", "qd", "flipped"], data=[[a, d, f] for a, d, f in pts])
-            title = f"Fig. 4 {method_name(metrics['method'])}: QD vs input {name}"
-            run.log({f"cf/fig4_{name}": wandb.plot.scatter(t, "input_score", "qd", title=title)})
-        if metrics.get("per_iteration"):
-            cols = ["iteration"] + [k for k, _, _ in QUALITY]
-            it = wandb.Table(columns=cols, data=[[r["iteration"]] + [r.get(k) for k, _, _ in QUALITY] for r in metrics["per_iteration"]])
-            run.log({"cf/per_iteration": it})
-            for key, _, _ in QUALITY:
-                run.log({f"cf/iter_{key}": wandb.plot.line(it, "iteration", key, title=f"{key} per iteration")})
-        return str(run.dir)
-    finally:
-        run.finish()
+    run = init_run(cfg, name=f"{cfg.name}-{metrics['method']}", job_type="counterfactuals", dir=run_dir)
+    with staged_in_run(run):  # the tables W&B makes artifacts of are staged in the run folder, too
+        try:
+            use_dataset(run, cfg)
+            for key, kind in CF_CHECKPOINTS:
+                try:
+                    use_checkpoint(run, cfg.cf[key], kind)
+                except UserError as err:  # e.g. evaluated after the checkpoints moved: log the rest
+                    warn(f"W&B lineage: cf.{key} not recorded ({err})")
+            scalars = scalar_metrics(metrics)
+            run.log(scalars)
+            run.summary.update(scalars)
+            columns, rows = frame_table_rows(records, int(metrics["iterations"]))
+            log_picture_table(run, "cf/frames", columns, rows, label_column="id")
+            for name, pts in fig4_points(records, concepts).items():
+                t = wandb.Table(columns=["input_score", "qd", "flipped"], data=[[a, d, f] for a, d, f in pts])
+                title = f"Fig. 4 {method_name(metrics['method'])}: QD vs input {name}"
+                run.log({f"cf/fig4_{name}": wandb.plot.scatter(t, "input_score", "qd", title=title)})
+            if metrics.get("per_iteration"):
+                cols = ["iteration"] + [k for k, _, _ in QUALITY]
+                it = wandb.Table(columns=cols, data=[[r["iteration"]] + [r.get(k) for k, _, _ in QUALITY] for r in metrics["per_iteration"]])
+                run.log({"cf/per_iteration": it})
+                for key, _, _ in QUALITY:
+                    run.log({f"cf/iter_{key}": wandb.plot.line(it, "iteration", key, title=f"{key} per iteration")})
+            log_outputs_artifact(run, f"counterfactuals-{cfg.name}-{metrics['method']}", "counterfactuals", run_dir,
+                                 CF_OUTPUTS, metadata={"method": metrics["method"], "n_frames": len(records), **scalars})
+            return str(run_folder(run))
+        finally:
+            run.finish()
