@@ -179,8 +179,10 @@ def log_picture_table(run, key: str, columns: Sequence[str], rows: Sequence[Sequ
         keep = [i for i in range(len(columns)) if i not in pic_idx]
         history[key] = wandb.Table(columns=[columns[i] for i in keep], data=[[r[i] for i in keep] for r in rows],
                                    allow_mixed_types=True)
-    else:
-        history[key] = wandb.Table(columns=columns, data=cells, allow_mixed_types=True)
+    else:  # fresh images: those in ``cells`` belong to the artifact now
+        fresh = [[to_wandb_image(v, caption[j]) if i in pic_idx and v is not None else v for i, v in enumerate(r)]
+                 for j, r in enumerate(rows)]
+        history[key] = wandb.Table(columns=columns, data=fresh, allow_mixed_types=True)
     run.log(history)
     return {"artifact": name, "picture_columns": pictures, "rows": len(rows)}
 
