@@ -15,11 +15,11 @@ export WANDB_SILENT := true
 .DEFAULT_GOAL := help
 .PHONY: help install lock test test-all lint demo phantoms data-check train-ddpm train-segmenter \
         train-classifier train-oracle train-all counterfactuals evaluate sample experiment bench clean realism \
-        demo-scratch demo-models
+        demo-scratch demo-models train-synthesis synthesize
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
-	@echo "  variables: PRESET=tiny|paper (default tiny)  ARGS='key=value ...'  EXP=table1|table2|ablation"
+	@echo "  variables: PRESET=tiny|demo|paper (default tiny)  ARGS='key=value ...'  EXP=table1|table2|ablation|synthesis_ablation"
 
 # constraints.txt pins every dependency to the version the test suite passed with (pyproject.toml
 # keeps ranges, for those who embed diffice); `make lock` regenerates it from .venv
@@ -75,6 +75,12 @@ train-segmenter: $(STAMP) ## train the segmenter
 
 train-classifier: $(STAMP) ## train the standard-plane guide (needs the segmenter)
 	$(DIFFICE) train-classifier $(CFG) $(ARGS)
+
+train-synthesis: $(STAMP) ## train the layout-conditioned DDPM (FetalFlex synthesis)
+	$(DIFFICE) train-synthesis $(CFG) $(ARGS)
+
+synthesize: $(STAMP) ## synthesise the test layouts and edit test frames with runs/synthesis/last.ckpt (report, metrics)
+	$(DIFFICE) synthesize runs/synthesis/last.ckpt $(CFG) --test $(ARGS)
 
 train-oracle: $(STAMP) ## train the PCBM oracle
 	$(DIFFICE) train-oracle $(CFG) $(ARGS)

@@ -36,6 +36,8 @@ def test_pack_is_small_and_documented():
         assert m["trained_steps"] > 0 and (m["train_seconds"] or m["last_segment_seconds"])
     assert prov["models"]["classifier"]["test"]["balanced_accuracy"] > 0.5
     assert set(prov["ddpm_check"]["dice"]) == {"head", "bone", "th", "csp"}
+    syn = prov["models"]["synthesis"]
+    assert syn["trained_steps"] > 0 and set(syn["test"]["dice"]) >= {"head", "bone", "th", "csp"}
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -55,6 +57,10 @@ def test_pack_loads_with_the_current_code_and_schema():
         assert comps.model(x, torch.tensor([10, 20])).shape == (2, 2, h, w)
         assert comps.guide(x).shape == (2,)
         assert comps.oracle(x)["qs_o"].shape == (2,)
+    from diffice.synthesis.run import Synthesizer
+
+    syn = Synthesizer(cfg, cfg.synthesis.ckpt)  # with the steering and judging segmenters the demo uses
+    assert syn.size == (h, w) and syn.steer is not None and syn.judge is not None
 
 
 def test_pack_words_name_a_missing_pack(tmp_path):

@@ -97,17 +97,20 @@ CASES = {
     "demo": ("ddpm", lambda m, e, t: ["demo", "--scratch", *m["words"], f"paths.runs={t}/runs", f"cf.out={t}/cf"]),
     "demo --pack": ("ddpm", lambda m, e, t: ["demo", "--pack", str(_pack_around(e)), "--preset", TINY,
                                              *[w for w in m["words"] if not w.startswith("cf.")], f"cf.out={t}/cf"]),
+    "synthesize": ("synthesis", lambda m, e, t: ["synthesize", str(e), TINY, *m["words"], "--test", "--out", f"{t}/syn"]),
+    "train-synthesis resumed": ("synthesis", lambda m, e, t: ["train-synthesis", TINY, *m["words"], f"paths.runs={t}/runs"]),
 }
 
 
 def _pack_around(ddpm: Path) -> Path:
     """A model pack folder whose ddpm.ckpt is the crafted file (the DDPM is loaded first)."""
-    for name in ("guide.ckpt", "oracle.ckpt"):
+    for name in ("guide.ckpt", "oracle.ckpt", "synthesis.ckpt"):
         (ddpm.parent / name).write_bytes(b"")
     (ddpm.parent / "PROVENANCE.json").write_text("{}")
     return ddpm.parent
 # where the crafted file goes: resumed training finds it as the run's last.ckpt
 WHERE = {"train-ddpm resumed": "runs/ddpm/last.ckpt", "train-oracle resumed": "runs/oracle/last.ckpt",
+         "train-synthesis resumed": "runs/synthesis/last.ckpt",
          "demo": "runs/ddpm/last.ckpt", "demo --pack": "pack/ddpm.ckpt"}
 
 

@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("diffice.commands.counterfactual:cmd_evaluate", "recompute a counterfactual run's metrics from its files"),
     "reader-study": ("diffice.commands.counterfactual:cmd_reader_study", "make a blinded expert reader study page"),
     "reader-score": ("diffice.commands.counterfactual:cmd_reader_score", "score a reader study's answers"),
+    "train-synthesis": ("diffice.commands.synthesis:cmd_train_synthesis", "train the layout-conditioned DDPM (FetalFlex synthesis)"),
+    "synthesize": ("diffice.commands.synthesis:cmd_synthesize", "synthesise frames from layouts, or edit a frame's anatomy"),
     "demo": ("diffice.commands.demo:cmd_demo", "Diff-ICE on phantom data with the shipped model pack (--scratch: train first)"),
     "demo-models": ("diffice.commands.demo:cmd_demo_models", "train the demo's models and write the model pack (models/demo)"),
     "experiment": ("diffice.commands.demo:cmd_experiment", "run one of the paper's experiments (experiments/*.yaml)"),

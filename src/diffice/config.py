@@ -185,6 +185,40 @@ class CounterfactualConfig:
 
 
 @dataclass
+class SynthesisConfig:
+    lr: float = 1.0e-4
+    max_steps: int = 200000
+    drop_condition: float = 0.1
+    drop_structure: float = 0.1
+    drop_meta: float = 0.1
+    prealign: bool = True
+    prealign_steps: int = 2000
+    prealign_width: int = 32
+    guidance: float = 2.0
+    respacing: str = "100"
+    two_stage: bool = True
+    stage1_guidance: float = 3.0
+    stage2_guidance: float = 1.5
+    stage2_range: list[float] = field(default_factory=lambda: [0.2, 0.5])
+    dice_target: float = 0.85
+    rounds: int = 2
+    repaint: bool = True
+    jump_length: int = 10
+    jump_n_sample: int = 2
+    edit_dilation: int = 3
+    edit_start: float = 1.0
+    ckpt: str = "${paths.runs}/synthesis/last.ckpt"
+    segmenter_ckpt: str | None = "${cf.oracle_ckpt}"
+    judge_ckpt: str | None = "${paths.runs}/segmenter/last.ckpt"
+    count: int = 4
+    limit: int | None = 16
+    edits: list[str] = field(default_factory=lambda: ["remove:csp", "grow:th:2"])
+    batch_size: int = 16
+    split: str = "test"
+    out: str = "${paths.runs}/synthesis-samples"
+
+
+@dataclass
 class Config:
     name: str = "diffice"
     seed: int = 0
@@ -200,6 +234,7 @@ class Config:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     cf: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 
 # ----------------------------------------------------------------------------- loading

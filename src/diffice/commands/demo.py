@@ -27,6 +27,16 @@ TRAIN_STAGES: list[tuple[str, str, str]] = [
     ("classifier", "diffice.commands.judges:cmd_train_classifier", "guide"),
     ("oracle", "diffice.commands.judges:cmd_train_oracle", "oracle"),
 ]
+# the model pack also holds the synthesis model (not trained by `demo --scratch`, to keep it short)
+SYNTHESIS_STAGE = ("synthesis", "diffice.commands.synthesis:cmd_train_synthesis", "synthesis")
+
+
+def _wanted_steps(cfg, section: str) -> int:
+    """Optimizer steps a finished stage has: the synthesis model's include its pre-alignment."""
+    steps = int(cfg[section].max_steps)
+    if section == "synthesis" and cfg.synthesis.prealign:
+        steps += int(cfg.synthesis.prealign_steps)
+    return steps
 
 
 def _call(target: str) -> Callable[[list[str]], int]:
@@ -52,15 +62,16 @@ def _trained_steps(ckpt: Path) -> int | None:
         return None
 
 
-def train_models(words: Sequence[str], *, log: Callable[[str], None] = print) -> dict[str, float]:
-    """Train (or resume, or skip when finished) the four models; returns seconds per stage."""
+def train_models(words: Sequence[str], *, log: Callable[[str], None] = print, synthesis: bool = False) -> dict[str, float]:
+    """Train (or resume, or skip when finished) the four models (and the synthesis model);
+    returns seconds per stage."""
     from diffice.config import config_from_args
     from diffice.modules.common import LAST, run_dir
 
     cfg = config_from_args(words)
     times: dict[str, float] = {}
-    for stage, target, section in TRAIN_STAGES:
-        want = int(cfg[section].max_steps)
+    for stage, target, section in [*TRAIN_STAGES, *([SYNTHESIS_STAGE] if synthesis else [])]:
+        want = _wanted_steps(cfg, section)
         have = _trained_steps(run_dir(cfg, stage) / LAST)
         if have is not None and have >= want:
             log(f"[{stage}] already trained ({have} steps): {run_dir(cfg, stage) / LAST}")
@@ -141,21 +152,23 @@ PACK_RUNS = "runs/demo-pack"
 PACK_MAX_MB = 25.0
 
 
-def pack_words(pack: Path) -> list[str]:
+def pack_words(pack: Path, need_provenance: bool = True) -> list[str]:
     """Config words that point a counterfactual run at a model pack's checkpoints."""
     from diffice.modules.pack import PACK_FILES
 
     prov = pack / "PROVENANCE.json"
-    if not prov.is_file():
+    if need_provenance and not prov.is_file():
         raise UserError(f"{prov}: not found; {pack} is not a model pack (make demo-models writes one, "
                         "or run 'diffice demo --scratch')")
-    keys = {"ddpm": "cf.ddpm_ckpt", "classifier": "cf.guide_ckpt", "oracle": "cf.oracle_ckpt"}
+    keys = {"ddpm": "cf.ddpm_ckpt", "classifier": "cf.guide_ckpt", "oracle": "cf.oracle_ckpt", "synthesis": "synthesis.ckpt"}
     words = []
     for name, (kind, _) in PACK_FILES.items():
         f = pack / name
         if not f.is_file():
             raise UserError(f"{f}: missing from the model pack (rebuild it with make demo-models)")
         words.append(f"{keys[kind]}={f}")
+    # synthesis: the guide's segmenter judges layout fidelity; the oracle's segmentation (cf.oracle_ckpt) steers
+    words.append(f"synthesis.judge_ckpt={pack / 'guide.ckpt'}")
     return words
 
 
@@ -190,6 +203,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
     p.add_argument("--scratch", action="store_true", help="train the four models first (tiny preset, ~10 minutes)")
     p.add_argument("--pack", default=PACK_DIR, help=f"model pack folder (default {PACK_DIR})")
     p.add_argument("--preset", default=None, help="preset name or file (default: demo with the pack, tiny with --scratch)")
+    p.add_argument("--no-synthesis", action="store_true", help="skip the synthesis page (layouts and edits) after the counterfactuals")
     ns = p.parse_intermixed_args(list(argv))
 
     t0 = time.perf_counter()
@@ -198,8 +212,9 @@ def cmd_demo(argv: Sequence[str]) -> int:
         times = train_models(words)
     else:
         pack = Path(ns.pack)
+        # the synthesis page: 8 test layouts x 2 samples and their edits (about a minute on a laptop CPU)
         words = pipeline_group([_preset_file(ns.preset or PACK_PRESET), "paths.runs=runs/demo", *pack_words(pack),
-                                *ns.args], "demo")
+                                "synthesis.limit=8", "synthesis.count=2", *ns.args], "demo")
         times = {}
         for line in pack_summary(pack):
             print(line)
@@ -214,13 +229,28 @@ def cmd_demo(argv: Sequence[str]) -> int:
 
     cfg = config_from_args(words)
     out = Path(cfg.cf.out)
+    syn_report = None
+    if not ns.scratch and not ns.no_synthesis:
+        print("[synthesis] layouts and edits of test frames with the pack's synthesis model")
+        t2 = time.perf_counter()
+        syn_out = Path(cfg.paths.runs) / "synthesis"
+        code = _call("diffice.commands.synthesis:cmd_synthesize")(
+            [str(cfg.synthesis.ckpt), *words, "--test", "--out", str(syn_out)])
+        if code:
+            return code
+        times["synthesis"] = time.perf_counter() - t2
+        syn_report = syn_out / "report.html"
+    elif ns.scratch:
+        print("[synthesis] not trained by --scratch (it would double the time): "
+              "make train-synthesis, then diffice synthesize runs/synthesis/last.ckpt --test")
     if ns.scratch:
         for line in judges_summary(Path(cfg.paths.runs)):
             print(line)
     total = time.perf_counter() - t0
     print("demo stages: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()) + f"; total {total / 60:.1f} min")
     report = out / "report.html"
-    print(f"demo finished: open {report if report.exists() else out}")
+    print(f"demo finished: open {report if report.exists() else out}"
+          + (f" and the synthesis page {syn_report}" if syn_report is not None and syn_report.exists() else ""))
     return 0
 
 
@@ -293,7 +323,7 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
     words = pipeline_group([preset, f"paths.runs={ns.runs}", *ns.args], "demo-models")
     cfg = config_from_args(words)
     t0 = time.perf_counter()
-    times = train_models(words)
+    times = train_models(words, synthesis=True)
     out = Path(ns.out)
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -324,6 +354,8 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
                             "use smaller networks in the preset")
         print("[pack] checking the fp16 pack: DDPM reconstruction at cf.tau (ddpm-check)")
         check = _pack_ddpm_check(tmp, cfg)
+        print("[pack] checking the fp16 pack: synthesis of test layouts and edits (synthesize --test)")
+        models["synthesis"]["test"] = _pack_synthesis_check(tmp, words)
         commit, dirty = _git_commit()
         prov = {
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -349,6 +381,24 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
     for line in pack_summary(out):
         print(line)
     return 0
+
+
+def _pack_synthesis_check(pack: Path, words: Sequence[str]) -> dict:
+    """``synthesize --test`` with the pack's files (no report, no W&B): its metrics.json."""
+    import shutil
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="diffice-pack-synthesis-"))
+    try:
+        args = [str(pack / "synthesis.ckpt"), *words, *pack_words(pack, need_provenance=False), "wandb.mode=disabled",
+                "--test", "--out", str(out), "--no-report"]
+        if _call("diffice.commands.synthesis:cmd_synthesize")(args):
+            raise UserError(f"{pack}: the synthesis check failed")
+        m = json.loads((out / "metrics.json").read_text())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    m.pop("ckpt", None)
+    return m
 
 
 def _pack_ddpm_check(pack: Path, cfg) -> dict:
@@ -389,7 +439,9 @@ def read_experiment(path: str | Path) -> tuple[dict, dict, dict]:
     runs = data.pop("runs", None)
     if not isinstance(runs, dict) or not runs:
         raise UserError(f"{path}: key 'runs' must map each row's label to its config keys")
-    options = {k: data.pop(k) for k in ("description", "tau_scale", "name") if k in data}
+    options = {k: data.pop(k) for k in ("description", "tau_scale", "name", "kind") if k in data}
+    if options.get("kind", "counterfactuals") not in ("counterfactuals", "synthesis"):
+        raise UserError(f"{path}: kind '{options['kind']}' is not counterfactuals or synthesis")
     for label, layer in runs.items():
         if layer is not None and not isinstance(layer, dict):
             raise UserError(f"{path}: runs.{label} must be a mapping of config keys")
@@ -444,6 +496,10 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     from diffice.report.tables import markdown_report
 
     base, runs, options = read_experiment(ns.experiment)
+    if options.get("kind") == "synthesis":
+        from diffice.commands.synthesis import run_synthesis_experiment
+
+        return run_synthesis_experiment(ns, base, runs, options)
     tau_scale = _tau_scale(options.get("tau_scale"), ns.preset, ns.experiment)  # checked before any training
     name = str(options.get("name") or Path(ns.experiment).stem)
     files, overrides = split_args(ns.args)

@@ -49,12 +49,14 @@ PALETTE = np.array(
 )
 
 
-def frame_dir(out: str | Path, index: int) -> Path:
-    return Path(out) / "frames" / f"{int(index):06d}"
+def frame_dir(out: str | Path, index: int | str, folder: str = "frames") -> Path:
+    """``{out}/{folder}/{index:06d}`` (a str index is used as the name as it is: the synthesis
+    layer's ``{index:06d}-{k}`` edit folders)."""
+    return Path(out) / folder / (index if isinstance(index, str) else f"{int(index):06d}")
 
 
-def is_finished(out: str | Path, index: int) -> bool:
-    return (frame_dir(out, index) / RECORD).is_file()
+def is_finished(out: str | Path, index: int | str, folder: str = "frames") -> bool:
+    return (frame_dir(out, index, folder) / RECORD).is_file()
 
 
 def overlay(grey: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -83,19 +85,21 @@ def _tmp_dir(d: Path) -> Path:
     return d.with_name(f".{d.name}.tmp")
 
 
-def remove_unfinished(out: str | Path) -> int:
-    """Remove the temporary frame folders a killed run left in ``{out}/frames``; returns how many."""
-    frames = Path(out) / "frames"
+def remove_unfinished(out: str | Path, folder: str = "frames") -> int:
+    """Remove the temporary frame folders a killed run left in ``{out}/{folder}``; returns how many."""
+    frames = Path(out) / folder
     stale = sorted(frames.glob(".*.tmp")) if frames.is_dir() else []
     for d in stale:
         shutil.rmtree(d, ignore_errors=True)
     return len(stale)
 
 
-def write_frame(out: str | Path, record: dict, images: dict[str, np.ndarray]) -> Path:
+def write_frame(out: str | Path, record: dict, images: dict[str, np.ndarray], folder: str = "frames",
+                name: str | None = None) -> Path:
     """Write one frame's PNGs (uint8 arrays by file name) and ``record.json`` into a temporary
-    folder, then rename it into place: the frame's folder exists only when it is complete."""
-    d = frame_dir(out, record["index"])
+    folder, then rename it into place: the frame's folder exists only when it is complete.
+    The folder is ``{out}/{folder}/{index:06d}`` (or ``{out}/{folder}/{name}``)."""
+    d = frame_dir(out, name if name is not None else record["index"], folder)
     tmp = _tmp_dir(d)
     try:
         if tmp.exists():
@@ -118,20 +122,20 @@ def write_frame(out: str | Path, record: dict, images: dict[str, np.ndarray]) ->
     return d
 
 
-def read_record(out: str | Path, index: int) -> dict | None:
-    path = frame_dir(out, index) / RECORD
+def read_record(out: str | Path, index: int | str, folder: str = "frames") -> dict | None:
+    path = frame_dir(out, index, folder) / RECORD
     if not path.is_file():
         return None
     return json.loads(path.read_text())
 
 
-def read_records(out: str | Path, indices: Iterable[int] | None = None) -> list[dict]:
+def read_records(out: str | Path, indices: Iterable[int] | None = None, folder: str = "frames") -> list[dict]:
     """Records of the given dataset indices (all finished frames if None), in index order."""
     out = Path(out)
     if indices is None:
-        paths = sorted(p for p in (out / "frames").glob(f"*/{RECORD}") if not p.parent.name.startswith("."))
+        paths = sorted(p for p in (out / folder).glob(f"*/{RECORD}") if not p.parent.name.startswith("."))
         return [json.loads(p.read_text()) for p in paths]
-    recs = [read_record(out, i) for i in sorted(set(int(i) for i in indices))]
+    recs = [read_record(out, i, folder) for i in sorted(set(int(i) for i in indices))]
     return [r for r in recs if r is not None]
 
 

@@ -11,6 +11,8 @@ Every item is a dict::
     has_target, has_mask   bool
     index     int64: position in the full ("all") data set, stable across splits and batches
     id        str: file stem / phantom id
+    plane     int64 scalar: 0 trans-thalamic, 1 trans-ventricular, 2 trans-cerebellar, -1 unknown
+    ga        float32 scalar: gestational age in weeks, NaN unknown
 """
 
 from __future__ import annotations
@@ -111,6 +113,14 @@ class FrameSource:
     patients: list[str]
     splits: np.ndarray  # object (N,) of "train" | "val" | "test"
     ids: list[str]
+    planes: np.ndarray | None = None  # int64 (N,): index into PLANES, -1 unknown (None: all unknown)
+    ga: np.ndarray | None = None  # float32 (N,): gestational age in weeks, NaN unknown
+
+    def plane_of(self, index: int) -> int:
+        return -1 if self.planes is None else int(self.planes[index])
+
+    def ga_of(self, index: int) -> float:
+        return math.nan if self.ga is None else float(self.ga[index])
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -142,6 +152,9 @@ class PhantomSource(FrameSource):
         self.patients = [f"p{i // self.fpp:05d}" for i in range(count)]
         self.ids = [f"phantom_s{self.seed}_{i:06d}" for i in range(count)]
         self.splits = patient_splits(self.patients, self.labels, split_fractions, split_seed)
+        frames = [ph.sample_frame(i, self.seed, self.sp_fraction, self.fpp) for i in range(count)]
+        self.planes = np.array([ph.plane_of(f["faults"]) for f in frames], dtype=np.int64)
+        self.ga = np.array([ph.ga_weeks(self.seed, f["patient"]) for f in frames], dtype=np.float32)
 
     def render(self, index: int) -> dict:
         return ph.render_frame(index, self.size, self.seed, self.sp_fraction, self.fpp)
@@ -174,6 +187,8 @@ class RecordSource(FrameSource):
         self.labels = np.array([r.label for r in records], dtype=np.int64)
         self.patients = [r.patient or f"row{i}" for i, r in enumerate(records)]
         self.ids = [r.id for r in records]
+        self.planes = np.array([r.plane for r in records], dtype=np.int64)
+        self.ga = np.array([r.ga for r in records], dtype=np.float32)
         given = np.array([r.split for r in records], dtype=object)
         missing = np.array([s is None for s in given])
         splits = given.copy()
@@ -250,6 +265,8 @@ class FrameDataset(Dataset):
             "has_mask": torch.tensor(has_mask),
             "index": torch.tensor(index, dtype=torch.int64),
             "id": self.source.ids[index],
+            "plane": torch.tensor(self.source.plane_of(index), dtype=torch.int64),
+            "ga": torch.tensor(self.source.ga_of(index), dtype=torch.float32),
         }
 
 

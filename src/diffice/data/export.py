@@ -21,7 +21,7 @@ from diffice.data.datasets import patient_splits
 from diffice.errors import UserError
 from diffice.io import atomic_write_text, save_png
 
-COLUMNS = ["image", "id", "label", "patient", "split", "mask", "target", *ph.CONCEPTS, "quality", "faults"]
+COLUMNS = ["image", "id", "label", "patient", "split", "mask", "target", *ph.CONCEPTS, "quality", "faults", "plane", "ga"]
 
 
 def write_phantoms(cfg: DictConfig, out: str | Path, count: int, seed: int, progress: bool = True) -> Path:
@@ -61,6 +61,8 @@ def write_phantoms(cfg: DictConfig, out: str | Path, count: int, seed: int, prog
             **{c: f"{fr['concepts'][c]:.6f}" for c in ph.CONCEPTS},
             "quality": f"{fr['quality']:.6f}",
             "faults": "+".join(fr["faults"]),
+            "plane": ph.PLANES[fr["plane"]],
+            "ga": f"{fr['ga']:.2f}",
         })
         latents.append(json.dumps({"id": fr["id"], "index": i, **_plain(fr["latents"])}))
     buf = io.StringIO()

@@ -92,6 +92,10 @@ LOOK = {
 
 # NSP fault kinds and their relative frequencies.
 FAULTS = ("cerebellar", "ventricular", "no_csp", "blur", "contrast", "noise")
+# the brain planes a frame can show (index = the ``plane`` of the data contract); a tilt
+# fault moves the frame into the trans-ventricular or trans-cerebellar plane
+PLANES = ("trans-thalamic", "trans-ventricular", "trans-cerebellar")
+GA_WEEKS = (18.0, 36.0)  # gestational-age range of a patient's ga in [0, 1] (about HC18's)
 FAULT_P = np.array([0.25, 0.2, 0.15, 0.2, 0.1, 0.1])
 
 
@@ -341,6 +345,22 @@ def sample_frame(index: int, seed: int = 0, sp_fraction: float = 0.152, frames_p
             else:  # blur | contrast | noise
                 actual[f] = g.uniform(0.75, 1.0)
     return {"index": index, "patient": patient, "sp": sp, "faults": faults, "good": good, "actual": actual}
+
+
+def plane_of(faults: list[str]) -> int:
+    """Index into :data:`PLANES` of a frame with these faults (the first tilt fault decides)."""
+    for f in faults:
+        if f == "ventricular":
+            return 1
+        if f == "cerebellar":
+            return 2
+    return 0
+
+
+def ga_weeks(seed: int, patient: int) -> float:
+    """Gestational age in weeks of a phantom patient (its head size grows with it)."""
+    lo, hi = GA_WEEKS
+    return lo + (hi - lo) * float(sample_patient(seed, patient)["ga"])
 
 
 def concepts_of(lat: dict) -> dict[str, float]:
@@ -637,8 +657,8 @@ def render_frame(
 
     Returns ``image`` and ``target`` (uint8 HxW, 0..255; target None if not asked for),
     ``mask`` (uint8 HxW class indices), ``concepts`` (dict of floats in [0, 1]), ``quality``
-    (mean concept), ``label`` (1 SP, 0 NSP), ``patient`` (int), ``id`` (str), ``faults`` (list)
-    and ``latents`` (dict: patient, frame, good).
+    (mean concept), ``label`` (1 SP, 0 NSP), ``patient`` (int), ``id`` (str), ``faults`` (list),
+    ``plane`` (index into :data:`PLANES`), ``ga`` (gestational age in weeks) and ``latents`` (dict: patient, frame, good).
     """
     height, width = int(size[0]), int(size[1])
     fr = sample_frame(index, seed, sp_fraction, frames_per_patient)
@@ -679,5 +699,7 @@ def render_frame(
         "patient": fr["patient"],
         "id": f"phantom_s{seed}_{index:06d}",
         "faults": [str(f) for f in fr["faults"]],
+        "plane": plane_of(fr["faults"]),
+        "ga": ga_weeks(seed, fr["patient"]),
         "latents": {"patient": dict(pat), "frame": act, "good": good},
     }

@@ -43,6 +43,41 @@ class Record:
     mask_kind: str = "index"  # index: PNG of class indices | outline: one-pixel ellipse to fill
     concepts: dict[str, float] = field(default_factory=dict)
     target: Path | None = None
+    plane: int = -1  # index into PLANES, -1 unknown
+    ga: float = math.nan  # gestational age in weeks, NaN unknown
+
+
+PLANE_WORDS = {
+    "trans-thalamic": 0, "tt": 0, "transthalamic": 0,
+    "trans-ventricular": 1, "tv": 1, "transventricular": 1,
+    "trans-cerebellar": 2, "trans-cerebellum": 2, "tc": 2, "transcerebellar": 2,
+    "": -1, "unknown": -1, "none": -1, "nan": -1, "-1": -1,
+}
+
+
+def parse_plane(value, where: str) -> int:
+    """A plane name (trans-thalamic | trans-ventricular | trans-cerebellar, or TT / TV / TC, or
+    0 / 1 / 2) as an index into PLANES; empty = unknown (-1)."""
+    key = str(value).strip().lower()
+    if key in ("0", "1", "2"):
+        return int(key)
+    if key not in PLANE_WORDS:
+        raise UserError(f"{where}: plane '{value}' is not trans-thalamic, trans-ventricular, trans-cerebellar (TT, TV, TC) or empty")
+    return PLANE_WORDS[key]
+
+
+def parse_ga(value, where: str) -> float:
+    """Gestational age in weeks (10 to 45), empty = unknown (NaN)."""
+    s = str(value).strip()
+    if s == "" or s.lower() in ("nan", "none"):
+        return math.nan
+    try:
+        x = float(s)
+    except ValueError as err:
+        raise UserError(f"{where}: gestational age '{value}' is not a number of weeks") from err
+    if not 10.0 <= x <= 45.0:
+        raise UserError(f"{where}: gestational age {x} weeks is outside 10 to 45")
+    return x
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -152,7 +187,7 @@ def _parse_float(value: str, where: str) -> float:
 
 def read_manifest(csv_path: str | Path) -> list[Record]:
     """Read a manifest CSV (DESIGN.md): required ``image``; optional ``label``, ``patient``,
-    ``split``, ``mask``, ``qs_*``, ``target``, ``id``. Paths are relative to the CSV's folder."""
+    ``split``, ``mask``, ``qs_*``, ``target``, ``id``, ``plane``, ``ga`` (weeks). Paths are relative to the CSV's folder."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: manifest CSV not found (set data.manifest)")
@@ -189,6 +224,8 @@ def read_manifest(csv_path: str | Path) -> list[Record]:
                 mask=(base / mask) if mask else None,
                 concepts=concepts,
                 target=(base / target) if target else None,
+                plane=parse_plane(row.get("plane", ""), f"{where} column plane"),
+                ga=parse_ga(row.get("ga", ""), f"{where} column ga"),
             )
         )
     return records
@@ -216,7 +253,9 @@ def hc18_records(root: str | Path) -> list[Record]:
             continue
         ann = p.with_name(p.stem + "_Annotation.png")
         records.append(
-            Record(image=p, id=p.stem, patient=m.group(1), mask=ann if ann.is_file() else None, mask_kind="outline")
+            # HC18 frames are the plane head circumference is measured on: trans-thalamic
+            Record(image=p, id=p.stem, patient=m.group(1), mask=ann if ann.is_file() else None, mask_kind="outline",
+                   plane=0)
         )
     if not records:
         raise UserError(f"{folder}: no HC18 images (NNN_HC.png) found; check data.root")
@@ -264,6 +303,7 @@ def fpdb_records(root: str | Path) -> list[Record]:
                 label=label,
                 patient=row["Patient_num"],
                 split="train" if train == "1" else "test",
+                plane=PLANE_WORDS[row["Brain_plane"].lower()],
             )
         )
     return records

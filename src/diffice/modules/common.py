@@ -3,7 +3,7 @@ built from config, atomic resumable checkpointing, and the W&B (or CSV) logger.
 
 A checkpoint written by diffice holds, besides Lightning's own keys::
 
-    checkpoint["diffice"] = {"kind": "ddpm" | "segmenter" | "classifier" | "oracle",
+    checkpoint["diffice"] = {"kind": "ddpm" | "segmenter" | "classifier" | "oracle" | "synthesis",
                              "config": <resolved config as a dict>, "version": "0.1.0"}
 
 so that :func:`load_checkpoint` can rebuild the model from the path alone and refuse a
@@ -39,6 +39,7 @@ KINDS: dict[str, str] = {
     "segmenter": "diffice.modules.segmenter:SegmenterModule",
     "classifier": "diffice.modules.classifier:ClassifierModule",
     "oracle": "diffice.modules.oracle:OracleModule",
+    "synthesis": "diffice.modules.synthesis:SynthesisModule",
 }
 
 LAST = "last.ckpt"

@@ -36,7 +36,7 @@ class DDPMModule(DifficeModule):
 
     def __init__(self, cfg: DictConfig, *, load_pretrained: bool = True):
         super().__init__(cfg)
-        self.model = build_unet(cfg)
+        self.model = self.build_model(cfg)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
         self.diffusion = build_diffusion(cfg)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))  # saved with the weights
@@ -45,6 +45,10 @@ class DDPMModule(DifficeModule):
         self._quarters = (torch.zeros(4), torch.zeros(4, dtype=torch.long))  # loss sums and counts
         self._check_frames: list = []  # validation SP frames for the reconstruction check
         self._segmenter = None
+
+    def build_model(self, cfg: DictConfig):
+        """The denoiser (the synthesis layer's subclass returns its conditional one)."""
+        return build_unet(cfg)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.model(x, t)
@@ -252,8 +256,10 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def check_compatible(path: str | os.PathLike, ckpt: dict, cfg: DictConfig, keys: Sequence[str] = ARCH_KEYS) -> None:
-    """UserError unless the DDPM checkpoint ``ckpt`` has grey input and the same ``keys`` as ``cfg``."""
+def check_compatible(path: str | os.PathLike, ckpt: dict, cfg: DictConfig, keys: Sequence[str] = ARCH_KEYS,
+                     what: str = "DDPM") -> None:
+    """UserError unless the DDPM checkpoint ``ckpt`` has grey input and the same ``keys`` as ``cfg``
+    (``what`` names the model in the message: the synthesis layer checks its own checkpoints so)."""
     weight = ckpt.get("state_dict", {}).get("model.net.conv_in.weight")
     if weight is not None and weight.shape[1] != IN_CHANNELS:
         raise UserError(f"{path}: the DDPM takes {weight.shape[1]}-channel frames; diffice frames are grey ({IN_CHANNELS} channel)")
@@ -261,10 +267,10 @@ def check_compatible(path: str | os.PathLike, ckpt: dict, cfg: DictConfig, keys:
     for key in keys:
         a, b = _get(theirs, key), _get(ours, key)
         if a != b:
-            what = "image size" if key == "data.image_size" else key
+            label = "image size" if key == "data.image_size" else key
             raise UserError(
-                f"{path}: the DDPM was trained with {key}={a}, the config asks for {b}; "
-                f"set {key}={a} or train a DDPM for this {what} (another paths.runs)"
+                f"{path}: the {what} was trained with {key}={a}, the config asks for {b}; "
+                f"set {key}={a} or train a {what} for this {label} (another paths.runs)"
             )
 
 

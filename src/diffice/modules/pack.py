@@ -8,7 +8,8 @@ load). ``modules.common.load_checkpoint`` reads pack files and full checkpoints 
 ``weights_only=True``), so every command takes a pack file wherever it takes a checkpoint.
 
 Files of a pack (``models/demo/``): ``ddpm.ckpt``, ``guide.ckpt`` (the classifier, which
-carries its frozen segmenter), ``oracle.ckpt`` and ``PROVENANCE.json``.
+carries its frozen segmenter), ``oracle.ckpt``, ``synthesis.ckpt`` (the layout-conditioned
+DDPM, EMA weights) and ``PROVENANCE.json``.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ PACK_FILES: dict[str, tuple[str, str]] = {
     "ddpm.ckpt": ("ddpm", "ddpm"),
     "guide.ckpt": ("classifier", "classifier"),
     "oracle.ckpt": ("oracle", "oracle"),
+    "synthesis.ckpt": ("synthesis", "synthesis"),
 }
+EMA_KINDS = ("ddpm", "synthesis")  # packed as their EMA weights only
 
 
 def pack_state(kind: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors a pack keeps of a module's state dict, floating ones as float16."""
-    if kind == "ddpm":
+    if kind in EMA_KINDS:
         state = {k: v for k, v in state.items() if not k.startswith("model.")}
     out = {}
     for k, v in state.items():
@@ -49,7 +52,7 @@ def pack_state(kind: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def unpack_state(kind: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A pack's state dict made whole again: the DDPM's trained weights are its EMA weights."""
-    if kind == "ddpm" and not any(k.startswith("model.") for k in state):
+    if kind in EMA_KINDS and not any(k.startswith("model.") for k in state):
         state = dict(state)
         state.update({"model." + k[len("ema_model."):]: v for k, v in state.items() if k.startswith("ema_model.")})
     return state

@@ -63,7 +63,7 @@ class UNet(nn.Module):
     def out_channels(self) -> int:
         return self.net.config.out_channels
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         f = self.downsample_factor
         if h % f or w % f:
@@ -74,7 +74,7 @@ class UNet(nn.Module):
         if not torch.is_tensor(t):
             t = torch.tensor([t], device=x.device)
         t = t.to(x.device).reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.to(x.device)
-        return self.net(x, t).sample
+        return self.net(x, t, class_labels=class_labels).sample
 
 
 def _norm_groups(widths: list[int]) -> int:
@@ -85,8 +85,12 @@ def _norm_groups(widths: list[int]) -> int:
     return max(d for d in range(1, 33) if g % d == 0)
 
 
-def build_unet(cfg: DictConfig) -> UNet:
-    """The guided-diffusion style UNet described by ``cfg.unet`` and ``cfg.diffusion.learn_sigma``."""
+def build_unet(cfg: DictConfig, *, extra_in_channels: int = 0, class_embedding: bool = False) -> UNet:
+    """The guided-diffusion style UNet described by ``cfg.unet`` and ``cfg.diffusion.learn_sigma``.
+
+    ``extra_in_channels``: condition channels concatenated after the frame (the synthesis
+    layer's layout); ``class_embedding``: ``forward`` takes ``class_labels``, a vector of the
+    timestep embedding's width added to it (diffusers' ``class_embed_type="identity"``)."""
     u = cfg.unet
     mult = [int(m) for m in u.channel_mult]
     if not mult or min(mult) < 1:
@@ -115,7 +119,8 @@ def build_unet(cfg: DictConfig) -> UNet:
     out_channels = IN_CHANNELS * (2 if cfg.diffusion.learn_sigma else 1)
     net = UNet2DModel(
         sample_size=tuple(int(s) for s in cfg.data.image_size),
-        in_channels=IN_CHANNELS,
+        in_channels=IN_CHANNELS + int(extra_in_channels),
+        class_embed_type="identity" if class_embedding else None,
         out_channels=out_channels,
         # guided-diffusion's timestep embedding: [cos, sin] with frequencies exp(-ln(1e4) i / half)
         time_embedding_type="positional",

@@ -95,3 +95,72 @@ def log_run(run_dir: Path, cfg, metrics: dict, records: list[dict], concepts: li
             return str(run_folder(run))
         finally:
             run.finish()
+
+
+# the run-folder files a synthesis run's artifact references
+SYN_OUTPUTS = ("config.yaml", "results.csv", "metrics.json", "report.html", "layouts", "edits")
+
+
+def log_synthesis(out: Path, cfg, metrics: dict, layouts: list[dict], edits: list[dict]) -> str | None:
+    """Log a synthesis run: scalars, a layouts table (layout, real frame, sample, judge overlay,
+    Dice per structure) and an edits table (source, edited layout, edited frame, difference)
+    as picture tables, its lineage (data set, synthesis model, steering segmenter, judge) and
+    its outputs as a ``synthesis`` artifact. None when W&B is disabled."""
+    from diffice.tracking import (
+        init_run,
+        log_outputs_artifact,
+        log_picture_table,
+        run_folder,
+        staged_in_run,
+        use_checkpoint,
+        use_dataset,
+        warn,
+    )
+
+    if wandb_mode(cfg) == "disabled":
+        return None
+    out = Path(out)
+    classes = list(cfg.data.classes)
+    run = init_run(cfg, name=f"{cfg.name}-synthesis", job_type="synthesis", dir=out)
+    with staged_in_run(run):
+        try:
+            use_dataset(run, cfg)
+            for path, kind in ((metrics.get("ckpt"), "synthesis"), (cfg.synthesis.segmenter_ckpt if metrics.get("two_stage") else None, None),
+                               (metrics.get("judge"), None)):
+                if path:
+                    try:
+                        use_checkpoint(run, path, kind)
+                    except UserError as err:
+                        warn(f"W&B lineage: {path} not recorded ({err})")
+            scalars = {f"synthesis/{k}": v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            for key in ("dice", "dice_stage1", "dice_real"):
+                scalars.update({f"synthesis/{key}_{c}": v for c, v in (metrics.get(key) or {}).items() if v is not None})
+            run.log(scalars)
+            run.summary.update(scalars)
+
+            def png(p: Path):
+                return p.read_bytes() if p.is_file() else None
+
+            rows = []
+            for r in layouts:
+                d = out / "layouts" / f"{int(r['index']):06d}"
+                for j, s in enumerate(r["samples"]):
+                    rows.append([f"{int(r['index']):06d}-{j}", int(r["index"]), str(r["id"]), r.get("plane"), png(d / "layout.png"),
+                                 png(d / "real.png"), png(d / f"stage1_{j}.png"), png(d / f"sample_{j}.png"), png(d / f"judge_{j}.png"),
+                                 *[(s.get("judge_dice") or {}).get(c) for c in classes[1:]]])
+            if rows:
+                log_picture_table(run, "synthesis/layouts", ["sample", "index", "id", "plane", "layout", "real", "stage1", "final", "judge",
+                                                             *[f"dice_{c}" for c in classes[1:]]], rows, label_column="sample")
+            erows = []
+            for r in edits:
+                d = out / "edits" / r["name"]
+                erows.append([r["name"], r["edit"], png(d / "source.png"), png(d / "layout_after.png"), png(d / "edited.png"),
+                              png(d / "diff.png"), r["psnr_outside"], r.get("edit_accuracy")])
+            if erows:
+                log_picture_table(run, "synthesis/edits", ["name", "edit", "source", "layout_after", "edited", "diff", "psnr_outside",
+                                                           "edit_accuracy"], erows, label_column="name")
+            log_outputs_artifact(run, f"synthesis-{cfg.name}", "synthesis", out, SYN_OUTPUTS,
+                                 metadata={"layouts": len(layouts), "edits": len(edits), **scalars})
+            return str(run_folder(run))
+        finally:
+            run.finish()

@@ -1,0 +1,246 @@
+"""``diffice train-synthesis`` and ``diffice synthesize``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+
+def cmd_train_synthesis(argv: Sequence[str]) -> int:
+    from diffice.config import config_from_args
+    from diffice.modules.synthesis import train_synthesis
+
+    p = argparse.ArgumentParser(
+        prog="diffice train-synthesis",
+        description="Train the layout-conditioned DDPM of FetalFlex-style synthesis (pre-alignment first, then the "
+        "diffusion with condition dropout). A run folder holding last.ckpt is resumed.",
+    )
+    p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides, in order")
+    p.add_argument("--folder", default="synthesis", help="run folder under paths.runs (default synthesis), e.g. for an ablation's twin model")
+    ns = p.parse_intermixed_args(argv)
+    from diffice.errors import UserError
+
+    if not ns.folder or "/" in ns.folder or ns.folder.startswith("."):
+        raise UserError(f"--folder {ns.folder!r}: a plain folder name under paths.runs")
+    cfg = config_from_args(ns.args)
+    last = train_synthesis(cfg, stage=ns.folder)
+    print(f"synthesis checkpoint: {last}")
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    from diffice.errors import UserError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available (use --device cpu)")
+    return name
+
+
+def cmd_synthesize(argv: Sequence[str]) -> int:
+    import math
+    from pathlib import Path
+
+    import numpy as np
+
+    from diffice.config import config_from_args, save_config
+    from diffice.data.sources import load_image, parse_ga, parse_plane
+    from diffice.errors import UserError
+    from diffice.synthesis import run as R
+    from diffice.synthesis.layouts import read_layout
+
+    p = argparse.ArgumentParser(
+        prog="diffice synthesize",
+        description="Synthesise frames whose anatomy follows a layout (--layout MASK.png --count N), edit a frame's anatomy "
+        "(--edit FRAME.png --layout EDITED_MASK.png), or evaluate on the data set's test layouts and their edits (--test). "
+        "A layout is a PNG of class indices (data.classes; 255 = unspecified) at the model's frame size. "
+        "Finished items in --out are kept, so an interrupted run resumes.",
+    )
+    p.add_argument("ckpt", help="synthesis checkpoint (runs/synthesis/last.ckpt or models/demo/synthesis.ckpt)")
+    p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides (synthesis.*, data.* for --test)")
+    p.add_argument("--layout", help="layout PNG (class indices) to synthesise, or the edited layout with --edit")
+    p.add_argument("--edit", help="frame (PNG) to edit to --layout; outside the changed anatomy it is kept (RePaint)")
+    p.add_argument("--source-layout", help="with --edit: the frame's own layout (default: segmented by synthesis.segmenter_ckpt)")
+    p.add_argument("--plane", default="", help="trans-thalamic | trans-ventricular | trans-cerebellar (TT / TV / TC); default unknown")
+    p.add_argument("--ga", default="", help="gestational age in weeks; default unknown")
+    p.add_argument("--count", type=int, default=None, help="samples per layout (default synthesis.count)")
+    p.add_argument("--test", action="store_true", help="the split's layouts (synthesis.limit of them) and their edits (synthesis.edits), with metrics")
+    p.add_argument("--out", default=None, help="output folder (default synthesis.out)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--no-realism", action="store_true", help="--test: skip FID / FSD")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ns = p.parse_intermixed_args(argv)
+    modes = sum(bool(x) for x in (ns.test, ns.edit, ns.layout and not ns.edit))
+    if modes != 1:
+        raise UserError("give exactly one of --layout MASK.png, --edit FRAME.png --layout EDITED.png, or --test")
+    if ns.edit and not ns.layout:
+        raise UserError("--edit FRAME.png needs --layout EDITED_MASK.png (the layout the frame should have)")
+    count = int(ns.count) if ns.count is not None else None
+    if count is not None and count < 1:
+        raise UserError("--count must be at least 1")
+    cfg = config_from_args(ns.args)
+    out = Path(ns.out or cfg.synthesis.out)
+    device = _device(ns.device)
+    plane = parse_plane(ns.plane, "--plane")
+    ga = parse_ga(ns.ga, "--ga")
+    if ns.test:
+        syn = R.Synthesizer(cfg, ns.ckpt, device)
+        count = count or int(cfg.synthesis.count)
+        limit = cfg.synthesis.limit
+        layouts, edits, dm = R.test_jobs(cfg, syn, None if limit is None else int(limit), list(cfg.synthesis.edits))
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        lrecs = R.run_layouts(out, syn, layouts, count, int(cfg.synthesis.batch_size))
+        erecs = R.run_edits(out, syn, edits, int(cfg.synthesis.batch_size))
+        realism = None if ns.no_realism else R.realism_metrics(cfg, syn, out, lrecs, dm, device)
+        m = R.finish(out, cfg, syn, lrecs, erecs, realism, report=not ns.no_report)
+        _print_summary(m, syn.classes, out)
+        return 0
+    syn = R.Synthesizer(cfg, ns.ckpt, device, need_steer=not ns.edit, need_judge=True)
+    layout = read_layout(ns.layout, syn.classes, syn.size)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if ns.edit:
+        source = load_image(Path(ns.edit))
+        if source.shape != layout.shape:
+            raise UserError(f"{ns.edit}: frame is {source.shape[1]}x{source.shape[0]} (WxH) but the layout {ns.layout} is "
+                            f"{layout.shape[1]}x{layout.shape[0]}; the frame and its edited layout must have the same size")
+        src = source * 2.0 - 1.0
+        if ns.source_layout:
+            before = read_layout(ns.source_layout, syn.classes, syn.size)
+        else:
+            import torch
+
+            seg, _, _ = R.M.load_segment(cfg.synthesis.segmenter_ckpt, device)
+            before = seg(torch.from_numpy(src)[None, None].float())[0].numpy().astype(np.int64)
+        if (before == layout).all():
+            raise UserError(f"{ns.layout}: the edited layout equals the frame's own layout; nothing to edit")
+        job = R.EditJob("000000-0", 0, Path(ns.edit).stem, f"layout {Path(ns.layout).name}", src.astype(np.float32), before, layout, plane, ga)
+        erecs = R.run_edits(out, syn, [job], 1)
+        m = R.finish(out, cfg, syn, [], erecs, None, report=not ns.no_report)
+        _print_summary(m, syn.classes, out)
+        return 0
+    job = R.LayoutJob(0, Path(ns.layout).stem, layout, plane, ga if not math.isnan(ga) else math.nan)
+    lrecs = R.run_layouts(out, syn, [job], count or int(cfg.synthesis.count), int(cfg.synthesis.batch_size))
+    m = R.finish(out, cfg, syn, lrecs, [], None, report=not ns.no_report)
+    _print_summary(m, syn.classes, out)
+    return 0
+
+
+def _print_summary(m: dict, classes: list[str], out) -> None:
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    if m.get("samples"):
+        print(f"{m['samples']} samples of {m['layouts']} layouts ({m.get('seconds_per_sample', 0):.1f} s per sample)")
+    if m.get("dice"):
+        print("layout Dice (judge): " + ", ".join(f"{c} {f(m['dice'].get(c))}" for c in classes[1:]))
+    if m.get("dice_real"):
+        print("  real frames:        " + ", ".join(f"{c} {f(m['dice_real'].get(c))}" for c in classes[1:]))
+    if m.get("fid") is not None:
+        print(f"FID {m['fid']:.1f} (real vs real {f(m.get('fid_floor'))}), FSD {f(m.get('fsd'))} (real vs real {f(m.get('fsd_floor'))})")
+    if m.get("edits"):
+        print(f"{m['edits']} edits: PSNR outside the edit mean {f(m.get('edit_psnr_outside_mean'))} dB, min {f(m.get('edit_psnr_outside_min'))}; "
+              f"edited pixels as requested {f(m.get('edit_accuracy'))} (source {f(m.get('edit_accuracy_source'))})")
+    print(f"run folder: {out} (report.html, results.csv, metrics.json)")
+
+
+# ----------------------------------------------------------------------------- experiment
+
+ABLATION_COLUMNS = (
+    ("dice", "head", "Dice head"), ("dice", "bone", "Dice bone"), ("dice", "th", "Dice TH"), ("dice", "csp", "Dice CSP"),
+    (None, "fid", "FID ↓"), (None, "fsd", "FSD ↓"), (None, "diversity_l1", "diversity L1"),
+    (None, "edit_psnr_outside_mean", "edit PSNR outside (dB)"), (None, "edit_psnr_outside_min", "min"),
+    (None, "edit_psnr_outside_at_least_30", "edits ≥ 30 dB"), (None, "edit_accuracy", "edit followed"),
+    (None, "seconds_per_sample", "s / sample"),
+)
+
+
+def synthesis_table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown table of synthesis runs (label, metrics.json), plus each run's stage-1 Dice and the
+    judge's ceiling on real frames where the run has them."""
+
+    def cell(m, section, key):
+        v = (m.get(section) or {}).get(key) if section else m.get(key)
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.1f}" if key in ("fid", "fsd", "edit_psnr_outside_mean", "edit_psnr_outside_min") else f"{v:.3f}"
+        return str(v)
+
+    head = "| run | " + " | ".join(c for _, _, c in ABLATION_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(ABLATION_COLUMNS) + 1)]
+    for label, m in rows:
+        n_edits = m.get("edits")
+        cells = [cell(m, s, k) for s, k, _ in ABLATION_COLUMNS]
+        if n_edits:
+            i = [k for _, k, _ in ABLATION_COLUMNS].index("edit_psnr_outside_at_least_30")
+            cells[i] = f"{cells[i]} of {n_edits}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    extra = []
+    for label, m in rows:
+        if m.get("dice_stage1"):
+            extra.append(f"| {label}: stage 1 alone | " + " | ".join(cell(m, "dice_stage1", k) for k in ("head", "bone", "th", "csp"))
+                         + " | " + " | ".join("" for _ in ABLATION_COLUMNS[4:]) + " |")
+    last = rows[-1][1] if rows else {}
+    if last.get("dice_real"):
+        extra.append("| judge on the real frames (ceiling) | " + " | ".join(cell(last, "dice_real", k) for k in ("head", "bone", "th", "csp"))
+                     + " | " + " | ".join("" for _ in ABLATION_COLUMNS[4:]) + " |")
+    floor = [f"FID real vs real {last['fid_floor']:.1f}" if last.get("fid_floor") is not None else "",
+             f"FSD real vs real {last['fsd_floor']:.1f}" if last.get("fsd_floor") is not None else ""]
+    note = ("\n\nFloor at this sample count: " + ", ".join(f for f in floor if f) + ".") if any(floor) else ""
+    return "\n".join(lines + extra) + note + "\n"
+
+
+def run_synthesis_experiment(ns, base: dict, runs: dict, options: dict) -> int:
+    """``diffice experiment`` for ``kind: synthesis``: every row trains the synthesis model its
+    ``synthesis.ckpt`` names when it is missing (into that folder), runs ``diffice synthesize
+    --test`` into ``{paths.runs}/experiments/NAME/ROW``, and one table goes to ``table.md``."""
+    import json
+    from pathlib import Path
+
+    from diffice.commands.demo import _preset_file, _slug, pipeline_group, row_layer, train_models
+    from diffice.config import load_config, save_config, split_args
+    from diffice.errors import UserError
+    from diffice.io import atomic_write_text
+    from diffice.modules.common import LAST
+    from diffice.modules.synthesis import train_synthesis
+
+    name = str(options.get("name") or Path(ns.experiment).stem)
+    files, overrides = split_args(ns.args)
+    preset = _preset_file(ns.preset)
+    if not (base.get("wandb") or {}).get("group"):
+        overrides = pipeline_group([preset, *files, *overrides], f"experiment-{name}")[1 + len(files):]
+    train_models([preset, *files, *overrides])  # the segmenter that steers and the oracle that judges
+    base_cfg = load_config([preset, base, *files], overrides)
+    out_root = Path(base_cfg.paths.runs) / "experiments" / name
+    rows = []
+    for label, layer in runs.items():
+        layer = row_layer(layer, base, None, [preset, *files], overrides)
+        run_out = out_root / _slug(label)
+        cfg = load_config([preset, base, layer, *files], [*overrides, f"synthesis.out={run_out}"])
+        ckpt = Path(cfg.synthesis.ckpt)
+        if not ckpt.is_file():
+            if ckpt.name != LAST or ckpt.parent.parent.resolve() != Path(cfg.paths.runs).resolve():
+                raise UserError(f"{ckpt}: not found, and not a {{paths.runs}}/<folder>/{LAST} this experiment could train")
+            print(f"[{name}] {label}: training {ckpt.parent}")
+            train_synthesis(cfg, stage=ckpt.parent.name)
+        s = cfg.synthesis
+        print(f"[{name}] {label}: prealign {s.prealign}, two-stage {s.two_stage}, RePaint {s.repaint}, {s.limit} layouts x {s.count}")
+        run_out.mkdir(parents=True, exist_ok=True)
+        layer_file = run_out.parent / f".{_slug(label)}.yaml"
+        save_config(cfg, layer_file)
+        code = cmd_synthesize([str(ckpt), str(layer_file), "--test", "--out", str(run_out)])
+        if code:
+            return code
+        rows.append((label, json.loads((run_out / "metrics.json").read_text())))
+    head = [f"# {name}", "", str(options.get("description", "")).strip(), "",
+            f"Preset `{ns.preset}`; command: `diffice experiment {ns.experiment} --preset {ns.preset}"
+            + (" " + " ".join(ns.args) if ns.args else "") + "`", ""]
+    table = out_root / "table.md"
+    atomic_write_text(table, "\n".join(head) + "\n" + synthesis_table(rows))
+    print(f"[{name}] table: {table}")
+    return 0

@@ -1,0 +1,159 @@
+"""Layouts: what a synthesis is asked to draw, read from PNG files, and the edit operators.
+
+A layout is an int64 (H, W) map of the data config's mask classes (``data.classes``, the
+value is the class index, as in the data set's mask PNGs); 255 in a PNG (-1 here) leaves a
+pixel *unspecified* (the model fills it in). A layout must match the model's frame size
+exactly and name at least one structure (a class other than the first, background).
+
+Edit operators (``synthesis.edits``; issue 14 adds the anomaly operators beside them) turn a
+frame's layout into an edited one, written ``op:class[:amount]``:
+
+===================  ======================================================================
+``remove:C``         class C's pixels become the class that surrounds them most
+``grow:C:N``         class C grows by N pixels into its neighbours (not into background)
+``shrink:C:N``       class C shrinks by N pixels (the surrounding class fills in)
+``shift:C:DY,DX``    class C moves by (DY, DX) pixels inside the head
+===================  ======================================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from diffice.errors import UserError
+
+UNSPECIFIED = 255
+
+
+def read_layout(path: str | Path, classes: list[str], size: tuple[int, int] | list[int]) -> np.ndarray:
+    """A layout PNG as int64 (H, W) class indices (-1 unspecified); UserError naming ``path``
+    for a wrong size, an unknown class value or an empty layout."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "P", "I", "I;16", "1"):
+                raise UserError(f"{path}: a layout is a grey PNG of class indices (mode L or P), this one is {im.mode}")
+            arr = np.asarray(im).astype(np.int64)
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: layout file not found") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"{path}: not a readable layout PNG") from err
+    h, w = int(size[0]), int(size[1])
+    if arr.shape != (h, w):
+        raise UserError(f"{path}: layout is {arr.shape[1]}x{arr.shape[0]} (WxH) but the model makes {w}x{h} frames (data.image_size={[h, w]})")
+    arr[arr == UNSPECIFIED] = -1
+    bad = (arr >= len(classes)) | (arr < -1)
+    if bad.any():
+        raise UserError(f"{path}: layout holds class value {int(arr[bad].max())}, but the model knows {len(classes)} classes "
+                        f"(0..{len(classes) - 1}: {', '.join(classes)}; 255 = unspecified)")
+    check_not_empty(arr, str(path), classes)
+    return arr
+
+
+def check_not_empty(layout: np.ndarray, where: str, classes: list[str]) -> None:
+    if not (layout >= 1).any():
+        raise UserError(f"{where}: the layout is empty (no pixel of {', '.join(classes[1:])}); draw at least one structure")
+
+
+def class_index(name: str, classes: list[str], where: str) -> int:
+    key = name.strip().lower()
+    names = [c.lower() for c in classes]
+    if key in names:
+        return names.index(key)
+    if key.isdigit() and 0 < int(key) < len(classes):
+        return int(key)
+    raise UserError(f"{where}: '{name}' is not one of the structures {', '.join(classes[1:])}")
+
+
+def _disk(r: int) -> np.ndarray:
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
+    return x * x + y * y <= r * r
+
+
+def _surrounding(layout: np.ndarray, region: np.ndarray, exclude: int) -> int:
+    """The most frequent class on the ring just outside ``region`` (other than ``exclude``)."""
+    ring = ndimage.binary_dilation(region, _disk(2)) & ~region
+    vals = layout[ring]
+    vals = vals[(vals != exclude) & (vals >= 0)]
+    return int(np.bincount(vals).argmax()) if vals.size else 0
+
+
+def apply_edit(layout: np.ndarray, spec: str, classes: list[str]) -> np.ndarray:
+    """``layout`` edited by one operator ``spec`` (see the module docstring); a copy."""
+    where = f"edit '{spec}'"
+    parts = spec.split(":")
+    op = parts[0].strip().lower()
+    if op not in OPERATORS:
+        raise UserError(f"{where}: unknown operator '{op}' (known: {', '.join(OPERATORS)})")
+    if len(parts) < 2:
+        raise UserError(f"{where}: expected {op}:CLASS" + ("" if op == "remove" else ":AMOUNT"))
+    c = class_index(parts[1], classes, where)
+    arg = parts[2] if len(parts) > 2 else None
+    return OPERATORS[op](layout.copy(), c, arg, where)
+
+
+def _remove(layout, c, arg, where):
+    region = layout == c
+    if region.any():
+        layout[region] = _surrounding(layout, region, c)
+    return layout
+
+
+def _amount(arg, where, default=2) -> int:
+    try:
+        n = int(arg) if arg is not None else default
+    except ValueError as err:
+        raise UserError(f"{where}: amount '{arg}' is not a whole number of pixels") from err
+    if not 1 <= n <= 64:
+        raise UserError(f"{where}: amount {n} is outside 1..64 pixels")
+    return n
+
+
+def _grow(layout, c, arg, where):
+    n = _amount(arg, where)
+    region = layout == c
+    grown = ndimage.binary_dilation(region, _disk(n)) & (layout > 0)
+    layout[grown] = c
+    return layout
+
+
+def _shrink(layout, c, arg, where):
+    n = _amount(arg, where)
+    region = layout == c
+    kept = ndimage.binary_erosion(region, _disk(n))
+    gone = region & ~kept
+    if gone.any():
+        layout[gone] = _surrounding(layout, region, c)
+    return layout
+
+
+def _shift(layout, c, arg, where):
+    try:
+        dy, dx = (int(v) for v in (arg or "").split(","))
+    except ValueError as err:
+        raise UserError(f"{where}: expected shift:CLASS:DY,DX in pixels") from err
+    region = layout == c
+    if not region.any():
+        return layout
+    fill = _surrounding(layout, region, c)
+    moved = np.roll(region, (dy, dx), axis=(0, 1))
+    layout[region] = fill
+    layout[moved & (layout > 0)] = c  # stays inside the head
+    return layout
+
+
+OPERATORS = {"remove": _remove, "grow": _grow, "shrink": _shrink, "shift": _shift}
+
+
+def edited_region(before: np.ndarray, after: np.ndarray, dilation: int = 0) -> np.ndarray:
+    """Pixels whose class changed, grown by ``dilation`` pixels (bool (H, W))."""
+    changed = before != after
+    if dilation > 0 and changed.any():
+        changed = ndimage.binary_dilation(changed, _disk(int(dilation)))
+    return changed

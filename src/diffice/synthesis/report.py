@@ -1,0 +1,114 @@
+"""The synthesis run's self-contained ``report.html``: the numbers, layout -> samples rows, and
+edits before / after with the difference map (the counterfactual report's CSS and helpers)."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+from diffice.io import atomic_write_text
+from diffice.report.html import CSS, data_uri, pick_frames
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "∞"
+        if math.isnan(v):
+            return "n/a"
+        return f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def _fig(path: Path, caption: str) -> str:
+    if not path.is_file():
+        return ""
+    return (f'<figure><img src="{data_uri(path.read_bytes())}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+PLANE_NAMES = {0: "trans-thalamic", 1: "trans-ventricular", 2: "trans-cerebellar", -1: "plane unknown"}
+
+
+def summary_html(metrics: dict, classes: list[str]) -> str:
+    parts = []
+    if metrics.get("dice"):
+        header = ["layout Dice (judge)"] + list(classes[1:])
+        rows = [["samples"] + [_fmt(metrics["dice"].get(c)) for c in classes[1:]]]
+        if metrics.get("dice_stage1"):
+            rows.append(["stage 1 only"] + [_fmt(metrics["dice_stage1"].get(c)) for c in classes[1:]])
+        if metrics.get("dice_real"):
+            rows.append(["real frames (ceiling)"] + [_fmt(metrics["dice_real"].get(c)) for c in classes[1:]])
+        parts.append(_table(header, rows))
+    rows = []
+    for key, label in (("samples", "samples"), ("layouts", "layouts"), ("diversity_l1", "diversity: pairwise L1"),
+                       ("diversity_ssim_distance", "diversity: 1 − SSIM"), ("fid", "FID (Inception)"), ("fid_floor", "FID real vs real (floor)"),
+                       ("fsd", "FSD"), ("fsd_floor", "FSD real vs real (floor)"), ("kept_stage2", "samples improved by stage 2"),
+                       ("seconds_per_sample", "seconds per sample"), ("edits", "edits"),
+                       ("edit_psnr_outside_mean", "edit PSNR outside (dB, mean of finite)"), ("edit_psnr_outside_min", "edit PSNR outside (min)"),
+                       ("edit_psnr_outside_at_least_30", "edits with PSNR outside ≥ 30 dB"),
+                       ("edit_psnr_held_min", "edit PSNR in the held region (min; RePaint pastes it: ∞ by construction)"),
+                       ("edit_held_exact", "edits whose held region equals the source exactly"), ("edit_ssim_outside_mean", "edit SSIM outside"),
+                       ("edit_accuracy", "edited pixels the judge labels as requested"),
+                       ("edit_accuracy_source", "… the same pixels in the source frame")):
+        if key in metrics and metrics[key] is not None:
+            rows.append([label, _fmt(metrics[key])])
+    parts.append(_table(["measure", "value"], rows))
+    return "".join(parts)
+
+
+def write_report(out: Path, metrics: dict, layouts: list[dict], edits: list[dict], classes: list[str], count: int = 8) -> Path:
+    settings = (f"checkpoint {html.escape(str(metrics.get('ckpt')))} ({metrics.get('trained_steps')} steps); "
+                f"pre-alignment {'on' if metrics.get('prealign') else 'off'}; two-stage adaptive sampling "
+                f"{'on' if metrics.get('two_stage') else 'off'}; RePaint {'on' if metrics.get('repaint') else 'off'}; "
+                f"{metrics.get('respacing')} sampling steps; layout judge: {html.escape(str(metrics.get('judge')))}")
+    blocks = []
+    for rec in pick_frames(layouts, count):
+        d = out / "layouts" / f"{int(rec['index']):06d}"
+        figs = _fig(d / "layout.png", "requested layout") + _fig(d / "real.png", "real frame")
+        n = len(rec["samples"])
+        for j in range(n):
+            s = rec["samples"][j]
+            dice = s.get("judge_dice") or {}
+            mean = [v for v in dice.values() if v is not None]
+            cap = f"sample {j}" + (f" (Dice {sum(mean) / len(mean):.2f})" if mean else "")
+            if (d / f"stage1_{j}.png").is_file() and j == 0:
+                figs += _fig(d / f"stage1_{j}.png", "sample 0, stage 1")
+            figs += _fig(d / f"sample_{j}.png", cap)
+        figs += _fig(d / "judge_0.png", "judge's segmentation of sample 0")
+        head = (f"<b>#{int(rec['index'])}</b> {html.escape(str(rec['id']))} — {PLANE_NAMES.get(rec.get('plane'), '')}"
+                + (f", GA {rec['ga']:.1f} w" if rec.get("ga") is not None else ""))
+        blocks.append(f'<div class="frame"><div class="scores">{head}</div><div class="strip">{figs}</div></div>')
+    eblocks = []
+    for rec in pick_frames(edits, count):
+        d = out / "edits" / rec["name"]
+        figs = "".join(_fig(d / f, c) for f, c in (("source.png", "source frame"), ("layout_before.png", "its layout"),
+                                                   ("layout_after.png", f"edited: {rec['edit']}"), ("edited.png", "edited frame"),
+                                                   ("diff.png", "difference edited − source"), ("judge.png", "judge's segmentation")))
+        head = (f"<b>{html.escape(rec['name'])}</b> {html.escape(str(rec['edit']))} — PSNR outside the edit "
+                f"{_fmt(rec['psnr_outside'], 1)} dB, SSIM {_fmt(rec['ssim_outside'])}"
+                + (f"; edited pixels labelled as requested {_fmt(rec.get('edit_accuracy'), 2)} (source {_fmt(rec.get('edit_accuracy_source'), 2)})"
+                   if rec.get("edit_accuracy") is not None else "")
+                + ("; RePaint" if rec.get("repaint") else "; regenerated (no RePaint)"))
+        eblocks.append(f'<div class="frame"><div class="scores">{head}</div><div class="strip">{figs}</div></div>')
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>diffice synthesis</title><style>{CSS}</style></head><body>
+<h1>Anatomy-controlled synthesis</h1><p class="muted">{settings}</p>
+<h2>Numbers</h2>{summary_html(metrics, classes)}
+<p class="muted">Layout Dice: the judge segments each sample; Dice between the requested and the recovered layout, per structure,
+over the samples whose layout has it. "real frames" is the same judge on the frames the layouts come from: no sample can be
+expected to beat it. FID / FSD against real frames of the same planes; the floor compares those real frames with as many real
+training frames (distances at this sample count are biased upwards).</p>
+<h2>Layouts → samples</h2><p class="muted">{len(layouts)} layouts, {len(pick_frames(layouts, count))} shown (evenly spread, not chosen by score)</p>
+{''.join(blocks) or '<p>none</p>'}
+<h2>Edits</h2><p class="muted">{len(edits)} edits, {len(pick_frames(edits, count))} shown</p>{''.join(eblocks) or '<p>none</p>'}
+</body></html>"""
+    return atomic_write_text(out / "report.html", page)
