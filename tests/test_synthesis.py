@@ -338,3 +338,30 @@ def test_synthesis_pack_file_loads(runs, tmp_path):
     assert facts["bytes"] < (runs / "synthesis" / "last.ckpt").stat().st_size / 2
     for k, v in full.ema_model.state_dict().items():
         assert torch.allclose(packed.ema_model.state_dict()[k].float(), v.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_synthesis_run_offline_keeps_pictures_and_lineage(runs, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from diffice.tracking import check_offline_run, offline_runs, read_offline_run
+
+    wb = tmp_path / "wandb-home"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    for var, sub in (("WANDB_DIR", "dir"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
+                     ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+        monkeypatch.setenv(var, str(wb / sub))
+    out = tmp_path / "syn"
+    ov = [w for w in _overrides(runs) if not w.startswith("wandb.")] + ["wandb.mode=offline", "wandb.group=syn-test"]
+    assert main(["synthesize", str(runs / "synthesis" / "last.ckpt"), TINY, *ov, "--test", "--out", str(out), "--no-realism",
+                 "synthesis.limit=1"]) == 0
+    (folder,) = offline_runs(out / "wandb")
+    info = read_offline_run(folder)
+    assert info["run"]["job_type"] == "synthesis" and info["run"]["group"] == "syn-test"
+    res = check_offline_run(folder)
+    # 2 samples x (layout, real, stage 1, final, judge) and each edit's pictures, all as files
+    assert res["problems"] == [] and res["images"] >= 2 * 5 and res["tables"] >= 2
+    used = [a for a in info["artifacts"] if a["used"]]
+    refs = {e["ref"] for a in used for e in a["entries"]}
+    for ckpt in ("synthesis", "oracle", "segmenter"):  # the model, the steering segmentation, the judge
+        assert any(r and r.endswith(f"{ckpt}/last.ckpt") for r in refs), (ckpt, refs)
+    assert not [p for p in (wb / "data").rglob("*") if p.is_file()]  # nothing staged outside the run folder
