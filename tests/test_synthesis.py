@@ -365,3 +365,15 @@ def test_synthesis_run_offline_keeps_pictures_and_lineage(runs, tmp_path, monkey
     for ckpt in ("synthesis", "oracle", "segmenter"):  # the model, the steering segmentation, the judge
         assert any(r and r.endswith(f"{ckpt}/last.ckpt") for r in refs), (ckpt, refs)
     assert not [p for p in (wb / "data").rglob("*") if p.is_file()]  # nothing staged outside the run folder
+
+
+def test_synthesize_refuses_a_folder_of_another_run(runs, tmp_path, capsys):
+    ckpt = str(runs / "synthesis" / "last.ckpt")
+    ov = _overrides(runs)
+    lay = _png(tmp_path / "lay.png", _layout())
+    out = tmp_path / "a"
+    assert main(["synthesize", ckpt, TINY, *ov, "--layout", str(lay), "--count", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["synthesize", ckpt, TINY, *ov, "synthesis.guidance=4.0", "--layout", str(lay), "--count", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a synthesis run with other settings (synthesis.guidance" in err[0], err

@@ -212,9 +212,9 @@ def cmd_demo(argv: Sequence[str]) -> int:
         times = train_models(words)
     else:
         pack = Path(ns.pack)
-        # the synthesis page: 8 test layouts x 2 samples and their edits (about a minute on a laptop CPU)
+        # the synthesis page: 4 test layouts x 2 samples and two edits of each (about a minute on 2 cores)
         words = pipeline_group([_preset_file(ns.preset or PACK_PRESET), "paths.runs=runs/demo", *pack_words(pack),
-                                "synthesis.limit=8", "synthesis.count=2", *ns.args], "demo")
+                                "synthesis.limit=4", "synthesis.count=2", "synthesis.edits=[remove:csp,grow:th:2]", *ns.args], "demo")
         times = {}
         for line in pack_summary(pack):
             print(line)
@@ -390,8 +390,10 @@ def _pack_synthesis_check(pack: Path, words: Sequence[str]) -> dict:
 
     out = Path(tempfile.mkdtemp(prefix="diffice-pack-synthesis-"))
     try:
+        # a small check (8 layouts x 2 samples, one edit each; the ablation measures more)
         args = [str(pack / "synthesis.ckpt"), *words, *pack_words(pack, need_provenance=False), "wandb.mode=disabled",
-                "--test", "--out", str(out), "--no-report"]
+                "synthesis.limit=8", "synthesis.count=2", "synthesis.edits=[remove:csp]",
+                "--test", "--out", str(out), "--no-report", "--no-realism"]
         if _call("diffice.commands.synthesis:cmd_synthesize")(args):
             raise UserError(f"{pack}: the synthesis check failed")
         m = json.loads((out / "metrics.json").read_text())

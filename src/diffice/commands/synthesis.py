@@ -82,6 +82,8 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     if count is not None and count < 1:
         raise UserError("--count must be at least 1")
     cfg = config_from_args(ns.args)
+    if count is not None:
+        cfg.synthesis.count = count  # recorded with the run (a rerun with another --count is refused)
     out = Path(ns.out or cfg.synthesis.out)
     device = _device(ns.device)
     plane = parse_plane(ns.plane, "--plane")
@@ -91,7 +93,7 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
         count = count or int(cfg.synthesis.count)
         limit = cfg.synthesis.limit
         layouts, edits, dm = R.test_jobs(cfg, syn, None if limit is None else int(limit), list(cfg.synthesis.edits))
-        out.mkdir(parents=True, exist_ok=True)
+        R.prepare_run_folder(out, cfg, ns.ckpt)
         save_config(cfg, out / "config.yaml")
         lrecs = R.run_layouts(out, syn, layouts, count, int(cfg.synthesis.batch_size))
         erecs = R.run_edits(out, syn, edits, int(cfg.synthesis.batch_size))
@@ -101,13 +103,15 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
         return 0
     syn = R.Synthesizer(cfg, ns.ckpt, device, need_steer=not ns.edit, need_judge=True)
     layout = read_layout(ns.layout, syn.classes, syn.size)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    source = None
     if ns.edit:
         source = load_image(Path(ns.edit))
         if source.shape != layout.shape:
             raise UserError(f"{ns.edit}: frame is {source.shape[1]}x{source.shape[0]} (WxH) but the layout {ns.layout} is "
                             f"{layout.shape[1]}x{layout.shape[0]}; the frame and its edited layout must have the same size")
+    R.prepare_run_folder(out, cfg, ns.ckpt)
+    save_config(cfg, out / "config.yaml")
+    if ns.edit:
         src = source * 2.0 - 1.0
         if ns.source_layout:
             before = read_layout(ns.source_layout, syn.classes, syn.size)

@@ -30,7 +30,7 @@ from diffice.errors import UserError
 from diffice.io import atomic_write_text, to_uint8
 from diffice.synthesis import metrics as M
 from diffice.synthesis import sampler as S
-from diffice.synthesis.layouts import apply_edit, check_not_empty, edited_region
+from diffice.synthesis.layouts import apply_edit, edited_region
 
 SAMPLE_STRIDE = 1000  # sample j of layout i is seeded by (seed, i * SAMPLE_STRIDE + j)
 
@@ -423,8 +423,38 @@ def finish(out: Path, cfg: DictConfig, syn: Synthesizer, layout_recs: list[dict]
     return metrics
 
 
-def check_layout(layout: np.ndarray, syn: Synthesizer, where: str) -> None:
-    check_not_empty(layout, where, syn.classes)
+# keys that do not change an item of a synthesis run (which items exist, how they are batched, where)
+_FREE = {"limit", "batch_size", "out"}
+
+
+def synthesis_config(cfg: dict, ckpt: str) -> dict:
+    """What determines a synthesis run's items: the checkpoint, seed, data and synthesis keys."""
+    syn = {k: v for k, v in (cfg.get("synthesis") or {}).items() if k not in _FREE}
+    return {"ckpt": str(Path(ckpt).resolve()), "seed": cfg.get("seed"), "data": cfg.get("data"), "synthesis": syn}
+
+
+def prepare_run_folder(out: Path, cfg: DictConfig, ckpt: str) -> None:
+    """Refuse ``out`` when it holds a run made with another checkpoint or settings (its finished
+    items would be mixed with new ones); otherwise create it and record the run's settings."""
+    import yaml
+
+    from diffice.config import to_dict
+    from diffice.counterfactual.outputs import _first_difference
+
+    mine = synthesis_config(to_dict(cfg), ckpt)
+    stamp = out / "synthesis-run.json"
+    if stamp.is_file():
+        try:
+            theirs = json.loads(stamp.read_text())
+        except ValueError as err:
+            raise UserError(f"{stamp}: unreadable ({err}); delete the run folder or choose another --out") from err
+        diff = _first_difference(yaml.safe_load(json.dumps(mine)), theirs)
+        if diff:
+            raise UserError(f"{out}: holds a synthesis run with other settings ({diff}); choose another --out or delete it")
+    elif out.is_dir() and any((out / d).is_dir() and any((out / d).iterdir()) for d in ("layouts", "edits")):
+        raise UserError(f"{out}: holds synthesis items but no synthesis-run.json; choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, json.dumps(mine, indent=1, sort_keys=True, default=str))
 
 
 # ----------------------------------------------------------------------------- progress
