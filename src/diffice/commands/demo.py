@@ -441,7 +441,7 @@ def read_experiment(path: str | Path) -> tuple[dict, dict, dict]:
     runs = data.pop("runs", None)
     if not isinstance(runs, dict) or not runs:
         raise UserError(f"{path}: key 'runs' must map each row's label to its config keys")
-    options = {k: data.pop(k) for k in ("description", "tau_scale", "name", "kind") if k in data}
+    options = {k: data.pop(k) for k in ("description", "tau_scale", "name", "kind", "realism") if k in data}
     if options.get("kind", "counterfactuals") not in ("counterfactuals", "synthesis"):
         raise UserError(f"{path}: kind '{options['kind']}' is not counterfactuals or synthesis")
     for label, layer in runs.items():

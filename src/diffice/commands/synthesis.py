@@ -237,7 +237,8 @@ def run_synthesis_experiment(ns, base: dict, runs: dict, options: dict) -> int:
         run_out.mkdir(parents=True, exist_ok=True)
         layer_file = run_out.parent / f".{_slug(label)}.yaml"
         save_config(cfg, layer_file)
-        code = cmd_synthesize([str(ckpt), str(layer_file), "--test", "--out", str(run_out)])
+        code = cmd_synthesize([str(ckpt), str(layer_file), "--test", "--out", str(run_out),
+                               *([] if options.get("realism", True) else ["--no-realism"])])
         if code:
             return code
         rows.append((label, json.loads((run_out / "metrics.json").read_text())))
