@@ -493,8 +493,7 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     p.add_argument("--preset", default="tiny", help="preset name or file (default: tiny)")
     ns = p.parse_intermixed_args(list(argv))
 
-    from diffice.config import load_config, split_args
-    from diffice.io import atomic_write_text
+    from diffice.config import load_config
     from diffice.report.tables import markdown_report
 
     base, runs, options = read_experiment(ns.experiment)
@@ -503,15 +502,7 @@ def cmd_experiment(argv: Sequence[str]) -> int:
 
         return run_synthesis_experiment(ns, base, runs, options)
     tau_scale = _tau_scale(options.get("tau_scale"), ns.preset, ns.experiment)  # checked before any training
-    name = str(options.get("name") or Path(ns.experiment).stem)
-    files, overrides = split_args(ns.args)
-    preset = _preset_file(ns.preset)
-    if not (base.get("wandb") or {}).get("group"):
-        overrides = pipeline_group([preset, *files, *overrides], f"experiment-{name}")[1 + len(files):]
-    train_models([preset, *files, *overrides])
-
-    base_cfg = load_config([preset, base, *files], overrides)
-    out_root = Path(base_cfg.paths.runs) / "experiments" / name
+    name, preset, files, overrides, out_root = experiment_setup(ns, base, options)
     rows: list[dict] = []
     for label, layer in runs.items():
         layer = row_layer(layer, base, tau_scale, [preset, *files], overrides)
@@ -534,10 +525,33 @@ def cmd_experiment(argv: Sequence[str]) -> int:
         m["method"] = label
         rows.append(m)
 
+    write_experiment_table(ns, options, name, out_root, markdown_report(rows))
+    return 0
+
+
+def experiment_setup(ns, base: dict, options: dict) -> tuple[str, str, list[str], list[str], Path]:
+    """An experiment's name, preset file, extra config files, overrides (with one W&B group for the
+    whole invocation unless the file names one) and output folder; trains the models it needs first."""
+    from diffice.config import load_config, split_args
+
+    name = str(options.get("name") or Path(ns.experiment).stem)
+    files, overrides = split_args(ns.args)
+    preset = _preset_file(ns.preset)
+    if not (base.get("wandb") or {}).get("group"):
+        overrides = pipeline_group([preset, *files, *overrides], f"experiment-{name}")[1 + len(files):]
+    train_models([preset, *files, *overrides])
+    base_cfg = load_config([preset, base, *files], overrides)
+    return name, preset, files, overrides, Path(base_cfg.paths.runs) / "experiments" / name
+
+
+def write_experiment_table(ns, options: dict, name: str, out_root: Path, body: str) -> Path:
+    """``{out_root}/table.md``: title, description, the command that made it, then ``body``."""
+    from diffice.io import atomic_write_text
+
     head = [f"# {name}", "", str(options.get("description", "")).strip(), "",
             f"Preset `{ns.preset}`; command: `diffice experiment {ns.experiment} --preset {ns.preset}"
             + (" " + " ".join(ns.args) if ns.args else "") + "`", ""]
     table = out_root / "table.md"
-    atomic_write_text(table, "\n".join(head) + "\n" + markdown_report(rows))
+    atomic_write_text(table, "\n".join(head) + "\n" + body)
     print(f"[{name}] table: {table}")
-    return 0
+    return table

@@ -28,24 +28,13 @@ def cmd_train_synthesis(argv: Sequence[str]) -> int:
     return 0
 
 
-def _device(name: str) -> str:
-    import torch
-
-    from diffice.errors import UserError
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available (use --device cpu)")
-    return name
-
-
 def cmd_synthesize(argv: Sequence[str]) -> int:
     import math
     from pathlib import Path
 
     import numpy as np
 
+    from diffice.commands.ddpm import _device
     from diffice.config import config_from_args, save_config
     from diffice.data.sources import load_image, parse_ga, parse_plane
     from diffice.errors import UserError
@@ -206,21 +195,14 @@ def run_synthesis_experiment(ns, base: dict, runs: dict, options: dict) -> int:
     import json
     from pathlib import Path
 
-    from diffice.commands.demo import _preset_file, _slug, pipeline_group, row_layer, train_models
-    from diffice.config import load_config, save_config, split_args
+    from diffice.commands.demo import _slug, experiment_setup, row_layer, write_experiment_table
+    from diffice.config import load_config, save_config
     from diffice.errors import UserError
-    from diffice.io import atomic_write_text
     from diffice.modules.common import LAST
     from diffice.modules.synthesis import train_synthesis
 
-    name = str(options.get("name") or Path(ns.experiment).stem)
-    files, overrides = split_args(ns.args)
-    preset = _preset_file(ns.preset)
-    if not (base.get("wandb") or {}).get("group"):
-        overrides = pipeline_group([preset, *files, *overrides], f"experiment-{name}")[1 + len(files):]
-    train_models([preset, *files, *overrides])  # the segmenter that steers and the oracle that judges
-    base_cfg = load_config([preset, base, *files], overrides)
-    out_root = Path(base_cfg.paths.runs) / "experiments" / name
+    # trains the models first: the segmenter that judges and the oracle whose segmentation steers
+    name, preset, files, overrides, out_root = experiment_setup(ns, base, options)
     rows = []
     for label, layer in runs.items():
         layer = row_layer(layer, base, None, [preset, *files], overrides)
@@ -242,10 +224,5 @@ def run_synthesis_experiment(ns, base: dict, runs: dict, options: dict) -> int:
         if code:
             return code
         rows.append((label, json.loads((run_out / "metrics.json").read_text())))
-    head = [f"# {name}", "", str(options.get("description", "")).strip(), "",
-            f"Preset `{ns.preset}`; command: `diffice experiment {ns.experiment} --preset {ns.preset}"
-            + (" " + " ".join(ns.args) if ns.args else "") + "`", ""]
-    table = out_root / "table.md"
-    atomic_write_text(table, "\n".join(head) + "\n" + synthesis_table(rows))
-    print(f"[{name}] table: {table}")
+    write_experiment_table(ns, options, name, out_root, synthesis_table(rows))
     return 0

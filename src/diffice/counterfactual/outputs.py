@@ -164,7 +164,11 @@ def results_rows(records: Sequence[dict]) -> list[dict]:
 
 def write_results_csv(out: str | Path, records: Sequence[dict]) -> Path:
     """``results.csv``: one row per record (per input), written atomically."""
-    rows = results_rows(records)
+    return write_rows_csv(Path(out) / "results.csv", results_rows(records))
+
+
+def write_rows_csv(path: str | Path, rows: Sequence[dict]) -> Path:
+    """A CSV of dict rows (columns in order of first appearance, None as empty), written atomically."""
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
@@ -173,7 +177,7 @@ def write_results_csv(out: str | Path, records: Sequence[dict]) -> Path:
     w.writeheader()
     for row in rows:
         w.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return atomic_write_text(Path(out) / "results.csv", buf.getvalue())
+    return atomic_write_text(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- config check

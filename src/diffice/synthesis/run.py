@@ -12,8 +12,6 @@ killed run leaves no half-written item and a rerun redoes only what is missing):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
@@ -24,7 +22,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from diffice.counterfactual.outputs import PALETTE, is_finished, read_records, remove_unfinished, write_frame
+from diffice.counterfactual.outputs import (
+    PALETTE,
+    is_finished,
+    read_records,
+    remove_unfinished,
+    write_frame,
+    write_rows_csv,
+)
 from diffice.diffusion import generators_for
 from diffice.errors import UserError
 from diffice.io import atomic_write_text, to_uint8
@@ -156,8 +161,9 @@ def write_layout_job(out: Path, syn: Synthesizer, job: LayoutJob, drawn: dict) -
     dice = M_layout_dice(judged, lay, syn.classes) if judged is not None else [None] * frames.shape[0]
     if judged is not None and job.real is not None:
         real = torch.from_numpy(job.real)[None, None].float()
-        rec["judge_dice_real"] = M_layout_dice(syn.judge(real), torch.from_numpy(job.layout)[None], syn.classes)[0]
-        images["judge_real.png"] = overlay_classes(real[0], syn.judge(real)[0].numpy())
+        judged_real = syn.judge(real)
+        rec["judge_dice_real"] = M_layout_dice(judged_real, torch.from_numpy(job.layout)[None], syn.classes)[0]
+        images["judge_real.png"] = overlay_classes(real[0], judged_real[0].numpy())
     if job.real is not None:
         images["real.png"] = to_uint8(job.real)
     for j in range(frames.shape[0]):
@@ -340,7 +346,6 @@ def realism_metrics(cfg: DictConfig, syn: Synthesizer, out: Path, layout_recs: l
     """FID (Inception) and FSD (oracle backbone / official SonoNet) of the samples against the real
     frames of the same planes in the split, and the same distances between those real frames and
     as many real training frames of those planes (the floor at this sample count)."""
-    from diffice.io import to_uint8  # noqa: F401
     from diffice.nets.features import load_feature_nets
     from diffice.report.records import read_png
 
@@ -395,15 +400,7 @@ def write_results_csv(out: Path, layout_recs: list[dict], edit_recs: list[dict],
         rows.append({"kind": "edit", "index": r["index"], "id": r["id"], "plane": r["plane"], "seed_id": r["seed_id"],
                      "edit": r["edit"], "psnr_outside": r["psnr_outside"], "ssim_outside": r["ssim_outside"],
                      "edit_accuracy": r.get("edit_accuracy"), "changed_pixels": r["changed_pixels"]})
-    fields: list[str] = []
-    for row in rows:
-        fields += [k for k in row if k not in fields]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return atomic_write_text(out / "results.csv", buf.getvalue())
+    return write_rows_csv(out / "results.csv", rows)
 
 
 def finish(out: Path, cfg: DictConfig, syn: Synthesizer, layout_recs: list[dict], edit_recs: list[dict], realism: dict | None,
