@@ -1,8 +1,9 @@
 """Command entry points of the report area, called from ``diffice.commands.counterfactual``:
 
     diffice evaluate RUN_DIR [RUN_DIR ...] [key=value ...] [--no-images] [--no-wandb] [--check] [--table OUT.md]
-    diffice reader-study RUN_DIR [--pairs 50] [--seed 0] [--force]
-    diffice reader-score RUN_DIR ANSWERS.csv
+    diffice reader-study RUN_DIR [--pairs 50] [--seed 0] [--force]          (counterfactual run)
+    diffice reader-study RUN_DIR [--task real-vs-synthetic|edited] [--single] [--count N] [--seed 0] [--force]  (synthesis run)
+    diffice reader-score RUN_DIR ANSWERS.csv [--json]
 """
 
 from __future__ import annotations
@@ -79,27 +80,58 @@ def evaluate_main(argv: list[str]) -> int:
 
 def reader_study_main(argv: list[str]) -> int:
     from diffice.report.reader import make_study
+    from diffice.report.reader_synthesis import TASKS, is_synthesis_run, make_synthesis_study
 
     p = argparse.ArgumentParser(prog="diffice reader-study",
-                                description="Make a blinded reader-study page from a run's pairs with QD_O > 0.")
+                                description="Make a blinded reader-study page: from a counterfactual run, input / "
+                                            "counterfactual pairs with QD_O > 0; from a synthesis run (it has "
+                                            "synthesis-run.json), real vs synthetic frames or normal vs edited.")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--pairs", type=int, default=50, help="number of pairs (paper: 50)")
+    p.add_argument("--pairs", "--count", dest="count", type=int, default=None,
+                   help="number of pairs or frames (counterfactual: 50, the paper's; synthesis: up to 50, as many "
+                        "as the run allows)")
+    p.add_argument("--task", default=None, metavar="|".join(TASKS),
+                   help="synthesis runs: real-vs-synthetic (default) or edited (source and edited frame)")
+    p.add_argument("--single", action="store_true", help="--task edited: one frame at a time, normal or edited")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="replace an existing study of this run")
+    p.add_argument("--force", action="store_true", help="replace an existing study of this run (and task)")
     ns = p.parse_intermixed_args(argv)
-    key = make_study(ns.run_dir, pairs=ns.pairs, seed=ns.seed, force=ns.force)
+    run = ns.run_dir
+    if is_synthesis_run(run):
+        key = make_synthesis_study(run, task=ns.task or "real-vs-synthetic", count=ns.count, seed=ns.seed,
+                                   single=ns.single, force=ns.force)
+        unit = key["unit"]
+        print(f"study {key['study']} ({key['task']}): {len(key[unit + 's'])} {'pairs' if unit == 'pair' else 'frames'}\n"
+              f"  page for the reader: {key['page']}\n  key (do not share): {key['key']}\n"
+              f"  score with: diffice reader-score {run} ANSWERS.csv")
+        return 0
+    if not run.is_dir():
+        raise UserError(f"{run}: run folder not found (give the folder of a counterfactual or a synthesis run)")
+    if not (run / "frames").is_dir():
+        raise UserError(f"{run}: neither a counterfactual run (no frames/) nor a synthesis run (no synthesis-run.json); "
+                        "give the cf.out folder of 'diffice counterfactuals' or the --out folder of 'diffice synthesize'")
+    if ns.task is not None or ns.single:
+        raise UserError(f"{run}: --task and --single are for synthesis runs; this is a counterfactual run")
+    pairs = 50 if ns.count is None else ns.count
+    key = make_study(run, pairs=pairs, seed=ns.seed, force=ns.force)
     n = len(key["pairs"])
-    if n < ns.pairs:
-        print(f"note: only {n} frames have QD_O > 0; the study has {n} pairs, not {ns.pairs}")
+    if n < pairs:
+        print(f"note: only {n} frames have QD_O > 0; the study has {n} pairs, not {pairs}")
     print(f"study {key['study']}: {n} pairs\n  page for the reader: {key['page']}\n"
-          f"  key (do not share): {key['key']}\n  score with: diffice reader-score {ns.run_dir} ANSWERS.csv")
+          f"  key (do not share): {key['key']}\n  score with: diffice reader-score {run} ANSWERS.csv")
     return 0
+
+
+def _share(s: dict, confidence: float) -> str:
+    return f"{s['k']} of {s['n']} = {s['fraction']:.3f}, {confidence:.0%} CI [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
 
 
 def reader_score_main(argv: list[str]) -> int:
     from diffice.report.reader import score_answers
 
-    p = argparse.ArgumentParser(prog="diffice reader-score", description="Score a reader's answers against the key.")
+    p = argparse.ArgumentParser(prog="diffice reader-score",
+                                description="Score a reader's answers against the key of the study they answer "
+                                            "(a counterfactual or a synthesis run's).")
     p.add_argument("run_dir", type=Path)
     p.add_argument("answers", type=Path, help="the CSV the study page downloaded")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -107,10 +139,21 @@ def reader_score_main(argv: list[str]) -> int:
     s = score_answers(ns.run_dir, ns.answers)
     if ns.json:
         print(json.dumps(s, indent=1))
-    else:
-        who = ", ".join(s["readers"]) or "reader"
+        return 0
+    who = ", ".join(s["readers"]) or "reader"
+    ci = f"{s['confidence']:.0%} CI [{s['ci_low']:.3f}, {s['ci_high']:.3f}] (Clopper-Pearson)"
+    if "task" not in s:
         print(f"study {s['study']} ({who}): counterfactual preferred in {s['preferred_cf']} of {s['answered']} "
               f"answered pairs ({s['pairs']} in the study) = {s['fraction_cf']:.3f}, "
-              f"{s['confidence']:.0%} CI [{s['ci_low']:.3f}, {s['ci_high']:.3f}] (Clopper-Pearson), "
-              f"binomial test vs 0.5: p = {s['p_value']:.3g}")
+              f"{ci}, binomial test vs 0.5: p = {s['p_value']:.3g}")
+        return 0
+    unit = "pairs" if s["unit"] == "pair" else "frames"
+    print(f"study {s['study']} ({s['task']}, {who}): right in {s['correct']} of {s['answered']} answered {unit} "
+          f"({s['items']} in the study) = accuracy {s['accuracy']:.3f}, {ci}, "
+          f"binomial test vs 0.5 (chance): p = {s['p_value']:.3g}")
+    if s["fooled"]:
+        f = s["fooled"]
+        print(f"  {f['truth']} frames called {f['called']}: {_share(f, s['confidence'])}")
+    for anomaly, a in s["by_anomaly"].items():
+        print(f"  {anomaly}: right in {_share(a, s['confidence'])}, binomial test vs 0.5: p = {a['p_value']:.3g}")
     return 0
