@@ -377,3 +377,55 @@ def test_synthesize_refuses_a_folder_of_another_run(runs, tmp_path, capsys):
     assert main(["synthesize", ckpt, TINY, *ov, "synthesis.guidance=4.0", "--layout", str(lay), "--count", "1", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds a synthesis run with other settings (synthesis.guidance" in err[0], err
+
+
+# ----------------------------------------------------------------------------- anomalies (issue 14)
+
+
+def test_synthesize_anomaly_pairs(runs, tmp_path):
+    """--edit --anomaly makes a frame's abnormal twin (RePaint keeps the rest); --test --anomaly
+    writes pixel pairs with both layouts and the measured-vs-requested check."""
+    ckpt = str(runs / "synthesis" / "last.ckpt")
+    ov = _overrides(runs)
+    lay = _png(tmp_path / "lay.png", _layout())
+    frame = _png(tmp_path / "frame.png", np.random.default_rng(0).integers(0, 255, (32, 40)))
+    assert main(["synthesize", ckpt, TINY, *ov, "--edit", str(frame), "--source-layout", str(lay), "--anomaly", "microcephaly",
+                 "--severity", "0.3", "--out", str(tmp_path / "e")]) == 0
+    rec = json.loads(next((tmp_path / "e" / "edits").glob("*/record.json")).read_text())
+    assert rec["anomaly"] == "microcephaly" and rec["severity"] == 0.3 and rec["edit"] == "anomaly:microcephaly:0.3"
+    assert rec["requested_value"] == pytest.approx(0.7 * rec["source_value"], rel=0.08)
+    assert "measured_value" in rec and isinstance(rec["within_tolerance"], bool) and rec["held_exact"]
+    pair = list(csv.DictReader((tmp_path / "e" / "pairs.csv").open()))[0]
+    from diffice.synthesis.layouts import read_layout
+
+    before = read_layout(tmp_path / "e" / pair["layout_source"], CLASSES, (32, 40))
+    after = read_layout(tmp_path / "e" / pair["layout_edited"], CLASSES, (32, 40))
+    assert (before == _layout()).all() and (after != before).any() and (tmp_path / "e" / pair["edited"]).is_file()
+
+    out = tmp_path / "t"
+    assert main(["synthesize", ckpt, TINY, *ov, "--test", "--anomaly", "all", "--edits-only", "--no-realism", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert not (out / "layouts").exists() or not any((out / "layouts").iterdir())
+    rows = list(csv.DictReader((out / "pairs.csv").open()))
+    assert rows and len(rows) == m["edits"] and set(m["anomalies"]) == {r["anomaly"] for r in rows}
+    assert sum(a["checked"] for a in m["anomalies"].values()) == len(rows)
+    stamp = json.loads((out / "synthesis-run.json").read_text())
+    assert all(e.startswith("anomaly:") for e in stamp["synthesis"]["edits"])
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--anomaly", "nope"], "unknown anomaly 'nope'"),
+    (["--anomaly", "microcephaly", "--severity", "0.9"], "severity 0.9 of microcephaly is outside 0.1..0.35"),
+    (["--anomaly", "banana_cerebellum"], "the layout has no fp"),
+    (["--anomaly", "ventriculomegaly"], "no lateral ventricle"),
+    (["--severity", "0.2"], "--severity needs --anomaly"),
+])
+def test_synthesize_anomaly_bad_input_is_one_line_exit_2(runs, tmp_path, capsys, argv, msg):
+    ckpt = str(runs / "synthesis" / "last.ckpt")
+    lay = _png(tmp_path / "lay.png", _layout())
+    frame = _png(tmp_path / "frame.png", np.zeros((32, 40)))
+    code = main(["synthesize", ckpt, TINY, *_overrides(runs), "--edit", str(frame), "--source-layout", str(lay), *argv,
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / "o" / "edits").exists()

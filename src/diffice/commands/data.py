@@ -17,12 +17,29 @@ def cmd_phantoms(argv: Sequence[str]) -> int:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--count", type=int, default=None, help="number of frames (default data.phantom.count)")
     p.add_argument("--seed", type=int, default=None, help="simulator seed (default data.phantom.seed)")
+    p.add_argument("--anomalies", action="store_true",
+                   help="write an abnormal test set instead: the anomalies (absent_csp, ventriculomegaly, banana_cerebellum, "
+                   "enlarged_cm, microcephaly, lemon) in turn, each frame with its normal twin; default seed "
+                   "data.phantom.seed + 1 (patients no model trained on)")
+    p.add_argument("--only", default="", metavar="NAMES", help="with --anomalies: only these (comma-separated)")
+    p.add_argument("--severity", type=float, default=None, help="with --anomalies: one severity for every frame (default: drawn over each range)")
     p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides")
     ns = p.parse_intermixed_args(argv)
     cfg = config_from_args(ns.args)
-    from diffice.data.export import write_phantoms
+    from diffice.data.export import write_anomalies, write_phantoms
 
     count = int(cfg.data.phantom.count if ns.count is None else ns.count)
+    if ns.anomalies:
+        seed = int(cfg.data.phantom.seed) + 1 if ns.seed is None else int(ns.seed)
+        names = [n for n in ns.only.split(",") if n.strip()] or None
+        path = write_anomalies(cfg, ns.out, count, seed, names, ns.severity, progress=bool(cfg.trainer.progress_bar))
+        print(f"wrote {count} abnormal phantom frames with their normal twins ({cfg.data.image_size[0]}x{cfg.data.image_size[1]}, "
+              f"seed {seed}) and {path}")
+        return 0
+    if ns.severity is not None or ns.only:
+        from diffice.errors import UserError
+
+        raise UserError(f"{'--severity' if ns.severity is not None else '--only'} needs --anomalies")
     seed = int(cfg.data.phantom.seed if ns.seed is None else ns.seed)
     path = write_phantoms(cfg, ns.out, count, seed, progress=bool(cfg.trainer.progress_bar))
     print(f"wrote {count} phantom frames ({cfg.data.image_size[0]}x{cfg.data.image_size[1]}, seed {seed}) and {path}")

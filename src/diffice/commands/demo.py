@@ -441,9 +441,9 @@ def read_experiment(path: str | Path) -> tuple[dict, dict, dict]:
     runs = data.pop("runs", None)
     if not isinstance(runs, dict) or not runs:
         raise UserError(f"{path}: key 'runs' must map each row's label to its config keys")
-    options = {k: data.pop(k) for k in ("description", "tau_scale", "name", "kind", "realism") if k in data}
-    if options.get("kind", "counterfactuals") not in ("counterfactuals", "synthesis"):
-        raise UserError(f"{path}: kind '{options['kind']}' is not counterfactuals or synthesis")
+    options = {k: data.pop(k) for k in ("description", "tau_scale", "name", "kind", "realism", "edits_only") if k in data}
+    if options.get("kind", "counterfactuals") not in ("counterfactuals", "synthesis", "downstream"):
+        raise UserError(f"{path}: kind '{options['kind']}' is not counterfactuals, synthesis or downstream")
     for label, layer in runs.items():
         if layer is not None and not isinstance(layer, dict):
             raise UserError(f"{path}: runs.{label} must be a mapping of config keys")

@@ -56,7 +56,14 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     p.add_argument("--plane", default="", help="trans-thalamic | trans-ventricular | trans-cerebellar (TT / TV / TC); default unknown")
     p.add_argument("--ga", default="", help="gestational age in weeks; default unknown")
     p.add_argument("--count", type=int, default=None, help="samples per layout (default synthesis.count)")
+    p.add_argument("--anomaly", default="",
+                   help="edit the layout(s) into this anomaly (comma-separated names, or 'all'): with --layout the edited layout is "
+                   "synthesised, with --edit FRAME the frame gets its abnormal twin (no --layout needed), with --test every test "
+                   "frame that shows the structure gets one (instead of synthesis.edits); names: absent_csp, banana_cerebellum, "
+                   "enlarged_cm, microcephaly, lemon (docs/synthesis.md)")
+    p.add_argument("--severity", type=float, default=None, help="the anomaly's severity (default: its default; ranges in docs/synthesis.md)")
     p.add_argument("--test", action="store_true", help="the split's layouts (synthesis.limit of them) and their edits (synthesis.edits), with metrics")
+    p.add_argument("--edits-only", action="store_true", help="--test: only the edits (e.g. anomaly pairs), no layout samples")
     p.add_argument("--out", default=None, help="output folder (default synthesis.out)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--no-realism", action="store_true", help="--test: skip FID / FSD")
@@ -65,14 +72,21 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     modes = sum(bool(x) for x in (ns.test, ns.edit, ns.layout and not ns.edit))
     if modes != 1:
         raise UserError("give exactly one of --layout MASK.png, --edit FRAME.png --layout EDITED.png, or --test")
-    if ns.edit and not ns.layout:
-        raise UserError("--edit FRAME.png needs --layout EDITED_MASK.png (the layout the frame should have)")
+    specs = anomaly_specs(ns.anomaly, ns.severity)
+    if ns.edit and not ns.layout and not specs:
+        raise UserError("--edit FRAME.png needs --layout EDITED_MASK.png (the layout the frame should have) or --anomaly NAME")
+    if ns.edit and ns.layout and specs:
+        raise UserError("--edit FRAME.png takes --layout EDITED_MASK.png or --anomaly NAME, not both")
+    if len(specs) > 1 and not ns.test:
+        raise UserError(f"--anomaly {ns.anomaly}: one anomaly at a time with --layout or --edit (several with --test)")
     count = int(ns.count) if ns.count is not None else None
     if count is not None and count < 1:
         raise UserError("--count must be at least 1")
     cfg = config_from_args(ns.args)
     if count is not None:
         cfg.synthesis.count = count  # recorded with the run (a rerun with another --count is refused)
+    if specs and ns.test:
+        cfg.synthesis.edits = specs  # recorded with the run, like any synthesis.edits
     out = Path(ns.out or cfg.synthesis.out)
     device = _device(ns.device)
     plane = parse_plane(ns.plane, "--plane")
@@ -84,20 +98,25 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
         layouts, edits, dm = R.test_jobs(cfg, syn, None if limit is None else int(limit), list(cfg.synthesis.edits))
         R.prepare_run_folder(out, cfg, ns.ckpt)
         save_config(cfg, out / "config.yaml")
-        lrecs = R.run_layouts(out, syn, layouts, count, int(cfg.synthesis.batch_size))
+        lrecs = [] if ns.edits_only else R.run_layouts(out, syn, layouts, count, int(cfg.synthesis.batch_size))
         erecs = R.run_edits(out, syn, edits, int(cfg.synthesis.batch_size))
-        realism = None if ns.no_realism else R.realism_metrics(cfg, syn, out, lrecs, dm, device)
+        realism = None if ns.no_realism or not lrecs else R.realism_metrics(cfg, syn, out, lrecs, dm, device)
         m = R.finish(out, cfg, syn, lrecs, erecs, realism, report=not ns.no_report)
         _print_summary(m, syn.classes, out)
         return 0
     syn = R.Synthesizer(cfg, ns.ckpt, device, need_steer=not ns.edit, need_judge=True)
-    layout = read_layout(ns.layout, syn.classes, syn.size)
+    layout = read_layout(ns.layout, syn.classes, syn.size) if ns.layout else None
+    if layout is not None and specs:  # --layout MASK --anomaly NAME: synthesise the abnormal layout
+        layout = _anomaly_layout(layout, specs[0], syn.classes, ga, ns.layout)
     source = None
     if ns.edit:
         source = load_image(Path(ns.edit))
-        if source.shape != layout.shape:
+        if layout is not None and source.shape != layout.shape:
             raise UserError(f"{ns.edit}: frame is {source.shape[1]}x{source.shape[0]} (WxH) but the layout {ns.layout} is "
                             f"{layout.shape[1]}x{layout.shape[0]}; the frame and its edited layout must have the same size")
+        if layout is None and source.shape != tuple(syn.size):
+            raise UserError(f"{ns.edit}: frame is {source.shape[1]}x{source.shape[0]} (WxH) but the model makes "
+                            f"{syn.size[1]}x{syn.size[0]} frames")
     R.prepare_run_folder(out, cfg, ns.ckpt)
     save_config(cfg, out / "config.yaml")
     if ns.edit:
@@ -109,9 +128,14 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
 
             seg, _, _ = R.M.load_segment(cfg.synthesis.segmenter_ckpt, device)
             before = seg(torch.from_numpy(src)[None, None].float())[0].numpy().astype(np.int64)
-        if (before == layout).all():
-            raise UserError(f"{ns.layout}: the edited layout equals the frame's own layout; nothing to edit")
-        job = R.EditJob("000000-0", 0, Path(ns.edit).stem, f"layout {Path(ns.layout).name}", src.astype(np.float32), before, layout, plane, ga)
+        if specs:
+            job = R.edit_job("000000-0", 0, Path(ns.edit).stem, specs[0], src.astype(np.float32), before, syn.classes, plane, ga)
+            if job is None:
+                raise UserError(f"{ns.edit}: --anomaly {ns.anomaly} changes nothing in the frame's layout")
+        else:
+            if (before == layout).all():
+                raise UserError(f"{ns.layout}: the edited layout equals the frame's own layout; nothing to edit")
+            job = R.EditJob("000000-0", 0, Path(ns.edit).stem, f"layout {Path(ns.layout).name}", src.astype(np.float32), before, layout, plane, ga)
         erecs = R.run_edits(out, syn, [job], 1)
         m = R.finish(out, cfg, syn, [], erecs, None, report=not ns.no_report)
         _print_summary(m, syn.classes, out)
@@ -121,6 +145,32 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     m = R.finish(out, cfg, syn, lrecs, [], None, report=not ns.no_report)
     _print_summary(m, syn.classes, out)
     return 0
+
+
+def anomaly_specs(names: str, severity: float | None) -> list[str]:
+    """``anomaly:NAME:S`` edit specs of ``--anomaly`` (comma-separated names or 'all') at ``--severity``."""
+    from diffice.data.anomalies import ANOMALIES
+    from diffice.errors import UserError
+    from diffice.synthesis.layouts import anomaly_spec
+
+    keys = [n.strip() for n in str(names or "").split(",") if n.strip()]
+    if not keys:
+        if severity is not None:
+            raise UserError("--severity needs --anomaly NAME")
+        return []
+    if keys == ["all"]:
+        keys = [k for k in ANOMALIES if k != "ventriculomegaly"]  # the layouts have no ventricle class
+    return [anomaly_spec(k, severity) for k in keys]
+
+
+def _anomaly_layout(layout, spec: str, classes: list[str], ga: float, where: str):
+    from diffice.errors import UserError
+    from diffice.synthesis.layouts import apply_edit
+
+    after = apply_edit(layout, spec, classes, ga)
+    if (after == layout).all():
+        raise UserError(f"{where}: {spec} changes nothing in this layout")
+    return after
 
 
 def _print_summary(m: dict, classes: list[str], out) -> None:
@@ -138,7 +188,10 @@ def _print_summary(m: dict, classes: list[str], out) -> None:
     if m.get("edits"):
         print(f"{m['edits']} edits: PSNR outside the edit mean {f(m.get('edit_psnr_outside_mean'))} dB, min {f(m.get('edit_psnr_outside_min'))}; "
               f"edited pixels as requested {f(m.get('edit_accuracy'))} (source {f(m.get('edit_accuracy_source'))})")
-    print(f"run folder: {out} (report.html, results.csv, metrics.json)")
+    for name, a in (m.get("anomalies") or {}).items():
+        print(f"  {name} (severity {', '.join(f'{v:g}' for v in a['severities'])}): {a['within_tolerance']} of {a['checked']} "
+              "edited frames measure as requested (judge's segmentation, docs/synthesis.md)")
+    print(f"run folder: {out} (report.html, results.csv, metrics.json{', pairs.csv' if m.get('edits') else ''})")
 
 
 # ----------------------------------------------------------------------------- experiment
@@ -152,9 +205,29 @@ ABLATION_COLUMNS = (
 )
 
 
+def anomaly_table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown table of anomaly-edit runs: per run and anomaly, how many edited frames the judge
+    measures within the tolerance of the requested severity, and how well the outside is kept."""
+    lines = ["| run | anomaly | severity | edits | measured as requested | edit PSNR outside (dB) | min |", "|---|---|---|---|---|---|---|"]
+    total = [0, 0]
+    for label, m in rows:
+        for name, a in (m.get("anomalies") or {}).items():
+            k, n = a["within_tolerance"], a["checked"]
+            total[0] += k
+            total[1] += n
+            frac = f"{k} of {n} ({100 * k / n:.0f} %)" if n else "n/a"
+            lines.append(f"| {label} | {name} | {', '.join(f'{v:g}' for v in a['severities'])} | {a['edits']} | {frac} | "
+                         f"{m.get('edit_psnr_outside_mean', float('nan')):.1f} | {m.get('edit_psnr_outside_min', float('nan')):.1f} |")
+    if total[1]:
+        lines.append(f"| all | | | {total[1]} | {total[0]} of {total[1]} ({100 * total[0] / total[1]:.0f} %) | | |")
+    return "\n".join(lines) + "\n"
+
+
 def synthesis_table(rows: list[tuple[str, dict]]) -> str:
     """Markdown table of synthesis runs (label, metrics.json), plus each run's stage-1 Dice and the
-    judge's ceiling on real frames where the run has them."""
+    judge's ceiling on real frames where the run has them; anomaly-edit runs get :func:`anomaly_table`."""
+    if rows and all(m.get("anomalies") and not m.get("samples") for _, m in rows):
+        return anomaly_table(rows)
 
     def cell(m, section, key):
         v = (m.get(section) or {}).get(key) if section else m.get(key)
@@ -220,7 +293,8 @@ def run_synthesis_experiment(ns, base: dict, runs: dict, options: dict) -> int:
         layer_file = run_out.parent / f".{_slug(label)}.yaml"
         save_config(cfg, layer_file)
         code = cmd_synthesize([str(ckpt), str(layer_file), "--test", "--out", str(run_out),
-                               *([] if options.get("realism", True) else ["--no-realism"])])
+                               *([] if options.get("realism", True) else ["--no-realism"]),
+                               *(["--edits-only"] if options.get("edits_only") else [])])
         if code:
             return code
         rows.append((label, json.loads((run_out / "metrics.json").read_text())))

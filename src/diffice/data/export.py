@@ -73,6 +73,67 @@ def write_phantoms(cfg: DictConfig, out: str | Path, count: int, seed: int, prog
     return atomic_write_text(out / "manifest.csv", buf.getvalue())
 
 
+ANOMALY_COLUMNS = [*COLUMNS, "anomaly", "severity", "normal", "normal_mask"]
+
+
+def write_anomalies(cfg: DictConfig, out: str | Path, count: int, seed: int, names: list[str] | None = None,
+                    severity: float | None = None, progress: bool = True) -> Path:
+    """An abnormal test set: ``count`` phantom frames, the anomalies ``names`` (default all) in
+    turn, each on the next frame that shows what it changes, at ``severity`` (default: drawn
+    uniformly over the anomaly's range). Every frame's normal twin (same patient, pose, faults
+    and speckle) is written beside it (``normals/``, ``normal_masks/``); the manifest has the
+    ``anomaly`` and ``severity`` columns and every row in the test split."""
+    from diffice.data import anomalies as AN
+
+    out = Path(out)
+    if count <= 0:
+        raise UserError(f"--count must be positive, got {count}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder")
+    names = [AN.anomaly(n, severity, "--anomalies")[0].name for n in (names or list(AN.ANOMALIES))]
+    size = [int(v) for v in cfg.data.image_size]
+    p = cfg.data.phantom
+    sp_fraction, fpp = float(p.sp_fraction), int(p.frames_per_patient)
+    rows, latents, cursor = [], [], dict.fromkeys(names, 0)
+    it = range(count)
+    if progress:
+        from rich.progress import track
+
+        it = track(it, description=f"writing {count} abnormal phantoms to {out}")
+    for k in it:
+        name = names[k % len(names)]
+        i = cursor[name]
+        while not ph.eligible(name, ph.sample_frame(i, seed, sp_fraction, fpp)["actual"]):
+            i += 1
+            if i > cursor[name] + 100_000:  # (never for the built-in faults' probabilities)
+                raise UserError(f"--anomalies: no phantom frame shows what {name} changes (data.phantom settings)")
+        cursor[name] = i + 1
+        a = AN.ANOMALIES[name]
+        sev = float(severity) if severity is not None else float(ph._rng(seed, 11, k).uniform(a.lo, a.hi))
+        fr = ph.render_frame(i, size, seed, sp_fraction, fpp, anomaly=name, severity=sev)
+        normal = ph.render_frame(i, size, seed, sp_fraction, fpp, with_target=False)
+        name_png = f"{fr['id']}_{name}.png"
+        save_png(out / "images" / name_png, fr["image"])
+        save_png(out / "masks" / name_png, fr["mask"])
+        save_png(out / "targets" / name_png, fr["target"])
+        save_png(out / "normals" / name_png, normal["image"])
+        save_png(out / "normal_masks" / name_png, normal["mask"])
+        rows.append({
+            "image": f"images/{name_png}", "id": f"{fr['id']}_{name}", "label": "SP" if fr["label"] == 1 else "NSP",
+            "patient": f"p{fr['patient']:05d}", "split": "test", "mask": f"masks/{name_png}", "target": f"targets/{name_png}",
+            **{c: f"{fr['concepts'][c]:.6f}" for c in ph.CONCEPTS}, "quality": f"{fr['quality']:.6f}",
+            "faults": "+".join(fr["faults"]), "plane": ph.PLANES[fr["plane"]], "ga": f"{fr['ga']:.2f}",
+            "anomaly": name, "severity": f"{sev:.4g}", "normal": f"normals/{name_png}", "normal_mask": f"normal_masks/{name_png}",
+        })
+        latents.append(json.dumps({"id": rows[-1]["id"], "index": i, "anomaly": name, "severity": sev, **_plain(fr["latents"])}))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=ANOMALY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "latents.jsonl", "\n".join(latents) + "\n")
+    return atomic_write_text(out / "manifest.csv", buf.getvalue())
+
+
 def _plain(x):
     """JSON-safe copy of the latents (numpy scalars and arrays to Python)."""
     if isinstance(x, dict):

@@ -60,6 +60,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.signal import lfilter
 
+from diffice.data import anomalies as AN
+
 CLASSES = ("background", "head", "bone", "th", "csp", "fp")
 CONCEPTS = ("qs_th", "qs_csp", "qs_fp", "qs_bone")
 BG, HEAD, BONE, TH, CSP, FP = range(6)
@@ -411,8 +413,10 @@ def _oval(u: np.ndarray, v: np.ndarray, u0: float, v0: float, ru: float, rv: flo
     return _ramp(1.0 - q, soft)
 
 
-def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
+def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray, anomaly: dict | None = None) -> dict:
     """Anatomy of one frame pose in the polar grid (shared by the image and its target).
+
+    ``anomaly``: ``{"name", "severity", "ga"}`` of :mod:`diffice.data.anomalies` (None: normal).
 
     Full-grid layers: ``back`` (tissue / fluid outside the head), ``rho`` (elliptic radius).
     Layers inside the head's bounding box ``crop``: skull, brain and the structures.
@@ -420,6 +424,10 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     h, w = geo.height, geo.width
     a = pat["a"] * w * lat["scale"]
     b = a * pat["ratio"]
+    an, sev = (anomaly["name"], float(anomaly["severity"])) if anomaly else ("", 0.0)
+    mm = AN.mm_per_pixel(a, b, anomaly["ga"]) if anomaly else 1.0  # the normal head sets the scale
+    if an == "microcephaly":
+        a, b = a * (1.0 - sev), b * (1.0 - sev)
     cx, cy = w * (0.5 + lat["dx"]), h * (0.54 + lat["dy"])
     ang = math.radians(pat["angle"] + lat["dangle"])
     ca, sa = math.cos(ang), math.sin(ang)
@@ -431,6 +439,8 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     pu = dx * np.float32(ca / a) + dy * np.float32(sa / a)
     pv = dy * np.float32(ca / b) - dx * np.float32(sa / b)
     rho = np.sqrt(pu * pu + pv * pv)
+    if an == "lemon":
+        rho = rho / AN.lemon_radius(pu * pat["front"], pv, sev, pat["ratio"]).astype(np.float32)
     inv = 1.0 / (rho + 1e-6)
     c1, s1 = pu * inv, pv * inv
     c2, s2 = c1 * c1 - s1 * s1, 2.0 * c1 * s1
@@ -495,7 +505,8 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
         "bone_tex": np.maximum(1.0 + LOOK["bonetex"] * tx2, 0.25),  # irregular ossification
     }
     if lat["vis_tv"] > 0:  # (only trans-ventricular tilts show them: skipped otherwise)
-        half_res["atr"] = _oval(u2, av2, -0.36, 0.4, 0.27, 0.1)
+        atr_w = 0.5 * sev / (mm * b) if an == "ventriculomegaly" else 0.1  # half-width (units of b)
+        half_res["atr"] = _oval(u2, av2, -0.36, 0.4 + max(0.0, atr_w - 0.1), 0.27, atr_w)
         half_res["chor"] = _oval(u2, av2, -0.4, 0.4, 0.16, 0.055)
     # skull thickness and brightness vary smoothly around the head (harmonics of the angle);
     # bone is brightest where its normal faces the beam (|n . beam|^4, lateral drop-out)
@@ -516,6 +527,16 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     qu, qv = (u2 - pat["csp_u"]) * (1.0 / pat["csp_len"]), pv2 * (1.0 / pat["csp_w"])
     qu2, qv2 = qu * qu, qv * qv
     half_res["csp"] = _ramp(1.0 - (qu2 * qu2 + qv2 * qv2), 0.2)
+    if an == "banana_cerebellum":  # Chiari II: a small arc round the brainstem, no cisterna magna
+        tcd = 2.0 * (AN.CB_V * pat["ratio"] + cr)
+        half_res["cb"] = AN.banana(u2, pv2, sev, pat["ratio"], AN.CB_U + cr, tcd).astype(np.float32)
+        half_res["cb_rim"] = AN.banana(u2, pv2, sev, pat["ratio"], AN.CB_U + cr, tcd, soft=0.09).astype(np.float32)
+        half_res["cm"] = np.zeros_like(half_res["cm"])
+    elif an == "enlarged_cm":  # Dandy-Walker: hemispheres apart and forward, a deep cisterna magna
+        cb, cm = AN.dandy_walker(u2, pv2, sev / (mm * a), pat["ratio"], cr, t)
+        half_res["cb"], half_res["cm"] = cb.astype(np.float32), cm.astype(np.float32)
+        half_res["cb_rim"] = np.maximum(half_res["cb"], 0.0)
+        half_res["vermis"] = np.zeros_like(half_res["vermis"])
     L = {}
     for k, arr in half_res.items():
         L[k] = cv2.resize(arr, (arr.shape[1] * 2, arr.shape[0] * 2), interpolation=cv2.INTER_LINEAR)[: size[0], : size[1]]
@@ -529,6 +550,8 @@ def _layers(pat: dict, lat: dict, geo: Geometry, tex: np.ndarray) -> dict:
     pus = dx * np.float32(ca / a) + dy * np.float32(sa / a)
     pvs = dy * np.float32(ca / b) - dx * np.float32(sa / b)
     rc = np.sqrt(pus * pus + pvs * pvs)
+    if an == "lemon":
+        rc = rc / AN.lemon_radius(pus * pat["front"], pvs, sev, pat["ratio"]).astype(np.float32)
     u = pus * pat["front"]
     v = pvs
     # skull: a band around rho = 1 (thickness and brightness from the smooth layers above)
@@ -652,8 +675,12 @@ def render_frame(
     sp_fraction: float = 0.152,
     frames_per_patient: int = 4,
     with_target: bool = True,
+    anomaly: str | None = None,
+    severity: float | None = None,
 ) -> dict:
-    """Render frame ``index`` at ``size`` = [height, width].
+    """Render frame ``index`` at ``size`` = [height, width], normal or (``anomaly``, a name of
+    :data:`diffice.data.anomalies.ANOMALIES`, at ``severity``, default its default) abnormal:
+    the same patient, pose, faults and speckle with the anomaly's anatomy (image, target and mask).
 
     Returns ``image`` and ``target`` (uint8 HxW, 0..255; target None if not asked for),
     ``mask`` (uint8 HxW class indices), ``concepts`` (dict of floats in [0, 1]), ``quality``
@@ -667,12 +694,25 @@ def render_frame(
     nr, npx = geo.xs.shape
     speckles, textures = speckle_bank(nr, npx, smooth=SPECKLE_SMOOTH)
     act, good = fr["actual"], fr["good"]
+    spec = None
+    if anomaly:
+        an, sev = AN.anomaly(anomaly, severity)
+        if not eligible(an.name, act):
+            raise ValueError(f"frame {index} (seed {seed}) does not show what {an.name} changes (see eligible())")
+        spec = {"name": an.name, "severity": sev, "ga": ga_weeks(seed, fr["patient"])}
+        act, good, pat = dict(act), dict(good), dict(pat)
+        if an.name == "absent_csp":
+            if sev >= 0.999:
+                act["vis_csp"] = good["vis_csp"] = 0.0
+            else:
+                pat["csp_len"] *= math.sqrt(1.0 - sev)
+                pat["csp_w"] *= math.sqrt(1.0 - sev)
     q = act["speckle"]
     k = int(q[0] * len(speckles))
     speck = np.roll(speckles[k], (int(q[1] * nr), int(q[2] * npx)), axis=(0, 1))
     tex = np.roll(textures[k], (int(q[2] * nr) // 2, int(q[1] * npx) // 2), axis=(0, 1))
     noise = np.roll(speckles[(k + 1) % len(speckles)], int(q[3] * nr), axis=0)
-    L = _layers(pat, act, geo, tex)
+    L = _layers(pat, act, geo, tex, spec)
     gm = _attenuation(act, L, geo)
     base = L["back"] * speck * gm  # everything outside the head's box
     r, c = L["crop"]
@@ -688,7 +728,7 @@ def render_frame(
         target = image if not fr["faults"] else _display(amplitude(good), good, geo, noise)
     concepts = concepts_of(act)
     label = label_of(concepts)
-    assert label == int(fr["sp"]), "sampler margins violated"
+    assert spec is not None or label == int(fr["sp"]), "sampler margins violated"
     return {
         "image": image,
         "target": target,
@@ -702,4 +742,20 @@ def render_frame(
         "plane": plane_of(fr["faults"]),
         "ga": ga_weeks(seed, fr["patient"]),
         "latents": {"patient": dict(pat), "frame": act, "good": good},
+        "anomaly": spec["name"] if spec else "",
+        "severity": spec["severity"] if spec else None,
     }
+
+
+def eligible(name: str, lat: dict) -> bool:
+    """Whether a frame with latents ``lat`` shows what anomaly ``name`` changes (the cavum for
+    absent_csp, the fossa posterior for the cerebellar ones, the atrium for ventriculomegaly)."""
+    if name == "absent_csp":
+        return lat["vis_csp"] >= 0.5
+    if name in ("banana_cerebellum", "enlarged_cm"):
+        return lat["vis_fp"] >= 0.5
+    if name == "ventriculomegaly":
+        return lat["vis_tv"] >= 0.5
+    if name == "lemon":  # the whole head, and a structure that tells its front (as a layout needs)
+        return lat["cut"] == 0.0 and (lat["vis_csp"] >= 0.5 or lat["vis_fp"] >= 0.5)
+    return lat["cut"] == 0.0  # microcephaly: the whole head in the frame

@@ -13,6 +13,9 @@ frame's layout into an edited one, written ``op:class[:amount]``:
 ``grow:C:N``         class C grows by N pixels into its neighbours (not into background)
 ``shrink:C:N``       class C shrinks by N pixels (the surrounding class fills in)
 ``shift:C:DY,DX``    class C moves by (DY, DX) pixels inside the head
+``anomaly:NAME[:S]`` the anomaly NAME at severity S (default its default): absent_csp,
+                     banana_cerebellum, enlarged_cm, microcephaly, lemon
+                     (:mod:`diffice.data.anomalies` says what each imitates and measures)
 ===================  ======================================================================
 """
 
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from diffice.data import anomalies as AN
 from diffice.errors import UserError
 
 UNSPECIFIED = 255
@@ -84,13 +88,45 @@ def _surrounding(layout: np.ndarray, region: np.ndarray, exclude: int) -> int:
     return int(np.bincount(vals).argmax()) if vals.size else 0
 
 
-def apply_edit(layout: np.ndarray, spec: str, classes: list[str]) -> np.ndarray:
-    """``layout`` edited by one operator ``spec`` (see the module docstring); a copy."""
+def parse_anomaly(spec: str) -> tuple[str, float] | None:
+    """(name, severity) of an ``anomaly:NAME[:S]`` spec (checked), None for another operator."""
+    parts = [p.strip() for p in spec.split(":")]
+    if parts[0].lower() != "anomaly":
+        return None
     where = f"edit '{spec}'"
+    if len(parts) < 2 or not parts[1]:
+        raise UserError(f"{where}: expected anomaly:NAME[:SEVERITY] (names: {', '.join(AN.ANOMALIES)})")
+    try:
+        sev = float(parts[2]) if len(parts) > 2 and parts[2] else None
+    except ValueError as err:
+        raise UserError(f"{where}: severity '{parts[2]}' is not a number") from err
+    a, s = AN.anomaly(parts[1], sev, where)
+    return a.name, s
+
+
+def anomaly_spec(name: str, severity: float | None = None) -> str:
+    a, s = AN.anomaly(name, severity)
+    return f"anomaly:{a.name}:{s:g}"
+
+
+def check_anomaly_classes(classes: list[str], where: str) -> None:
+    want = ["background", "head", "bone", "th", "csp", "fp"]
+    if [c.lower() for c in classes[: len(want)]] != want:
+        raise UserError(f"{where}: anomaly edits need the classes {', '.join(want)} in this order (data.classes is {', '.join(classes)})")
+
+
+def apply_edit(layout: np.ndarray, spec: str, classes: list[str], ga: float = float("nan")) -> np.ndarray:
+    """``layout`` edited by one operator ``spec`` (see the module docstring); a copy. ``ga``:
+    the frame's gestational age in weeks (the anomalies measured in mm need it)."""
+    where = f"edit '{spec}'"
+    anom = parse_anomaly(spec)
+    if anom is not None:
+        check_anomaly_classes(classes, where)
+        return AN.apply_anomaly(layout, anom[0], anom[1], ga, where=f"anomaly {anom[0]}")
     parts = spec.split(":")
     op = parts[0].strip().lower()
     if op not in OPERATORS:
-        raise UserError(f"{where}: unknown operator '{op}' (known: {', '.join(OPERATORS)})")
+        raise UserError(f"{where}: unknown operator '{op}' (known: {', '.join(OPERATORS)}, anomaly)")
     if len(parts) < 2:
         raise UserError(f"{where}: expected {op}:CLASS" + ("" if op == "remove" else ":AMOUNT"))
     c = class_index(parts[1], classes, where)

@@ -30,12 +30,13 @@ from diffice.counterfactual.outputs import (
     write_frame,
     write_rows_csv,
 )
+from diffice.data import anomalies as AN
 from diffice.diffusion import generators_for
 from diffice.errors import UserError
 from diffice.io import atomic_write_text, to_uint8
 from diffice.synthesis import metrics as M
 from diffice.synthesis import sampler as S
-from diffice.synthesis.layouts import apply_edit, edited_region
+from diffice.synthesis.layouts import apply_edit, edited_region, parse_anomaly
 
 SAMPLE_STRIDE = 1000  # sample j of layout i is seeded by (seed, i * SAMPLE_STRIDE + j)
 
@@ -61,6 +62,37 @@ class EditJob:
     after: np.ndarray
     plane: int = -1
     ga: float = math.nan
+    anomaly: str = ""                # an anomaly edit (anomaly:NAME:S): its name and severity
+    severity: float | None = None
+
+
+def edit_job(name: str, index: int, id: str, spec: str, source: np.ndarray, before: np.ndarray, classes: list[str],
+             plane: int = -1, ga: float = math.nan) -> EditJob | None:
+    """The job of editing ``source`` (layout ``before``) by ``spec``; None when the edit changes nothing."""
+    after = apply_edit(before, spec, classes, ga)
+    if not (after != before).any():
+        return None
+    anom = parse_anomaly(spec)
+    return EditJob(name, index, id, spec, source, before, after, plane, ga, *(anom or ("", None)))
+
+
+def anomaly_check(job: EditJob, judged: np.ndarray | None) -> dict:
+    """The anomaly's quantity (:func:`diffice.data.anomalies.measure`) on the source layout, the
+    requested (edited) layout and the judge's segmentation of the edited frame, all in the source
+    layout's head coordinates, and whether the edited frame is within ``TOLERANCE`` of the request."""
+    try:
+        frame = AN.head_frame(job.before, need_front=False)
+    except UserError:
+        frame = None
+    src = AN.measure(job.anomaly, job.before, frame)
+    req = AN.measure(job.anomaly, job.after, frame)
+    rec = {"anomaly": job.anomaly, "severity": job.severity, "source_value": src, "requested_value": req}
+    if judged is not None:
+        got = AN.measure(job.anomaly, judged, frame)
+        tol = AN.TOLERANCE[job.anomaly] * (1.0 if job.anomaly == "lemon" else abs(src))
+        rec.update({"measured_value": got, "tolerance": tol,
+                    "within_tolerance": bool(math.isfinite(got) and math.isfinite(req) and abs(got - req) <= tol)})
+    return rec
 
 
 def colour_layout(layout: np.ndarray) -> np.ndarray:
@@ -237,12 +269,13 @@ def run_edits(out: Path, syn: Synthesizer, jobs: list[EditJob], batch_size: int,
         for i, job in enumerate(chunk):
             ch = changed[i].numpy()
             rec = {"index": job.index, "name": job.name, "id": job.id, "edit": job.spec, "plane": job.plane,
+                   "ga": None if math.isnan(job.ga) else job.ga,
                    "repaint": bool(s.repaint), "changed_pixels": int(ch.sum()), "psnr_outside": psnr[i], "ssim_outside": ssim[i],
                    "psnr_held": held_psnr[i], "held_exact": held_psnr[i] == math.inf, "held_pixels": int(known[i].sum()),
                    "seconds": seconds, "seed_id": ids[i]}
             images = {"source.png": to_uint8(job.source), "layout_before.png": colour_layout(job.before),
                       "layout_after.png": colour_layout(job.after), "layout_after_classes.png": layout_png(job.after),
-                      "edited.png": to_uint8(edited[i])}
+                      "layout_before_classes.png": layout_png(job.before), "edited.png": to_uint8(edited[i])}
             from diffice.report.records import difference_map
 
             images["diff.png"] = difference_map(images["source.png"], images["edited.png"])
@@ -252,6 +285,8 @@ def run_edits(out: Path, syn: Synthesizer, jobs: list[EditJob], batch_size: int,
                 rec["edit_accuracy_source"] = float((js[ch] == job.after[ch]).mean()) if ch.any() else None
                 rec["judge_dice"] = M_layout_dice(judged[i : i + 1], after[i : i + 1], syn.classes)[0]
                 images["judge.png"] = overlay_classes(edited[i], jp)
+            if job.anomaly:
+                rec.update(anomaly_check(job, judged[i].numpy() if judged is not None else None))
             write_frame(out, rec, images, folder="edits", name=job.name)
             _advance(bar)
     _stop(bar)
@@ -287,9 +322,12 @@ def test_jobs(cfg: DictConfig, syn: Synthesizer, limit: int | None, edits: list[
         img = item["image"][0].numpy()
         layouts.append(LayoutJob(int(item["index"]), str(item["id"]), lay, plane, ga, img))
         for k, spec in enumerate(edits):
-            after = apply_edit(lay, spec, syn.classes)
-            if (after != lay).any():
-                edit_jobs.append(EditJob(f"{int(item['index']):06d}-{k}", int(item["index"]), str(item["id"]), spec, img, lay, after, plane, ga))
+            anom = parse_anomaly(spec)
+            if anom and not AN.layout_shows(anom[0], lay):
+                continue  # this frame lacks what the anomaly edits (no fossa posterior in a trans-thalamic plane, ...)
+            job = edit_job(f"{int(item['index']):06d}-{k}", int(item["index"]), str(item["id"]), spec, img, lay, syn.classes, plane, ga)
+            if job is not None:
+                edit_jobs.append(job)
     if not layouts:
         raise UserError(f"synthesis.split={cfg.synthesis.split}: no frame with a mask to take a layout from")
     return layouts, edit_jobs, dm
@@ -337,6 +375,17 @@ def summarize(syn: Synthesizer, layout_recs: list[dict], edit_recs: list[dict], 
         m["edit_accuracy"] = float(np.mean(acc)) if acc else None
         m["edit_accuracy_source"] = float(np.mean(acc0)) if acc0 else None
         m["edit_seconds"] = float(np.mean([r["seconds"] for r in edit_recs]))
+        names = sorted({r["anomaly"] for r in edit_recs if r.get("anomaly")})
+        if names:
+            m["anomalies"] = {}
+            for name in names:
+                rs = [r for r in edit_recs if r.get("anomaly") == name]
+                ok = [r["within_tolerance"] for r in rs if "within_tolerance" in r]
+                m["anomalies"][name] = {"edits": len(rs), "severities": sorted({r["severity"] for r in rs}),
+                                        "within_tolerance": sum(ok), "checked": len(ok),
+                                        "fraction_within": float(np.mean(ok)) if ok else None}
+            ok = [r["within_tolerance"] for r in edit_recs if "within_tolerance" in r]
+            m["anomaly_fraction_within"] = float(np.mean(ok)) if ok else None
     if realism:
         m.update(realism)
     return m
@@ -399,8 +448,26 @@ def write_results_csv(out: Path, layout_recs: list[dict], edit_recs: list[dict],
     for r in edit_recs:
         rows.append({"kind": "edit", "index": r["index"], "id": r["id"], "plane": r["plane"], "seed_id": r["seed_id"],
                      "edit": r["edit"], "psnr_outside": r["psnr_outside"], "ssim_outside": r["ssim_outside"],
-                     "edit_accuracy": r.get("edit_accuracy"), "changed_pixels": r["changed_pixels"]})
+                     "edit_accuracy": r.get("edit_accuracy"), "changed_pixels": r["changed_pixels"],
+                     **{k: r.get(k) for k in ANOMALY_KEYS}})
     return write_rows_csv(out / "results.csv", rows)
+
+
+ANOMALY_KEYS = ("anomaly", "severity", "source_value", "requested_value", "measured_value", "tolerance", "within_tolerance")
+
+
+def write_pairs_csv(out: Path, edit_recs: list[dict]) -> Path | None:
+    """``pairs.csv``: one pixel-paired (source, edited) frame pair per edit, with both layouts."""
+    if not edit_recs:
+        return None
+    rows = []
+    for r in edit_recs:
+        d = f"edits/{r['name']}"
+        rows.append({"source": f"{d}/source.png", "edited": f"{d}/edited.png", "layout_source": f"{d}/layout_before_classes.png",
+                     "layout_edited": f"{d}/layout_after_classes.png", "id": r["id"], "plane": r["plane"], "ga": r.get("ga"),
+                     "edit": r["edit"], "anomaly": r.get("anomaly", ""), "severity": r.get("severity"),
+                     "psnr_outside": r["psnr_outside"], "within_tolerance": r.get("within_tolerance")})
+    return write_rows_csv(out / "pairs.csv", rows)
 
 
 def finish(out: Path, cfg: DictConfig, syn: Synthesizer, layout_recs: list[dict], edit_recs: list[dict], realism: dict | None,
@@ -409,6 +476,7 @@ def finish(out: Path, cfg: DictConfig, syn: Synthesizer, layout_recs: list[dict]
 
     metrics = summarize(syn, layout_recs, edit_recs, realism)
     write_results_csv(out, layout_recs, edit_recs, syn.classes)
+    write_pairs_csv(out, edit_recs)
     atomic_write_text(out / "metrics.json", json.dumps(_clean(metrics), indent=1, sort_keys=True))
     if report:
         from diffice.synthesis.report import write_report
