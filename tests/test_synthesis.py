@@ -395,6 +395,7 @@ def test_synthesize_anomaly_pairs(runs, tmp_path):
     assert rec["anomaly"] == "microcephaly" and rec["severity"] == 0.3 and rec["edit"] == "anomaly:microcephaly:0.3"
     assert rec["requested_value"] == pytest.approx(0.7 * rec["source_value"], rel=0.08)
     assert "measured_value" in rec and isinstance(rec["within_tolerance"], bool) and rec["held_exact"]
+    assert isinstance(rec["source_within_tolerance"], bool) and "measured_source" in rec  # the control: the unedited frame
     pair = list(csv.DictReader((tmp_path / "e" / "pairs.csv").open()))[0]
     from diffice.synthesis.layouts import read_layout
 

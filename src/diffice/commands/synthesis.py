@@ -190,7 +190,8 @@ def _print_summary(m: dict, classes: list[str], out) -> None:
               f"edited pixels as requested {f(m.get('edit_accuracy'))} (source {f(m.get('edit_accuracy_source'))})")
     for name, a in (m.get("anomalies") or {}).items():
         print(f"  {name} (severity {', '.join(f'{v:g}' for v in a['severities'])}): {a['within_tolerance']} of {a['checked']} "
-              "edited frames measure as requested (judge's segmentation, docs/synthesis.md)")
+              f"edited frames measure as requested (judge's segmentation, docs/synthesis.md); unedited sources: "
+              f"{a.get('source_within_tolerance', 0)} of {a['checked']}")
     print(f"run folder: {out} (report.html, results.csv, metrics.json{', pairs.csv' if m.get('edits') else ''})")
 
 
@@ -208,18 +209,22 @@ ABLATION_COLUMNS = (
 def anomaly_table(rows: list[tuple[str, dict]]) -> str:
     """Markdown table of anomaly-edit runs: per run and anomaly, how many edited frames the judge
     measures within the tolerance of the requested severity, and how well the outside is kept."""
-    lines = ["| run | anomaly | severity | edits | measured as requested | edit PSNR outside (dB) | min |", "|---|---|---|---|---|---|---|"]
-    total = [0, 0]
+    lines = ["| run | anomaly | severity | edits | measured as requested | control: unedited source as requested | "
+             "edit PSNR outside (dB) | min |", "|---|---|---|---|---|---|---|---|"]
+    total = [0, 0, 0]
     for label, m in rows:
         for name, a in (m.get("anomalies") or {}).items():
             k, n = a["within_tolerance"], a["checked"]
             total[0] += k
             total[1] += n
             frac = f"{k} of {n} ({100 * k / n:.0f} %)" if n else "n/a"
-            lines.append(f"| {label} | {name} | {', '.join(f'{v:g}' for v in a['severities'])} | {a['edits']} | {frac} | "
+            ctl = a.get("source_within_tolerance")
+            total[2] += ctl or 0
+            ctl = f"{ctl} of {n}" if ctl is not None and n else "n/a"
+            lines.append(f"| {label} | {name} | {', '.join(f'{v:g}' for v in a['severities'])} | {a['edits']} | {frac} | {ctl} | "
                          f"{m.get('edit_psnr_outside_mean', float('nan')):.1f} | {m.get('edit_psnr_outside_min', float('nan')):.1f} |")
     if total[1]:
-        lines.append(f"| all | | | {total[1]} | {total[0]} of {total[1]} ({100 * total[0] / total[1]:.0f} %) | | |")
+        lines.append(f"| all | | | {total[1]} | {total[0]} of {total[1]} ({100 * total[0] / total[1]:.0f} %) | {total[2]} of {total[1]} | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -76,10 +76,11 @@ def edit_job(name: str, index: int, id: str, spec: str, source: np.ndarray, befo
     return EditJob(name, index, id, spec, source, before, after, plane, ga, *(anom or ("", None)))
 
 
-def anomaly_check(job: EditJob, judged: np.ndarray | None) -> dict:
+def anomaly_check(job: EditJob, judged: np.ndarray | None, judged_source: np.ndarray | None = None) -> dict:
     """The anomaly's quantity (:func:`diffice.data.anomalies.measure`) on the source layout, the
     requested (edited) layout and the judge's segmentation of the edited frame, all in the source
-    layout's head coordinates, and whether the edited frame is within ``TOLERANCE`` of the request."""
+    layout's head coordinates, and whether the edited frame is within ``TOLERANCE`` of the request;
+    the control: the same check on the judge's segmentation of the unedited source frame."""
     try:
         frame = AN.head_frame(job.before, need_front=False)
     except UserError:
@@ -92,6 +93,10 @@ def anomaly_check(job: EditJob, judged: np.ndarray | None) -> dict:
         tol = AN.TOLERANCE[job.anomaly] * (1.0 if job.anomaly == "lemon" else abs(src))
         rec.update({"measured_value": got, "tolerance": tol,
                     "within_tolerance": bool(math.isfinite(got) and math.isfinite(req) and abs(got - req) <= tol)})
+    if judged_source is not None:
+        ctl = AN.measure(job.anomaly, judged_source, frame)
+        rec.update({"measured_source": ctl,
+                    "source_within_tolerance": bool(math.isfinite(ctl) and math.isfinite(req) and abs(ctl - req) <= tol)})
     return rec
 
 
@@ -286,7 +291,7 @@ def run_edits(out: Path, syn: Synthesizer, jobs: list[EditJob], batch_size: int,
                 rec["judge_dice"] = M_layout_dice(judged[i : i + 1], after[i : i + 1], syn.classes)[0]
                 images["judge.png"] = overlay_classes(edited[i], jp)
             if job.anomaly:
-                rec.update(anomaly_check(job, judged[i].numpy() if judged is not None else None))
+                rec.update(anomaly_check(job, *((judged[i].numpy(), judged_src[i].numpy()) if judged is not None else (None,))))
             write_frame(out, rec, images, folder="edits", name=job.name)
             _advance(bar)
     _stop(bar)
@@ -383,7 +388,8 @@ def summarize(syn: Synthesizer, layout_recs: list[dict], edit_recs: list[dict], 
                 ok = [r["within_tolerance"] for r in rs if "within_tolerance" in r]
                 m["anomalies"][name] = {"edits": len(rs), "severities": sorted({r["severity"] for r in rs}),
                                         "within_tolerance": sum(ok), "checked": len(ok),
-                                        "fraction_within": float(np.mean(ok)) if ok else None}
+                                        "fraction_within": float(np.mean(ok)) if ok else None,
+                                        "source_within_tolerance": sum(bool(r.get("source_within_tolerance")) for r in rs)}
             ok = [r["within_tolerance"] for r in edit_recs if "within_tolerance" in r]
             m["anomaly_fraction_within"] = float(np.mean(ok)) if ok else None
     if realism:
@@ -453,7 +459,8 @@ def write_results_csv(out: Path, layout_recs: list[dict], edit_recs: list[dict],
     return write_rows_csv(out / "results.csv", rows)
 
 
-ANOMALY_KEYS = ("anomaly", "severity", "source_value", "requested_value", "measured_value", "tolerance", "within_tolerance")
+ANOMALY_KEYS = ("anomaly", "severity", "source_value", "requested_value", "measured_value", "tolerance", "within_tolerance",
+                "measured_source", "source_within_tolerance")
 
 
 def write_pairs_csv(out: Path, edit_recs: list[dict]) -> Path | None:
