@@ -10,6 +10,7 @@ from diffice.commands.demo import _preset_file, _respaced_steps, _tau_scale, rea
 from diffice.config import load_config
 from diffice.diffusion import build_diffusion
 from diffice.errors import UserError
+from diffice.synthesis.layouts import OPERATORS, parse_anomaly
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -28,6 +29,8 @@ def test_every_row_is_a_valid_config_within_the_ddpms_noise_range(path, preset):
         for label, layer in runs.items():
             cfg = load_config([files[0], base, row_layer(layer, base, None, files, []), *files[1:]])
             assert cfg.synthesis.count >= 1 and str(cfg.synthesis.ckpt).endswith("last.ckpt"), label
+            for spec in cfg.synthesis.edits:  # every edit names a known operator / anomaly at a severity in range
+                assert parse_anomaly(spec) or spec.split(":")[0] in OPERATORS, (label, spec)
         return
     scale = _tau_scale(options.get("tau_scale"), preset, path)
     for label, layer in runs.items():
