@@ -278,7 +278,8 @@ def _synthesis_run(root):
     _png(root / "layouts" / "000009" / "sample_0.png", 99)  # unfinished: no record.json
     _png(root / "layouts" / ".000011.tmp" / "sample_0.png", 99)
     for name, rec in [("000007-0", {"plane": 2, "edit": "remove:csp"}),
-                      ("000007-1", {"plane": 1, "edit": "grow:th:2", "anomaly": "ventriculomegaly"}),
+                      ("000007-1", {"plane": 1, "edit": "anomaly:ventriculomegaly:2", "anomaly": "ventriculomegaly",
+                                    "severity": 2.0}),
                       ("000007-2", {"plane": 0, "edit": "shift:th:1", "anomaly": ""})]:
         _png(root / "edits" / name / "edited.png", 200)
         _png(root / "edits" / name / "source.png", 100)
@@ -295,6 +296,7 @@ def test_load_synthesis_run(tmp_path):
     assert ed.anomaly == ["remove:csp", "ventriculomegaly", ""] and ed.plane.tolist() == [2, 1, 0]
     assert ed.source is not None and int(ed.source[0, 0, 0]) == 100 and int(ed.images[0, 0, 0]) == 200
     assert ed.abnormal.tolist() == [True, True, False]
+    assert ed.severity[1] == 2.0 and math.isnan(ed.severity[0])
     (tmp_path / "layouts" / "000007" / "sample_1.png").unlink()
     with pytest.raises(UserError) as err:
         load_synthesis_run(tmp_path, "layouts")

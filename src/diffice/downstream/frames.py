@@ -275,6 +275,16 @@ def _plane(rec: dict, path: Path) -> int:
     return plane
 
 
+def _severity(rec: dict, path: Path) -> float:
+    value = rec.get("severity")
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{path}: severity {value!r} is not a number") from err
+
+
 def _need(path: Path) -> Path:
     if not path.is_file():
         raise UserError(f"{path}: image file not found (the record says it is there); rerun the synthesis")
@@ -285,7 +295,8 @@ def load_synthesis_run(run_dir: str | Path, kind: str, size: Sequence[int] | Non
     """The synthetic frames of a synthesis run folder, resized to ``size`` = (H, W) if given.
 
     ``kind`` 'layouts': every ``layouts/*/sample_*.png`` (as many as the record's ``samples``),
-    plane from the folder's ``record.json``, anomaly from its ``anomaly`` field ('' when absent).
+    plane from the folder's ``record.json``, anomaly from its ``anomaly`` field ('' when absent);
+    ``severity`` from its ``severity`` field (NaN when absent), for both kinds.
     ``kind`` 'edits': every ``edits/*/edited.png``, plane from ``record.json``, anomaly from its
     ``anomaly`` field, or when that is absent its ``edit`` (every edit is then abnormal); the
     unedited ``source.png`` is kept in ``FrameSet.source`` for pairing. Folders without a
@@ -300,13 +311,14 @@ def load_synthesis_run(run_dir: str | Path, kind: str, size: Sequence[int] | Non
     if not root.is_dir():
         raise UserError(f"{root}: not found; the synthesis run has no {kind}")
     frames, sources, paths = [], [], []
-    planes, anomalies, ids = [], [], []
+    planes, anomalies, ids, severities = [], [], [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         rec = _record(folder)
         if rec is None:
             continue
         rec_path = folder / "record.json"
         plane = _plane(rec, rec_path)
+        severity = _severity(rec, rec_path)
         if kind == "layouts":
             anomaly = str(rec.get("anomaly") or "")
             if isinstance(rec.get("samples"), list):
@@ -318,6 +330,7 @@ def load_synthesis_run(run_dir: str | Path, kind: str, size: Sequence[int] | Non
                 frames.append(read_frame(f, size))
                 paths.append(f)
                 planes.append(plane)
+                severities.append(severity)
                 anomalies.append(anomaly)
                 ids.append(f"{kind}/{folder.name}/{f.stem}")
         else:
@@ -327,11 +340,12 @@ def load_synthesis_run(run_dir: str | Path, kind: str, size: Sequence[int] | Non
             sources.append(read_frame(_need(folder / "source.png"), size))
             paths.append(f)
             planes.append(plane)
+            severities.append(severity)
             anomalies.append(str(anomaly or ""))
             ids.append(f"{kind}/{folder.name}")
     if not frames:
         raise UserError(f"{root}: no finished {kind} frames (no folder with a record.json and its images)")
     images = _stack(frames, root, paths)
     source = _stack(sources, root, paths) if sources else None
-    return FrameSet(images, np.array(planes), anomalies, ["synthetic"] * len(frames), ids, source=source,
-                    meta={"path": str(run_dir), "kind": kind})
+    return FrameSet(images, np.array(planes), anomalies, ["synthetic"] * len(frames), ids,
+                    severity=np.array(severities), source=source, meta={"path": str(run_dir), "kind": kind})
