@@ -219,6 +219,27 @@ class SynthesisConfig:
 
 
 @dataclass
+class DownstreamConfig:
+    models: list[str] = field(default_factory=lambda: [
+        "resnet18", "densenet121", "efficientnet_b0", "mobilenetv3_small_100", "convnext_atto", "vit_tiny_patch16_224"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1.0e-3
+    weight_decay: float = 0.05
+    schedule: str = "cosine"
+    augment: bool = True
+    balance: bool = True
+    synthetic_share: float | None = 0.5
+    image_size: list[int] = "${data.image_size}"  # type: ignore[assignment]
+    real_train_limit: int | None = 200
+    synth_normal_count: int | None = 1000
+    synth_abnormal_count: int | None = 1000
+    synthetic_negatives: bool = True
+    out: str = "${paths.runs}/downstream"
+
+
+@dataclass
 class Config:
     name: str = "diffice"
     seed: int = 0
@@ -235,6 +256,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     cf: CounterfactualConfig = field(default_factory=CounterfactualConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
 
 # ----------------------------------------------------------------------------- loading

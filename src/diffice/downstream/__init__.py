@@ -1,0 +1,18 @@
+"""Downstream study (FetalFlex part 2): do synthetic frames help ordinary classifiers?
+
+Beside ``counterfactual/`` and ``synthesis/``, on plain tensors and timm networks (no Lightning):
+
+* :mod:`~diffice.downstream.frames` — :class:`FrameSet` (uint8 frames with plane, anomaly, origin
+  and id), read from a manifest CSV or a synthesis run folder;
+* :mod:`~diffice.downstream.train` — a timm classifier trained from scratch (never downloaded
+  weights) by a plain, seeded torch loop, and batched prediction;
+* :mod:`~diffice.downstream.metrics` — accuracy, balanced accuracy, AUROC (exact, with ties),
+  per-anomaly AUROC, mean ± sd over seeds;
+* :mod:`~diffice.downstream.study` — :func:`run_study` (model × seed × condition rows, resumable
+  ``rows.csv``, a stamp of the settings) and :func:`write_table`.
+"""
+
+from diffice.downstream.frames import FrameSet, load_manifest, load_synthesis_run
+from diffice.downstream.study import run_study, write_table
+
+__all__ = ["FrameSet", "load_manifest", "load_synthesis_run", "run_study", "write_table"]

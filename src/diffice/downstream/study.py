@@ -1,0 +1,539 @@
+"""The downstream study: timm classifiers trained with and without synthetic frames.
+
+Inputs (:func:`run_study`): five :class:`~diffice.downstream.frames.FrameSet` s —
+
+* ``real_train``: real normal frames with planes (at most ``downstream.real_train_limit`` of them
+  are used, a plane-stratified draw that changes with the seed);
+* ``real_test``: real normal frames (plane accuracy; the normals of the anomaly test);
+* ``abnormal_test``: real-rendered abnormal frames (anomaly names), never seen in training;
+* ``synth_normal``: synthetic normal frames with planes (at most ``synth_normal_count``);
+* ``synth_abnormal``: synthetic abnormal frames (at most ``synth_abnormal_count``).
+
+Rows (model × seed × task × condition), three trainings per model and seed:
+
+============  ===============  ====================================================================
+task          condition        what is trained, and the score
+============  ===============  ====================================================================
+plane         real             3-plane classifier on real_train; accuracy and balanced accuracy on real_test
+anomaly       real             the same network as an out-of-distribution detector: score = 1 - max softmax
+                               probability (MSP, Hendrycks & Gimpel 2017); AUROC of real_test (0) vs
+                               abnormal_test (1), per anomaly too
+plane         real+synthetic   3-plane classifier on real_train + synth_normal; same test
+anomaly       real+synthetic   binary classifier: real_train (+ synth_normal when
+                               ``synthetic_negatives``) = 0 vs synth_abnormal = 1; score = p(abnormal);
+                               AUROC as above, accuracy / balanced accuracy at 0.5
+============  ===============  ====================================================================
+
+Batches are class-balanced (``balance``) and, inside a class holding both real and synthetic
+frames, a ``synthetic_share`` of the draws are synthetic. The synthetic normal frames are among
+the anomaly classifier's negatives by default so that "synthetic" does not predict "abnormal".
+
+Output folder ``out``: ``study.json`` (the settings and a digest of every frame set; a folder of
+other settings is refused), ``rows.csv`` (rewritten atomically after each training: a killed run
+resumes where it stopped, redoing nothing), ``summary.csv`` (mean, sd, n per model, task,
+condition and metric, and the paired gains), ``table.md`` (:func:`write_table`). Models and seeds
+may be added to a finished study: its rows are kept and only the new ones are trained.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffice.downstream.frames import FrameSet, concat
+from diffice.downstream.metrics import (
+    accuracy,
+    auroc,
+    balanced_accuracy,
+    format_mean_sd,
+    mean_sd,
+    per_anomaly_auroc,
+)
+from diffice.errors import UserError
+
+SETS = ("real_train", "real_test", "abnormal_test", "synth_normal", "synth_abnormal")
+NUM_PLANES = 3
+REAL, SYNTH = "real", "real+synthetic"
+STAMP = "study.json"
+ROWS = "rows.csv"
+SUMMARY = "summary.csv"
+TABLE = "table.md"
+STAMP_VERSION = 1
+PER_ANOMALY = "auroc_"  # prefix of the per-anomaly AUROC columns
+
+# a training and the rows it gives: (task, condition) of the training -> rows' (task, condition)
+UNITS: list[tuple[tuple[str, str], list[tuple[str, str]]]] = [
+    (("plane", REAL), [("plane", REAL), ("anomaly", REAL)]),
+    (("plane", SYNTH), [("plane", SYNTH)]),
+    (("anomaly", SYNTH), [("anomaly", SYNTH)]),
+]
+# the keys of downstream.* that change a row's numbers (models and seeds only choose rows)
+SETTING_KEYS = ("steps", "batch_size", "lr", "weight_decay", "schedule", "augment", "balance", "synthetic_share",
+                "image_size", "real_train_limit", "synth_normal_count", "synth_abnormal_count", "synthetic_negatives")
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def study_settings(cfg) -> dict:
+    """The downstream settings as plain values (``cfg``: the full config, or its downstream section)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    ds = cfg.downstream if "downstream" in cfg else cfg
+    if isinstance(ds, DictConfig):
+        ds = OmegaConf.to_container(ds, resolve=True)
+    ds = dict(ds)
+    out = {"models": [str(m) for m in ds["models"]], "seeds": [int(s) for s in ds["seeds"]]}
+    for key in SETTING_KEYS:
+        out[key] = ds[key]
+    out["image_size"] = [int(v) for v in out["image_size"]]
+    if not out["models"]:
+        raise UserError("downstream.models: no model to train")
+    if not out["seeds"]:
+        raise UserError("downstream.seeds: no seed")
+    if len(set(out["models"])) != len(out["models"]) or len(set(out["seeds"])) != len(out["seeds"]):
+        raise UserError("downstream.models / downstream.seeds: a name or seed is listed twice")
+    for key in ("steps", "batch_size"):
+        if int(out[key]) < 1:
+            raise UserError(f"downstream.{key}: must be at least 1, got {out[key]}")
+    share = out["synthetic_share"]
+    if share is not None and not 0.0 <= float(share) <= 1.0:
+        raise UserError(f"downstream.synthetic_share: must lie in [0, 1] or be null, got {share}")
+    if out["schedule"] not in ("cosine", "constant"):
+        raise UserError(f"downstream.schedule: '{out['schedule']}' is not cosine or constant")
+    return out
+
+
+def _first_difference(now: dict, there: dict) -> str | None:
+    for key in sorted(set(now) | set(there)):
+        a, b = now.get(key), there.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff = _first_difference(a, b)
+            if diff:
+                return f"{key}.{diff}"
+        elif a != b:
+            return f"{key}: {b!r} there, {a!r} now"
+    return None
+
+
+def check_stamp(out: Path, stamp: dict) -> None:
+    """Write ``out/study.json`` or refuse ``out`` if it holds a study of other settings or data."""
+    from diffice.io import atomic_write_text
+
+    path = out / STAMP
+    if path.is_file():
+        try:
+            there = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path}: unreadable ({err}); delete the study folder") from err
+        diff = _first_difference(stamp, there if isinstance(there, dict) else {})
+        if diff:
+            raise UserError(f"{out}: holds a downstream study of other settings ({diff}); "
+                            f"set downstream.out to a new folder or delete it")
+        return
+    if (out / ROWS).is_file():
+        raise UserError(f"{out}: holds {ROWS} but no {STAMP}; set downstream.out to a new folder or delete it")
+    atomic_write_text(path, json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- frame sets
+
+
+def _check_sets(sets: dict[str, FrameSet], size: Sequence[int]) -> dict[str, FrameSet]:
+    missing = [k for k in SETS if k not in sets]
+    if missing:
+        raise UserError(f"downstream study: frame set '{missing[0]}' is missing (need {', '.join(SETS)})")
+    out = {}
+    for name in SETS:
+        s = sets[name]
+        where = s.meta.get("path") or name
+        if len(s) == 0:
+            raise UserError(f"{where}: the {name} frame set is empty")
+        ab = s.abnormal
+        if name in ("real_train", "real_test", "synth_normal") and ab.any():
+            raise UserError(f"{where}: the {name} set holds {int(ab.sum())} abnormal frames "
+                            f"(e.g. {s.ids[int(np.flatnonzero(ab)[0])]}: {s.anomaly[int(np.flatnonzero(ab)[0])]}); "
+                            f"it must be normal")
+        if name in ("abnormal_test", "synth_abnormal") and not ab.all():
+            raise UserError(f"{where}: the {name} set holds {int((~ab).sum())} normal frames "
+                            f"(e.g. {s.ids[int(np.flatnonzero(~ab)[0])]}); it must be abnormal")
+        out[name] = s.resized(size)
+    for name in ("real_train", "real_test", "synth_normal"):
+        if not (out[name].plane >= 0).any():
+            raise UserError(f"{out[name].meta.get('path') or name}: no {name} frame has a plane")
+    return out
+
+
+def _draw(s: FrameSet, limit: int | None, rng: np.random.Generator, by: np.ndarray | None = None) -> FrameSet:
+    """``limit`` frames of ``s`` (all if None or enough), in a random order; stratified by ``by``
+    (round robin over its values, each in random order)."""
+    n = len(s)
+    if limit is None or int(limit) >= n:
+        return s
+    limit = int(limit)
+    if by is None:
+        return s.subset(np.sort(rng.permutation(n)[:limit]))
+    groups = [rng.permutation(np.flatnonzero(by == v)) for v in np.unique(by)]
+    order = [g[i] for i in range(max(len(g) for g in groups)) for g in groups if i < len(g)]
+    return s.subset(np.sort(np.array(order[:limit])))
+
+
+def seed_sets(sets: dict[str, FrameSet], st: dict, seed: int) -> dict[str, FrameSet]:
+    """The training frames of one seed: real_train (planes known) and the synthetic sets drawn
+    down to their limits, with a generator of the seed (the test sets are whole)."""
+    rng = np.random.default_rng([int(seed), 20240514])
+    real = sets["real_train"].subset(sets["real_train"].plane >= 0)
+    return {
+        "real_train": _draw(real, st["real_train_limit"], rng, real.plane),
+        "synth_normal": _draw(sets["synth_normal"], st["synth_normal_count"], rng, sets["synth_normal"].plane),
+        "synth_abnormal": _draw(sets["synth_abnormal"], st["synth_abnormal_count"], rng,
+                                np.array(sets["synth_abnormal"].anomaly, dtype=object)),
+    }
+
+
+def group_weights(labels: np.ndarray, origin: Sequence[str], balance: bool, synthetic_share) -> np.ndarray:
+    """Per-frame sampling weights: every class the same share when ``balance`` (else its share of
+    the frames); inside a class with both origins, synthetic frames get ``synthetic_share`` of the
+    class's draws (None: their share of the frames); uniform inside a (class, origin) group."""
+    labels = np.asarray(labels)
+    synth = np.array([o == "synthetic" for o in origin], dtype=bool)
+    w = np.zeros(len(labels), dtype=np.float64)
+    classes = np.unique(labels)
+    for c in classes:
+        in_c = labels == c
+        mass = 1.0 / len(classes) if balance else in_c.mean()
+        n_s, n_r = int((in_c & synth).sum()), int((in_c & ~synth).sum())
+        if synthetic_share is None or n_s == 0 or n_r == 0:
+            w[in_c] = mass / in_c.sum()
+        else:
+            share = float(synthetic_share)
+            w[in_c & synth] = mass * share / n_s
+            w[in_c & ~synth] = mass * (1.0 - share) / n_r
+    return w
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def _key(row: dict) -> tuple[str, int, str, str]:
+    return str(row["model"]), int(row["seed"]), str(row["task"]), str(row["condition"])
+
+
+def read_rows(out: Path) -> list[dict]:
+    """The rows of ``out/rows.csv`` (values as strings; [] when absent)."""
+    path = Path(out) / ROWS
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, csv.Error) as err:
+        raise UserError(f"{path}: unreadable ({err}); delete it to redo the study") from err
+
+
+def _num(value) -> float:
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _anomaly_metrics(scores: np.ndarray, test: FrameSet) -> dict:
+    y = test.abnormal.astype(int)
+    row = {"auroc": auroc(scores, y)}
+    for name, v in per_anomaly_auroc(scores, test.anomaly).items():
+        row[PER_ANOMALY + name] = v
+    return row
+
+
+def _plane_metrics(probs: np.ndarray, planes: np.ndarray) -> dict:
+    pred = probs.argmax(1)
+    return {"accuracy": accuracy(planes, pred), "balanced_accuracy": balanced_accuracy(planes, pred)}
+
+
+TrainFn = Callable[..., Any]
+
+
+def _train_unit(task: str, condition: str, model: str, seed: int, st: dict, train_sets: dict[str, FrameSet],
+                tests: dict[str, FrameSet], device, train_fn: TrainFn, predict_fn, on_step) -> list[dict]:
+    """One training and the rows it gives."""
+    real = train_sets["real_train"]
+    if task == "plane":
+        parts = [real]
+        if condition == SYNTH:
+            sn = train_sets["synth_normal"]
+            parts.append(sn.subset(sn.plane >= 0))
+        data = concat(parts)
+        labels, k = data.plane, NUM_PLANES
+    else:
+        negatives = [real] + ([train_sets["synth_normal"]] if bool(st["synthetic_negatives"]) else [])
+        data = concat([*negatives, train_sets["synth_abnormal"]])
+        labels, k = data.abnormal.astype(np.int64), 2
+    weights = group_weights(labels, data.origin, bool(st["balance"]), st["synthetic_share"])
+    t0 = time.perf_counter()
+    net = train_fn(model, data.images, labels, k, steps=int(st["steps"]), batch_size=int(st["batch_size"]),
+                   lr=float(st["lr"]), seed=int(seed), device=device, image_size=st["image_size"],
+                   weight_decay=float(st["weight_decay"]), schedule=str(st["schedule"]),
+                   augment_frames=bool(st["augment"]), sample_weights=weights, on_step=on_step)
+    seconds = time.perf_counter() - t0
+    n_synth = sum(o == "synthetic" for o in data.origin)
+    normal_test, abnormal_test = tests["real_test"], tests["abnormal_test"]
+    anomaly_test = concat([normal_test, abnormal_test])
+    probs = predict_fn(net, anomaly_test.images)
+    facts = {"n_train": len(data), "n_train_real": len(data) - n_synth, "n_train_synthetic": n_synth,
+             "steps": int(st["steps"]), "train_seconds": round(seconds, 2)}
+
+    def row(task_: str, score: str) -> dict:
+        return {"model": model, "seed": int(seed), "task": task_, "condition": condition, "score": score, **facts}
+
+    rows = []
+    if task == "plane":
+        known = normal_test.plane >= 0
+        rows.append({**row("plane", "argmax"), "n_test": int(known.sum()),
+                     **_plane_metrics(probs[:len(normal_test)][known], normal_test.plane[known])})
+        if condition == REAL:  # the baseline anomaly detector: 1 - max softmax probability
+            rows.append({**row("anomaly", "msp"), "n_test": len(anomaly_test),
+                         **_anomaly_metrics(1.0 - probs.max(1), anomaly_test)})
+    else:
+        p = probs[:, 1]
+        y = anomaly_test.abnormal.astype(int)
+        pred = (p >= 0.5).astype(int)
+        rows.append({**row("anomaly", "p_abnormal"), "n_test": len(anomaly_test), "accuracy": accuracy(y, pred),
+                     "balanced_accuracy": balanced_accuracy(y, pred), **_anomaly_metrics(p, anomaly_test)})
+    del net
+    return rows
+
+
+def _order(rows: list[dict], models: Sequence[str]) -> list[dict]:
+    """Rows of the study's models and seeds, in model, seed, task, condition order (others after)."""
+    tasks = [rc for _, rcs in UNITS for rc in rcs]
+
+    def rank(r):
+        m, s, t, c = _key(r)
+        return (models.index(m) if m in models else len(models), m, s, tasks.index((t, c)) if (t, c) in tasks else 9)
+
+    return sorted(rows, key=rank)
+
+
+def run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool = True, *,
+              train_fn: TrainFn | None = None, predict_fn=None) -> dict:
+    """Run (or resume) the study of ``cfg.downstream`` on ``sets`` into ``out``.
+
+    Returns ``{"rows", "summary", "table", "out", "trained", "skipped"}``: the rows of the
+    configured models and seeds (from ``rows.csv``, values as numbers where they are), the summary
+    rows, the markdown of ``table.md``, and how many trainings were run / found done.
+    ``train_fn`` / ``predict_fn`` replace :func:`~diffice.downstream.train.train_classifier` /
+    :func:`~diffice.downstream.train.predict` (tests count calls with them).
+    """
+    from diffice.counterfactual.outputs import write_rows_csv
+    from diffice.downstream.train import predict, resolve_device, train_classifier
+
+    out = Path(out)
+    st = study_settings(cfg)
+    accel = str(cfg.trainer.accelerator) if "trainer" in cfg else "auto"
+    device = resolve_device(accel)
+    sets = _check_sets(sets, st["image_size"])
+    stamp = {"version": STAMP_VERSION, "settings": {k: st[k] for k in SETTING_KEYS},
+             "data": {name: {"frames": len(sets[name]), "digest": sets[name].digest()} for name in SETS}}
+    check_stamp(out, stamp)
+    train_fn = train_fn or train_classifier
+    predict_fn = predict_fn or predict
+
+    rows = read_rows(out)
+    done = {_key(r) for r in rows}
+    todo = []
+    for seed in st["seeds"]:
+        for model in st["models"]:
+            for (task, condition), gives in UNITS:
+                if all((model, seed, t, c) in done for t, c in gives):
+                    continue
+                todo.append((seed, model, task, condition, gives))
+    n_units = len(st["seeds"]) * len(st["models"]) * len(UNITS)
+    bar = _Bar(progress, sum(len(u[4]) for u in todo), st["steps"])
+    tests = {k: sets[k] for k in ("real_test", "abnormal_test")}
+    try:
+        last_seed, train_sets = None, None
+        for seed, model, task, condition, gives in todo:
+            if seed != last_seed:
+                train_sets, last_seed = seed_sets(sets, st, seed), seed
+            bar.start(f"{model} seed {seed} {task}/{condition}")
+            new = _train_unit(task, condition, model, seed, st, train_sets, tests, device, train_fn, predict_fn,
+                              bar.step)
+            new = [r for r in new if _key(r) not in done]  # a half-done unit (older rows.csv) adds what is missing
+            rows = rows + new
+            done |= {_key(r) for r in new}
+            write_rows_csv(out / ROWS, rows)
+            bar.advance(len(gives))
+    finally:
+        bar.stop()
+
+    mine = [r for r in rows if r["model"] in st["models"] and int(r["seed"]) in st["seeds"]]
+    mine = [{k: (v if k in ("model", "task", "condition", "score") else _num(v)) for k, v in r.items()}
+            for r in _order(mine, st["models"])]
+    for r in mine:
+        r["seed"] = int(r["seed"])
+    summary = summarize(mine, st["models"])
+    write_rows_csv(out / SUMMARY, summary)
+    table = write_table(out, mine, models=st["models"], settings=st, sets=sets)
+    return {"rows": mine, "summary": summary, "table": table, "out": str(out),
+            "trained": len(todo), "skipped": n_units - len(todo)}
+
+
+class _Bar:
+    """A rich progress bar over rows, its description the training under way and its step."""
+
+    def __init__(self, enabled: bool, total: int, steps: int):
+        self.p = None
+        self.steps = int(steps)
+        self.label = ""
+        if enabled and total:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("downstream rows"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("{task.description}"), TimeElapsedColumn(), transient=True)
+            self.p.start()
+            self.task = self.p.add_task("", total=total)
+
+    def start(self, label: str) -> None:
+        self.label = label
+        if self.p is not None:
+            self.p.update(self.task, description=label)
+
+    def step(self, k: int) -> None:
+        if self.p is not None and (k == self.steps or k % max(1, self.steps // 50) == 0):
+            self.p.update(self.task, description=f"{self.label} step {k}/{self.steps}")
+
+    def advance(self, n: int) -> None:
+        if self.p is not None:
+            self.p.advance(self.task, n)
+
+    def stop(self) -> None:
+        if self.p is not None:
+            self.p.stop()
+
+
+# ----------------------------------------------------------------------------- summary and table
+
+
+def _values(rows: list[dict], model: str, task: str, condition: str, metric: str) -> dict[int, float]:
+    return {int(r["seed"]): _num(r.get(metric)) for r in rows
+            if r["model"] == model and r["task"] == task and r["condition"] == condition}
+
+
+def _gain(rows, model, task, metric) -> list[float]:
+    """Per-seed (paired) differences real+synthetic - real."""
+    a, b = _values(rows, model, task, REAL, metric), _values(rows, model, task, SYNTH, metric)
+    return [b[s] - a[s] for s in sorted(set(a) & set(b))]
+
+
+def _metrics_of(rows: list[dict]) -> list[str]:
+    names = ["accuracy", "balanced_accuracy", "auroc"]
+    extra = sorted({k for r in rows for k in r if k.startswith(PER_ANOMALY)})
+    return names + extra
+
+
+def summarize(rows: list[dict], models: Sequence[str]) -> list[dict]:
+    """Long-format summary: model, task, condition (or 'gain'), metric, mean, sd, n."""
+    out = []
+    metrics = _metrics_of(rows)
+    for model in models:
+        for _, gives in UNITS:
+            for task, condition in gives:
+                for metric in metrics:
+                    vals = list(_values(rows, model, task, condition, metric).values())
+                    mean, sd, n = mean_sd(vals)
+                    if n:
+                        out.append({"model": model, "task": task, "condition": condition, "metric": metric,
+                                    "mean": mean, "sd": sd, "n": n})
+        for task in ("plane", "anomaly"):
+            for metric in metrics:
+                mean, sd, n = mean_sd(_gain(rows, model, task, metric))
+                if n:
+                    out.append({"model": model, "task": task, "condition": "gain", "metric": metric,
+                                "mean": mean, "sd": sd, "n": n})
+    return out
+
+
+def table_markdown(rows: list[dict], models: Sequence[str] | None = None) -> str:
+    """The two markdown tables (per model; per anomaly), cells "mean ± sd (n seeds)"."""
+    rows = [{**r, "seed": int(r["seed"])} for r in rows]
+    if models is None:
+        models = list(dict.fromkeys(r["model"] for r in rows))
+
+    def cell(model, task, condition, metric):
+        return format_mean_sd(_values(rows, model, task, condition, metric).values())
+
+    head = ["model", "plane acc (real)", "plane acc (+synthetic)", "gain", "plane bal. acc (real)",
+            "plane bal. acc (+synthetic)", "anomaly AUROC (MSP baseline)", "anomaly AUROC (+synthetic)", "gain"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        cells = [m, cell(m, "plane", REAL, "accuracy"), cell(m, "plane", SYNTH, "accuracy"),
+                 format_mean_sd(_gain(rows, m, "plane", "accuracy"), signed=True),
+                 cell(m, "plane", REAL, "balanced_accuracy"), cell(m, "plane", SYNTH, "balanced_accuracy"),
+                 cell(m, "anomaly", REAL, "auroc"), cell(m, "anomaly", SYNTH, "auroc"),
+                 format_mean_sd(_gain(rows, m, "anomaly", "auroc"), signed=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    anomalies = sorted({k[len(PER_ANOMALY):] for r in rows for k in r if k.startswith(PER_ANOMALY)
+                        and not math.isnan(_num(r[k]))})
+    if anomalies:
+        head2 = ["model"] + [f"{a} ({c})" for a in anomalies for c in ("MSP", "+synthetic")]
+        lines += ["", "Per-anomaly AUROC (each anomaly's test frames against the normal test frames):", "",
+                  "| " + " | ".join(head2) + " |", "|" + "---|" * len(head2)]
+        for m in models:
+            cells = [m] + [cell(m, "anomaly", c, PER_ANOMALY + a) for a in anomalies for c in (REAL, SYNTH)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _facts(settings: dict | None, sets: dict[str, FrameSet] | None, rows: list[dict]) -> str:
+    parts = []
+    if settings:
+        parts.append(f"{settings['image_size'][0]}x{settings['image_size'][1]} frames, {settings['steps']} steps of "
+                     f"{settings['batch_size']} frames, lr {settings['lr']} ({settings['schedule']}), "
+                     f"seeds {', '.join(str(s) for s in settings['seeds'])}")
+    n = {}
+    for r in rows:
+        if r["task"] == "plane" and r["condition"] == REAL:
+            n.setdefault("real", int(_num(r["n_train"])))
+        if r["task"] == "plane" and r["condition"] == SYNTH:
+            n.setdefault("synth_normal", int(_num(r["n_train_synthetic"])))
+        if r["task"] == "anomaly" and r["condition"] == SYNTH:
+            n.setdefault("anomaly", (int(_num(r["n_train_real"])), int(_num(r["n_train_synthetic"]))))
+    if "real" in n:
+        parts.append(f"{n['real']} real training frames")
+    if "synth_normal" in n:
+        parts.append(f"+ {n['synth_normal']} synthetic normal frames for planes")
+    if "anomaly" in n:
+        parts.append(f"anomaly classifier on {n['anomaly'][0]} real + {n['anomaly'][1]} synthetic frames")
+    if sets:
+        ab = sets["abnormal_test"]
+        per = ", ".join(f"{a} {sum(x == a for x in ab.anomaly)}" for a in ab.anomalies())
+        parts.append(f"test: {len(sets['real_test'])} real normal frames, {len(ab)} real-rendered abnormal ({per})")
+    return ("; ".join(parts) + ".") if parts else ""
+
+
+def write_table(out: str | Path, rows: list[dict] | None = None, *, models: Sequence[str] | None = None,
+                settings: dict | None = None, sets: dict[str, FrameSet] | None = None) -> str:
+    """Write ``out/table.md`` (the rows of ``out/rows.csv`` when ``rows`` is None) and return its markdown:
+    the per-model table, the per-anomaly table and a line of what was trained on what."""
+    from diffice.io import atomic_write_text
+
+    out = Path(out)
+    if rows is None:
+        rows = read_rows(out)
+        if not rows:
+            raise UserError(f"{out / ROWS}: no rows to tabulate; run the study first")
+    body = table_markdown(rows, models)
+    facts = _facts(settings, sets, rows)
+    text = body + ("\n" + facts + "\n" if facts else "")
+    atomic_write_text(out / TABLE, text)
+    return text

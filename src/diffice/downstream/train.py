@@ -1,0 +1,227 @@
+"""A timm classifier trained from scratch by a plain torch loop, and batched prediction.
+
+* :func:`build_model` — ``timm.create_model(name, pretrained=False, in_chans=1, num_classes=K)``:
+  weights are never downloaded. Networks with a patch embedding (ViT, DeiT, ...) get the frames'
+  ``img_size`` and a patch that divides it (their own if it does, else 16, 8, 4 or 2).
+* :func:`train_classifier` — AdamW, linear warm-up then cosine (or constant) learning rate,
+  gradient clipping, light augmentation (a random shift of up to 1/16 of the frame, filled with
+  black; a random gain and gamma; no flips), batches drawn with replacement from a
+  ``torch.Generator`` with optional per-frame sampling weights (``balanced=True``: class-balanced).
+  Given the seed (and the device and thread count) the trained weights are the same every time.
+* :func:`predict` — softmax probabilities (N, K) in eval mode, batched, without gradients.
+
+Frames enter the networks as (B, 1, H, W) float in [-1, 1] (uint8 / 127.5 - 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffice.errors import UserError
+
+SHIFT_FRACTION = 1 / 16  # largest random shift, as a fraction of the frame's smaller side
+GAIN = (0.85, 1.15)  # random gain of the [0, 1] intensities
+GAMMA = (0.8, 1.25)  # random gamma (keeps black black)
+WARMUP_FRACTION = 0.05  # linear warm-up over this fraction of the steps
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """'auto' (or None): CUDA when available, else CPU; 'gpu' means 'cuda'."""
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "gpu":
+        name = "cuda"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name}: no CUDA device is available (use cpu)")
+    return torch.device(name)
+
+
+def _patch_size(default: int, size: Sequence[int]) -> int:
+    h, w = int(size[0]), int(size[1])
+    for p in (default, 16, 8, 4, 2, 1):
+        if p and h % p == 0 and w % p == 0:
+            return p
+    return 1
+
+
+def build_model(name: str, num_classes: int, image_size: Sequence[int]) -> nn.Module:
+    """A timm network for 1-channel frames of ``image_size`` = (H, W) with ``num_classes`` logits,
+    randomly initialised (``pretrained=False``: nothing is downloaded)."""
+    import timm
+
+    if not timm.is_model(name):
+        raise UserError(f"downstream.models: '{name}' is not a timm model (see timm.list_models())")
+    size = (int(image_size[0]), int(image_size[1]))
+    try:
+        model = timm.create_model(name, pretrained=False, in_chans=1, num_classes=int(num_classes))
+        embed = getattr(model, "patch_embed", None)
+        if embed is not None:  # ViT-like: the frame size is built into the position embedding
+            ps = getattr(embed, "patch_size", (16, 16))
+            ps = int(ps[0] if isinstance(ps, tuple | list) else ps)
+            model = timm.create_model(name, pretrained=False, in_chans=1, num_classes=int(num_classes),
+                                      img_size=size, patch_size=_patch_size(ps, size))
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        raise UserError(f"downstream.models: timm could not build '{name}' for 1-channel {size[0]}x{size[1]} "
+                        f"frames ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
+    return model
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, 1, H, W) in [-1, 1]."""
+    return images.float().unsqueeze(1) / 127.5 - 1.0
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random shift (filled with black) and gain / gamma of a batch in [-1, 1]; the random
+    numbers come from ``gen`` (on the CPU), so a batch's augmentation does not depend on the device."""
+    b, _, h, w = x.shape
+    m = max(1, round(min(h, w) * SHIFT_FRACTION))
+    shift = torch.randint(-m, m + 1, (b, 2), generator=gen)
+    gain = torch.empty(b).uniform_(*GAIN, generator=gen)
+    gamma = torch.exp(torch.empty(b).uniform_(math.log(GAMMA[0]), math.log(GAMMA[1]), generator=gen))
+    dev = x.device
+    shift, gain, gamma = shift.to(dev), gain.to(dev), gamma.to(dev)
+    padded = F.pad(x, (m, m, m, m), value=-1.0)
+    rows = torch.arange(h, device=dev)[None, :] + (m - shift[:, :1])  # (B, H)
+    cols = torch.arange(w, device=dev)[None, :] + (m - shift[:, 1:])  # (B, W)
+    bi = torch.arange(b, device=dev)[:, None, None]
+    x = padded[bi, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+    x01 = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+    x01 = (gain[:, None, None, None] * x01.pow(gamma[:, None, None, None])).clamp(0.0, 1.0)
+    return x01 * 2.0 - 1.0
+
+
+def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-frame sampling weights giving every class the same share of the batches."""
+    labels = np.asarray(labels)
+    values, counts = np.unique(labels, return_counts=True)
+    per = dict(zip(values.tolist(), (1.0 / counts).tolist()))
+    return np.array([per[v] for v in labels.tolist()], dtype=np.float64)
+
+
+def lr_factor(step: int, steps: int, schedule: str) -> float:
+    """Multiplier of the learning rate at ``step`` (0-based): linear warm-up, then cosine or constant."""
+    warm = max(1, round(steps * WARMUP_FRACTION))
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise UserError(f"downstream.schedule: '{schedule}' is not cosine or constant")
+    t = (step - warm) / max(1, steps - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def _as_uint8_tensor(images) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        t = images.detach().cpu()
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(images))
+    if t.dtype != torch.uint8 or t.ndim != 3:
+        raise ValueError(f"images must be uint8 (N, H, W), got {t.dtype} {tuple(t.shape)}")
+    return t
+
+
+def train_classifier(
+    model_name: str,
+    images,
+    labels,
+    num_classes: int,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: str | torch.device = "auto",
+    image_size: Sequence[int] | None = None,
+    weight_decay: float = 0.05,
+    schedule: str = "cosine",
+    augment_frames: bool = True,
+    balanced: bool = False,
+    sample_weights: np.ndarray | None = None,
+    grad_clip: float = 1.0,
+    on_step: Callable[[int], None] | None = None,
+) -> nn.Module:
+    """Train ``model_name`` from scratch on uint8 frames (N, H, W) with int labels in [0, K).
+
+    Returns the trained network in eval mode on ``device``. ``sample_weights`` (per frame) set how
+    often each frame is drawn; ``balanced`` (when no weights are given) draws every class equally.
+    ``on_step(k)`` is called after optimizer step k (1-based).
+    """
+    imgs = _as_uint8_tensor(images)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long).reshape(-1)
+    n = len(imgs)
+    if n == 0 or len(y) != n:
+        raise ValueError(f"train_classifier: {n} frames and {len(y)} labels")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ValueError(f"train_classifier: labels must lie in [0, {num_classes})")
+    if image_size is not None and tuple(imgs.shape[1:]) != (int(image_size[0]), int(image_size[1])):
+        from diffice.downstream.frames import resize_frames
+
+        imgs = torch.from_numpy(resize_frames(imgs.numpy(), image_size))
+    size = tuple(imgs.shape[1:])
+    dev = resolve_device(device)
+    if sample_weights is None and balanced:
+        sample_weights = class_balanced_weights(y.numpy())
+    weights = None if sample_weights is None else torch.as_tensor(np.asarray(sample_weights), dtype=torch.float64)
+    if weights is not None and (len(weights) != n or not torch.isfinite(weights).all() or float(weights.sum()) <= 0):
+        raise ValueError("train_classifier: sample_weights must be finite, non-negative, one per frame, not all 0")
+
+    torch.manual_seed(int(seed))  # the initial weights (and dropout) follow the seed
+    gen = torch.Generator().manual_seed(int(seed))  # batches and augmentation
+    model = build_model(model_name, num_classes, size).to(dev)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=float(lr), weight_decay=float(weight_decay))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, int(steps), schedule))
+    imgs_dev, y_dev = imgs.to(dev), y.to(dev)
+    bs = int(batch_size)
+    for step in range(int(steps)):
+        if weights is None:
+            idx = torch.randint(n, (bs,), generator=gen)
+        else:
+            idx = torch.multinomial(weights, bs, replacement=True, generator=gen)
+        idx = idx.to(dev)
+        x = to_input(imgs_dev[idx])
+        if augment_frames:
+            x = augment(x, gen)
+        loss = F.cross_entropy(model(x), y_dev[idx])
+        if not torch.isfinite(loss):
+            raise UserError(f"{model_name}: the training loss became {float(loss)} at step {step + 1}; "
+                            f"lower downstream.lr ({lr})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+        opt.step()
+        sched.step()
+        if on_step is not None:
+            on_step(step + 1)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images, batch_size: int = 256) -> np.ndarray:
+    """Softmax probabilities (N, K) as float64, in eval mode, batched, without gradients."""
+    imgs = _as_uint8_tensor(images)
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for start in range(0, len(imgs), int(batch_size)):
+        x = to_input(imgs[start:start + int(batch_size)].to(dev))
+        out.append(torch.softmax(model(x).float(), dim=1).double().cpu())
+    model.train(was_training)
+    if not out:
+        k = getattr(model, "num_classes", 0)
+        return np.zeros((0, k), np.float64)
+    return torch.cat(out).numpy()
