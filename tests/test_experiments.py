@@ -25,6 +25,13 @@ def test_the_three_experiments_are_there():
 def test_every_row_is_a_valid_config_within_the_ddpms_noise_range(path, preset):
     base, runs, options = read_experiment(path)
     files = [_preset_file(preset)]
+    if options.get("kind") == "downstream":  # every row with this preset's block is a valid config
+        block = (options.get("presets") or {}).get(preset) or {}
+        for label, layer in runs.items():
+            cfg = load_config([files[0], base, block, layer])
+            d = cfg.downstream
+            assert len(d.models) == 6 and len(d.seeds) >= 2 and d.steps >= 1 and d.synth_edit_frames >= 1, label
+        return
     if options.get("kind") == "synthesis":  # no noise level to check: every row must be a valid config
         for label, layer in runs.items():
             cfg = load_config([files[0], base, row_layer(layer, base, None, files, []), *files[1:]])

@@ -236,6 +236,10 @@ class DownstreamConfig:
     synth_normal_count: int | None = 1000
     synth_abnormal_count: int | None = 1000
     synthetic_negatives: bool = True
+    abnormal_test_count: int = 600
+    synth_layouts: int = 500
+    synth_per_layout: int = 2
+    synth_edit_frames: int = 400
     out: str = "${paths.runs}/downstream"
 
 

@@ -441,7 +441,7 @@ def read_experiment(path: str | Path) -> tuple[dict, dict, dict]:
     runs = data.pop("runs", None)
     if not isinstance(runs, dict) or not runs:
         raise UserError(f"{path}: key 'runs' must map each row's label to its config keys")
-    options = {k: data.pop(k) for k in ("description", "tau_scale", "name", "kind", "realism", "edits_only") if k in data}
+    options = {k: data.pop(k) for k in ("description", "tau_scale", "name", "kind", "realism", "edits_only", "presets") if k in data}
     if options.get("kind", "counterfactuals") not in ("counterfactuals", "synthesis", "downstream"):
         raise UserError(f"{path}: kind '{options['kind']}' is not counterfactuals, synthesis or downstream")
     for label, layer in runs.items():
@@ -501,6 +501,10 @@ def cmd_experiment(argv: Sequence[str]) -> int:
         from diffice.commands.synthesis import run_synthesis_experiment
 
         return run_synthesis_experiment(ns, base, runs, options)
+    if options.get("kind") == "downstream":
+        from diffice.downstream.experiment import run_downstream_experiment
+
+        return run_downstream_experiment(ns, base, runs, options)
     tau_scale = _tau_scale(options.get("tau_scale"), ns.preset, ns.experiment)  # checked before any training
     name, preset, files, overrides, out_root = experiment_setup(ns, base, options)
     rows: list[dict] = []

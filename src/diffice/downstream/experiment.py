@@ -1,0 +1,126 @@
+"""``kind: downstream`` experiments (``experiments/fetalflex_downstream.yaml``): make the frame
+sets, then :func:`~diffice.downstream.study.run_study`.
+
+The sets, each made once into ``{paths.runs}/experiments/NAME/`` and reused by a rerun:
+
+* ``real_train`` / ``real_test``: the configured data set's train and test frames (normal; no
+  augmentation), with their planes;
+* ``abnormal_test``: ``diffice phantoms --anomalies`` frames (``downstream.abnormal_test_count``,
+  seed ``data.phantom.seed + 1``: patients none of the models saw, anomalies drawn over their
+  severity ranges) — the phantom renders them from the same definitions the layout operators
+  draw, but no model ever sees one;
+* ``synth_normal``: ``diffice synthesize --test`` samples of ``downstream.synth_layouts`` training
+  layouts (``downstream.synth_per_layout`` each), labelled by their layout's plane;
+* ``synth_abnormal``: ``diffice synthesize --test --anomaly all --edits-only`` on
+  ``downstream.synth_edit_frames`` training frames: every layout-expressible anomaly at its
+  default severity, RePaint keeping the rest of the frame (pixel-paired with a real frame).
+
+The synthesis model, its judge and steering segmenter are the config's (``synthesis.*``); the
+experiment file points them at the demo pack for the CPU-sized run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from diffice.errors import UserError
+
+
+def real_sets(cfg) -> dict:
+    """``real_train`` and ``real_test`` FrameSets of the configured data (planes known)."""
+    from diffice.data import DiffIceDataModule
+    from diffice.downstream.frames import FrameSet
+    from diffice.io import to_uint8
+
+    dm = DiffIceDataModule(cfg)
+    dm.setup()
+    out = {}
+    for split in ("train", "test"):
+        ds = dm.dataset(split)
+        images, planes, ids = [], [], []
+        for i in range(len(ds)):
+            item = ds[i]
+            if int(item["plane"]) < 0:
+                continue
+            images.append(to_uint8(item["image"][0]))
+            planes.append(int(item["plane"]))
+            ids.append(str(item["id"]))
+        if not images:
+            raise UserError(f"data ({cfg.data.source}): no {split} frame with a known plane; the downstream study needs planes")
+        out[f"real_{split}"] = FrameSet(np.stack(images), np.asarray(planes, dtype=np.int64), [""] * len(ids), ["real"] * len(ids), ids)
+    return out
+
+
+def _synthesize(cfg, work: Path, folder: str, extra: list[str], keys: list[str]) -> Path:
+    from diffice.commands.synthesis import cmd_synthesize
+    from diffice.config import save_config
+
+    out = work / folder
+    layer = work / f".{folder}.yaml"
+    save_config(cfg, layer)
+    code = cmd_synthesize([str(cfg.synthesis.ckpt), str(layer), *keys, "--test", "--out", str(out), "--no-realism", "--no-report", *extra])
+    if code:
+        raise SystemExit(code)
+    return out
+
+
+def make_sets(cfg, work: Path, progress: bool = True) -> dict:
+    """All five frame sets of the study (made into ``work`` once; reused when there)."""
+    from diffice.data.export import write_anomalies
+    from diffice.downstream.frames import load_manifest, load_synthesis_run
+
+    d = cfg.downstream
+    size = list(cfg.data.image_size)
+    sets = real_sets(cfg)
+    abn = work / "abnormal-test"
+    if not (abn / "manifest.csv").is_file():
+        print(f"[downstream] rendering {d.abnormal_test_count} abnormal phantom frames (seed {int(cfg.data.phantom.seed) + 1})")
+        write_anomalies(cfg, abn, int(d.abnormal_test_count), int(cfg.data.phantom.seed) + 1, progress=progress)
+    sets["abnormal_test"] = load_manifest(abn / "manifest.csv", size=size)
+    print(f"[downstream] synthetic normal frames: {d.synth_layouts} training layouts x {d.synth_per_layout}")
+    run = _synthesize(cfg, work, "synth-normal", [], [
+        "synthesis.split=train", f"synthesis.limit={int(d.synth_layouts)}", f"synthesis.count={int(d.synth_per_layout)}",
+        "synthesis.edits=[]"])
+    sets["synth_normal"] = load_synthesis_run(run, "layouts", size=size)
+    print(f"[downstream] synthetic abnormal frames: every anomaly on {d.synth_edit_frames} training frames (RePaint)")
+    run = _synthesize(cfg, work, "synth-abnormal", ["--anomaly", "all", "--edits-only"], [
+        "synthesis.split=train", f"synthesis.limit={int(d.synth_edit_frames)}"])
+    sets["synth_abnormal"] = load_synthesis_run(run, "edits", size=size)
+    for k, s in sets.items():
+        kinds = sorted(set(s.anomaly) - {""})
+        print(f"[downstream] {k}: {len(s)} frames" + (f" ({', '.join(kinds)})" if kinds else ""))
+    return sets
+
+
+def run_downstream_experiment(ns, base: dict, runs: dict, options: dict) -> int:
+    """``diffice experiment`` for ``kind: downstream``: one study per row (a row's keys override
+    the file's), its table in ``{paths.runs}/experiments/NAME/ROW/table.md`` and all rows' tables
+    in ``{paths.runs}/experiments/NAME/table.md``."""
+    from diffice.commands.demo import _preset_file, _slug, pipeline_group, write_experiment_table
+    from diffice.config import load_config, split_args
+    from diffice.downstream.study import run_study
+
+    name = str(options.get("name") or Path(ns.experiment).stem)
+    files, overrides = split_args(ns.args)
+    preset = _preset_file(ns.preset)
+    preset_key = Path(preset).stem
+    per_preset = (options.get("presets") or {}).get(preset_key) or {}
+    if not (base.get("wandb") or {}).get("group"):
+        overrides = pipeline_group([preset, *files, *overrides], f"experiment-{name}")[1 + len(files):]
+    out_root = Path(load_config([preset, base, per_preset, *files], overrides).paths.runs) / "experiments" / name
+    bodies = []
+    for label, layer in runs.items():
+        cfg = load_config([preset, base, per_preset, layer or {}, *files], overrides)
+        work = out_root / _slug(label)
+        work.mkdir(parents=True, exist_ok=True)
+        for key in ("ckpt", "judge_ckpt"):
+            f = cfg.synthesis.get(key)
+            if f and not Path(str(f)).is_file():
+                raise UserError(f"synthesis.{key}={f}: not found (train it with make train-synthesis / make train-segmenter, or use the demo pack)")
+        sets = make_sets(cfg, work, progress=bool(cfg.trainer.progress_bar))
+        res = run_study(cfg, sets, work / "study", progress=bool(cfg.trainer.progress_bar))
+        bodies.append(f"## {label}\n\n{res['table']}")
+    write_experiment_table(ns, options, name, out_root, "\n".join(bodies))
+    return 0
