@@ -293,7 +293,8 @@ def frontal_shift(mask: np.ndarray, u: np.ndarray, v: np.ndarray, ratio: float) 
 # ----------------------------------------------------------------------------- editing a layout
 
 
-def _disk(r: int) -> np.ndarray:
+def disk(r: int) -> np.ndarray:
+    """Boolean disk of radius ``r`` (a structuring element)."""
     y, x = np.ogrid[-r : r + 1, -r : r + 1]
     return x * x + y * y <= r * r
 
@@ -353,7 +354,7 @@ def apply_anomaly(layout: np.ndarray, name: str, severity: float | None, ga_week
         keep = sel.copy()
         target = (1.0 - s) * sel.sum()
         while keep.sum() > target and keep.any():
-            keep = ndimage.binary_erosion(keep, _disk(1))
+            keep = ndimage.binary_erosion(keep, disk(1))
         lay[sel & ~keep] = HEAD
         return lay
     if a.name == "microcephaly":

@@ -75,9 +75,7 @@ def class_index(name: str, classes: list[str], where: str) -> int:
     raise UserError(f"{where}: '{name}' is not one of the structures {', '.join(classes[1:])}")
 
 
-def _disk(r: int) -> np.ndarray:
-    y, x = np.ogrid[-r : r + 1, -r : r + 1]
-    return x * x + y * y <= r * r
+_disk = AN.disk
 
 
 def _surrounding(layout: np.ndarray, region: np.ndarray, exclude: int) -> int:
