@@ -46,27 +46,28 @@ def write_phantoms(cfg: DictConfig, out: str | Path, count: int, seed: int, prog
         it = track(it, description=f"writing {count} phantoms to {out}")
     for i in it:
         fr = ph.render_frame(i, size, seed, sp_fraction, fpp)
-        name = f"{fr['id']}.png"
-        save_png(out / "images" / name, fr["image"])
-        save_png(out / "masks" / name, fr["mask"])
-        save_png(out / "targets" / name, fr["target"])
-        rows.append({
-            "image": f"images/{name}",
-            "id": fr["id"],
-            "label": "SP" if fr["label"] == 1 else "NSP",
-            "patient": patients[i],
-            "split": splits[i],
-            "mask": f"masks/{name}",
-            "target": f"targets/{name}",
-            **{c: f"{fr['concepts'][c]:.6f}" for c in ph.CONCEPTS},
-            "quality": f"{fr['quality']:.6f}",
-            "faults": "+".join(fr["faults"]),
-            "plane": ph.PLANES[fr["plane"]],
-            "ga": f"{fr['ga']:.2f}",
-        })
+        rows.append(_write_frame(out, fr, f"{fr['id']}.png", patients[i], splits[i]))
         latents.append(json.dumps({"id": fr["id"], "index": i, **_plain(fr["latents"])}))
+    return _write_manifest(out, COLUMNS, rows, latents)
+
+
+def _write_frame(out: Path, fr: dict, name: str, patient: str, split: str) -> dict:
+    """Image, mask and target PNGs of a rendered frame; its manifest row."""
+    save_png(out / "images" / name, fr["image"])
+    save_png(out / "masks" / name, fr["mask"])
+    save_png(out / "targets" / name, fr["target"])
+    return {
+        "image": f"images/{name}", "id": Path(name).stem, "label": "SP" if fr["label"] == 1 else "NSP",
+        "patient": patient, "split": split, "mask": f"masks/{name}", "target": f"targets/{name}",
+        **{c: f"{fr['concepts'][c]:.6f}" for c in ph.CONCEPTS}, "quality": f"{fr['quality']:.6f}",
+        "faults": "+".join(fr["faults"]), "plane": ph.PLANES[fr["plane"]], "ga": f"{fr['ga']:.2f}",
+    }
+
+
+def _write_manifest(out: Path, columns: list[str], rows: list[dict], latents: list[str]) -> Path:
+    """``latents.jsonl``, then ``manifest.csv`` (last: a folder with a manifest is complete)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out / "latents.jsonl", "\n".join(latents) + "\n")
@@ -113,25 +114,12 @@ def write_anomalies(cfg: DictConfig, out: str | Path, count: int, seed: int, nam
         fr = ph.render_frame(i, size, seed, sp_fraction, fpp, anomaly=name, severity=sev)
         normal = ph.render_frame(i, size, seed, sp_fraction, fpp, with_target=False)
         name_png = f"{fr['id']}_{name}.png"
-        save_png(out / "images" / name_png, fr["image"])
-        save_png(out / "masks" / name_png, fr["mask"])
-        save_png(out / "targets" / name_png, fr["target"])
         save_png(out / "normals" / name_png, normal["image"])
         save_png(out / "normal_masks" / name_png, normal["mask"])
-        rows.append({
-            "image": f"images/{name_png}", "id": f"{fr['id']}_{name}", "label": "SP" if fr["label"] == 1 else "NSP",
-            "patient": f"p{fr['patient']:05d}", "split": "test", "mask": f"masks/{name_png}", "target": f"targets/{name_png}",
-            **{c: f"{fr['concepts'][c]:.6f}" for c in ph.CONCEPTS}, "quality": f"{fr['quality']:.6f}",
-            "faults": "+".join(fr["faults"]), "plane": ph.PLANES[fr["plane"]], "ga": f"{fr['ga']:.2f}",
-            "anomaly": name, "severity": f"{sev:.4g}", "normal": f"normals/{name_png}", "normal_mask": f"normal_masks/{name_png}",
-        })
+        rows.append({**_write_frame(out, fr, name_png, f"p{fr['patient']:05d}", "test"), "anomaly": name, "severity": f"{sev:.4g}",
+                     "normal": f"normals/{name_png}", "normal_mask": f"normal_masks/{name_png}"})
         latents.append(json.dumps({"id": rows[-1]["id"], "index": i, "anomaly": name, "severity": sev, **_plain(fr["latents"])}))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=ANOMALY_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "latents.jsonl", "\n".join(latents) + "\n")
-    return atomic_write_text(out / "manifest.csv", buf.getvalue())
+    return _write_manifest(out, ANOMALY_COLUMNS, rows, latents)
 
 
 def _plain(x):
