@@ -451,7 +451,15 @@ def test_downstream_experiment_end_to_end(runs, tmp_path):
     abn = list(csv.DictReader((root / "phantom" / "abnormal-test" / "manifest.csv").open()))
     assert len(abn) == 6 and len({r["anomaly"] for r in abn}) == 6
     pairs = list(csv.DictReader((root / "phantom" / "synth-abnormal" / "pairs.csv").open()))
-    assert pairs and all(r["anomaly"] for r in pairs)
+    shams = [r for r in pairs if r["sham_of"]]
+    assert shams and all(r["anomaly"] for r in pairs if not r["sham_of"]) and not any(r["anomaly"] for r in shams)
+    # the sham of an edit regenerates its region with the layout unchanged: a normal twin
+    from diffice.synthesis.layouts import read_layout
+
+    d = root / "phantom" / "synth-abnormal"
+    r = shams[0]
+    assert (read_layout(d / r["layout_source"], CLASSES, (32, 40)) == read_layout(d / r["layout_edited"], CLASSES, (32, 40))).all()
+    assert float(r["psnr_outside"]) > 0
     mtime = (root / "phantom" / "study" / "rows.csv").stat().st_mtime
     assert main(["experiment", exp, "--preset", "tiny", *ov]) == 0
     assert (root / "phantom" / "study" / "rows.csv").stat().st_mtime == mtime  # nothing retrained

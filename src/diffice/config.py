@@ -240,6 +240,7 @@ class DownstreamConfig:
     synth_layouts: int = 500
     synth_per_layout: int = 2
     synth_edit_frames: int = 400
+    paired_negatives: bool = True
     out: str = "${paths.runs}/downstream"
 
 

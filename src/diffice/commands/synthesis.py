@@ -63,6 +63,9 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
                    "enlarged_cm, microcephaly, lemon (docs/synthesis.md)")
     p.add_argument("--severity", type=float, default=None, help="the anomaly's severity (default: its default; ranges in docs/synthesis.md)")
     p.add_argument("--test", action="store_true", help="the split's layouts (synthesis.limit of them) and their edits (synthesis.edits), with metrics")
+    p.add_argument("--with-sham", action="store_true",
+                   help="--test --anomaly: also a sham edit of each (the same region regenerated, the layout unchanged): "
+                   "the pixel-paired normal control of every abnormal frame")
     p.add_argument("--edits-only", action="store_true", help="--test: only the edits (e.g. anomaly pairs), no layout samples")
     p.add_argument("--out", default=None, help="output folder (default synthesis.out)")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
@@ -85,8 +88,10 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     cfg = config_from_args(ns.args)
     if count is not None:
         cfg.synthesis.count = count  # recorded with the run (a rerun with another --count is refused)
+    if ns.with_sham and not (specs and ns.test):
+        raise UserError("--with-sham needs --test --anomaly NAME")
     if specs and ns.test:
-        cfg.synthesis.edits = specs  # recorded with the run, like any synthesis.edits
+        cfg.synthesis.edits = specs + ([f"sham:{s}" for s in specs] if ns.with_sham else [])  # recorded with the run
     out = Path(ns.out or cfg.synthesis.out)
     device = _device(ns.device)
     plane = parse_plane(ns.plane, "--plane")

@@ -11,9 +11,12 @@ The sets, each made once into ``{paths.runs}/experiments/NAME/`` and reused by a
   draw, but no model ever sees one;
 * ``synth_normal``: ``diffice synthesize --test`` samples of ``downstream.synth_layouts`` training
   layouts (``downstream.synth_per_layout`` each), labelled by their layout's plane;
-* ``synth_abnormal``: ``diffice synthesize --test --anomaly all --edits-only`` on
+* ``synth_abnormal``: ``diffice synthesize --test --anomaly all --with-sham --edits-only`` on
   ``downstream.synth_edit_frames`` training frames: every layout-expressible anomaly at its
-  default severity, RePaint keeping the rest of the frame (pixel-paired with a real frame).
+  default severity, RePaint keeping the rest of the frame;
+* ``paired_normal`` (``downstream.paired_negatives``): each abnormal frame's normal twins — the real frame it was edited from and
+  its sham edit (the same region regenerated with the layout unchanged), so that the anomaly
+  classifier cannot separate them by plane, quality or the sampler's texture, only by anatomy.
 
 The synthesis model, its judge and steering segmenter are the config's (``synthesis.*``); the
 experiment file points them at the demo pack for the CPU-sized run.
@@ -66,10 +69,22 @@ def _synthesize(cfg, work: Path, folder: str, extra: list[str], keys: list[str])
     return out
 
 
+def _sources(edits):
+    """The real frames the edits were made from (``edits/<frame>-<k>``), each once."""
+    from diffice.downstream.frames import FrameSet
+
+    seen: dict[str, int] = {}
+    for k, i in enumerate(edits.ids):
+        seen.setdefault(i.rsplit("/", 1)[-1].split("-")[0], k)
+    first = list(seen.values())
+    return FrameSet(edits.source[first], edits.plane[first], [""] * len(first), ["real"] * len(first),
+                    [f"source/{f}" for f in seen])
+
+
 def make_sets(cfg, work: Path, progress: bool = True) -> dict:
     """All five frame sets of the study (made into ``work`` once; reused when there)."""
     from diffice.data.export import write_anomalies
-    from diffice.downstream.frames import load_manifest, load_synthesis_run
+    from diffice.downstream.frames import concat, load_manifest, load_synthesis_run
 
     d = cfg.downstream
     size = list(cfg.data.image_size)
@@ -85,9 +100,14 @@ def make_sets(cfg, work: Path, progress: bool = True) -> dict:
         "synthesis.edits=[]"])
     sets["synth_normal"] = load_synthesis_run(run, "layouts", size=size)
     print(f"[downstream] synthetic abnormal frames: every anomaly on {d.synth_edit_frames} training frames (RePaint)")
-    run = _synthesize(cfg, work, "synth-abnormal", ["--anomaly", "all", "--edits-only"], [
+    paired = bool(d.paired_negatives)
+    run = _synthesize(cfg, work, "synth-abnormal", ["--anomaly", "all", "--edits-only", *(["--with-sham"] if paired else [])], [
         "synthesis.split=train", f"synthesis.limit={int(d.synth_edit_frames)}"])
-    sets["synth_abnormal"] = load_synthesis_run(run, "edits", size=size)
+    edits = load_synthesis_run(run, "edits", size=size)
+    ab = edits.abnormal
+    sets["synth_abnormal"] = edits.subset(ab)
+    if paired:
+        sets["paired_normal"] = concat([edits.subset(~ab), _sources(edits.subset(ab))])
     for k, s in sets.items():
         kinds = sorted(set(s.anomaly) - {""})
         print(f"[downstream] {k}: {len(s)} frames" + (f" ({', '.join(kinds)})" if kinds else ""))

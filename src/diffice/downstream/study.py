@@ -7,7 +7,10 @@ Inputs (:func:`run_study`): five :class:`~diffice.downstream.frames.FrameSet` s 
 * ``real_test``: real normal frames (plane accuracy; the normals of the anomaly test);
 * ``abnormal_test``: real-rendered abnormal frames (anomaly names), never seen in training;
 * ``synth_normal``: synthetic normal frames with planes (at most ``synth_normal_count``);
-* ``synth_abnormal``: synthetic abnormal frames (at most ``synth_abnormal_count``).
+* ``synth_abnormal``: synthetic abnormal frames (at most ``synth_abnormal_count``);
+* ``paired_normal`` (optional): their pixel-paired normal twins — the real frames they were edited
+  from and sham edits (the same region regenerated, the layout unchanged) — added to the anomaly
+  classifier's negatives, so that only the anatomy separates a positive from its twins.
 
 Rows (model × seed × task × condition), three trainings per model and seed:
 
@@ -59,6 +62,7 @@ from diffice.downstream.metrics import (
 from diffice.errors import UserError
 
 SETS = ("real_train", "real_test", "abnormal_test", "synth_normal", "synth_abnormal")
+PAIRED = "paired_normal"  # optional: the synthetic abnormal frames' normal twins (sources, sham edits), anomaly negatives
 NUM_PLANES = 3
 REAL, SYNTH = "real", "real+synthetic"
 STAMP = "study.json"
@@ -151,13 +155,15 @@ def _check_sets(sets: dict[str, FrameSet], size: Sequence[int]) -> dict[str, Fra
     if missing:
         raise UserError(f"downstream study: frame set '{missing[0]}' is missing (need {', '.join(SETS)})")
     out = {}
-    for name in SETS:
+    for name in (*SETS, PAIRED):
+        if name not in sets:
+            continue
         s = sets[name]
         where = s.meta.get("path") or name
         if len(s) == 0:
             raise UserError(f"{where}: the {name} frame set is empty")
         ab = s.abnormal
-        if name in ("real_train", "real_test", "synth_normal") and ab.any():
+        if name in ("real_train", "real_test", "synth_normal", PAIRED) and ab.any():
             raise UserError(f"{where}: the {name} set holds {int(ab.sum())} abnormal frames "
                             f"(e.g. {s.ids[int(np.flatnonzero(ab)[0])]}: {s.anomaly[int(np.flatnonzero(ab)[0])]}); "
                             f"it must be normal")
@@ -190,12 +196,15 @@ def seed_sets(sets: dict[str, FrameSet], st: dict, seed: int) -> dict[str, Frame
     down to their limits, with a generator of the seed (the test sets are whole)."""
     rng = np.random.default_rng([int(seed), 20240514])
     real = sets["real_train"].subset(sets["real_train"].plane >= 0)
-    return {
+    out = {
         "real_train": _draw(real, st["real_train_limit"], rng, real.plane),
         "synth_normal": _draw(sets["synth_normal"], st["synth_normal_count"], rng, sets["synth_normal"].plane),
         "synth_abnormal": _draw(sets["synth_abnormal"], st["synth_abnormal_count"], rng,
                                 np.array(sets["synth_abnormal"].anomaly, dtype=object)),
     }
+    if PAIRED in sets:
+        out[PAIRED] = _draw(sets[PAIRED], st["synth_abnormal_count"], rng)
+    return out
 
 
 def group_weights(labels: np.ndarray, origin: Sequence[str], balance: bool, synthetic_share) -> np.ndarray:
@@ -276,6 +285,7 @@ def _train_unit(task: str, condition: str, model: str, seed: int, st: dict, trai
         labels, k = data.plane, NUM_PLANES
     else:
         negatives = [real] + ([train_sets["synth_normal"]] if bool(st["synthetic_negatives"]) else [])
+        negatives += [train_sets[PAIRED]] if PAIRED in train_sets else []
         data = concat([*negatives, train_sets["synth_abnormal"]])
         labels, k = data.abnormal.astype(np.int64), 2
     weights = group_weights(labels, data.origin, bool(st["balance"]), st["synthetic_share"])
@@ -343,7 +353,7 @@ def run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool = True, 
     device = resolve_device(accel)
     sets = _check_sets(sets, st["image_size"])
     stamp = {"version": STAMP_VERSION, "settings": {k: st[k] for k in SETTING_KEYS},
-             "data": {name: {"frames": len(sets[name]), "digest": sets[name].digest()} for name in SETS}}
+             "data": {name: {"frames": len(sets[name]), "digest": sets[name].digest()} for name in (*SETS, PAIRED) if name in sets}}
     check_stamp(out, stamp)
     train_fn = train_fn or train_classifier
     predict_fn = predict_fn or predict

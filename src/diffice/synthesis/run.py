@@ -64,16 +64,30 @@ class EditJob:
     ga: float = math.nan
     anomaly: str = ""                # an anomaly edit (anomaly:NAME:S): its name and severity
     severity: float | None = None
+    region: np.ndarray | None = None # a sham edit: the pixels regenerated although the layout is unchanged
+
+
+SHAM = "sham:"
 
 
 def edit_job(name: str, index: int, id: str, spec: str, source: np.ndarray, before: np.ndarray, classes: list[str],
              plane: int = -1, ga: float = math.nan) -> EditJob | None:
-    """The job of editing ``source`` (layout ``before``) by ``spec``; None when the edit changes nothing."""
-    after = apply_edit(before, spec, classes, ga)
+    """The job of editing ``source`` (layout ``before``) by ``spec``; None when the edit changes
+    nothing. ``sham:SPEC`` regenerates the pixels SPEC would change but keeps the layout: the
+    pixel-paired normal control of an edit (same region, same sampler, no change of anatomy)."""
+    inner = spec[len(SHAM):] if spec.startswith(SHAM) else spec
+    after = apply_edit(before, inner, classes, ga)
     if not (after != before).any():
         return None
+    if spec.startswith(SHAM):
+        return EditJob(name, index, id, spec, source, before, before.copy(), plane, ga, region=after != before)
     anom = parse_anomaly(spec)
     return EditJob(name, index, id, spec, source, before, after, plane, ga, *(anom or ("", None)))
+
+
+def _changed(job: EditJob) -> np.ndarray:
+    """The pixels an edit changes (a sham edit: the region it regenerates)."""
+    return job.region if job.region is not None else edited_region(job.before, job.after, 0)
 
 
 def anomaly_check(job: EditJob, judged: np.ndarray | None, judged_source: np.ndarray | None = None) -> dict:
@@ -258,7 +272,7 @@ def run_edits(out: Path, syn: Synthesizer, jobs: list[EditJob], batch_size: int,
         chunk = todo[b : b + int(batch_size)]
         src = torch.stack([torch.from_numpy(j.source)[None].float() for j in chunk]).to(syn.device)
         after = torch.stack([torch.from_numpy(j.after) for j in chunk])
-        known = torch.stack([torch.from_numpy(S.known_region(j.before, j.after, int(s.edit_dilation)))[None] for j in chunk])
+        known = torch.stack([torch.from_numpy(S.known_region(j.before, j.after, int(s.edit_dilation), j.region))[None] for j in chunk])
         cond = S.make_condition(after, [j.plane for j in chunk], [j.ga for j in chunk], syn.num_classes, syn.device)
         ids = [SAMPLE_STRIDE * j.index + 900 + int(j.name.rsplit("-", 1)[-1]) for j in chunk]
         t0 = time.perf_counter()
@@ -266,7 +280,7 @@ def run_edits(out: Path, syn: Synthesizer, jobs: list[EditJob], batch_size: int,
                         w=float(s.guidance), repaint=bool(s.repaint), jump_length=int(s.jump_length),
                         jump_n_sample=int(s.jump_n_sample), start_fraction=float(s.edit_start))
         seconds = (time.perf_counter() - t0) / len(chunk)
-        changed = torch.stack([torch.from_numpy(edited_region(j.before, j.after, 0)) for j in chunk])
+        changed = torch.stack([torch.from_numpy(_changed(j)) for j in chunk])
         psnr, ssim = M.psnr_ssim_outside(edited.cpu(), src.cpu(), changed)
         held_psnr, _ = M.psnr_ssim_outside(edited.cpu(), src.cpu(), ~known[:, 0])
         judged = syn.judge(edited) if syn.judge is not None else None
@@ -290,6 +304,8 @@ def run_edits(out: Path, syn: Synthesizer, jobs: list[EditJob], batch_size: int,
                 rec["edit_accuracy_source"] = float((js[ch] == job.after[ch]).mean()) if ch.any() else None
                 rec["judge_dice"] = M_layout_dice(judged[i : i + 1], after[i : i + 1], syn.classes)[0]
                 images["judge.png"] = overlay_classes(edited[i], jp)
+            if job.region is not None:
+                rec.update({"anomaly": "", "sham_of": job.spec[len(SHAM):]})
             if job.anomaly:
                 rec.update(anomaly_check(job, *((judged[i].numpy(), judged_src[i].numpy()) if judged is not None else (None,))))
             write_frame(out, rec, images, folder="edits", name=job.name)
@@ -327,7 +343,7 @@ def test_jobs(cfg: DictConfig, syn: Synthesizer, limit: int | None, edits: list[
         img = item["image"][0].numpy()
         layouts.append(LayoutJob(int(item["index"]), str(item["id"]), lay, plane, ga, img))
         for k, spec in enumerate(edits):
-            anom = parse_anomaly(spec)
+            anom = parse_anomaly(spec.removeprefix(SHAM))
             if anom and not AN.layout_shows(anom[0], lay):
                 continue  # this frame lacks what the anomaly edits (no fossa posterior in a trans-thalamic plane, ...)
             job = edit_job(f"{int(item['index']):06d}-{k}", int(item["index"]), str(item["id"]), spec, img, lay, syn.classes, plane, ga)
@@ -472,7 +488,7 @@ def write_pairs_csv(out: Path, edit_recs: list[dict]) -> Path | None:
         d = f"edits/{r['name']}"
         rows.append({"source": f"{d}/source.png", "edited": f"{d}/edited.png", "layout_source": f"{d}/layout_before_classes.png",
                      "layout_edited": f"{d}/layout_after_classes.png", "id": r["id"], "plane": r["plane"], "ga": r.get("ga"),
-                     "edit": r["edit"], "anomaly": r.get("anomaly", ""), "severity": r.get("severity"),
+                     "edit": r["edit"], "anomaly": r.get("anomaly", ""), "severity": r.get("severity"), "sham_of": r.get("sham_of", ""),
                      "psnr_outside": r["psnr_outside"], "within_tolerance": r.get("within_tolerance")})
     return write_rows_csv(out / "pairs.csv", rows)
 
