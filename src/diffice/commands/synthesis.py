@@ -215,8 +215,8 @@ def anomaly_table(rows: list[tuple[str, dict]]) -> str:
     """Markdown table of anomaly-edit runs: per run and anomaly, how many edited frames the judge
     measures within the tolerance of the requested severity, and how well the outside is kept."""
     lines = ["| run | anomaly | severity | edits | measured as requested | control: unedited source as requested | "
-             "edit PSNR outside (dB) | min |", "|---|---|---|---|---|---|---|---|"]
-    total = [0, 0, 0]
+             "change as requested | edit PSNR outside (dB) | min |", "|---|---|---|---|---|---|---|---|---|"]
+    total = [0, 0, 0, 0]
     for label, m in rows:
         for name, a in (m.get("anomalies") or {}).items():
             k, n = a["within_tolerance"], a["checked"]
@@ -226,10 +226,14 @@ def anomaly_table(rows: list[tuple[str, dict]]) -> str:
             ctl = a.get("source_within_tolerance")
             total[2] += ctl or 0
             ctl = f"{ctl} of {n}" if ctl is not None and n else "n/a"
-            lines.append(f"| {label} | {name} | {', '.join(f'{v:g}' for v in a['severities'])} | {a['edits']} | {frac} | {ctl} | "
+            ch = a.get("within_change")
+            total[3] += ch or 0
+            ch = f"{ch} of {n} ({100 * ch / n:.0f} %)" if ch is not None and n else "n/a"
+            lines.append(f"| {label} | {name} | {', '.join(f'{v:g}' for v in a['severities'])} | {a['edits']} | {frac} | {ctl} | {ch} | "
                          f"{m.get('edit_psnr_outside_mean', float('nan')):.1f} | {m.get('edit_psnr_outside_min', float('nan')):.1f} |")
     if total[1]:
-        lines.append(f"| all | | | {total[1]} | {total[0]} of {total[1]} ({100 * total[0] / total[1]:.0f} %) | {total[2]} of {total[1]} | | |")
+        lines.append(f"| all | | | {total[1]} | {total[0]} of {total[1]} ({100 * total[0] / total[1]:.0f} %) | {total[2]} of {total[1]} | "
+                     f"{total[3]} of {total[1]} ({100 * total[3] / total[1]:.0f} %) | | |")
     return "\n".join(lines) + "\n"
 
 

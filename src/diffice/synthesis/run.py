@@ -111,7 +111,19 @@ def anomaly_check(job: EditJob, judged: np.ndarray | None, judged_source: np.nda
         ctl = AN.measure(job.anomaly, judged_source, frame)
         rec.update({"measured_source": ctl,
                     "source_within_tolerance": bool(math.isfinite(ctl) and math.isfinite(req) and abs(ctl - req) <= tol)})
+        rec["within_change"] = change_within(rec)
     return rec
+
+
+def change_within(rec: dict) -> bool | None:
+    """The judge's *change* (edited frame minus source frame) within the tolerance of the requested
+    change (edited layout minus source layout): the check without the judge's own bias."""
+    keys = ("measured_value", "measured_source", "requested_value", "source_value", "tolerance")
+    if any(rec.get(k) is None for k in keys):
+        return None
+    got = float(rec["measured_value"]) - float(rec["measured_source"])
+    want = float(rec["requested_value"]) - float(rec["source_value"])
+    return bool(math.isfinite(got) and math.isfinite(want) and abs(got - want) <= float(rec["tolerance"]))
 
 
 def colour_layout(layout: np.ndarray) -> np.ndarray:
@@ -397,6 +409,9 @@ def summarize(syn: Synthesizer, layout_recs: list[dict], edit_recs: list[dict], 
         m["edit_accuracy_source"] = float(np.mean(acc0)) if acc0 else None
         m["edit_seconds"] = float(np.mean([r["seconds"] for r in edit_recs]))
         names = sorted({r["anomaly"] for r in edit_recs if r.get("anomaly")})
+        for r in edit_recs:
+            if r.get("anomaly") and "within_change" not in r:
+                r["within_change"] = change_within(r)
         if names:
             m["anomalies"] = {}
             for name in names:
@@ -405,7 +420,8 @@ def summarize(syn: Synthesizer, layout_recs: list[dict], edit_recs: list[dict], 
                 m["anomalies"][name] = {"edits": len(rs), "severities": sorted({r["severity"] for r in rs}),
                                         "within_tolerance": sum(ok), "checked": len(ok),
                                         "fraction_within": float(np.mean(ok)) if ok else None,
-                                        "source_within_tolerance": sum(bool(r.get("source_within_tolerance")) for r in rs)}
+                                        "source_within_tolerance": sum(bool(r.get("source_within_tolerance")) for r in rs),
+                                        "within_change": sum(bool(r.get("within_change")) for r in rs)}
             ok = [r["within_tolerance"] for r in edit_recs if "within_tolerance" in r]
             m["anomaly_fraction_within"] = float(np.mean(ok)) if ok else None
     if realism:
@@ -476,7 +492,7 @@ def write_results_csv(out: Path, layout_recs: list[dict], edit_recs: list[dict],
 
 
 ANOMALY_KEYS = ("anomaly", "severity", "source_value", "requested_value", "measured_value", "tolerance", "within_tolerance",
-                "measured_source", "source_within_tolerance")
+                "measured_source", "source_within_tolerance", "within_change")
 
 
 def write_pairs_csv(out: Path, edit_recs: list[dict]) -> Path | None:
