@@ -410,6 +410,8 @@ def test_synthesize_anomaly_pairs(runs, tmp_path):
     rows = list(csv.DictReader((out / "pairs.csv").open()))
     assert rows and len(rows) == m["edits"] and set(m["anomalies"]) == {r["anomaly"] for r in rows}
     assert sum(a["checked"] for a in m["anomalies"].values()) == len(rows)
+    page = (out / "report.html").read_text()
+    assert "measured as requested" in page and "judge measures" in page
     stamp = json.loads((out / "synthesis-run.json").read_text())
     assert all(e.startswith("anomaly:") for e in stamp["synthesis"]["edits"])
 

@@ -63,6 +63,12 @@ def summary_html(metrics: dict, classes: list[str]) -> str:
         if key in metrics and metrics[key] is not None:
             rows.append([label, _fmt(metrics[key])])
     parts.append(_table(["measure", "value"], rows))
+    if metrics.get("anomalies"):
+        arows = [[html.escape(name), ", ".join(f"{v:g}" for v in a["severities"]), str(a["checked"]),
+                  str(a["within_tolerance"]), str(a.get("source_within_tolerance", "")), str(a.get("within_change", ""))]
+                 for name, a in metrics["anomalies"].items()]
+        parts.append(_table(["anomaly", "severity", "edits", "measured as requested", "unedited source as requested (control)",
+                             "change as requested"], arows))
     return "".join(parts)
 
 
@@ -98,7 +104,12 @@ def write_report(out: Path, metrics: dict, layouts: list[dict], edits: list[dict
                 f"{_fmt(rec['psnr_outside'], 1)} dB, SSIM {_fmt(rec['ssim_outside'])}"
                 + (f"; edited pixels labelled as requested {_fmt(rec.get('edit_accuracy'), 2)} (source {_fmt(rec.get('edit_accuracy_source'), 2)})"
                    if rec.get("edit_accuracy") is not None else "")
-                + ("; RePaint" if rec.get("repaint") else "; regenerated (no RePaint)"))
+                + ("; RePaint" if rec.get("repaint") else "; regenerated (no RePaint)")
+                + (f"; {html.escape(rec['anomaly'])}: judge measures {_fmt(rec.get('measured_value'), 3)}, requested "
+                   f"{_fmt(rec.get('requested_value'), 3)} ± {_fmt(rec.get('tolerance'), 3)} (source {_fmt(rec.get('measured_source'), 3)}) — "
+                   + ("as requested" if rec.get("within_tolerance") else "<b>not as requested</b>")
+                   if rec.get("anomaly") and "measured_value" in rec else "")
+                + (f"; sham of {html.escape(str(rec['sham_of']))} (layout unchanged)" if rec.get("sham_of") else ""))
         eblocks.append(f'<div class="frame"><div class="scores">{head}</div><div class="strip">{figs}</div></div>')
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>diffice synthesis</title><style>{CSS}</style></head><body>
 <h1>Anatomy-controlled synthesis</h1><p class="muted">{settings}</p>
