@@ -66,15 +66,23 @@ def parse_plane(value, where: str) -> int:
     return PLANE_WORDS[key]
 
 
-def parse_ga(value, where: str) -> float:
-    """Gestational age in weeks (10 to 45), empty = unknown (NaN)."""
+def optional_number(value, where: str, message: str = "'{value}' is not a number") -> float | None:
+    """A number from a CSV cell or an option; None when empty, 'nan' or 'none' (unknown); a
+    UserError ``{where}: {message}`` when not a number (``message`` may name ``{value}``)."""
     s = str(value).strip()
     if s == "" or s.lower() in ("nan", "none"):
-        return math.nan
+        return None
     try:
-        x = float(s)
+        return float(s)
     except ValueError as err:
-        raise UserError(f"{where}: gestational age '{value}' is not a number of weeks") from err
+        raise UserError(f"{where}: " + message.format(value=value)) from err
+
+
+def parse_ga(value, where: str) -> float:
+    """Gestational age in weeks (10 to 45), empty = unknown (NaN)."""
+    x = optional_number(value, where, "gestational age '{value}' is not a number of weeks")
+    if x is None:
+        return math.nan
     if not 10.0 <= x <= 45.0:
         raise UserError(f"{where}: gestational age {x} weeks is outside 10 to 45")
     return x
@@ -173,13 +181,9 @@ def _parse_label(value: str, where: str) -> int:
 
 
 def _parse_float(value: str, where: str) -> float:
-    s = str(value).strip()
-    if s == "" or s.lower() in ("nan", "none"):
+    x = optional_number(value, where)
+    if x is None:
         return math.nan
-    try:
-        x = float(s)
-    except ValueError as err:
-        raise UserError(f"{where}: '{value}' is not a number") from err
     if not (0.0 <= x <= 1.0):
         raise UserError(f"{where}: concept score {x} is outside [0, 1]")
     return x

@@ -183,13 +183,10 @@ def _stack(frames: list[np.ndarray], where: Path, paths: list[Path]) -> np.ndarr
 
 
 def _parse_severity(value: str, where: str) -> float:
-    s = str(value).strip()
-    if s == "" or s.lower() in ("nan", "none"):
-        return math.nan
-    try:
-        return float(s)
-    except ValueError as err:
-        raise UserError(f"{where}: severity '{value}' is not a number") from err
+    from diffice.data.sources import optional_number
+
+    x = optional_number(value, where, "severity '{value}' is not a number")
+    return math.nan if x is None else x
 
 
 def load_manifest(path: str | Path, split: str | None = None, size: Sequence[int] | None = None) -> FrameSet:

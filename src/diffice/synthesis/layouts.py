@@ -187,7 +187,11 @@ OPERATORS = {"remove": _remove, "grow": _grow, "shrink": _shrink, "shift": _shif
 
 def edited_region(before: np.ndarray, after: np.ndarray, dilation: int = 0) -> np.ndarray:
     """Pixels whose class changed, grown by ``dilation`` pixels (bool (H, W))."""
-    changed = before != after
-    if dilation > 0 and changed.any():
-        changed = ndimage.binary_dilation(changed, _disk(int(dilation)))
-    return changed
+    return grown(before != after, dilation)
+
+
+def grown(region: np.ndarray, dilation: int) -> np.ndarray:
+    """``region`` (bool (H, W)) grown by ``dilation`` pixels."""
+    if dilation > 0 and region.any():
+        return ndimage.binary_dilation(region, _disk(int(dilation)))
+    return region

@@ -211,8 +211,6 @@ def edit(diffusion: GaussianDiffusion, net, cond: dict, source: torch.Tensor, kn
 def known_region(before: np.ndarray, after: np.ndarray, dilation: int, region: np.ndarray | None = None) -> np.ndarray:
     """Bool (H, W): pixels held to the source in a RePaint edit (outside the dilated change, or
     outside the dilated ``region`` when given: a sham edit regenerates it with the layout unchanged)."""
-    from diffice.synthesis.layouts import edited_region
+    from diffice.synthesis.layouts import grown
 
-    if region is None:
-        return ~edited_region(before, after, dilation)
-    return ~edited_region(np.zeros_like(before), region.astype(before.dtype), dilation)
+    return ~grown(before != after if region is None else region.astype(bool), dilation)
