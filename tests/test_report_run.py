@@ -59,8 +59,20 @@ def test_metrics_json_matches_hand_values(hand_run):
     # iteration 1: guide p = 0.6, 0.35, 0.3 on the NSP inputs -> FR 1/3
     assert m["per_iteration"][0]["fr"] == pytest.approx(1 / 3)
     assert m["per_iteration"][1]["mad"] == pytest.approx(m["mad"])
-    for key in ("fid", "fsd", "sonosim"):
+    # 4 inputs and 3 valid counterfactuals: no Fréchet distance (shown from FRECHET_MIN_N a side), KID beside it
+    assert m["fid"] is None and m["fsd"] is None and m["fid_n"] == [4, 3]
+    assert any(n.startswith("FID: n/a (N too small: 4 vs 3") for n in m["notes"])
+    for key in ("kid", "kid_std", "kid_fsd", "kid_fsd_std", "sonosim"):
         assert isinstance(m[key], float)
+    # every interval's point estimate is the metric itself; FR is 2 of 3 NSP inputs (Clopper-Pearson)
+    iv = m["intervals"]
+    assert iv["fr"]["k"] == 2 and iv["fr"]["n"] == 3 and iv["fr"]["value"] == pytest.approx(m["fr"])
+    assert (iv["fr"]["low"], iv["fr"]["high"]) == pytest.approx((0.0943, 0.9916), abs=1e-4)
+    for key in ("mad", "bkl", "mqd", "mqd_selected", "sonosim", "target_l1_input", "target_l1_cf"):
+        assert iv[key]["value"] == pytest.approx(m[key]) and iv[key]["low"] <= m[key] <= iv[key]["high"], key
+    assert iv["closer_to_target"]["k"] == m["n_closer_to_target"] and iv["closer_to_target"]["n"] == m["n_target"]
+    assert iv["qd_qs_th"]["value"] == pytest.approx(m["qd"]["qs_th"])
+    assert m["per_iteration"][0]["intervals"]["fr"]["value"] == pytest.approx(1 / 3)
     assert out["fr"] == m["fr"] and out["report"].endswith("report.html")
     assert "| Diff-ICE |" in out["table"]
 
@@ -97,7 +109,7 @@ def test_too_few_valid_counterfactuals_is_nan_with_note(tmp_path):
     run = make_fake_run(tmp_path / "run", frames=frames, iterations=2)
     finalize_run(run, nets=fake_eval_nets(), log_wandb=False, progress=False)
     m = json.loads((run / "metrics.json").read_text())
-    assert m["fid"] is None and any("FID" in n and "got 2 and 0" in n for n in m["notes"])
+    assert m["fid"] is None and m["kid"] is None and any("FID" in n and "got 2 and 0" in n for n in m["notes"])
 
 
 def test_evaluate_reproduces_metrics_json(hand_run, monkeypatch, capsys):

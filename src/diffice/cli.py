@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sononet": ("diffice.commands.judges:cmd_sononet", "label frames with a SonoNet (e.g. the official weights)"),
     "counterfactuals": ("diffice.commands.counterfactual:cmd_counterfactuals", "generate counterfactuals (Diff-ICE and baselines)"),
     "evaluate": ("diffice.commands.counterfactual:cmd_evaluate", "recompute a counterfactual run's metrics from its files"),
+    "compare": ("diffice.commands.counterfactual:cmd_compare", "two counterfactual runs on the same frames: paired tests"),
     "reader-study": ("diffice.commands.counterfactual:cmd_reader_study", "make a blinded expert reader study page (counterfactual or synthesis run)"),
     "reader-score": ("diffice.commands.counterfactual:cmd_reader_score", "score a reader study's answers"),
     "train-synthesis": ("diffice.commands.synthesis:cmd_train_synthesis", "train the layout-conditioned DDPM (FetalFlex synthesis)"),

@@ -93,6 +93,12 @@ def cmd_evaluate(argv: list[str]) -> int:
     return evaluate_main(argv)
 
 
+def cmd_compare(argv: list[str]) -> int:
+    from diffice.report.compare import compare_main
+
+    return compare_main(argv)
+
+
 def cmd_reader_study(argv: list[str]) -> int:
     from diffice.report.commands import reader_study_main
 

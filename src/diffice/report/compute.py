@@ -19,7 +19,18 @@ import numpy as np
 import torch
 
 from diffice.errors import UserError
-from diffice.metrics import Efficiency, FrechetDistance, OracleQuality, SonoSim, TargetDistance, Validity
+from diffice.metrics import (
+    Efficiency,
+    OracleQuality,
+    SonoSim,
+    TargetDistance,
+    Validity,
+    frechet_distance,
+    gaussian_stats,
+)
+from diffice.metrics.kid import frechet_note, frechet_shown, kernel_distance
+from diffice.metrics.stats import mean_interval
+from diffice.report.intervals import iteration_intervals, run_intervals
 from diffice.report.records import (
     concept_names,
     grey_tensor,
@@ -116,32 +127,47 @@ def _concept_matrix(records: list[dict], key: str, names: list[str]) -> torch.Te
 
 
 class _ImageMetrics:
-    """FID / FSD / SonoSim accumulators for one set of counterfactuals (final or an iteration).
+    """FID / FSD (shown from ``FRECHET_MIN_N`` frames a side), KID on the same two feature networks,
+    and SonoSim (with its per-pair values for an interval) for one set of counterfactuals.
 
     They take features (computed once per image file by :class:`_FeatureCache`), not images.
+    FID / FSD / KID compare all inputs with the valid (flipped) counterfactuals; SonoSim all pairs.
     """
 
     def __init__(self, nets: EvalNets):
-        self.fid = FrechetDistance(name="FID") if nets.fid is not None else None
-        self.fsd = FrechetDistance(name="FSD") if nets.sononet is not None else None
+        self.nets = {key: [[], []] for key, fn in (("fid", nets.fid), ("sononet", nets.sononet)) if fn is not None}
         self.sim = SonoSim() if nets.sononet is not None else None
+        self.cos: list[float] = []
 
     def update(self, x: dict, xc: dict, valid: torch.Tensor) -> None:
         """``x``, ``xc``: dicts of features {"fid": (B, D), "sononet": (B, F)} of inputs and outputs."""
-        if self.fid is not None:
-            self.fid.update(x["fid"], xc["fid"], valid)
-        if self.fsd is not None:
-            self.fsd.update(x["sononet"], xc["sononet"], valid)
+        keep = torch.as_tensor(valid, dtype=torch.bool)
+        for key, (real, fake) in self.nets.items():
+            real.append(x[key])
+            fake.append(xc[key][keep])
         if self.sim is not None:
             self.sim.update(x["sononet"], xc["sononet"])
+            a, b = x["sononet"].reshape(len(x["sononet"]), -1), xc["sononet"].reshape(len(xc["sononet"]), -1)
+            self.cos += torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1).tolist()
 
     def compute(self, notes: list[str], label: str) -> dict:
-        out = {}
-        for key, m in (("fid", self.fid), ("fsd", self.fsd)):
-            out[key] = _f(m.compute()) if m is not None else None
-            if m is not None and m.note:
-                notes.append(f"{label}{m.note}")
+        out: dict = {"fid": None, "fsd": None, "kid": None, "kid_std": None, "kid_fsd": None, "kid_fsd_std": None}
+        for key, fd_key, kid_key, name in (("fid", "fid", "kid", "FID"), ("sononet", "fsd", "kid_fsd", "FSD")):
+            if key not in self.nets:
+                continue
+            real, fake = (torch.cat(v).numpy() if v else np.zeros((0, 1)) for v in self.nets[key])
+            out[f"{fd_key}_n"] = [len(real), len(fake)]
+            k = kernel_distance(real, fake)
+            out[kid_key], out[f"{kid_key}_std"] = k["kid"], k["kid_std"]
+            if k["kid"] is None:
+                notes.append(f"{label}{name} / KID: needs at least 2 inputs and 2 valid counterfactuals, "
+                             f"got {len(real)} and {len(fake)}; reported as null")
+            elif not frechet_shown(len(real), len(fake)):
+                notes.append(label + frechet_note(name, len(real), len(fake)))
+            else:
+                out[fd_key] = _f(frechet_distance(*gaussian_stats(real), *gaussian_stats(fake)))
         out["sonosim"] = _f(self.sim.compute()) if self.sim is not None else None
+        self.sonosim_interval = mean_interval(self.cos)
         return out
 
 
@@ -227,7 +253,7 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
         _image_pass(records, nets, final_img, it_img, it_orc if use_oracle else {}, names, q_in, c_in, chunk, progress)
 
     out: dict = {"method": records[0]["method"], "n_frames": len(records), "iterations": n_iter}
-    out.update(final_img.compute(notes, "") if final_img is not None else {"fid": None, "fsd": None, "sonosim": None})
+    out.update(final_img.compute(notes, "") if final_img is not None else {"fid": None, "fsd": None, "kid": None, "kid_std": None, "kid_fsd": None, "kid_fsd_std": None, "sonosim": None})
     o, v = orc.compute(), val.compute()
     out.update(mqd=_f(o["mqd"]), bkl=_f(v["bkl"]), mad=_f(v["mad"]), fr=_f(v["fr"]), mqd_selected=_f(o["mqd_selected"]))
     out["qd"] = {c: _f(q) for c, q in zip(names, o["qd_concepts"])}
@@ -264,7 +290,7 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     per_iter = []
     for k in iters:
         row = {"iteration": k}
-        row.update(it_img[k].compute(notes, f"iteration {k}: ") if k in it_img else {"fid": None, "fsd": None, "sonosim": None})
+        row.update(it_img[k].compute(notes, f"iteration {k}: ") if k in it_img else {"fid": None, "fsd": None, "kid": None, "kid_std": None, "kid_fsd": None, "kid_fsd_std": None, "sonosim": None})
         ok, vk = it_orc[k].compute(), it_val[k].compute()
         row.update(mqd=_f(ok["mqd"]), bkl=_f(vk["bkl"]), mad=_f(vk["mad"]), fr=_f(vk["fr"]),
                    mqd_selected=_f(ok["mqd_selected"]))
@@ -274,8 +300,17 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
         row["frames_running"] = int(sum(k <= int(r.get("iterations") or 0) for r in records))
         row["iteration_hours"] = _f(np.nansum(secs) / 3600.0) if np.isfinite(secs).any() else None
         row.update(_iteration_batch_seconds(records, k))
+        row["intervals"] = iteration_intervals(records, k)
+        if k in it_img and it_img[k].cos:
+            row["intervals"]["sonosim"] = it_img[k].sonosim_interval
         per_iter.append(row)
     out["per_iteration"] = per_iter
+    out["intervals"] = run_intervals(records, names)
+    if final_img is not None and final_img.cos:
+        out["intervals"]["sonosim"] = final_img.sonosim_interval
+    out["intervals_note"] = ("95 % intervals: rates Clopper-Pearson, means a percentile bootstrap over frames "
+                             "(2000 resamples, seed 0); KID: mean and std over 100 seeded subsets of half the "
+                             "smaller set")
     out["notes"] = notes
     return out
 

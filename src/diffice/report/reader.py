@@ -27,6 +27,7 @@ from pathlib import Path
 
 from diffice.errors import UserError
 from diffice.io import atomic_write_text
+from diffice.metrics.stats import binomial_summary, clopper_pearson  # noqa: F401 - clopper_pearson re-exported
 from diffice.report.html import data_uri
 from diffice.report.records import load_records, num
 
@@ -185,23 +186,6 @@ def study_page(study: str, items: list[tuple], form: Form = PREFERENCE) -> str:
     )
 
 
-def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Exact two-sided (1 - alpha) interval of a binomial proportion k / n."""
-    from scipy.stats import beta
-
-    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
-    return lo, hi
-
-
-def binomial_summary(k: int, n: int, alpha: float = 0.05) -> dict:
-    """k of n with its fraction, Clopper–Pearson interval and two-sided binomial test against 0.5."""
-    from scipy.stats import binomtest
-
-    lo, hi = clopper_pearson(k, n, alpha)
-    return {"k": k, "n": n, "fraction": k / n, "ci_low": lo, "ci_high": hi, "p_value": float(binomtest(k, n, 0.5).pvalue)}
-
-
 def _load_key(path: Path) -> dict:
     try:
         key = json.loads(path.read_text())
@@ -291,7 +275,7 @@ def score_answers(run_dir: str | Path, answers: str | Path, alpha: float = 0.05)
     entries = {int(e[unit]): e for e in key[unit + "s"]}
     answered = {n: c for n, c in seen.items() if c}
     right = {n: c == answer_of(entries[n]) for n, c in answered.items()}
-    s = binomial_summary(sum(right.values()), len(right), alpha)
+    s = binomial_summary(sum(right.values()), len(right), 1.0 - alpha)
     if "task" not in key:  # the paper's counterfactual study: its fields as they always were
         return {"study": key["study"], "readers": sorted(readers), "pairs": len(entries),
                 "answered": s["n"], "preferred_cf": s["k"], "fraction_cf": s["fraction"], "ci_low": s["ci_low"],
@@ -310,10 +294,10 @@ def score_answers(run_dir: str | Path, answers: str | Path, alpha: float = 0.05)
         t = by_truth.get(truth)
         if t:
             out["fooled"] = {"truth": truth, "called": called,
-                             **binomial_summary(t["called"].get(called, 0), t["answered"], alpha)}
+                             **binomial_summary(t["called"].get(called, 0), t["answered"], 1.0 - alpha)}
     groups: dict[str, list[bool]] = {}
     for n, ok in right.items():
         if entries[n].get("anomaly") is not None:
             groups.setdefault(str(entries[n]["anomaly"]), []).append(ok)
-    out["by_anomaly"] = {a: binomial_summary(sum(v), len(v), alpha) for a, v in sorted(groups.items())}
+    out["by_anomaly"] = {a: binomial_summary(sum(v), len(v), 1.0 - alpha) for a, v in sorted(groups.items())}
     return out

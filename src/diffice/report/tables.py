@@ -1,13 +1,20 @@
-"""The paper's tables as markdown: Table 1 (one row per method) and Table 2 (one row per iteration)."""
+"""The paper's tables as markdown: Table 1 (one row per method) and Table 2 (one row per iteration).
+
+Every rate and mean is shown with its 95 % interval from ``metrics.json``'s ``intervals``
+(``0.875 [0.617, 0.984]``); a Fréchet distance below the documented N reads ``n/a (N a/b)``
+with KID (mean ± subset std) beside it (:mod:`diffice.metrics.kid`, :mod:`diffice.metrics.stats`).
+"""
 
 from __future__ import annotations
 
 import math
 
+from diffice.metrics.stats import fmt_interval
+
 METHOD_NAMES = {"diff-ice": "Diff-ICE", "diff-ice1": "Diff-ICE1", "diff-ice1-xt": "Diff-ICE1-xt", "dime": "DiME"}
 
-QUALITY = [("fid", "FID ↓", 2), ("fsd", "FSD ↓", 3), ("sonosim", "SonoSim ↑", 3), ("mqd", "MQD ↑", 3),
-           ("bkl", "BKL ↓", 3), ("mad", "MAD ↑", 3), ("fr", "FR ↑", 3)]
+QUALITY = [("fid", "FID ↓", 2), ("kid", "KID ↓", 4), ("fsd", "FSD ↓", 3), ("kid_fsd", "KID (FSD features) ↓", 4),
+           ("sonosim", "SonoSim ↑", 3), ("mqd", "MQD ↑", 3), ("bkl", "BKL ↓", 3), ("mad", "MAD ↑", 3), ("fr", "FR ↑", 3)]
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -23,6 +30,29 @@ def method_name(method: str) -> str:
     return METHOD_NAMES.get(str(method), str(method))
 
 
+def cell(m: dict, key: str, digits: int = 3) -> str:
+    """A metric with its interval (``intervals[key]``), KID with its subset std, a Fréchet distance or
+    ``n/a (N a/b)`` when it was not shown for too few frames."""
+    value = m.get(key)
+    if key in ("fid", "fsd") and value is None and m.get(f"{key}_n"):
+        a, b = m[f"{key}_n"]
+        return f"n/a (N {a}/{b})"
+    if key.startswith("kid") and value is not None and m.get(f"{key}_std") is not None:
+        return f"{fmt(value, digits)} ± {fmt(m[f'{key}_std'], digits)}"
+    iv = (m.get("intervals") or {}).get(key)
+    if iv and iv.get("value") is not None:
+        return fmt_interval(iv, digits)
+    return fmt(value, digits)
+
+
+def rate_cell(m: dict, key: str, k=None, n=None) -> str:
+    """``k / n (rate [low, high])`` from ``intervals[key]`` (or the bare counts of older files)."""
+    iv = (m.get("intervals") or {}).get(key)
+    if iv and iv.get("n"):
+        return f"{iv['k']} / {iv['n']} ({fmt_interval(iv, 2)})"
+    return f"{k} / {n}" if n else "–"
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -31,30 +61,38 @@ def table1_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["Method"] + [t for _, t, _ in QUALITY] + ["Batch time (s)", "Total time (h)", "Memory (GB)"]
     rows = []
     for m in metrics:
-        rows.append([method_name(m["method"])] + [fmt(m.get(k), d) for k, _, d in QUALITY]
+        rows.append([method_name(m["method"])] + [cell(m, k, d) for k, _, d in QUALITY]
                     + [_batch_time(m), fmt(m.get("total_hours"), 2), fmt(m.get("peak_memory_gb"), 1)])
     return header, rows
 
 
 def extra_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Counts and ground truth: frames, NSP by guide, oracle-selected, flipped, NFE, phantom target L1."""
-    header = ["Method", "Frames", "NSP (guide)", "QS_O<0.5", "Flipped", "Adversarial", "NFE / frame",
+    """Counts and ground truth: frames, NSP by guide, oracle-selected, flipped, NFE, phantom target L1, anatomy Dice."""
+    header = ["Method", "Frames", "NSP (guide)", "QS_O<0.5", "Flipped (all frames)", "Adversarial", "NFE / frame",
               "L1 to target: input", "L1 to target: cf", "Closer (footprint)", "Closer (sector)"]
+    structures: list[str] = []
+    for m in metrics:
+        structures += [k for k in (m.get("anatomy_dice") or {}) if k not in structures]
+    header += [f"Dice {k} (input vs cf)" for k in structures]
     rows = []
     for m in metrics:
-        closer = f"{m.get('n_closer_to_target', 0)} / {m.get('n_target', 0)}" if m.get("n_target") else "–"
-        sector = f"{m.get('n_closer_sector', 0)} / {m.get('n_target_sector', 0)}" if m.get("n_target_sector") else "–"
-        adv = "–" if m.get("n_adversarial") is None else str(m["n_adversarial"])
-        rows.append([method_name(m["method"]), str(m["n_frames"]), str(m.get("n_nsp_guide", "–")),
-                     str(m.get("n_oracle_selected", "–")), str(m.get("n_flipped", "–")), adv,
-                     fmt(m.get("nfe_per_frame"), 1), fmt(m.get("target_l1_input"), 3),
-                     fmt(m.get("target_l1_cf"), 3), closer, sector])
+        adv = "–" if m.get("n_adversarial") is None else rate_cell(m, "adversarial_fraction", m["n_adversarial"], m["n_frames"])
+        row = [method_name(m["method"]), str(m["n_frames"]), str(m.get("n_nsp_guide", "–")),
+               str(m.get("n_oracle_selected", "–")), rate_cell(m, "flipped_all", m.get("n_flipped"), m["n_frames"]), adv,
+               fmt(m.get("nfe_per_frame"), 1), cell(m, "target_l1_input"), cell(m, "target_l1_cf"),
+               rate_cell(m, "closer_to_target", m.get("n_closer_to_target"), m.get("n_target")),
+               rate_cell(m, "closer_sector", m.get("n_closer_sector"), m.get("n_target_sector"))]
+        dice = m.get("anatomy_dice") or {}
+        for k in structures:
+            iv = (m.get("intervals") or {}).get(f"anatomy_dice_{k}")
+            row.append(fmt_interval(iv) if iv else fmt(dice.get(k)))
+        rows.append(row)
     return header, rows
 
 
 def table2_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     header = ["Iteration"] + [t for _, t, _ in QUALITY] + ["Frames running", "Batch time (s)", "Iteration time (h)"]
-    rows = [[str(it["iteration"])] + [fmt(it.get(k), d) for k, _, d in QUALITY]
+    rows = [[str(it["iteration"])] + [cell(it, k, d) for k, _, d in QUALITY]
             + [str(it.get("frames_running", "–")), _batch_time(it), fmt(it.get("iteration_hours"), 2)]
             for it in metrics.get("per_iteration") or []]
     return header, rows
@@ -72,8 +110,9 @@ def qd_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
     for m in metrics:
         names += [c for c in (m.get("qd") or {}) if c not in names]
     header = ["Method", "MQD (÷ all N)", "mean QD_O (selected)"] + [f"QD {c}" for c in names]
-    rows = [[method_name(m["method"]), fmt(m.get("mqd")), fmt(m.get("mqd_selected"))]
-            + [fmt((m.get("qd") or {}).get(c)) for c in names] for m in metrics]
+    rows = [[method_name(m["method"]), cell(m, "mqd"), cell(m, "mqd_selected")]
+            + [fmt_interval(iv) if (iv := (m.get("intervals") or {}).get(f"qd_{c}")) else fmt((m.get("qd") or {}).get(c))
+               for c in names] for m in metrics]
     return header, rows
 
 
@@ -84,7 +123,8 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def markdown_report(metrics: list[dict]) -> str:
     """Table 1 (+ counts, per-concept QD, and Table 2 for each multi-iteration run) as markdown."""
-    parts = ["**Table 1** (paper layout)", "", markdown(*table1_rows(metrics)), "",
+    parts = ["**Table 1** (paper layout; 95 % intervals in brackets: rates Clopper–Pearson, means bootstrap over "
+             "frames; KID ± its subset std; FID / FSD only from 256 frames a side)", "", markdown(*table1_rows(metrics)), "",
              "**Counts, cost and ground truth**", "", markdown(*extra_rows(metrics)), "",
              "**Per-concept quality difference** (inputs with QS_O(x) < 0.5)", "", markdown(*qd_rows(metrics))]
     for m in metrics:

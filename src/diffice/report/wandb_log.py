@@ -33,6 +33,9 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
             out[f"cf/{key}"] = value
         elif key == "qd" and isinstance(value, dict):
             out.update({f"cf/qd_{c}": v for c, v in value.items() if v is not None})
+        elif key == "intervals" and isinstance(value, dict):  # 95 % bounds beside each rate and mean
+            for name, iv in value.items():
+                out.update({f"cf/ci/{name}_{end}": iv[end] for end in ("low", "high") if iv.get(end) is not None})
     return out
 
 

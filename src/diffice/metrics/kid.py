@@ -1,0 +1,64 @@
+"""Kernel distance (KID, Bińkowski et al., ICLR 2018) between two sets of features, and the
+smallest set a Fréchet distance is shown for.
+
+KID is the unbiased estimate of the squared maximum mean discrepancy under the cubic polynomial
+kernel k(x, y) = (x·y / d + 1)³. Unlike the Fréchet distance it has no bias that shrinks with
+N, so it can be compared across set sizes and is usable at the tens of frames a CPU run affords.
+The kernel and the unbiased MMD² are torchmetrics' (``torchmetrics.image.kid.poly_mmd``, the
+function behind ``KernelInceptionDistance``); here they run on features diffice has already
+computed (Inception pool3 for KID, the SonoNet / oracle features for the FSD column's twin), over
+``subsets`` random subsets drawn from a **seeded** generator, so a file recomputed from the same
+frames is byte-identical. Reported: the mean over subsets ± their standard deviation.
+
+Subset size: half the smaller set, at most 1,000 (torchmetrics' default). A subset as large as
+the set would draw the same frames every time and report a spread of 0; half the set gives a
+spread that says how much the estimate moves with the frames drawn (conservative: it is the
+spread at N/2, not at N).
+
+``FRECHET_MIN_N``: a Fréchet distance between Gaussian fits is biased upwards by an amount that
+falls like 1/N and depends on the feature dimension (2,048 for Inception); from a handful of
+frames it is not an estimate of anything (16 frames gave FSDs of 49 to 19,856 between rows of
+one table). diffice shows a Fréchet distance only when both sets hold at least this many frames,
+otherwise ``n/a (N too small)`` with the N, and compares FIDs only at equal N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+FRECHET_MIN_N = 256
+KID_SUBSETS = 100
+KID_MAX_SUBSET = 1000
+
+
+def kid_subset_size(n_a: int, n_b: int) -> int:
+    return int(min(KID_MAX_SUBSET, max(2, min(n_a, n_b) // 2)))
+
+
+def kernel_distance(fa, fb, subsets: int = KID_SUBSETS, subset_size: int | None = None, seed: int = 0) -> dict:
+    """KID between feature sets (N_a, D) and (N_b, D): ``{kid, kid_std, subset_size, n_a, n_b}``
+    (``kid`` None when a set has fewer than 2 frames)."""
+    from torchmetrics.image.kid import poly_mmd
+
+    out = {"kid": None, "kid_std": None, "subset_size": None, "n_a": len(fa), "n_b": len(fb)}
+    if len(fa) < 2 or len(fb) < 2:
+        return out
+    a = torch.as_tensor(np.asarray(fa), dtype=torch.float64).reshape(len(fa), -1)
+    b = torch.as_tensor(np.asarray(fb), dtype=torch.float64).reshape(len(fb), -1)
+    m = int(subset_size or kid_subset_size(len(a), len(b)))
+    m = min(m, len(a), len(b))
+    g = torch.Generator().manual_seed(int(seed))
+    scores = torch.stack([poly_mmd(a[torch.randperm(len(a), generator=g)[:m]],
+                                   b[torch.randperm(len(b), generator=g)[:m]]) for _ in range(int(subsets))])
+    out.update(kid=float(scores.mean()), kid_std=float(scores.std(unbiased=False)), subset_size=m)
+    return out
+
+
+def frechet_shown(n_a: int, n_b: int, min_n: int = FRECHET_MIN_N) -> bool:
+    """Whether a Fréchet distance between sets of these sizes is shown (both >= ``min_n``)."""
+    return min(int(n_a), int(n_b)) >= int(min_n)
+
+
+def frechet_note(name: str, n_a: int, n_b: int, min_n: int = FRECHET_MIN_N) -> str:
+    return f"{name}: n/a (N too small: {n_a} vs {n_b} frames, shown from {min_n} a side); KID beside it"
