@@ -102,3 +102,21 @@ def test_demo_summarises_the_judges_and_warns_on_a_weak_guide(tmp_path):
                      "oracle QS_O MAE 0.20"]
     (tmp_path / "classifier" / "metrics.json").write_text(json.dumps({"test": {"balanced_accuracy": 0.7}}))
     assert judges_summary(tmp_path)[-1].startswith("warning: the guide's test balanced accuracy is 0.70")
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem in ("table1", "table2", "ablation")], ids=lambda p: p.stem)
+def test_counterfactual_tables_default_to_64_frames(path):
+    """Issue 24: tables on enough frames for their intervals (>= 64), unless overridden."""
+    base, _, _ = read_experiment(path)
+    cfg = load_config([_preset_file("demo"), base])
+    assert cfg.cf.limit is None or cfg.cf.limit >= 64
+
+
+def test_paired_rows_must_name_two_rows(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runs:\n  A: {cf: {method: dime}}\n  B: {cf: {method: diff-ice}}\npaired:\n  - [A, C]\n")
+    with pytest.raises(UserError, match="paired"):
+        read_experiment(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("runs:\n  A: {cf: {method: dime}}\n  B: {cf: {method: diff-ice}}\npaired:\n  - [A, B]\n")
+    assert read_experiment(good)[2]["paired"] == [["A", "B"]]

@@ -441,7 +441,11 @@ def read_experiment(path: str | Path) -> tuple[dict, dict, dict]:
     runs = data.pop("runs", None)
     if not isinstance(runs, dict) or not runs:
         raise UserError(f"{path}: key 'runs' must map each row's label to its config keys")
-    options = {k: data.pop(k) for k in ("description", "tau_scale", "name", "kind", "realism", "edits_only", "presets") if k in data}
+    options = {k: data.pop(k) for k in ("description", "tau_scale", "name", "kind", "realism", "edits_only", "presets", "paired")
+               if k in data}
+    for pair in options.get("paired") or []:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(str(x) in runs for x in pair)):
+            raise UserError(f"{path}: paired: each entry must be [ROW_A, ROW_B], two labels under runs (got {pair})")
     if options.get("kind", "counterfactuals") not in ("counterfactuals", "synthesis", "downstream"):
         raise UserError(f"{path}: kind '{options['kind']}' is not counterfactuals, synthesis or downstream")
     for label, layer in runs.items():
@@ -491,6 +495,8 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     p.add_argument("experiment", help="experiment file, e.g. experiments/table1.yaml")
     p.add_argument("args", nargs="*", help="extra config files (*.yaml) and key=value overrides")
     p.add_argument("--preset", default="tiny", help="preset name or file (default: tiny)")
+    p.add_argument("--pack", default=None, help="use this model pack's checkpoints (e.g. models/demo with --preset demo) "
+                                                 "instead of training the models into paths.runs")
     ns = p.parse_intermixed_args(list(argv))
 
     from diffice.config import load_config
@@ -529,7 +535,16 @@ def cmd_experiment(argv: Sequence[str]) -> int:
         m["method"] = label
         rows.append(m)
 
-    write_experiment_table(ns, options, name, out_root, markdown_report(rows))
+    body = markdown_report(rows)
+    if options.get("paired"):
+        from diffice.report.compare import compare_markdown, compare_runs
+
+        body += "\n## Paired comparisons (the same frames in both rows)\n"
+        for a, b in options["paired"]:
+            res = compare_runs(out_root / _slug(str(a)), out_root / _slug(str(b)))
+            res["method_a"], res["method_b"] = str(a), str(b)
+            body += f"\n**{a}** vs **{b}**\n\n" + compare_markdown(res)
+    write_experiment_table(ns, options, name, out_root, body)
     return 0
 
 
@@ -543,7 +558,10 @@ def experiment_setup(ns, base: dict, options: dict) -> tuple[str, str, list[str]
     preset = _preset_file(ns.preset)
     if not (base.get("wandb") or {}).get("group"):
         overrides = pipeline_group([preset, *files, *overrides], f"experiment-{name}")[1 + len(files):]
-    train_models([preset, *files, *overrides])
+    if getattr(ns, "pack", None):
+        overrides = [*pack_words(Path(ns.pack)), *overrides]
+    else:
+        train_models([preset, *files, *overrides])
     base_cfg = load_config([preset, base, *files], overrides)
     return name, preset, files, overrides, Path(base_cfg.paths.runs) / "experiments" / name
 
@@ -554,6 +572,7 @@ def write_experiment_table(ns, options: dict, name: str, out_root: Path, body: s
 
     head = [f"# {name}", "", str(options.get("description", "")).strip(), "",
             f"Preset `{ns.preset}`; command: `diffice experiment {ns.experiment} --preset {ns.preset}"
+            + (f" --pack {ns.pack}" if getattr(ns, "pack", None) else "")
             + (" " + " ".join(ns.args) if ns.args else "") + "`", ""]
     table = out_root / "table.md"
     atomic_write_text(table, "\n".join(head) + "\n" + body)
