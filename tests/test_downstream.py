@@ -98,7 +98,9 @@ def test_accuracy_balanced_per_anomaly_and_spread():
     mean, sd, n = mean_sd([0.5, 0.7, float("nan")])
     assert (mean, n) == (pytest.approx(0.6), 2) and sd == pytest.approx(math.sqrt(0.02))
     assert math.isnan(mean_sd([0.5])[1])
-    assert format_mean_sd([0.5, 0.7]) == "0.600 ± 0.141 (2)"
+    # mean over seeds with its 95 % t interval: 0.6 ± 12.706 * 0.1414 / sqrt(2) = 0.6 ± 1.271
+    assert format_mean_sd([0.5, 0.7]) == "0.600 [-0.671, 1.871] (2)"
+    assert format_mean_sd([0.1, -0.1, 0.3], signed=True) == "+0.100 [-0.397, +0.597] (3)"
     assert format_mean_sd([]) == "n/a"
 
 

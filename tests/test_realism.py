@@ -273,7 +273,7 @@ def test_bad_set_is_one_line_and_status_2(make_bad, good_set, tmp_path, capsys, 
 
 def _check_outputs(out, text):
     res = json.loads((out / "realism.json").read_text())
-    assert set(res) == {"fid", "histogram_emd", "a", "b", "note"}
+    assert set(res) == {"fid", "kid", "kid_std", "histogram_emd", "a", "b", "note"}
     keys = {"set", "frames", "region", "grey_mean", "grey_std", "black_fraction", "head_grey_mean",
             "speckle_windows", "speckle_dynamic_range_db", "speckle_snr", "speckle_amp_snr", "speckle_k_alpha",
             "speckle_k_rayleigh_fraction", "speckle_rayleigh_ks", "speckle_rayleigh_accepted"}
@@ -304,10 +304,11 @@ def test_realism_command_with_stand_in_features(tmp_path, capsys, monkeypatch):
     assert calls == [50, 50]
     assert text.startswith("A: ")  # no progress bars (nor their blank lines) when stdout is not a terminal
     res = _check_outputs(out, text)
-    assert math.isfinite(res["fid"]) and res["fid"] > 0
+    # 50 frames a side: no FID (shown from FRECHET_MIN_N frames), KID beside it
+    assert res["fid"] is None and math.isfinite(res["kid"]) and res["kid_std"] >= 0
     assert res["histogram_emd"] < 5  # the same generator: nearly the same histogram
     assert res["a"]["speckle_amp_snr"] == pytest.approx(res["b"]["speckle_amp_snr"], rel=0.1)
-    assert "note: FID of 50 vs 50 frames" in text
+    assert "note: FID: n/a (N too small: 50 vs 50 frames" in text
 
 
 def test_realism_notes_overlapping_halves(tmp_path, capsys, monkeypatch):
@@ -343,10 +344,10 @@ def test_realism_command_with_the_inception(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["realism", str(tmp_path / "a"), str(tmp_path / "b"), "--count", "50", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    line = re.search(r"^FID \(Inception pool3, 299x299\)\s+([0-9.]+)$", text, re.M)
+    line = re.search(r"^KID \(Inception pool3, 299x299\)\s+([0-9.e-]+) ±", text, re.M)
     assert line, text
     res = _check_outputs(out, text)
-    assert float(line.group(1)) == pytest.approx(res["fid"], abs=0.05) and res["fid"] >= 0
+    assert float(line.group(1)) == pytest.approx(res["kid"], abs=1e-4) and res["fid"] is None
 
 
 # ----------------------------------------------------------------------------- real data

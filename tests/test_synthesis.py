@@ -271,6 +271,13 @@ def test_synthesize_test_run_is_complete_and_resumes(runs, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["samples"] == 4 and m["two_stage"] and set(m["dice"]) == set(CLASSES[1:]) and "dice_real" in m
     assert m["edits"] == len(edits) and m["edit_psnr_outside_min"] is not None
+    # issue 24: every mean and rate with its 95 % interval, the point estimate being the metric itself
+    iv = m["intervals"]
+    for c in CLASSES[1:]:
+        if m["dice"][c] is not None:
+            assert iv[f"dice_{c}"]["value"] == pytest.approx(m["dice"][c]) and iv[f"dice_{c}"]["n"] >= 1
+    assert iv["edit_psnr_outside_at_least_30"]["n"] == len(edits)
+    assert iv["edit_psnr_outside_at_least_30"]["k"] == m["edit_psnr_outside_at_least_30"]
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert sum(r["kind"] == "layout" for r in rows) == 4 and sum(r["kind"] == "edit" for r in rows) == len(edits)
     assert "Layouts → samples" in (out / "report.html").read_text()

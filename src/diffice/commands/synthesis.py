@@ -204,7 +204,8 @@ def _print_summary(m: dict, classes: list[str], out) -> None:
 
 ABLATION_COLUMNS = (
     ("dice", "head", "Dice head"), ("dice", "bone", "Dice bone"), ("dice", "th", "Dice TH"), ("dice", "csp", "Dice CSP"),
-    (None, "fid", "FID ↓"), (None, "fsd", "FSD ↓"), (None, "diversity_l1", "diversity L1"),
+    (None, "fid", "FID ↓"), (None, "kid", "KID ↓"), (None, "fsd", "FSD ↓"), (None, "kid_fsd", "KID (FSD features) ↓"),
+    (None, "diversity_l1", "diversity L1"),
     (None, "edit_psnr_outside_mean", "edit PSNR outside (dB)"), (None, "edit_psnr_outside_min", "min"),
     (None, "edit_psnr_outside_at_least_30", "edits ≥ 30 dB"), (None, "edit_accuracy", "edit followed"),
     (None, "seconds_per_sample", "s / sample"),
@@ -243,12 +244,26 @@ def synthesis_table(rows: list[tuple[str, dict]]) -> str:
     if rows and all(m.get("anomalies") and not m.get("samples") for _, m in rows):
         return anomaly_table(rows)
 
+    from diffice.metrics.stats import fmt_interval
+    from diffice.report.tables import fmt
+
     def cell(m, section, key):
+        """A value with its 95 % interval (``intervals``), KID ± subset std, FID / FSD or n/a (N a/b)."""
         v = (m.get(section) or {}).get(key) if section else m.get(key)
+        iv = (m.get("intervals") or {}).get(f"{section}_{key}" if section else key)
+        digits = 1 if key in ("fid", "fsd", "edit_psnr_outside_mean", "edit_psnr_outside_min") else 3
+        if key in ("fid", "fsd") and v is None and m.get(f"{key}_n"):
+            return "n/a (N {}/{})".format(*m[f"{key}_n"])
+        if key.startswith("kid") and v is not None and m.get(f"{key}_std") is not None:
+            return f"{fmt(v, 4)} ± {fmt(m[key + '_std'], 4)}"
+        if iv and iv.get("k") is not None:
+            return f"{iv['k']} of {iv['n']} ({fmt_interval(iv, 2)})"
+        if iv and iv.get("value") is not None:
+            return fmt_interval(iv, digits)
         if v is None:
             return "n/a"
         if isinstance(v, float):
-            return f"{v:.1f}" if key in ("fid", "fsd", "edit_psnr_outside_mean", "edit_psnr_outside_min") else f"{v:.3f}"
+            return f"{v:.{digits}f}"
         return str(v)
 
     head = "| run | " + " | ".join(c for _, _, c in ABLATION_COLUMNS) + " |"
@@ -256,8 +271,8 @@ def synthesis_table(rows: list[tuple[str, dict]]) -> str:
     for label, m in rows:
         n_edits = m.get("edits")
         cells = [cell(m, s, k) for s, k, _ in ABLATION_COLUMNS]
-        if n_edits:
-            i = [k for _, k, _ in ABLATION_COLUMNS].index("edit_psnr_outside_at_least_30")
+        i = [k for _, k, _ in ABLATION_COLUMNS].index("edit_psnr_outside_at_least_30")
+        if n_edits and " of " not in cells[i]:
             cells[i] = f"{cells[i]} of {n_edits}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     extra = []
@@ -270,7 +285,10 @@ def synthesis_table(rows: list[tuple[str, dict]]) -> str:
         extra.append("| judge on the real frames (ceiling) | " + " | ".join(cell(last, "dice_real", k) for k in ("head", "bone", "th", "csp"))
                      + " | " + " | ".join("" for _ in ABLATION_COLUMNS[4:]) + " |")
     floor = [f"FID real vs real {last['fid_floor']:.1f}" if last.get("fid_floor") is not None else "",
-             f"FSD real vs real {last['fsd_floor']:.1f}" if last.get("fsd_floor") is not None else ""]
+             f"KID real vs real {fmt(last['kid_floor'], 4)} ± {fmt(last.get('kid_floor_std'), 4)}"
+             if last.get("kid_floor") is not None else "",
+             f"FSD real vs real {last['fsd_floor']:.1f}" if last.get("fsd_floor") is not None else "",
+             f"KID (FSD features) real vs real {fmt(last['kid_fsd_floor'], 4)}" if last.get("kid_fsd_floor") is not None else ""]
     note = ("\n\nFloor at this sample count: " + ", ".join(f for f in floor if f) + ".") if any(floor) else ""
     return "\n".join(lines + extra) + note + "\n"
 

@@ -69,9 +69,14 @@ def mean_sd(values: Iterable[float]) -> tuple[float, float, int]:
 
 
 def format_mean_sd(values: Iterable[float], digits: int = 3, signed: bool = False) -> str:
-    """"0.812 ± 0.021 (3)": mean ± sample sd (number of seeds); "n/a" when there is no value."""
-    mean, sd, n = mean_sd(values)
-    if n == 0:
+    """"0.812 [0.760, 0.864] (3)": mean over seeds, its 95 % Student t interval (number of seeds);
+    "n/a" when there is no value (:func:`diffice.metrics.stats.seed_interval`)."""
+    from diffice.metrics.stats import seed_interval
+
+    iv = seed_interval(list(values))
+    if iv["n"] == 0:
         return "n/a"
-    m = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
-    return f"{m} ± {sd:.{digits}f} ({n})" if n > 1 else f"{m} ({n})"
+    f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    if iv["low"] is None:
+        return f"{f.format(iv['value'])} ({iv['n']})"
+    return f"{f.format(iv['value'])} [{f.format(iv['low'])}, {f.format(iv['high'])}] ({iv['n']})"

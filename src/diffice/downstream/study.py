@@ -463,18 +463,27 @@ def summarize(rows: list[dict], models: Sequence[str]) -> list[dict]:
                     mean, sd, n = mean_sd(vals)
                     if n:
                         out.append({"model": model, "task": task, "condition": condition, "metric": metric,
-                                    "mean": mean, "sd": sd, "n": n})
+                                    "mean": mean, "sd": sd, "n": n, **_ci(vals)})
         for task in ("plane", "anomaly"):
             for metric in metrics:
-                mean, sd, n = mean_sd(_gain(rows, model, task, metric))
+                gain = _gain(rows, model, task, metric)
+                mean, sd, n = mean_sd(gain)
                 if n:
                     out.append({"model": model, "task": task, "condition": "gain", "metric": metric,
-                                "mean": mean, "sd": sd, "n": n})
+                                "mean": mean, "sd": sd, "n": n, **_ci(gain)})
     return out
 
 
+def _ci(values: list[float]) -> dict:
+    """95 % Student t interval over seeds (summary.csv's ci_low, ci_high; empty for one seed)."""
+    from diffice.metrics.stats import seed_interval
+
+    iv = seed_interval(values)
+    return {"ci_low": iv["low"], "ci_high": iv["high"]}
+
+
 def table_markdown(rows: list[dict], models: Sequence[str] | None = None) -> str:
-    """The two markdown tables (per model; per anomaly), cells "mean ± sd (n seeds)"."""
+    """The two markdown tables (per model; per anomaly), cells "mean [95 % t interval] (n seeds)"."""
     rows = [{**r, "seed": int(r["seed"])} for r in rows]
     if models is None:
         models = list(dict.fromkeys(r["model"] for r in rows))

@@ -318,13 +318,24 @@ def compare(a: FrameSet, b: FrameSet, inception_weights: str | None = None, prog
     fa = inception_features(a.images, weights=inception_weights, progress=progress)
     fb = inception_features(b.images, weights=inception_weights, progress=progress)
     area_a, area_b = imaged_area(a.images), imaged_area(b.images)
+    from diffice.metrics.kid import frechet_note, frechet_shown, kernel_distance
+
+    shown = frechet_shown(len(fa), len(fb))
+    kid = kernel_distance(fa, fb)
+    if not shown:
+        note = frechet_note("FID", len(fa), len(fb))
+    elif len(fa) < 2048 or len(fb) < 2048:
+        note = f"FID of {len(a.images)} vs {len(b.images)} frames: compare only at equal counts; KID at any count"
+    else:
+        note = ""
     return {
-        "fid": fid(fa, fb),
+        "fid": fid(fa, fb) if shown else None,
+        "kid": kid["kid"],
+        "kid_std": kid["kid_std"],
         "histogram_emd": emd_1d(histogram(a, area_a), histogram(b, area_b)),
         "a": set_summary(a, dynamic_range_db, area_a),
         "b": set_summary(b, dynamic_range_db, area_b),
-        "note": (f"FID of {len(a.images)} vs {len(b.images)} frames: compare only at equal counts"
-                 if len(a.images) < 2048 or len(b.images) < 2048 else ""),
+        "note": note,
     }
 
 
@@ -379,6 +390,7 @@ def format_report(res: dict) -> list[str]:
     dr = a.get("speckle_dynamic_range_db", DYNAMIC_RANGE_DB)
     lines = [f"A: {a['set']}", f"B: {b['set']}",
              f"FID (Inception pool3, 299x299)    {_cell('{:.1f}', res['fid'])}",
+             f"KID (Inception pool3, 299x299)    {_cell('{:.4f}', res.get('kid'))} ± {_cell('{:.4f}', res.get('kid_std'))}",
              f"grey-level histogram EMD          {_cell('{:.2f}', res['histogram_emd'])} grey levels",
              f"{'':{width}}  {'A':>10}  {'B':>10}"]
     for label, key, fmt in rows:

@@ -108,8 +108,44 @@ def per_structure(dices: Sequence[dict], classes: Sequence[str]) -> dict[str, fl
 
 
 def frechet(sample_feats: np.ndarray, real_feats: np.ndarray) -> float | None:
+    """Fréchet distance, or None below ``FRECHET_MIN_N`` frames a side (:mod:`diffice.metrics.kid`)."""
     from diffice.metrics.frechet import frechet_distance, gaussian_stats
+    from diffice.metrics.kid import frechet_shown
 
-    if len(sample_feats) < 2 or len(real_feats) < 2:
+    if len(sample_feats) < 2 or len(real_feats) < 2 or not frechet_shown(len(sample_feats), len(real_feats)):
         return None
     return float(frechet_distance(*gaussian_stats(sample_feats), *gaussian_stats(real_feats)))
+
+
+def realism_pair(key: str, kid_key: str, a: np.ndarray, b: np.ndarray) -> dict:
+    """``{key}`` (a Fréchet distance, None below the documented N), ``{key}_n`` and KID ± its subset std."""
+    from diffice.metrics.kid import kernel_distance
+
+    k = kernel_distance(a, b)
+    return {key: frechet(a, b), f"{key}_n": [len(a), len(b)], kid_key: k["kid"], f"{kid_key}_std": k["kid_std"]}
+
+
+def summary_intervals(layout_recs: list[dict], edit_recs: list[dict], classes: Sequence[str]) -> dict:
+    """95 % intervals of a synthesis run's means and rates (:mod:`diffice.metrics.stats`): layout Dice
+    per structure over samples, diversity over layouts, edit PSNR / accuracy over edits (bootstrap);
+    edits >= 30 dB, samples kept by stage 2 and anomaly edits within tolerance (Clopper–Pearson)."""
+    from diffice.metrics.stats import mean_interval, rate_interval
+
+    samples = [s for r in layout_recs for s in r["samples"]]
+    out: dict = {}
+    for c in classes[1:]:
+        vals = [(s.get("judge_dice") or {}).get(c) for s in samples]
+        out[f"dice_{c}"] = mean_interval([v for v in vals if v is not None])
+        vals1 = [(s.get("judge_dice_stage1") or {}).get(c) for s in samples if "judge_dice_stage1" in s]
+        if vals1:
+            out[f"dice_stage1_{c}"] = mean_interval([v for v in vals1 if v is not None])
+    out["diversity_l1"] = mean_interval([r["diversity"]["l1"] for r in layout_recs])
+    kept = [s.get("kept_round") for s in samples if "kept_round" in s]
+    out["kept_stage2"] = rate_interval(sum(1 for k in kept if k and k > 0), len(kept))
+    ps = [r["psnr_outside"] for r in edit_recs if r["psnr_outside"] is not None]
+    out["edit_psnr_outside_mean"] = mean_interval([p for p in ps if math.isfinite(p)])
+    out["edit_psnr_outside_at_least_30"] = rate_interval(sum(1 for p in ps if p >= 30), len(ps))
+    out["edit_accuracy"] = mean_interval([r.get("edit_accuracy") for r in edit_recs])
+    ok = [bool(r["within_tolerance"]) for r in edit_recs if "within_tolerance" in r]
+    out["anomaly_within"] = rate_interval(sum(ok), len(ok))
+    return {k: v for k, v in out.items() if v["n"]}

@@ -39,20 +39,39 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 PLANE_NAMES = {0: "trans-thalamic", 1: "trans-ventricular", 2: "trans-cerebellar", -1: "plane unknown"}
 
 
+def _with_interval(metrics: dict, key: str, value) -> str:
+    """A value with its 95 % interval from ``metrics["intervals"]`` (KID with its subset std)."""
+    from diffice.metrics.stats import fmt_interval
+
+    if key.startswith("kid") and value is not None and metrics.get(f"{key}_std") is not None:
+        return f"{value:.4f} ± {metrics[key + '_std']:.4f}"
+    if key in ("fid", "fsd") and value is None and metrics.get(f"{key}_n"):
+        return "n/a (N {}/{}: too few frames for a Fréchet distance)".format(*metrics[f"{key}_n"])
+    iv = (metrics.get("intervals") or {}).get(key)
+    if iv and iv.get("k") is not None:
+        return f"{iv['k']} of {iv['n']} ({fmt_interval(iv, 2)})"
+    if iv and iv.get("low") is not None:
+        return fmt_interval(iv, 1 if "psnr" in key else 3)
+    return _fmt(value)
+
+
 def summary_html(metrics: dict, classes: list[str]) -> str:
     parts = []
     if metrics.get("dice"):
-        header = ["layout Dice (judge)"] + list(classes[1:])
-        rows = [["samples"] + [_fmt(metrics["dice"].get(c)) for c in classes[1:]]]
+        header = ["layout Dice (judge; 95 % interval over samples)"] + list(classes[1:])
+        rows = [["samples"] + [_with_interval(metrics, f"dice_{c}", metrics["dice"].get(c)) for c in classes[1:]]]
         if metrics.get("dice_stage1"):
-            rows.append(["stage 1 only"] + [_fmt(metrics["dice_stage1"].get(c)) for c in classes[1:]])
+            rows.append(["stage 1 only"] + [_with_interval(metrics, f"dice_stage1_{c}", metrics["dice_stage1"].get(c))
+                                            for c in classes[1:]])
         if metrics.get("dice_real"):
             rows.append(["real frames (ceiling)"] + [_fmt(metrics["dice_real"].get(c)) for c in classes[1:]])
         parts.append(_table(header, rows))
     rows = []
     for key, label in (("samples", "samples"), ("layouts", "layouts"), ("diversity_l1", "diversity: pairwise L1"),
                        ("diversity_ssim_distance", "diversity: 1 − SSIM"), ("fid", "FID (Inception)"), ("fid_floor", "FID real vs real (floor)"),
-                       ("fsd", "FSD"), ("fsd_floor", "FSD real vs real (floor)"), ("kept_stage2", "samples improved by stage 2"),
+                       ("kid", "KID (Inception)"), ("kid_floor", "KID real vs real (floor)"),
+                       ("fsd", "FSD"), ("fsd_floor", "FSD real vs real (floor)"),
+                       ("kid_fsd", "KID (FSD features)"), ("kid_fsd_floor", "KID (FSD features) real vs real"), ("kept_stage2", "samples improved by stage 2"),
                        ("seconds_per_sample", "seconds per sample"), ("edits", "edits"),
                        ("edit_psnr_outside_mean", "edit PSNR outside (dB, mean of finite)"), ("edit_psnr_outside_min", "edit PSNR outside (min)"),
                        ("edit_psnr_outside_at_least_30", "edits with PSNR outside ≥ 30 dB"),
@@ -60,8 +79,8 @@ def summary_html(metrics: dict, classes: list[str]) -> str:
                        ("edit_held_exact", "edits whose held region equals the source exactly"), ("edit_ssim_outside_mean", "edit SSIM outside"),
                        ("edit_accuracy", "edited pixels the judge labels as requested"),
                        ("edit_accuracy_source", "… the same pixels in the source frame")):
-        if key in metrics and metrics[key] is not None:
-            rows.append([label, _fmt(metrics[key])])
+        if key in metrics and (metrics[key] is not None or metrics.get(f"{key}_n")):
+            rows.append([label, _with_interval(metrics, key, metrics[key])])
     parts.append(_table(["measure", "value"], rows))
     if metrics.get("anomalies"):
         arows = [[html.escape(name), ", ".join(f"{v:g}" for v in a["severities"]), str(a["checked"]),

@@ -424,6 +424,7 @@ def summarize(syn: Synthesizer, layout_recs: list[dict], edit_recs: list[dict], 
                                         "within_change": sum(bool(r.get("within_change")) for r in rs)}
             ok = [r["within_tolerance"] for r in edit_recs if "within_tolerance" in r]
             m["anomaly_fraction_within"] = float(np.mean(ok)) if ok else None
+    m["intervals"] = M.summary_intervals(layout_recs, edit_recs, classes)
     if realism:
         m.update(realism)
     return m
@@ -468,8 +469,10 @@ def realism_metrics(cfg: DictConfig, syn: Synthesizer, out: Path, layout_recs: l
         except UserError as err:
             res[f"{key}_note"] = str(err)
             continue
-        res[key] = M.frechet(fs, fr)
-        res[f"{key}_floor"] = M.frechet(ft, fr)
+        kid_key = "kid" if key == "fid" else "kid_fsd"
+        res.update(M.realism_pair(key, kid_key, fs, fr))
+        floor = M.realism_pair(f"{key}_floor", f"{kid_key}_floor", ft, fr)
+        res.update({k: v for k, v in floor.items() if not k.endswith("_n")})
     res["fsd_features"] = getattr(feats, "sononet_source", "")
     return res
 
