@@ -120,3 +120,11 @@ def test_paired_rows_must_name_two_rows(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("runs:\n  A: {cf: {method: dime}}\n  B: {cf: {method: diff-ice}}\npaired:\n  - [A, B]\n")
     assert read_experiment(good)[2]["paired"] == [["A", "B"]]
+
+
+def test_unknown_row_is_one_line(capsys):
+    from diffice.cli import main
+
+    assert main(["experiment", str(ROOT / "experiments/table1.yaml"), "--row", "Nope", "wandb.mode=disabled"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no row 'Nope'" in err[0]

@@ -67,20 +67,26 @@ def cmd_counterfactuals(argv: list[str]) -> int:
     records = read_records(out, indices)
     nfe = sum(r["nfe"] for r in records) / max(1, len(records))
     print(f"{cfg.cf.method}: {len(records)} frames in {out}")
-    print(f"  flip ratio {_fmt(summary.get('fr'))}   MQD {_fmt(summary.get('mqd'))}   "
-          f"denoiser evaluations {nfe:.0f} per frame (mean)")
+    iv = (summary.get("metrics") or {}).get("intervals") or {}
+
+    def ci(key: str) -> str:  # " [low, high]": the 95 % interval, when the report computed one
+        b = iv.get(key) or {}
+        return f" [{b['low']:.2f}, {b['high']:.2f}]" if b.get("low") is not None else ""
+
+    print(f"  flip ratio {_fmt(summary.get('fr'))}{ci('fr')}   MQD {_fmt(summary.get('mqd'))}{ci('mqd')}   "
+          f"denoiser evaluations {nfe:.0f} per frame (mean); 95 % intervals in brackets")
     if summary.get("n_target"):
-        print(f"  closer to the ground-truth target: {summary['n_closer_to_target']} of {summary['n_target']} frames "
-              "(inside the fault's footprint)"
-              + (f", {summary['n_closer_sector']} of {summary['n_target_sector']} (whole sector)"
+        print(f"  closer to the ground-truth target: {summary['n_closer_to_target']} of {summary['n_target']} frames"
+              f"{ci('closer_to_target')} (inside the fault's footprint)"
+              + (f", {summary['n_closer_sector']} of {summary['n_target_sector']}{ci('closer_sector')} (whole sector)"
                  if summary.get("n_target_sector") else ""))
     dice = (summary.get("metrics") or {}).get("anatomy_dice") or {}
     if dice:
         print("  anatomy kept (segmentation Dice input vs counterfactual): "
-              + ", ".join(f"{k} {_fmt(v)}" for k, v in dice.items()))
+              + ", ".join(f"{k} {_fmt(v)}{ci('anatomy_dice_' + k)}" for k, v in dice.items()))
     if summary.get("n_adversarial") is not None:
         print(f"  adversarial texture (high-frequency energy beyond real SP frames): {summary['n_adversarial']} of "
-              f"{len(records)} frames")
+              f"{len(records)} frames{ci('adversarial_fraction')}")
     print(f"  results: {Path(out) / 'results.csv'}")
     if summary.get("report"):
         print(f"  report:  {summary['report']}")

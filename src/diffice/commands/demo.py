@@ -495,6 +495,8 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     p.add_argument("experiment", help="experiment file, e.g. experiments/table1.yaml")
     p.add_argument("args", nargs="*", help="extra config files (*.yaml) and key=value overrides")
     p.add_argument("--preset", default="tiny", help="preset name or file (default: tiny)")
+    p.add_argument("--row", action="append", default=None, metavar="LABEL",
+                   help="run only this row (repeatable; the labels under runs:), e.g. to rerun part of a table")
     p.add_argument("--pack", default=None, help="use this model pack's checkpoints (e.g. models/demo with --preset demo) "
                                                  "instead of training the models into paths.runs")
     ns = p.parse_intermixed_args(list(argv))
@@ -503,6 +505,12 @@ def cmd_experiment(argv: Sequence[str]) -> int:
     from diffice.report.tables import markdown_report
 
     base, runs, options = read_experiment(ns.experiment)
+    if ns.row:
+        unknown = [r for r in ns.row if r not in runs]
+        if unknown:
+            raise UserError(f"{ns.experiment}: no row '{unknown[0]}' (rows: {', '.join(runs)})")
+        runs = {k: v for k, v in runs.items() if k in ns.row}
+        options["paired"] = [p for p in options.get("paired") or [] if all(str(x) in runs for x in p)]
     if options.get("kind") == "synthesis":
         from diffice.commands.synthesis import run_synthesis_experiment
 
@@ -573,6 +581,7 @@ def write_experiment_table(ns, options: dict, name: str, out_root: Path, body: s
     head = [f"# {name}", "", str(options.get("description", "")).strip(), "",
             f"Preset `{ns.preset}`; command: `diffice experiment {ns.experiment} --preset {ns.preset}"
             + (f" --pack {ns.pack}" if getattr(ns, "pack", None) else "")
+            + "".join(f" --row '{r}'" for r in getattr(ns, "row", None) or [])
             + (" " + " ".join(ns.args) if ns.args else "") + "`", ""]
     table = out_root / "table.md"
     atomic_write_text(table, "\n".join(head) + "\n" + body)

@@ -223,19 +223,26 @@ def anomaly_table(rows: list[tuple[str, dict]]) -> str:
             k, n = a["within_tolerance"], a["checked"]
             total[0] += k
             total[1] += n
-            frac = f"{k} of {n} ({100 * k / n:.0f} %)" if n else "n/a"
+            frac = _rate(k, n)
             ctl = a.get("source_within_tolerance")
             total[2] += ctl or 0
             ctl = f"{ctl} of {n}" if ctl is not None and n else "n/a"
             ch = a.get("within_change")
             total[3] += ch or 0
-            ch = f"{ch} of {n} ({100 * ch / n:.0f} %)" if ch is not None and n else "n/a"
+            ch = _rate(ch, n) if ch is not None else "n/a"
             lines.append(f"| {label} | {name} | {', '.join(f'{v:g}' for v in a['severities'])} | {a['edits']} | {frac} | {ctl} | {ch} | "
                          f"{m.get('edit_psnr_outside_mean', float('nan')):.1f} | {m.get('edit_psnr_outside_min', float('nan')):.1f} |")
     if total[1]:
-        lines.append(f"| all | | | {total[1]} | {total[0]} of {total[1]} ({100 * total[0] / total[1]:.0f} %) | {total[2]} of {total[1]} | "
-                     f"{total[3]} of {total[1]} ({100 * total[3] / total[1]:.0f} %) | | |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| all | | | {total[1]} | {_rate(total[0], total[1])} | {total[2]} of {total[1]} | "
+                     f"{_rate(total[3], total[1])} | | |")
+    return "\n".join(lines) + "\n\nRates: k of n (percent [95 % Clopper–Pearson interval]).\n"
+
+
+def _rate(k: int, n: int) -> str:
+    """``6 of 11 (55 % [23, 83])``: a rate with its exact 95 % interval."""
+    from diffice.metrics.stats import fmt_interval, rate_interval
+
+    return f"{k} of {n} ({fmt_interval(rate_interval(k, n), percent=True)})" if n else "n/a"
 
 
 def synthesis_table(rows: list[tuple[str, dict]]) -> str:

@@ -139,10 +139,10 @@ def fmt_interval(iv: dict | None, digits: int = 3, percent: bool = False) -> str
         return "–"
     scale, unit = (100.0, " %") if percent else (1.0, "")
     d = 0 if percent and digits >= 3 else digits
-    text = f"{iv['value'] * scale:.{d}f}"
+    text = f"{iv['value'] * scale:.{d}f}{unit}"
     if iv.get("low") is not None and iv.get("high") is not None:
         text += f" [{iv['low'] * scale:.{d}f}, {iv['high'] * scale:.{d}f}]"
-    return text + unit
+    return text
 
 
 def fmt_rate(iv: dict | None) -> str:
