@@ -90,6 +90,8 @@ def test_ddpm_check_scores_structures_and_sees_damage():
     assert res["frames"] == 4 and res["tau"] == 6 and len(res["examples"]) == 2
     assert set(res["dice"]) == {"head", "bone"} and res["dice"]["bone"] is None
     assert 0.0 <= res["dice"]["head"] < 1.0  # a random denoiser damages the frames
+    iv = res["dice_intervals"]["head"]  # the pooled Dice with its bootstrap interval over the 4 frames
+    assert iv["value"] == pytest.approx(res["dice"]["head"]) and iv["low"] <= iv["value"] <= iv["high"] and iv["n"] == 4
     # the same check with tau=1 and no noise left to remove scores close to the input
     small = ddpm_check(d, Perfect(), seg, [(x, [0, 1, 2, 3])], tau=1, classes=["background", "head", "bone"])
     assert small["psnr"] > res["psnr"]

@@ -132,3 +132,11 @@ def test_compare_refuses_other_frames(tmp_path, capsys):
     assert main(["compare", str(a), str(b)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none of the frames" in err[0]
+
+
+def test_ratio_interval_pools():
+    from diffice.metrics.stats import ratio_interval
+
+    iv = ratio_interval([2, 4, 6], [4, 4, 8])        # pooled 12 / 16, not the mean of ratios (0.708)
+    assert iv["value"] == pytest.approx(0.75) and iv["low"] <= 0.75 <= iv["high"]
+    assert ratio_interval([1], [2])["low"] is None and ratio_interval([0, 0], [0, 0])["value"] is None

@@ -199,7 +199,9 @@ def cmd_ddpm_check(argv: Sequence[str]) -> int:
     for name in SCORED:
         if name in res["dice"]:
             v = res["dice"][name]
-            print(f"  Dice {name:<5} {'n/a' if v is None else f'{v:.3f}'}")
+            iv = (res.get("dice_intervals") or {}).get(name) or {}
+            ci = f" [{iv['low']:.3f}, {iv['high']:.3f}] (95 %, bootstrap over frames)" if iv.get("low") is not None else ""
+            print(f"  Dice {name:<5} {'n/a' if v is None else f'{v:.3f}'}{ci}")
             if v is not None and v < 0.8:
                 low.append(name)
     if low:

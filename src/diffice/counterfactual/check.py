@@ -39,13 +39,23 @@ class DiceBetween:
         self.classes = list(classes)
         self.inter = np.zeros(len(self.classes))
         self.total = np.zeros(len(self.classes))
+        self.frames: list[tuple[np.ndarray, np.ndarray]] = []  # per frame (2|A∩B|, |A|+|B|) per class
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
         a, b = a.cpu(), b.cpu()
-        for c in range(len(self.classes)):
-            pa, pb = a == c, b == c
-            self.inter[c] += float((pa & pb).sum())
-            self.total[c] += float(pa.sum() + pb.sum())
+        for i in range(len(a)):
+            inter = np.array([float(((a[i] == c) & (b[i] == c)).sum()) for c in range(len(self.classes))])
+            total = np.array([float((a[i] == c).sum() + (b[i] == c).sum()) for c in range(len(self.classes))])
+            self.inter += inter
+            self.total += total
+            self.frames.append((2 * inter, total))
+
+    def intervals(self) -> dict[str, dict]:
+        """95 % bootstrap interval (over frames) of each class's pooled Dice."""
+        from diffice.metrics.stats import ratio_interval
+
+        return {name: ratio_interval([f[0][c] for f in self.frames], [f[1][c] for f in self.frames])
+                for c, name in enumerate(self.classes)}
 
     def compute(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
@@ -87,11 +97,13 @@ def ddpm_check(
             if len(examples) < keep:
                 examples.append((a.detach().cpu(), b.detach().cpu()))
     scores = dice.compute() if segment is not None else {}
+    intervals = dice.intervals() if segment is not None else {}
     return {
         "frames": len(psnrs),
         "tau": int(tau),
         "convention": convention,
         "psnr": float(np.mean(psnrs)) if psnrs else math.nan,
         "dice": {name: scores.get(name) for name in classes if name in SCORED},
+        "dice_intervals": {name: intervals[name] for name in classes if name in SCORED and name in intervals},
         "examples": examples,
     }

@@ -85,6 +85,26 @@ def mean_interval(values: Sequence, level: float = LEVEL, seed: int = 0,
     return out
 
 
+def ratio_interval(numerators: Sequence, denominators: Sequence, level: float = LEVEL, seed: int = 0,
+                   resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+    """A pooled ratio Σ num / Σ den over frames (e.g. pooled Dice: Σ 2|A∩B| / Σ (|A|+|B|)) with a
+    percentile-bootstrap interval over frames."""
+    a = np.asarray(numerators, dtype=np.float64)
+    b = np.asarray(denominators, dtype=np.float64)
+    n = len(a)
+    total = b.sum()
+    out = {"value": float(a.sum() / total) if n and total > 0 else None, "low": None, "high": None, "n": n,
+           "method": MEAN_METHOD.replace("bootstrap", "bootstrap of the pooled ratio")}
+    if n < 2 or total <= 0:
+        return out
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    den = b[idx].sum(1)
+    stats = a[idx].sum(1)[den > 0] / den[den > 0]
+    alpha = 1.0 - level
+    out["low"], out["high"] = (float(v) for v in np.quantile(stats, [alpha / 2, 1 - alpha / 2]))
+    return out
+
+
 def seed_interval(values: Sequence, level: float = LEVEL) -> dict:
     """Mean over seeds (or any few independent repeats) with Student's t interval."""
     from scipy.stats import t
