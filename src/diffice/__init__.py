@@ -10,10 +10,10 @@ timm from importing W&B (``_timm_wandb``: a killed process left W&B's temporary 
 
 import os as _os
 
+from diffice._timm_wandb import install as _install
+
 for _key in ("NO_ALBUMENTATIONS_UPDATE", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
     _os.environ.setdefault(_key, "1")
-
-from diffice._timm_wandb import install as _install
 
 _install()
 
