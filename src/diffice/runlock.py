@@ -89,11 +89,17 @@ def _stale(holder: dict) -> bool:
     return pid > 0 and holder.get("host") == socket.gethostname() and not _pid_alive(pid)
 
 
-def _open_locked(path: Path, wait: bool, what: str) -> tuple[int, dict]:
-    """An fd of ``path`` holding an exclusive flock; the previous holder's info ({} if none)."""
-    announced = False
+def _open_locked(path: Path, wait: bool, what: str) -> tuple[int, dict, bool]:
+    """An fd of ``path`` holding an exclusive flock; the previous holder's info ({} if none);
+    whether the folder had to be made again (a holder that made it removed it, empty, on leaving)."""
+    announced, remade = False, False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remade = True
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -126,7 +132,7 @@ def _open_locked(path: Path, wait: bool, what: str) -> tuple[int, dict]:
         if not same:
             os.close(fd)
             continue
-        return fd, read_holder(path)
+        return fd, read_holder(path), remade
 
 
 @contextmanager
@@ -155,7 +161,8 @@ def run_lock(folder: str | os.PathLike, command: str, *, wait: bool = False) -> 
                 _held[key] -= 1
         return
     try:
-        fd, previous = _open_locked(path, wait, command)
+        fd, previous, remade = _open_locked(path, wait, command)
+        created = created or remade
     except BaseException:
         if created:
             _remove_if_empty(folder, path)
