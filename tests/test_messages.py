@@ -97,3 +97,11 @@ def test_timm_does_not_import_wandb():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("argv", [["sample", "x.ckpt", "--count", "two"], ["phantoms", "--out", "p", "--severity", "high"],
+                                  ["synthesize", "x.ckpt", "--layout", "l.png", "--bogus"]])
+def test_a_bad_option_is_one_line_not_the_usage(argv, capsys):
+    assert main(argv) == 2
+    (err,) = _err(capsys)
+    assert "usage:" not in err and "--help" in err
