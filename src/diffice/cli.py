@@ -117,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     os.environ.setdefault("WANDB_SILENT", "true")
     _quiet_libraries()
+    import argparse
+
+    usage_error = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _usage_error  # a bad option is one line too, not the whole usage
     try:
         code = _resolve(COMMANDS[name][0])(rest)
     except UserError as err:
@@ -128,7 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffice {name}: interrupted; finished work is kept and a rerun resumes it", file=sys.stderr)
         return 130
+    finally:
+        argparse.ArgumentParser.error = usage_error
     return int(code or 0)
+
+
+def _usage_error(parser, message: str):
+    """``ArgumentParser.error`` while a command runs: one line (the option and why), exit status 2."""
+    raise UserError(f"{message} (see '{parser.prog} --help')")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -354,6 +354,9 @@ def load_config(
     except OmegaConfBaseException as err:
         raise UserError(f"config: {_describe(err)}") from err
     OmegaConf.set_readonly(cfg, False)
+    from diffice.config_checks import check_ranges
+
+    check_ranges(cfg)  # counts, limits, batch sizes: a nonsense value named before anything is written
     return cfg
 
 

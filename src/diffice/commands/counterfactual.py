@@ -43,25 +43,32 @@ def cmd_counterfactuals(argv: list[str]) -> int:
     )
     p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides, in order")
     p.add_argument("--no-report", action="store_true", help="only generate; skip metrics.json and report.html")
+    p.add_argument("--wait", action="store_true", help="if another run writes into cf.out, wait for it to finish "
+                   "(default: stop with a message naming it)")
     ns = p.parse_intermixed_args(argv)
 
+    from diffice.commands.pack_fallback import use_pack_if_untrained
     from diffice.config import config_from_args
     from diffice.counterfactual.outputs import read_records
     from diffice.modules.counterfactual import run_counterfactuals
+    from diffice.runlock import run_lock
 
     cfg = config_from_args(ns.args)
-    res = run_counterfactuals(cfg)
-    if res is None:  # a non-zero DDP rank: rank zero reports
-        return 0
-    out, indices = res
+    for line in use_pack_if_untrained(cfg):
+        print(line)
     summary = None
-    if not ns.no_report:
-        finalize_run = _finalizer()
-        if finalize_run is None:
-            print("note: diffice.report is not available; wrote the frames and results.csv only "
-                  "(run 'diffice evaluate RUN_DIR' once it is)")
-        else:
-            summary = finalize_run(out, cfg)
+    with run_lock(cfg.cf.out, "diffice counterfactuals", wait=ns.wait):  # the run and its report: one writer
+        res = run_counterfactuals(cfg)
+        if res is None:  # a non-zero DDP rank: rank zero reports
+            return 0
+        out, indices = res
+        if not ns.no_report:
+            finalize_run = _finalizer()
+            if finalize_run is None:
+                print("note: diffice.report is not available; wrote the frames and results.csv only "
+                      "(run 'diffice evaluate RUN_DIR' once it is)")
+            else:
+                summary = finalize_run(out, cfg)
     if summary is None:
         summary = _summary_from_records(read_records(out, indices))
     records = read_records(out, indices)

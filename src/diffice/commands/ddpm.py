@@ -30,10 +30,16 @@ def cmd_train_ddpm(argv: Sequence[str]) -> int:
 
 
 def _device(name: str) -> torch.device:
+    import re
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", str(name)):
+        raise UserError(f"--device {name}: not a device (auto, cpu, cuda or cuda:N)")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no CUDA device is available (use --device cpu)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ..)")
     return torch.device(name)
 
 
@@ -43,6 +49,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
     from diffice.config import config_from_args
     from diffice.io import atomic_write_text, make_grid, save_png, to_uint8
     from diffice.modules.ddpm import load_ddpm
+    from diffice.progress import live
 
     p = argparse.ArgumentParser(
         prog="diffice sample",
@@ -84,7 +91,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
 
     todo = [i for i in range(ns.count) if not (out / f"{i:06d}.png").exists()]
     columns = (TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeRemainingColumn())
-    with Progress(*columns) as bar:
+    with Progress(*columns, disable=not live()) as bar:
         batches = -(-len(todo) // ns.batch_size)
         task = bar.add_task("sample", total=batches * diffusion.num_timesteps)  # reverse steps of all batches
         for start in range(0, len(todo), ns.batch_size):

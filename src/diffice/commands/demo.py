@@ -499,9 +499,10 @@ def cmd_experiment(argv: Sequence[str]) -> int:
                    help="run only this row (repeatable; the labels under runs:), e.g. to rerun part of a table")
     p.add_argument("--pack", default=None, help="use this model pack's checkpoints (e.g. models/demo with --preset demo) "
                                                  "instead of training the models into paths.runs")
+    p.add_argument("--wait", action="store_true", help="wait for another run writing into a row's folder (default: stop)")
     ns = p.parse_intermixed_args(list(argv))
 
-    from diffice.config import load_config
+    from diffice.config import load_config, save_config
     from diffice.report.tables import markdown_report
 
     base, runs, options = read_experiment(ns.experiment)
@@ -528,12 +529,10 @@ def cmd_experiment(argv: Sequence[str]) -> int:
         cfg = load_config([preset, base, layer, *files], [*overrides, f"cf.out={run_out}"])
         print(f"[{name}] {label}: {cfg.cf.method}, tau {cfg.cf.tau} of {cfg.cf.respacing}, "
               f"lambda_c {list(cfg.cf.lambda_c)}, lambda_p {cfg.cf.lambda_p}")
-        from diffice.config import save_config
-
         run_out.mkdir(parents=True, exist_ok=True)
         layer_file = run_out.parent / f".{_slug(label)}.yaml"
         save_config(cfg, layer_file)
-        code = _call("diffice.commands.counterfactual:cmd_counterfactuals")([str(layer_file)])
+        code = _call("diffice.commands.counterfactual:cmd_counterfactuals")([str(layer_file), *["--wait"] * ns.wait])
         if code:
             return code
         metrics_path = run_out / "metrics.json"

@@ -32,12 +32,11 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     import math
     from pathlib import Path
 
-    import numpy as np
-
     from diffice.commands.ddpm import _device
     from diffice.config import config_from_args, save_config
-    from diffice.data.sources import load_image, parse_ga, parse_plane
+    from diffice.data.sources import parse_ga, parse_plane
     from diffice.errors import UserError
+    from diffice.runlock import run_lock
     from diffice.synthesis import run as R
     from diffice.synthesis.layouts import read_layout
 
@@ -55,13 +54,13 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     p.add_argument("--source-layout", help="with --edit: the frame's own layout (default: segmented by synthesis.segmenter_ckpt)")
     p.add_argument("--plane", default="", help="trans-thalamic | trans-ventricular | trans-cerebellar (TT / TV / TC); default unknown")
     p.add_argument("--ga", default="", help="gestational age in weeks; default unknown")
-    p.add_argument("--count", type=int, default=None, help="samples per layout (default synthesis.count)")
+    p.add_argument("--count", default=None, help="samples per layout (default synthesis.count)")
     p.add_argument("--anomaly", default="",
                    help="edit the layout(s) into this anomaly (comma-separated names, or 'all'): with --layout the edited layout is "
                    "synthesised, with --edit FRAME the frame gets its abnormal twin (no --layout needed), with --test every test "
                    "frame that shows the structure gets one (instead of synthesis.edits); names: absent_csp, banana_cerebellum, "
                    "enlarged_cm, microcephaly, lemon (docs/synthesis.md)")
-    p.add_argument("--severity", type=float, default=None, help="the anomaly's severity (default: its default; ranges in docs/synthesis.md)")
+    p.add_argument("--severity", default=None, help="the anomaly's severity (default: its default; ranges in docs/synthesis.md)")
     p.add_argument("--test", action="store_true", help="the split's layouts (synthesis.limit of them) and their edits (synthesis.edits), with metrics")
     p.add_argument("--with-sham", action="store_true",
                    help="--test --anomaly: also a sham edit of each (the same region regenerated, the layout unchanged): "
@@ -71,20 +70,22 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--no-realism", action="store_true", help="--test: skip FID / FSD")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--wait", action="store_true", help="if another run writes into --out, wait for it to finish "
+                   "(default: stop with a message naming it)")
     ns = p.parse_intermixed_args(argv)
     modes = sum(bool(x) for x in (ns.test, ns.edit, ns.layout and not ns.edit))
     if modes != 1:
         raise UserError("give exactly one of --layout MASK.png, --edit FRAME.png --layout EDITED.png, or --test")
-    specs = anomaly_specs(ns.anomaly, ns.severity)
+    specs = anomaly_specs(ns.anomaly, option_number(ns.severity, "--severity", float))
     if ns.edit and not ns.layout and not specs:
         raise UserError("--edit FRAME.png needs --layout EDITED_MASK.png (the layout the frame should have) or --anomaly NAME")
     if ns.edit and ns.layout and specs:
         raise UserError("--edit FRAME.png takes --layout EDITED_MASK.png or --anomaly NAME, not both")
     if len(specs) > 1 and not ns.test:
         raise UserError(f"--anomaly {ns.anomaly}: one anomaly at a time with --layout or --edit (several with --test)")
-    count = int(ns.count) if ns.count is not None else None
+    count = option_number(ns.count, "--count", int)
     if count is not None and count < 1:
-        raise UserError("--count must be at least 1")
+        raise UserError(f"--count {ns.count}: must be at least 1")
     cfg = config_from_args(ns.args)
     if count is not None:
         cfg.synthesis.count = count  # recorded with the run (a rerun with another --count is refused)
@@ -95,61 +96,99 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     out = Path(ns.out or cfg.synthesis.out)
     device = _device(ns.device)
     plane = parse_plane(ns.plane, "--plane")
+    if str(ns.ga).strip().lower() in ("nan", "none", "inf", "-inf"):
+        raise UserError(f"--ga {ns.ga}: not a number of weeks (leave --ga out when the age is unknown)")
     ga = parse_ga(ns.ga, "--ga")
+    report = not ns.no_report
     if ns.test:
         syn = R.Synthesizer(cfg, ns.ckpt, device)
         count = count or int(cfg.synthesis.count)
         limit = cfg.synthesis.limit
         layouts, edits, dm = R.test_jobs(cfg, syn, None if limit is None else int(limit), list(cfg.synthesis.edits))
-        R.prepare_run_folder(out, cfg, ns.ckpt)
-        save_config(cfg, out / "config.yaml")
-        lrecs = [] if ns.edits_only else R.run_layouts(out, syn, layouts, count, int(cfg.synthesis.batch_size))
-        erecs = R.run_edits(out, syn, edits, int(cfg.synthesis.batch_size))
-        realism = None if ns.no_realism or not lrecs else R.realism_metrics(cfg, syn, out, lrecs, dm, device)
-        m = R.finish(out, cfg, syn, lrecs, erecs, realism, report=not ns.no_report)
-        _print_summary(m, syn.classes, out)
+        with run_lock(out, "diffice synthesize --test", wait=ns.wait):
+            R.prepare_run_folder(out, cfg, ns.ckpt)
+            save_config(cfg, out / "config.yaml")
+            lrecs = [] if ns.edits_only else R.run_layouts(out, syn, layouts, count, int(cfg.synthesis.batch_size))
+            erecs = R.run_edits(out, syn, edits, int(cfg.synthesis.batch_size))
+            realism = None if ns.no_realism or not lrecs else R.realism_metrics(cfg, syn, out, lrecs, dm, device)
+            m = R.finish(out, cfg, syn, lrecs, erecs, realism, report=report)
+        _print_summary(m, syn.classes, out, report)
         return 0
     syn = R.Synthesizer(cfg, ns.ckpt, device, need_steer=not ns.edit, need_judge=True)
     layout = read_layout(ns.layout, syn.classes, syn.size) if ns.layout else None
     if layout is not None and specs:  # --layout MASK --anomaly NAME: synthesise the abnormal layout
         layout = _anomaly_layout(layout, specs[0], syn.classes, ga, ns.layout)
-    source = None
-    if ns.edit:
-        source = load_image(Path(ns.edit))
-        if layout is not None and source.shape != layout.shape:
-            raise UserError(f"{ns.edit}: frame is {source.shape[1]}x{source.shape[0]} (WxH) but the layout {ns.layout} is "
-                            f"{layout.shape[1]}x{layout.shape[0]}; the frame and its edited layout must have the same size")
-        if layout is None and source.shape != tuple(syn.size):
-            raise UserError(f"{ns.edit}: frame is {source.shape[1]}x{source.shape[0]} (WxH) but the model makes "
-                            f"{syn.size[1]}x{syn.size[0]} frames")
-    R.prepare_run_folder(out, cfg, ns.ckpt)
-    save_config(cfg, out / "config.yaml")
-    if ns.edit:
-        src = source * 2.0 - 1.0
-        if ns.source_layout:
-            before = read_layout(ns.source_layout, syn.classes, syn.size)
-        else:
-            import torch
-
-            seg, _, _ = R.M.load_segment(cfg.synthesis.segmenter_ckpt, device)
-            before = seg(torch.from_numpy(src)[None, None].float())[0].numpy().astype(np.int64)
-        if specs:
-            job = R.edit_job("000000-0", 0, Path(ns.edit).stem, specs[0], src.astype(np.float32), before, syn.classes, plane, ga)
-            if job is None:
-                raise UserError(f"{ns.edit}: --anomaly {ns.anomaly} changes nothing in the frame's layout")
-        else:
-            if (before == layout).all():
-                raise UserError(f"{ns.layout}: the edited layout equals the frame's own layout; nothing to edit")
-            job = R.EditJob("000000-0", 0, Path(ns.edit).stem, f"layout {Path(ns.layout).name}", src.astype(np.float32), before, layout, plane, ga)
-        erecs = R.run_edits(out, syn, [job], 1)
-        m = R.finish(out, cfg, syn, [], erecs, None, report=not ns.no_report)
-        _print_summary(m, syn.classes, out)
+    if ns.edit:  # every check of an edit comes before anything is written
+        job = _edit_job(ns, cfg, syn, layout, specs, plane, ga, device)
+        with run_lock(out, "diffice synthesize --edit", wait=ns.wait):
+            R.prepare_run_folder(out, cfg, ns.ckpt)
+            save_config(cfg, out / "config.yaml")
+            erecs = R.run_edits(out, syn, [job], 1)
+            m = R.finish(out, cfg, syn, [], erecs, None, report=report)
+        _print_summary(m, syn.classes, out, report)
         return 0
     job = R.LayoutJob(0, Path(ns.layout).stem, layout, plane, ga if not math.isnan(ga) else math.nan)
-    lrecs = R.run_layouts(out, syn, [job], count or int(cfg.synthesis.count), int(cfg.synthesis.batch_size))
-    m = R.finish(out, cfg, syn, lrecs, [], None, report=not ns.no_report)
-    _print_summary(m, syn.classes, out)
+    with run_lock(out, "diffice synthesize --layout", wait=ns.wait):
+        R.prepare_run_folder(out, cfg, ns.ckpt)
+        save_config(cfg, out / "config.yaml")
+        lrecs = R.run_layouts(out, syn, [job], count or int(cfg.synthesis.count), int(cfg.synthesis.batch_size))
+        m = R.finish(out, cfg, syn, lrecs, [], None, report=report)
+    _print_summary(m, syn.classes, out, report)
     return 0
+
+
+def option_number(value: str | None, option: str, kind: type = float):
+    """``value`` of a numeric option as ``kind`` (None when not given); one line naming the option otherwise."""
+    import math
+
+    from diffice.errors import UserError
+
+    if value is None:
+        return None
+    try:
+        number = kind(str(value).strip())
+    except ValueError:
+        raise UserError(f"{option} {value}: not {'a whole number' if kind is int else 'a number'}") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise UserError(f"{option} {value}: not a finite number")
+    return number
+
+
+def _edit_job(ns, cfg, syn, layout, specs: list[str], plane: int, ga: float, device):
+    """The one edit of ``--edit FRAME``, every input checked (frame, layouts, anomaly) and nothing written."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from diffice.data.sources import load_image
+    from diffice.errors import UserError
+    from diffice.synthesis import run as R
+    from diffice.synthesis.layouts import read_layout
+
+    source = load_image(Path(ns.edit))
+    if layout is not None and source.shape != layout.shape:
+        raise UserError(f"{ns.edit}: frame is {source.shape[1]}x{source.shape[0]} (WxH) but the layout {ns.layout} is "
+                        f"{layout.shape[1]}x{layout.shape[0]}; the frame and its edited layout must have the same size")
+    if layout is None and source.shape != tuple(syn.size):
+        raise UserError(f"{ns.edit}: frame is {source.shape[1]}x{source.shape[0]} (WxH) but the model makes "
+                        f"{syn.size[1]}x{syn.size[0]} frames")
+    src = source * 2.0 - 1.0
+    if ns.source_layout:
+        before = read_layout(ns.source_layout, syn.classes, syn.size)
+    else:
+        import torch
+
+        seg, _, _ = R.M.load_segment(cfg.synthesis.segmenter_ckpt, device)
+        before = seg(torch.from_numpy(src)[None, None].float())[0].numpy().astype(np.int64)
+    if specs:
+        job = R.edit_job("000000-0", 0, Path(ns.edit).stem, specs[0], src.astype(np.float32), before, syn.classes, plane, ga)
+        if job is None:
+            raise UserError(f"{ns.edit}: --anomaly {ns.anomaly} changes nothing in the frame's layout")
+        return job
+    if (before == layout).all():
+        raise UserError(f"{ns.layout}: the edited layout equals the frame's own layout; nothing to edit")
+    return R.EditJob("000000-0", 0, Path(ns.edit).stem, f"layout {Path(ns.layout).name}", src.astype(np.float32), before,
+                     layout, plane, ga)
 
 
 def anomaly_specs(names: str, severity: float | None) -> list[str]:
@@ -178,7 +217,7 @@ def _anomaly_layout(layout, spec: str, classes: list[str], ga: float, where: str
     return after
 
 
-def _print_summary(m: dict, classes: list[str], out) -> None:
+def _print_summary(m: dict, classes: list[str], out, report: bool = True) -> None:
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
 
@@ -197,7 +236,8 @@ def _print_summary(m: dict, classes: list[str], out) -> None:
         print(f"  {name} (severity {', '.join(f'{v:g}' for v in a['severities'])}): {a['within_tolerance']} of {a['checked']} "
               f"edited frames measure as requested (judge's segmentation, docs/synthesis.md); unedited sources: "
               f"{a.get('source_within_tolerance', 0)} of {a['checked']}")
-    print(f"run folder: {out} (report.html, results.csv, metrics.json{', pairs.csv' if m.get('edits') else ''})")
+    files = ["report.html"] * report + ["results.csv", "metrics.json"] + ["pairs.csv"] * bool(m.get("edits"))
+    print(f"run folder: {out} ({', '.join(files)})")
 
 
 # ----------------------------------------------------------------------------- experiment
@@ -331,7 +371,7 @@ def run_synthesis_experiment(ns, base: dict, runs: dict, options: dict) -> int:
         run_out.mkdir(parents=True, exist_ok=True)
         layer_file = run_out.parent / f".{_slug(label)}.yaml"
         save_config(cfg, layer_file)
-        code = cmd_synthesize([str(ckpt), str(layer_file), "--test", "--out", str(run_out),
+        code = cmd_synthesize([str(ckpt), str(layer_file), "--test", "--out", str(run_out), *["--wait"] * bool(getattr(ns, "wait", False)),
                                *([] if options.get("realism", True) else ["--no-realism"]),
                                *(["--edits-only"] if options.get("edits_only") else [])])
         if code:

@@ -313,6 +313,8 @@ def _progress(enabled: bool, total: int, label: str):
         return None
     from rich.progress import Progress
 
-    p = Progress(transient=True)
+    from diffice.progress import live
+
+    p = Progress(transient=True, disable=not live())
     p.start()
     return p, p.add_task(label, total=total)

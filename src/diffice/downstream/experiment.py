@@ -140,7 +140,7 @@ def run_downstream_experiment(ns, base: dict, runs: dict, options: dict) -> int:
             if f and not Path(str(f)).is_file():
                 raise UserError(f"synthesis.{key}={f}: not found (train it with make train-synthesis / make train-segmenter, or use the demo pack)")
         sets = make_sets(cfg, work, progress=bool(cfg.trainer.progress_bar))
-        res = run_study(cfg, sets, work / "study", progress=bool(cfg.trainer.progress_bar))
+        res = run_study(cfg, sets, work / "study", progress=bool(cfg.trainer.progress_bar), wait=bool(getattr(ns, "wait", False)))
         bodies.append(f"## {label}\n\n{res['table']}")
     write_experiment_table(ns, options, name, out_root, "\n".join(bodies))
     return 0

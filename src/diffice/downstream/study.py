@@ -40,7 +40,6 @@ may be added to a finished study: its rows are kept and only the new ones are tr
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
@@ -59,6 +58,7 @@ from diffice.downstream.metrics import (
     mean_sd,
     per_anomaly_auroc,
 )
+from diffice.downstream.rows import read_rows, read_rows_checked
 from diffice.errors import UserError
 
 SETS = ("real_train", "real_test", "abnormal_test", "synth_normal", "synth_abnormal")
@@ -235,18 +235,6 @@ def _key(row: dict) -> tuple[str, int, str, str]:
     return str(row["model"]), int(row["seed"]), str(row["task"]), str(row["condition"])
 
 
-def read_rows(out: Path) -> list[dict]:
-    """The rows of ``out/rows.csv`` (values as strings; [] when absent)."""
-    path = Path(out) / ROWS
-    if not path.is_file():
-        return []
-    try:
-        with open(path, newline="") as fh:
-            return list(csv.DictReader(fh))
-    except (OSError, csv.Error) as err:
-        raise UserError(f"{path}: unreadable ({err}); delete it to redo the study") from err
-
-
 def _num(value) -> float:
     if value is None or value == "":
         return math.nan
@@ -335,15 +323,23 @@ def _order(rows: list[dict], models: Sequence[str]) -> list[dict]:
 
 
 def run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool = True, *,
-              train_fn: TrainFn | None = None, predict_fn=None) -> dict:
+              train_fn: TrainFn | None = None, predict_fn=None, wait: bool = False) -> dict:
     """Run (or resume) the study of ``cfg.downstream`` on ``sets`` into ``out``.
 
     Returns ``{"rows", "summary", "table", "out", "trained", "skipped"}``: the rows of the
     configured models and seeds (from ``rows.csv``, values as numbers where they are), the summary
     rows, the markdown of ``table.md``, and how many trainings were run / found done.
     ``train_fn`` / ``predict_fn`` replace :func:`~diffice.downstream.train.train_classifier` /
-    :func:`~diffice.downstream.train.predict` (tests count calls with them).
+    :func:`~diffice.downstream.train.predict` (tests count calls with them). One study at a time
+    writes into ``out`` (:func:`diffice.runlock.run_lock`; ``wait``: wait for another one to finish).
     """
+    from diffice.runlock import run_lock
+
+    with run_lock(out, "downstream study", wait=wait):
+        return _run_study(cfg, sets, Path(out), progress, train_fn, predict_fn)
+
+
+def _run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool, train_fn: TrainFn | None, predict_fn) -> dict:
     from diffice.counterfactual.outputs import write_rows_csv
     from diffice.downstream.train import predict, resolve_device, train_classifier
 
@@ -408,8 +404,10 @@ class _Bar:
         if enabled and total:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            from diffice.progress import live
+
             self.p = Progress(TextColumn("downstream rows"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("{task.description}"), TimeElapsedColumn(), transient=True)
+                              TextColumn("{task.description}"), TimeElapsedColumn(), transient=True, disable=not live())
             self.p.start()
             self.task = self.p.add_task("", total=total)
 
@@ -548,7 +546,9 @@ def write_table(out: str | Path, rows: list[dict] | None = None, *, models: Sequ
 
     out = Path(out)
     if rows is None:
-        rows = read_rows(out)
+        rows, damaged = read_rows_checked(out)
+        if damaged:
+            raise UserError(f"{out / ROWS}: line {damaged[0][0]} is damaged ({damaged[0][1]}); rerun the study to redo it")
         if not rows:
             raise UserError(f"{out / ROWS}: no rows to tabulate; run the study first")
     body = table_markdown(rows, models)

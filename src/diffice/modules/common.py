@@ -234,6 +234,12 @@ class _HistoryWriter(ExperimentWriter):
             os.replace(history, self.metrics_file_path)
             self._rewrite_with_new_header(self.metrics_keys)
 
+    def _check_log_dir_exists(self) -> None:
+        """Lightning's check warns that "previous log files will be deleted" on every resume; the
+        history is kept (moved aside and back), so only a stale ``metrics.csv`` is removed, silently."""
+        if self._fs.isfile(self.metrics_file_path) and self.metrics_keys == []:
+            self._fs.rm_file(self.metrics_file_path)
+
 
 class _HistoryCSVLogger(CSVLogger):
     """``CSVLogger`` whose ``metrics.csv`` keeps a resumed run's history (module level: DDP
@@ -273,10 +279,13 @@ def build_logger(cfg: DictConfig, stage: str, out: Path, resume_step: int | None
         raise UserError(f"wandb.mode: '{mode}' is not one of offline, online, disabled")
     from lightning.pytorch.loggers import WandbLogger
 
+    from diffice.modules.resume import wandb_run_id
     from diffice.tracking import wandb_group
 
     os.environ.setdefault("WANDB_SILENT", "true")
     return WandbLogger(
+        id=wandb_run_id(out, resume_step is not None),  # a resumed stage continues its W&B run
+        resume="allow",
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
         name=f"{cfg.name}-{stage}",
@@ -323,9 +332,9 @@ def trainer_kwargs(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> dic
     """
     t = cfg.trainer
     if t.progress_bar:
-        from lightning.pytorch.callbacks import RichProgressBar
+        from diffice.modules.resume import StepsProgressBar
 
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(StepsProgressBar(leave=True))
     return dict(
         accelerator=t.accelerator,
         devices=t.devices,

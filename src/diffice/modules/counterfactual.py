@@ -352,6 +352,13 @@ def run_counterfactuals(
     settings = CFSettings.from_config(cfg)
     settings.validate()
     out = Path(cfg.cf.out)
+    from diffice.runlock import run_lock
+
+    with run_lock(out, "diffice counterfactuals"):  # one writer per run folder (re-entrant: the command holds it too)
+        return _run_locked(cfg, out, components, datamodule, **trainer_overrides)
+
+
+def _run_locked(cfg: DictConfig, out: Path, components, datamodule, **trainer_overrides: Any) -> tuple[Path, list[int]] | None:
     check_run_folder(out, to_dict(cfg))
     if datamodule is None:
         from diffice.data import DiffIceDataModule

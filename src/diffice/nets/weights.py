@@ -45,6 +45,9 @@ def torch_load(path: Path, missing: str, what: str) -> Any:
     "{path}: not a readable {what} (Error)".
     """
     path = Path(path)
+    if path.is_dir():
+        hint = f" (e.g. {path / 'last.ckpt'})" if (path / "last.ckpt").is_file() else ""
+        raise UserError(f"{path}: a folder, not a {what} file{hint}")
     if not path.is_file():
         raise UserError(missing)
     try:

@@ -342,10 +342,12 @@ def _image_pass(records, nets: EvalNets, final_img, it_img, it_orc, names, q_in,
     """One pass over the PNGs in chunks: inputs, counterfactuals and every iteration's output."""
     from rich.progress import Progress
 
+    from diffice.progress import live
+
     dev = torch.device(nets.device)
     features = _FeatureCache(nets)
     iters = sorted(it_img)
-    with Progress(disable=not progress, transient=True) as bar:
+    with Progress(disable=not progress or not live(), transient=True) as bar:
         task = bar.add_task("image metrics", total=len(records))
         for start in range(0, len(records), chunk):
             part = records[start:start + chunk]

@@ -220,7 +220,7 @@ def read_answers(run_dir: str | Path, answers: str | Path) -> tuple[dict, dict[i
     if not answers.is_file():
         raise UserError(f"{answers}: answers file not found")
     try:
-        with open(answers, newline="") as fh:
+        with open(answers, newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's UTF-8 CSV starts with a BOM
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise UserError(f"{answers}: unreadable CSV ({type(err).__name__})") from err
@@ -230,10 +230,13 @@ def read_answers(run_dir: str | Path, answers: str | Path) -> tuple[dict, dict[i
     key = keys.get((rows[0].get("study") or "").strip())
     held = ", ".join(f"'{s}'" for s in sorted(keys))
     for line, row in enumerate(rows, start=2):
-        if key is None or (row.get("study") or "").strip() != key["study"]:
-            raise UserError(f"{answers}: line {line} is for study '{row.get('study')}', but {run_dir} holds "
-                            f"{'study' if len(keys) == 1 else 'studies'} {held} "
-                            "(answers from another page or an older study)")
+        study = (row.get("study") or "").strip()
+        if key is not None and study != key["study"] and study in keys:
+            raise UserError(f"{answers}: line {line} is for study '{study}' but line 2 for study '{key['study']}'; "
+                            "score one study's answers at a time (one file per study)")
+        if key is None or study != key["study"]:
+            raise UserError(f"{answers}: line {line} is for study '{study}', which {run_dir} does not hold (it holds "
+                            f"{'study' if len(keys) == 1 else 'studies'} {held}: answers from another page or an older study)")
     unit = key.get("unit", "pair")
     if unit not in rows[0]:
         raise UserError(f"{answers}: expected columns study,{unit},choice (the file the study page downloads)")

@@ -109,11 +109,11 @@ def _count(run_dir: Path, name: str, count: int | None, most: int, pools: str, d
     if count is not None and count < 1:
         raise UserError(f"--count {count}: give at least 1")
     if most < 1:
-        raise UserError(f"{run_dir}: nothing to show in a {name} study: {pools}")
+        raise UserError(f"{run_dir}: nothing to show in {_a(name)} {name} study: {pools}")
     if count is None:
         return min(DEFAULT_COUNT, most if default is None else default)
     if count > most:
-        raise UserError(f"{run_dir}: a {name} study of {count} can have at most {most} ({pools}); "
+        raise UserError(f"{run_dir}: {_a(name)} {name} study of {count} can have at most {most} ({pools}); "
                         f"give --count {most} or less")
     return count
 
@@ -209,3 +209,8 @@ def make_synthesis_study(run_dir: str | Path, task: str = "real-vs-synthetic", c
            "task": name, "unit": form.unit, "options": list(form.options), "fooled": FOOLED.get(name),
            "requested": count, form.unit + "s": entries}
     return write_study(run_dir, key, items, form, page_name(name), key_name(name))
+
+
+def _a(word: str) -> str:
+    """The article before ``word``: "an edited study", "a real-vs-synthetic study"."""
+    return "an" if word[:1].lower() in "aeiou" else "a"

@@ -35,7 +35,7 @@ def load_segment(path: str | Path, device="cpu") -> tuple[Segment, list[str], st
     ``segment(x)`` maps (B,1,H,W) in [-1,1] to class indices (B,H,W)."""
     from diffice.modules.common import load_checkpoint
 
-    if not path or not Path(path).is_file():
+    if not path or not Path(path).exists():
         raise UserError(f"{path}: segmenter checkpoint not found (synthesis.segmenter_ckpt / synthesis.judge_ckpt)")
     module = load_checkpoint(path, None, map_location=device)
     if module.kind == "segmenter":

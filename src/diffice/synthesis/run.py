@@ -34,6 +34,7 @@ from diffice.data import anomalies as AN
 from diffice.diffusion import generators_for
 from diffice.errors import UserError
 from diffice.io import atomic_write_text, to_uint8
+from diffice.progress import live
 from diffice.synthesis import metrics as M
 from diffice.synthesis import sampler as S
 from diffice.synthesis.layouts import apply_edit, edited_region, parse_anomaly
@@ -572,7 +573,7 @@ def _bar(enabled: bool, total: int, label: str, done: int = 0):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+    p = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True, disable=not live())
     p.start()
     task = p.add_task(label, total=total, completed=done)
     return p, task

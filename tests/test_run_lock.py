@@ -1,0 +1,170 @@
+"""One writer per run folder (issue 27): a second run into a held folder is one line naming the
+folder and the holder (exit 2) or waits with --wait; a killed holder's lock is taken over.
+The holders are real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from diffice.cli import main
+from diffice.errors import UserError
+from diffice.runlock import LOCK_NAME, read_holder, run_lock
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs/preset/tiny.yaml")
+PACK = ROOT / "models" / "demo"
+
+HOLD = """
+import sys, time
+from diffice.runlock import run_lock
+with run_lock(sys.argv[1], "test holder"):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold(folder: Path, seconds: float = 60.0) -> subprocess.Popen:
+    """A process holding ``folder``'s lock for ``seconds`` (returns once it holds it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
+        env.pop(var, None)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    assert line.strip() == "locked", (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc
+
+
+@pytest.fixture()
+def holder(tmp_path):
+    procs = []
+
+    def start(folder: Path, seconds: float = 60.0) -> subprocess.Popen:
+        procs.append(hold(folder, seconds))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)
+        p.stdout.close()
+        p.stderr.close()
+
+
+def _one_line(capsys) -> list[str]:
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_counterfactuals_into_a_held_folder_is_refused_naming_the_holder(tmp_path, capsys, holder):
+    out = tmp_path / "cf"
+    proc = holder(out)
+    code = main(["counterfactuals", TINY, f"paths.runs={tmp_path}", f"cf.out={out}", "wandb.mode=disabled"])
+    err = _one_line(capsys)
+    assert code == 2 and len(err) == 1, err
+    assert str(out) in err[0] and f"pid {proc.pid} on " in err[0] and "--wait" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing of ours written
+
+
+@pytest.mark.skipif(not (PACK / "synthesis.ckpt").is_file(), reason="no model pack")
+def test_synthesize_into_a_held_folder_is_refused(tmp_path, capsys, holder):
+    out = tmp_path / "syn"
+    proc = holder(out)
+    code = main(["synthesize", str(PACK / "synthesis.ckpt"), TINY, f"paths.runs={tmp_path}", "wandb.mode=disabled",
+                 f"synthesis.judge_ckpt={PACK / 'guide.ckpt'}", f"cf.oracle_ckpt={PACK / 'oracle.ckpt'}",
+                 "--test", "--out", str(out)])
+    err = _one_line(capsys)
+    assert code == 2 and len(err) == 1 and f"{out}: in use by another run (pid {proc.pid}" in err[0], err
+    assert not (out / "synthesis-run.json").exists()
+
+
+def test_a_downstream_study_into_a_held_folder_is_refused(tmp_path, holder):
+    from diffice.downstream.study import run_study
+
+    out = tmp_path / "study"
+    proc = holder(out)
+    with pytest.raises(UserError, match=rf"in use by another run \(pid {proc.pid} on "):
+        run_study({"downstream": {}}, {}, out)
+
+
+def test_wait_waits_for_the_holder_to_finish(tmp_path, capsys, holder):
+    out = tmp_path / "run"
+    proc = holder(out, seconds=1.5)
+    t0 = time.monotonic()
+    with run_lock(out, "waiter", wait=True):
+        waited = time.monotonic() - t0
+        assert proc.poll() is not None  # the holder has ended
+        assert read_holder(out / LOCK_NAME)["pid"] == os.getpid()
+    assert waited > 0.5
+    assert "waiting for it to finish" in capsys.readouterr().err
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys, holder):
+    out = tmp_path / "run"
+    proc = holder(out)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert read_holder(out / LOCK_NAME)["pid"] == proc.pid  # what the killed run left
+    with run_lock(out, "next run"):
+        assert read_holder(out / LOCK_NAME)["pid"] == os.getpid()
+    err = capsys.readouterr().err
+    assert f"taking over from a run that ended without finishing (pid {proc.pid}" in err
+
+
+def test_a_leftover_child_of_a_dead_holder_does_not_keep_the_folder(tmp_path, capsys):
+    """The holder forks (as a DataLoader worker would) and dies by kill -9; its child still holds
+    the lock file, but the recorded holder is dead: the next run takes over."""
+    out = tmp_path / "run"
+    code = HOLD.replace('print("locked", flush=True)', 'import os\n    child = os.fork()\n'
+                        '    if child == 0:\n        time.sleep(60); os._exit(0)\n    print("locked", child, flush=True)')
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out), "60"], stdout=subprocess.PIPE, text=True, env=env)
+    child = int(proc.stdout.readline().split()[1])
+    try:
+        proc.kill()
+        proc.wait(timeout=30)
+        with run_lock(out, "next run"):
+            pass
+        assert "has ended; taking it over" in capsys.readouterr().err
+    finally:
+        os.kill(child, signal.SIGKILL)
+        proc.stdout.close()
+
+
+def test_two_threads_exclude_each_other_and_one_thread_may_nest(tmp_path):
+    out = tmp_path / "run"
+    errors = []
+    with run_lock(out, "outer"):
+        with run_lock(out, "nested"):
+            pass
+        assert (out / LOCK_NAME).exists()  # still held after the nested block
+
+        def other():
+            try:
+                with run_lock(out, "other thread"):
+                    pass
+            except UserError as err:
+                errors.append(str(err))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+    assert len(errors) == 1 and "in use by another run" in errors[0]
+    assert not out.exists()  # the lock made the folder and the run left nothing in it
+
+
+def test_other_ranks_of_a_multi_process_run_do_not_lock(tmp_path, monkeypatch, holder):
+    out = tmp_path / "run"
+    holder(out)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with run_lock(out, "rank 1"):
+        pass
