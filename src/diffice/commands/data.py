@@ -46,6 +46,30 @@ def cmd_phantoms(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_hc18_faults(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="diffice hc18-faults",
+        description="Write the hc18-faults benchmark: every HC18 frame clean (SP, the ground truth) and with one "
+        "acquisition fault of known severity (NSP: defocus, shadow, noise, gain, reverberation), head masks, "
+        "HC in mm, split by fetus, as a manifest (configs/data/hc18-faults.yaml reads it; docs/data.md).",
+    )
+    p.add_argument("--root", default="../shared/data/hc18", help="HC18 folder holding training_set/ and its CSV")
+    p.add_argument("--out", default="data/hc18-faults", help="output folder (default data/hc18-faults)")
+    p.add_argument("--size", type=int, nargs=2, default=[270, 400], metavar=("H", "W"),
+                   help="frame size written (default 270 400: half of HC18's 540x800; models resize to data.image_size)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the faults and severities (default 0)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N HC18 frames (default all 999)")
+    ns = p.parse_args(argv)
+    from diffice.data.hc18_faults import write_hc18_faults
+    from diffice.errors import UserError
+
+    if min(ns.size) < 16 or (ns.limit is not None and ns.limit < 1):
+        raise UserError("--size must be at least 16 16 and --limit at least 1")
+    path = write_hc18_faults(ns.root, ns.out, size=tuple(ns.size), seed=ns.seed, limit=ns.limit)
+    print(f"wrote hc18-faults ({ns.size[0]}x{ns.size[1]}, seed {ns.seed}): {path}")
+    return 0
+
+
 def cmd_data_check(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="diffice data-check",

@@ -1,0 +1,111 @@
+"""hc18-faults: the fault operators, the written benchmark and its data contract."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffice.cli import main
+from diffice.data import hc18_faults as F
+
+HC18 = Path(__file__).resolve().parents[2] / "shared" / "data" / "hc18"
+
+
+def _scan(h=108, w=160, seed=0):
+    """A speckled frame with a bright elliptic skull and its filled head mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    rho = np.hypot((xx - w / 2) / (0.3 * w), (yy - h / 2) / (0.35 * h))
+    img = 0.25 + 0.1 * rng.standard_normal((h, w))
+    img[np.abs(rho - 1) < 0.06] = 0.95
+    return np.clip(img, 0, 1).astype(np.float32), rho <= 1.03
+
+
+@pytest.mark.parametrize("fault", F.FAULTS)
+def test_zero_severity_is_identity_and_faults_are_seeded(fault):
+    img, head = _scan()
+    assert np.allclose(F.apply_fault(img, fault, 0.0, head, np.random.default_rng(0)), img, atol=1e-6)
+    a = F.apply_fault(img, fault, 0.8, head, np.random.default_rng(3))
+    b = F.apply_fault(img, fault, 0.8, head, np.random.default_rng(3))
+    assert np.array_equal(a, b) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    assert np.abs(a - img).mean() > 1e-3  # the fault changes the frame
+
+
+def test_each_fault_does_what_it_models():
+    img, head = _scan()
+    lap = lambda x: np.abs(np.diff(x, axis=1)).mean()  # noqa: E731
+    assert lap(F.defocus(img, 1.0)) < 0.5 * lap(img)                      # defocus: fine detail gone
+    sh = F.shadow(img, 1.0, head, np.random.default_rng(0))
+    darker = sh < img - 1e-6
+    assert darker.any() and not (sh > img + 1e-6).any()                    # shadow only darkens
+    rows = np.nonzero(darker.any(axis=1))[0]
+    assert rows.min() >= np.nonzero(head.any(axis=1))[0].min()             # ... and only behind the head's entry
+    g = F.gain(img, 1.0, np.random.default_rng(0))
+    ratio = g[:, :].mean(1) / img.mean(1)
+    assert abs(ratio[-1] - ratio[0]) > 0.5                                # gain: a depth ramp
+    rv = F.reverberation(img, 1.0, head)
+    top = np.nonzero(head.any(axis=1))[0].min()
+    assert (rv - img)[: 2 * top - 5].max() < 1e-6 and (rv - img).max() > 0.05  # echoes only at >= 2x the skull depth
+    nz = F.noise(img, 1.0, np.random.default_rng(0))
+    assert nz[: 20].mean() > img[: 20].mean() + 0.1                        # near-field clutter
+
+
+def _fake_hc18(root: Path, n=6):
+    folder = root / "training_set"
+    folder.mkdir(parents=True)
+    rows = ["filename,pixel size(mm),head circumference (mm)"]
+    for i in range(n):
+        name = f"{i // 2:03d}_{'2' if i % 2 else ''}HC"
+        img, head = _scan(seed=i)
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"{name}.png")
+        outline = head ^ np.pad(head, 1)[2:, 1:-1]  # the ellipse's boundary
+        Image.fromarray((outline * 255).astype(np.uint8)).save(folder / f"{name}_Annotation.png")
+        rows.append(f"{name}.png,0.1,{100 + i}")
+    (root / F.CSV_NAME).write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_written_benchmark_keeps_pairs_together_and_loads(tmp_path, capsys):
+    root = _fake_hc18(tmp_path / "hc18")
+    out = tmp_path / "set"
+    assert main(["hc18-faults", "--root", str(root), "--out", str(out), "--size", "54", "80"]) == 0
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert len(rows) == 12 and sum(r["label"] == "SP" for r in rows) == 6
+    for clean, faulted in zip(rows[::2], rows[1::2]):
+        assert faulted["target"] == clean["image"] and faulted["patient"] == clean["patient"]
+        assert faulted["split"] == clean["split"] and faulted["fault"] in F.FAULTS
+        s = float(faulted["severity"])
+        assert F.SEVERITY_RANGE[0] <= s <= F.SEVERITY_RANGE[1]
+        assert float(faulted[F.DEGRADES[faulted["fault"]]]) == pytest.approx(1 - s, abs=1e-4)
+        assert float(clean["pixel_mm"]) == pytest.approx(0.1 * 160 / 80) and clean["hc_mm"].startswith("10")
+    # fetus 000 has two frames: one split for both
+    assert len({r["split"] for r in rows if r["patient"] == "000"}) == 1
+    from diffice.config import load_config
+    from diffice.data.datamodule import DiffIceDataModule
+
+    cfg = load_config([Path(__file__).resolve().parents[1] / "configs/data/hc18-faults.yaml"],
+                      [f"data.manifest={out / 'manifest.csv'}", "data.image_size=[32,48]"])
+    item = DiffIceDataModule(cfg).dataset("all")[1]
+    assert item["label"] == 0 and bool(item["has_target"]) and item["image"].shape == (1, 32, 48)
+    assert item["concepts"].shape == (5,) and bool(item["has_mask"])
+
+
+def test_missing_hc18_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "set"
+    assert main(["hc18-faults", "--root", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Zenodo" in err[0] and not out.exists()
+
+
+@pytest.mark.skipif(not HC18.is_dir(), reason="HC18 not in ../shared/data")
+def test_real_hc18_frames(tmp_path):
+    out = tmp_path / "real"
+    assert main(["hc18-faults", "--root", str(HC18), "--out", str(out), "--limit", "5"]) == 0
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert len(rows) == 10 and rows[0]["hc_mm"] == "44.30"
+    with Image.open(out / rows[1]["image"]) as im:
+        assert im.size == (400, 270)
