@@ -121,12 +121,13 @@ def test_check_finds_the_offline_table_loss(offline, tmp_path):
     import wandb
 
     from diffice.tracking import check_offline_run, log_picture_table
+    from diffice.wandb_finish import finish_run
 
     run = wandb.init(project="t", dir=str(tmp_path), mode="offline")
     img = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
     run.log({"plain": wandb.Table(columns=["i", "pic"], data=[[0, wandb.Image(img)]])})
     log_picture_table(run, "kept", ["i", "pic"], [[0, img], [1, None]])
-    run.finish()
+    finish_run(run)  # run.finish() alone may return before the log is flushed
     res = check_offline_run(_one_run(tmp_path / "wandb"))
     assert len(res["problems"]) == 1 and "plain" in res["problems"][0] and "'Image'" in res["problems"][0]
 
