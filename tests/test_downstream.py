@@ -189,6 +189,13 @@ def test_study_writes_rows_resumes_and_tabulates(tmp_path, one_thread):
             assert (r["n_train_real"], r["n_train_synthetic"]) == (9, 9)
         if r["condition"] == "real+synthetic" and r["task"] == "anomaly":  # normals: real + synthetic
             assert (r["n_train_real"], r["n_train_synthetic"]) == (9, 15)
+    # the resumed study's rows equal an uninterrupted study's, but for the training times
+    whole = run_study(cfg, sets, tmp_path / "whole", progress=False)
+
+    def rows_without_times(folder):
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in read_rows(folder)]
+
+    assert whole["trained"] == 12 and rows_without_times(out) == rows_without_times(tmp_path / "whole")
     # a finished study trains nothing; the table has one line per model in each table
     done = Counting()
     res = run_study(cfg, sets, out, progress=False, train_fn=done)

@@ -121,12 +121,13 @@ def test_check_finds_the_offline_table_loss(offline, tmp_path):
     import wandb
 
     from diffice.tracking import check_offline_run, log_picture_table
+    from diffice.wandb_finish import finish_run
 
     run = wandb.init(project="t", dir=str(tmp_path), mode="offline")
     img = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
     run.log({"plain": wandb.Table(columns=["i", "pic"], data=[[0, wandb.Image(img)]])})
     log_picture_table(run, "kept", ["i", "pic"], [[0, img], [1, None]])
-    run.finish()
+    finish_run(run)  # run.finish() alone may return before the log is flushed
     res = check_offline_run(_one_run(tmp_path / "wandb"))
     assert len(res["problems"]) == 1 and "plain" in res["problems"][0] and "'Image'" in res["problems"][0]
 
@@ -194,3 +195,37 @@ def test_wandb_check_user_errors(tmp_path, capsys):
     assert main(["wandb-check", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not found" in err[0] and "no W&B run folders" in err[1]
+
+
+def test_finish_run_returns_with_a_complete_log(offline, tmp_path):
+    """W&B flushes an offline run's transaction log when its service closes the stream, after
+    ``run.finish()`` has returned (one full-suite run in four read a log without its last
+    artifact); ``finish_run`` returns only once the log holds the exit record."""
+    import wandb
+
+    from diffice.tracking import read_offline_run
+    from diffice.wandb_finish import finish_run, has_exit_record
+
+    ref = tmp_path / "out.txt"
+    ref.write_text("x")
+    for i in range(5):
+        run = wandb.init(project="t", dir=str(tmp_path / f"r{i}"), mode="offline")
+        run.log({"a": i})
+        art = wandb.Artifact("outputs", type="counterfactuals")
+        art.add_reference(ref.as_uri(), name="out.txt", checksum=True)
+        run.log_artifact(art)
+        finish_run(run)
+        folder = _one_run(tmp_path / f"r{i}" / "wandb")
+        assert has_exit_record(next(folder.glob("run-*.wandb")))
+        assert [a["name"] for a in read_offline_run(folder)["artifacts"]] == ["outputs"], i
+
+
+def test_exit_record_absent_from_a_partial_log(tmp_path):
+    pytest.importorskip("wandb")
+    from diffice.wandb_finish import has_exit_record, wait_for_exit_record
+
+    log = tmp_path / "run-x.wandb"
+    assert not has_exit_record(log)  # not written yet
+    log.write_bytes(b":W&B")  # only part of the header
+    assert not has_exit_record(log)
+    assert not wait_for_exit_record(log, timeout=0.05)

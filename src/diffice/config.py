@@ -178,6 +178,7 @@ class CounterfactualConfig:
     mask_dilation: int = 5
     mask_warmup: int = 5
     batch_size: int = 10
+    net_batch: int | None = 10
     split: str = "test"
     label: str = "NSP"
     limit: int | None = None
@@ -214,6 +215,7 @@ class SynthesisConfig:
     limit: int | None = 16
     edits: list[str] = field(default_factory=lambda: ["remove:csp", "grow:th:2"])
     batch_size: int = 16
+    net_batch: int | None = 16
     split: str = "test"
     out: str = "${paths.runs}/synthesis-samples"
 

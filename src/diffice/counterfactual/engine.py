@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from diffice.counterfactual.seeding import frame_generators, randn_frames
 from diffice.errors import UserError
+from diffice.nets.fixed_batch import FixedBatch, fixed
 
 METHODS = ("diff-ice", "diff-ice1", "diff-ice1-xt", "dime")
 NOISE_CONVENTIONS = ("diffice", "dime")
@@ -76,6 +77,7 @@ class CFSettings:
     mask_dilation: int = 5
     mask_warmup: int = 5
     seed: int = 0
+    net_batch: int | None = None  # every network call at exactly this many frames (None: at the batch's size)
 
     @classmethod
     def from_config(cls, cfg) -> CFSettings:
@@ -96,6 +98,7 @@ class CFSettings:
             mask_dilation=int(c.mask_dilation),
             mask_warmup=int(c.mask_warmup),
             seed=int(cfg.seed),
+            net_batch=None if c.net_batch is None else int(c.net_batch),
         )
 
     @property
@@ -127,6 +130,8 @@ class CFSettings:
             raise UserError("cf.lambda_c: give at least one classifier-loss weight, e.g. cf.lambda_c=[40,60,80]")
         if not 0.0 < self.stop_threshold <= 1.0:
             raise UserError(f"cf.stop_threshold: {self.stop_threshold} must lie in (0, 1]")
+        if self.net_batch is not None and self.net_batch < 1:
+            raise UserError(f"cf.net_batch: {self.net_batch} must be at least 1 (or null)")
 
 
 class GuidanceLoss:
@@ -228,6 +233,11 @@ class CounterfactualEngine:
     ``diffusion`` follows the DIFFUSION contract (respaced ``GaussianDiffusion``), ``model`` is
     the denoiser ``model(x, t_original) -> (B, 2, H, W)``. All networks should be in eval mode
     with frozen parameters (the engine only ever differentiates w.r.t. images).
+
+    With ``settings.net_batch`` every call of the denoiser, the guide and the perceptual network
+    (forward and backward) runs on exactly that many frames (:mod:`diffice.nets.fixed_batch`):
+    the λc search's retries and adaptive stopping shrink the set of frames, but not the calls'
+    shape, so a frame's result does not depend on its batch, the batch size or the device count.
     """
 
     def __init__(
@@ -241,6 +251,9 @@ class CounterfactualEngine:
         progress: Callable[[str], None] | None = None,
     ):
         settings.validate(getattr(diffusion, "num_timesteps", None))
+        width = settings.net_batch
+        if width is not None:
+            model, guide, perceptual = FixedBatch(model, width), fixed(guide, width), fixed(perceptual, width)
         self.diffusion = diffusion
         self.model = model
         self.guide = guide

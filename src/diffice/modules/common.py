@@ -429,7 +429,9 @@ def finish_wandb() -> None:
 
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+        from diffice.wandb_finish import finish_run
+
+        finish_run(wandb.run)  # returns once the run's local folder is complete
 
 
 def log_image(module: L.LightningModule, key: str, image, caption: str | None = None) -> None:

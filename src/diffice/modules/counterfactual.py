@@ -40,6 +40,7 @@ from diffice.errors import UserError
 from diffice.io import to_uint8
 from diffice.metrics.target import sector_l1, target_l1
 from diffice.metrics.texture import hf_energy, hf_threshold
+from diffice.nets.fixed_batch import fixed
 
 LABELS = {"NSP": "NSP", "SP": "SP", "all": None}
 
@@ -163,9 +164,10 @@ class CounterfactualModule(L.LightningModule):
     @torch.no_grad()
     def _judge(self, x: torch.Tensor) -> dict[str, Any]:
         """Guide probability, segmentation classes and oracle scores of x (B,1,H,W) in [-1,1]."""
-        p = torch.sigmoid(self.guide(x).float().reshape(-1)).cpu()
-        seg = self.guide.segment(x).argmax(1).cpu().numpy()
-        o = self.oracle(x)
+        w = self.settings.net_batch  # the scores, too, do not depend on the batch
+        p = torch.sigmoid(fixed(self.guide, w)(x).float().reshape(-1)).cpu()
+        seg = fixed(self.guide.segment, w)(x).argmax(1).cpu().numpy()
+        o = fixed(self.oracle, w)(x)
         return {"p": p.tolist(), "seg": seg, "qs": o["qs_o"].float().cpu().tolist(), "concepts": o["concepts"].float().cpu().numpy()}
 
     def _anatomy_dice(self, a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
@@ -270,7 +272,7 @@ class CounterfactualModule(L.LightningModule):
         step = max(1, len(results))
         for s in range(0, len(flat), step):
             chunk = flat[s : s + step]
-            o = self.oracle(torch.stack([it for _, it in chunk]).to(device))
+            o = fixed(self.oracle, self.settings.net_batch)(torch.stack([it for _, it in chunk]).to(device))
             for (b, _), qs, row in zip(chunk, o["qs_o"].float().cpu().tolist(), o["concepts"].float().cpu().numpy(), strict=True):
                 out[b]["qs"].append(qs)
                 out[b]["concepts"].append(self._named(row))

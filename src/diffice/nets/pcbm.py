@@ -70,7 +70,9 @@ class PCBM(nn.Module):
         pooled = torch.einsum("bkhw,bdhw->bkd", pr, dec_c) / (pr.sum(dim=(2, 3)).unsqueeze(-1) + 1.0)
         glob = feats[-1].mean(dim=(2, 3))
         phi = torch.cat([pooled.flatten(1), area, glob], dim=1)
-        concept_logits = self.concept_head(phi)
+        # row by row: a (B, F) x (F, C) product with few concepts gives odd and even rows other last
+        # bits on the CPU (MKL), so a frame's scores would depend on its place in the batch
+        concept_logits = torch.cat([self.concept_head(phi[i : i + 1]) for i in range(phi.shape[0])])
         concepts = torch.sigmoid(concept_logits)
         qs_logit = self.quality_logit(concepts)
         return {

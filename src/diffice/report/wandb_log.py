@@ -16,6 +16,7 @@ from diffice.report.html import fig4_points, frame_strip
 from diffice.report.records import num
 from diffice.report.tables import QUALITY, method_name
 from diffice.tracking import wandb_mode
+from diffice.wandb_finish import finish_run
 
 # the checkpoints a counterfactual run uses: config key -> model kind
 CF_CHECKPOINTS = (("ddpm_ckpt", "ddpm"), ("guide_ckpt", "classifier"), ("oracle_ckpt", "oracle"))
@@ -97,7 +98,7 @@ def log_run(run_dir: Path, cfg, metrics: dict, records: list[dict], concepts: li
                                  CF_OUTPUTS, metadata={"method": metrics["method"], "n_frames": len(records), **scalars})
             return str(run_folder(run))
         finally:
-            run.finish()
+            finish_run(run)  # returns once the local run folder is complete
 
 
 # the run-folder files a synthesis run's artifact references
@@ -166,4 +167,4 @@ def log_synthesis(out: Path, cfg, metrics: dict, layouts: list[dict], edits: lis
                                  metadata={"layouts": len(layouts), "edits": len(edits), **scalars})
             return str(run_folder(run))
         finally:
-            run.finish()
+            finish_run(run)  # returns once the local run folder is complete

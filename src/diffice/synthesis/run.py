@@ -34,6 +34,7 @@ from diffice.data import anomalies as AN
 from diffice.diffusion import generators_for
 from diffice.errors import UserError
 from diffice.io import atomic_write_text, to_uint8
+from diffice.nets.fixed_batch import fixed
 from diffice.progress import live
 from diffice.synthesis import metrics as M
 from diffice.synthesis import sampler as S
@@ -163,7 +164,9 @@ class Synthesizer:
         self.classes = list(self.module.cfg.data.classes)
         self.size = tuple(int(v) for v in self.module.cfg.data.image_size)
         self.num_classes = len(self.classes)
-        self.net = self.module.ema_model.eval()
+        if self.s.net_batch is not None and int(self.s.net_batch) < 1:
+            raise UserError(f"synthesis.net_batch: {self.s.net_batch} must be at least 1 (or null)")
+        self.net = fixed(self.module.ema_model.eval(), self.s.net_batch)  # every call at net_batch samples
         self.diffusion = self.module.sampler(str(self.s.respacing))
         self.steer = self.judge = None
         if (need_steer and bool(self.s.two_stage) and need_judge and self.s.judge_ckpt and self.s.segmenter_ckpt
@@ -171,10 +174,12 @@ class Synthesizer:
             raise UserError(f"synthesis.judge_ckpt and synthesis.segmenter_ckpt are the same file ({self.s.judge_ckpt}): "
                             "the judge of layout fidelity must not be the segmentation that steers two-stage sampling")
         if need_steer and bool(self.s.two_stage):
-            self.steer, steer_classes, _ = M.load_segment(self.s.segmenter_ckpt, device)
+            steer, steer_classes, _ = M.load_segment(self.s.segmenter_ckpt, device)
+            self.steer = fixed(steer, self.s.net_batch)
             self._check_classes(steer_classes, "synthesis.segmenter_ckpt")
         if need_judge and self.s.judge_ckpt:
-            self.judge, judge_classes, self.judge_kind = M.load_segment(self.s.judge_ckpt, device)
+            judge, judge_classes, self.judge_kind = M.load_segment(self.s.judge_ckpt, device)
+            self.judge = fixed(judge, self.s.net_batch)
             self._check_classes(judge_classes, "synthesis.judge_ckpt")
 
     def _check_classes(self, classes: list[str], key: str) -> None:

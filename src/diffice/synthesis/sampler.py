@@ -3,7 +3,9 @@
 All three run on the diffusion core (:class:`~diffice.diffusion.GaussianDiffusion`) with the
 EMA denoiser wrapped as ``model(x, t)`` by :class:`~diffice.nets.conditional.Conditioned`
 (classifier-free guidance weight ``w``). Sample i's noise comes from its own generator
-(``generators_for(seed, ids)``), so a sample does not depend on the batch it is drawn in.
+(``generators_for(seed, ids)``), and the synthesis run calls every network at one batch size
+(``synthesis.net_batch``, :mod:`diffice.nets.fixed_batch`; stage 2 computes only the samples
+still refining), so a sample does not depend on the batch it is drawn in.
 
 **Two-stage adaptive sampling** (coarse to fine, diffice's reading of FetalFlex's): stage 1
 samples from pure noise at a strong condition (``synthesis.stage1_guidance``) and lays down
@@ -47,15 +49,9 @@ def make_condition(layouts: torch.Tensor, planes: Sequence[int], gas: Sequence[f
     }
 
 
-def _noise(gens: Sequence[torch.Generator], shape, device, active: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample noise; samples not ``active`` draw nothing (their generators do not advance)."""
-    rows = []
-    for b, g in enumerate(gens):
-        if active is None or bool(active[b]):
-            rows.append(torch.randn(tuple(shape[1:]), generator=g))
-        else:
-            rows.append(torch.zeros(tuple(shape[1:])))
-    return torch.stack(rows).to(device)
+def _noise(gens: Sequence[torch.Generator], shape, device) -> torch.Tensor:
+    """Per-sample noise (shape[0] == len(gens)): row b from ``gens[b]``, drawn on the CPU."""
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in gens]).to(device)
 
 
 def layout_dice(pred: torch.Tensor, layout: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -122,7 +118,6 @@ def two_stage(diffusion: GaussianDiffusion, net, cond: dict, layouts: torch.Tens
     lo, hi = float(stage2_range[0]), float(stage2_range[1])
     restarts: list[list[int]] = [[] for _ in range(b)]
     kept = [0] * b
-    model = Conditioned(net, cond, w2)
     for r in range(1, int(rounds) + 1):
         todo = best_d < float(dice_target)
         if not bool(todo.any()):
@@ -136,14 +131,16 @@ def two_stage(diffusion: GaussianDiffusion, net, cond: dict, layouts: torch.Tens
             x[i : i + 1] = diffusion.q_sample(best[i : i + 1], t_i, torch.randn(best.shape[1:], generator=gens[i])[None].to(device))
         start = max(ks[i] for i in range(b) if todo[i])
         for k in range(start, -1, -1):
-            active = torch.tensor([bool(todo[i]) and k <= ks[i] for i in range(b)])
-            if not active.any():
+            # only the samples still refining at step k are computed (their own generators draw)
+            act = [i for i in range(b) if bool(todo[i]) and k <= ks[i]]
+            if not act:
                 continue
-            t = torch.full((b,), k, dtype=torch.long, device=device)
-            noise = _noise(gens, x.shape, device, active) if k > 0 else torch.zeros_like(x)
+            sel = torch.tensor(act, device=device)
+            sub = Conditioned(net, {key: v[sel] for key, v in cond.items()}, w2)
+            t = torch.full((len(act),), k, dtype=torch.long, device=device)
+            noise = _noise([gens[i] for i in act], (len(act), *x.shape[1:]), device) if k > 0 else torch.zeros_like(x[sel])
             with torch.no_grad():
-                new = diffusion.p_sample(model, x, t, noise=noise)["sample"]
-            x = torch.where(active.to(device)[:, None, None, None], new, x)
+                x[sel] = diffusion.p_sample(sub, x[sel], t, noise=noise)["sample"]
         x = x.float().clamp(-1, 1)
         with torch.no_grad():
             d = requested_dice(segment(x), layouts, num_classes)
