@@ -218,20 +218,26 @@ def _anomaly_layout(layout, spec: str, classes: list[str], ga: float, where: str
 
 
 def _print_summary(m: dict, classes: list[str], out, report: bool = True) -> None:
-    def f(v):
-        return "n/a" if v is None else f"{v:.3f}"
+    def f(v, key: str | None = None):  # a value, with its 95 % interval when metrics.json has one
+        iv = (m.get("intervals") or {}).get(key) or {}
+        ci = f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv.get("low") is not None else ""
+        return "n/a" if v is None else f"{v:.3f}{ci}"
 
     if m.get("samples"):
         print(f"{m['samples']} samples of {m['layouts']} layouts ({m.get('seconds_per_sample', 0):.1f} s per sample)")
     if m.get("dice"):
-        print("layout Dice (judge): " + ", ".join(f"{c} {f(m['dice'].get(c))}" for c in classes[1:]))
+        print("layout Dice (judge; 95 % intervals over samples): "
+              + ", ".join(f"{c} {f(m['dice'].get(c), 'dice_' + c)}" for c in classes[1:]))
     if m.get("dice_real"):
         print("  real frames:        " + ", ".join(f"{c} {f(m['dice_real'].get(c))}" for c in classes[1:]))
-    if m.get("fid") is not None:
-        print(f"FID {m['fid']:.1f} (real vs real {f(m.get('fid_floor'))}), FSD {f(m.get('fsd'))} (real vs real {f(m.get('fsd_floor'))})")
+    if m.get("kid") is not None:
+        print(f"KID {m['kid']:.4f} ± {m['kid_std']:.4f} (real vs real {f(m.get('kid_floor'))}); FID "
+              + (f"{m['fid']:.1f} (real vs real {f(m.get('fid_floor'))})" if m.get("fid") is not None
+                 else "n/a (N {}/{}: shown from 256 a side)".format(*(m.get("fid_n") or ["?", "?"]))))
     if m.get("edits"):
-        print(f"{m['edits']} edits: PSNR outside the edit mean {f(m.get('edit_psnr_outside_mean'))} dB, min {f(m.get('edit_psnr_outside_min'))}; "
-              f"edited pixels as requested {f(m.get('edit_accuracy'))} (source {f(m.get('edit_accuracy_source'))})")
+        print(f"{m['edits']} edits: PSNR outside the edit mean {f(m.get('edit_psnr_outside_mean'), 'edit_psnr_outside_mean')} dB, "
+              f"min {f(m.get('edit_psnr_outside_min'))}; edited pixels as requested {f(m.get('edit_accuracy'), 'edit_accuracy')} "
+              f"(source {f(m.get('edit_accuracy_source'))})")
     for name, a in (m.get("anomalies") or {}).items():
         print(f"  {name} (severity {', '.join(f'{v:g}' for v in a['severities'])}): {a['within_tolerance']} of {a['checked']} "
               f"edited frames measure as requested (judge's segmentation, docs/synthesis.md); unedited sources: "
