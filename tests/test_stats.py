@@ -82,6 +82,11 @@ def test_paired_difference():
 def test_fmt_interval():
     assert fmt_interval(rate_interval(5, 10), 2) == "0.50 [0.19, 0.81]"
     assert fmt_interval(None) == "–"
+    from diffice.metrics.stats import fmt_rate
+
+    assert fmt_rate(rate_interval(5, 10)) == "5 of 10 (0.50 [0.19, 0.81])"
+    assert fmt_rate(rate_interval(6, 11), percent=True) == "6 of 11 (55 % [23, 83])"
+    assert fmt_rate(rate_interval(0, 0), missing="n/a") == "n/a"
 
 
 def test_kid_zero_for_one_distribution_and_positive_for_two():

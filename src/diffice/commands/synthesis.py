@@ -286,9 +286,9 @@ def anomaly_table(rows: list[tuple[str, dict]]) -> str:
 
 def _rate(k: int, n: int) -> str:
     """``6 of 11 (55 % [23, 83])``: a rate with its exact 95 % interval."""
-    from diffice.metrics.stats import fmt_interval, rate_interval
+    from diffice.metrics.stats import fmt_rate, rate_interval
 
-    return f"{k} of {n} ({fmt_interval(rate_interval(k, n), percent=True)})" if n else "n/a"
+    return fmt_rate(rate_interval(k, n), percent=True, missing="n/a")
 
 
 def synthesis_table(rows: list[tuple[str, dict]]) -> str:
@@ -297,7 +297,7 @@ def synthesis_table(rows: list[tuple[str, dict]]) -> str:
     if rows and all(m.get("anomalies") and not m.get("samples") for _, m in rows):
         return anomaly_table(rows)
 
-    from diffice.metrics.stats import fmt_interval
+    from diffice.metrics.stats import fmt_interval, fmt_rate
     from diffice.report.tables import fmt
 
     def cell(m, section, key):
@@ -310,7 +310,7 @@ def synthesis_table(rows: list[tuple[str, dict]]) -> str:
         if key.startswith("kid") and v is not None and m.get(f"{key}_std") is not None:
             return f"{fmt(v, 4)} ± {fmt(m[key + '_std'], 4)}"
         if iv and iv.get("k") is not None:
-            return f"{iv['k']} of {iv['n']} ({fmt_interval(iv, 2)})"
+            return fmt_rate(iv)
         if iv and iv.get("value") is not None:
             return fmt_interval(iv, digits)
         if v is None:

@@ -165,11 +165,12 @@ def fmt_interval(iv: dict | None, digits: int = 3, percent: bool = False) -> str
     return text
 
 
-def fmt_rate(iv: dict | None) -> str:
-    """``14 of 16 (0.875 [0.617, 0.984])``."""
+def fmt_rate(iv: dict | None, sep: str = " of ", percent: bool = False, missing: str = "–") -> str:
+    """A rate interval as ``14 of 16 (0.88 [0.62, 0.98])`` (``percent``: ``(88 % [62, 98])``; ``sep``
+    e.g. " / "); ``missing`` when it holds no count."""
     if not iv or not iv.get("n"):
-        return "–"
-    return f"{iv['k']} of {iv['n']} ({fmt_interval(iv, 2)})"
+        return missing
+    return f"{iv['k']}{sep}{iv['n']} ({fmt_interval(iv, 3 if percent else 2, percent=percent)})"
 
 
 def fmt_p(p: float | None) -> str:

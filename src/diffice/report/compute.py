@@ -137,7 +137,7 @@ class _ImageMetrics:
     def __init__(self, nets: EvalNets):
         self.nets = {key: [[], []] for key, fn in (("fid", nets.fid), ("sononet", nets.sononet)) if fn is not None}
         self.sim = SonoSim() if nets.sononet is not None else None
-        self.cos: list[float] = []
+        self.cos: list[float] = []  # per-pair cosines (SonoSim's terms), for its interval
 
     def update(self, x: dict, xc: dict, valid: torch.Tensor) -> None:
         """``x``, ``xc``: dicts of features {"fid": (B, D), "sononet": (B, F)} of inputs and outputs."""
@@ -146,12 +146,12 @@ class _ImageMetrics:
             real.append(x[key])
             fake.append(xc[key][keep])
         if self.sim is not None:
-            self.sim.update(x["sononet"], xc["sononet"])
-            a, b = x["sononet"].reshape(len(x["sononet"]), -1), xc["sononet"].reshape(len(xc["sononet"]), -1)
-            self.cos += torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1).tolist()
+            cos = self.sim.pair_cosines(x["sononet"], xc["sononet"])
+            self.sim.update_cosines(cos)
+            self.cos += cos.tolist()
 
     def compute(self, notes: list[str], label: str) -> dict:
-        out: dict = {"fid": None, "fsd": None, "kid": None, "kid_std": None, "kid_fsd": None, "kid_fsd_std": None}
+        out: dict = dict(NO_IMAGE_METRICS)
         for key, fd_key, kid_key, name in (("fid", "fid", "kid", "FID"), ("sononet", "fsd", "kid_fsd", "FSD")):
             if key not in self.nets:
                 continue
@@ -167,8 +167,16 @@ class _ImageMetrics:
             else:
                 out[fd_key] = _f(frechet_distance(*gaussian_stats(real), *gaussian_stats(fake)))
         out["sonosim"] = _f(self.sim.compute()) if self.sim is not None else None
-        self.sonosim_interval = mean_interval(self.cos)
         return out
+
+    def intervals(self) -> dict:
+        """SonoSim's interval (bootstrap over the pairs), when SonoSim was computed."""
+        return {"sonosim": mean_interval(self.cos)} if self.cos else {}
+
+
+# the image metrics' keys when no feature network is available
+NO_IMAGE_METRICS = {"fid": None, "fsd": None, "kid": None, "kid_std": None, "kid_fsd": None, "kid_fsd_std": None,
+                    "sonosim": None}
 
 
 class _FeatureCache:
@@ -253,7 +261,7 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
         _image_pass(records, nets, final_img, it_img, it_orc if use_oracle else {}, names, q_in, c_in, chunk, progress)
 
     out: dict = {"method": records[0]["method"], "n_frames": len(records), "iterations": n_iter}
-    out.update(final_img.compute(notes, "") if final_img is not None else {"fid": None, "fsd": None, "kid": None, "kid_std": None, "kid_fsd": None, "kid_fsd_std": None, "sonosim": None})
+    out.update(final_img.compute(notes, "") if final_img is not None else NO_IMAGE_METRICS)
     o, v = orc.compute(), val.compute()
     out.update(mqd=_f(o["mqd"]), bkl=_f(v["bkl"]), mad=_f(v["mad"]), fr=_f(v["fr"]), mqd_selected=_f(o["mqd_selected"]))
     out["qd"] = {c: _f(q) for c, q in zip(names, o["qd_concepts"])}
@@ -290,7 +298,7 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     per_iter = []
     for k in iters:
         row = {"iteration": k}
-        row.update(it_img[k].compute(notes, f"iteration {k}: ") if k in it_img else {"fid": None, "fsd": None, "kid": None, "kid_std": None, "kid_fsd": None, "kid_fsd_std": None, "sonosim": None})
+        row.update(it_img[k].compute(notes, f"iteration {k}: ") if k in it_img else NO_IMAGE_METRICS)
         ok, vk = it_orc[k].compute(), it_val[k].compute()
         row.update(mqd=_f(ok["mqd"]), bkl=_f(vk["bkl"]), mad=_f(vk["mad"]), fr=_f(vk["fr"]),
                    mqd_selected=_f(ok["mqd_selected"]))
@@ -300,14 +308,10 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
         row["frames_running"] = int(sum(k <= int(r.get("iterations") or 0) for r in records))
         row["iteration_hours"] = _f(np.nansum(secs) / 3600.0) if np.isfinite(secs).any() else None
         row.update(_iteration_batch_seconds(records, k))
-        row["intervals"] = iteration_intervals(records, k)
-        if k in it_img and it_img[k].cos:
-            row["intervals"]["sonosim"] = it_img[k].sonosim_interval
+        row["intervals"] = {**iteration_intervals(records, k), **(it_img[k].intervals() if k in it_img else {})}
         per_iter.append(row)
     out["per_iteration"] = per_iter
-    out["intervals"] = run_intervals(records, names)
-    if final_img is not None and final_img.cos:
-        out["intervals"]["sonosim"] = final_img.sonosim_interval
+    out["intervals"] = {**run_intervals(records, names), **(final_img.intervals() if final_img is not None else {})}
     out["intervals_note"] = ("95 % intervals: rates Clopper-Pearson, means a percentile bootstrap over frames "
                              "(2000 resamples, seed 0); KID: mean and std over 100 seeded subsets of half the "
                              "smaller set")

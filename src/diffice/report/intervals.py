@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from diffice.metrics.stats import mean_interval, rate_interval
 from diffice.report.records import iter_value, num
 
@@ -77,9 +75,3 @@ def iteration_intervals(records: list[dict], k: int) -> dict:
         out.update(_oracle([num(r["qs_input"]) for r in records], [iter_value(r.get("qs_iters"), k) for r in records]))
     return {k: v for k, v in out.items() if v["n"]}
 
-
-def check_value(iv: dict, value) -> bool:
-    """Whether an interval's point estimate equals the metric's value (a guard used by tests)."""
-    if value is None or iv.get("value") is None:
-        return value is None and iv.get("value") is None
-    return bool(np.isclose(iv["value"], value, rtol=1e-9, atol=1e-12))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from diffice.metrics.stats import fmt_interval
+from diffice.metrics.stats import fmt_interval, fmt_rate
 
 METHOD_NAMES = {"diff-ice": "Diff-ICE", "diff-ice1": "Diff-ICE1", "diff-ice1-xt": "Diff-ICE1-xt", "dime": "DiME"}
 
@@ -47,10 +47,7 @@ def cell(m: dict, key: str, digits: int = 3) -> str:
 
 def rate_cell(m: dict, key: str, k=None, n=None) -> str:
     """``k / n (rate [low, high])`` from ``intervals[key]`` (or the bare counts of older files)."""
-    iv = (m.get("intervals") or {}).get(key)
-    if iv and iv.get("n"):
-        return f"{iv['k']} / {iv['n']} ({fmt_interval(iv, 2)})"
-    return f"{k} / {n}" if n else "–"
+    return fmt_rate((m.get("intervals") or {}).get(key), sep=" / ", missing=f"{k} / {n}" if n else "–")
 
 
 def _row(cells: list[str]) -> str:

@@ -41,7 +41,7 @@ PLANE_NAMES = {0: "trans-thalamic", 1: "trans-ventricular", 2: "trans-cerebellar
 
 def _with_interval(metrics: dict, key: str, value) -> str:
     """A value with its 95 % interval from ``metrics["intervals"]`` (KID with its subset std)."""
-    from diffice.metrics.stats import fmt_interval
+    from diffice.metrics.stats import fmt_interval, fmt_rate
 
     if key.startswith("kid") and value is not None and metrics.get(f"{key}_std") is not None:
         return f"{value:.4f} ± {metrics[key + '_std']:.4f}"
@@ -49,7 +49,7 @@ def _with_interval(metrics: dict, key: str, value) -> str:
         return "n/a (N {}/{}: too few frames for a Fréchet distance)".format(*metrics[f"{key}_n"])
     iv = (metrics.get("intervals") or {}).get(key)
     if iv and iv.get("k") is not None:
-        return f"{iv['k']} of {iv['n']} ({fmt_interval(iv, 2)})"
+        return fmt_rate(iv)
     if iv and iv.get("low") is not None:
         return fmt_interval(iv, 1 if "psnr" in key else 3)
     return _fmt(value)
