@@ -15,7 +15,7 @@ export WANDB_SILENT := true
 .DEFAULT_GOAL := help
 .PHONY: help install lock test test-all lint demo phantoms data-check train-ddpm train-segmenter \
         train-classifier train-oracle train-all counterfactuals evaluate sample experiment bench clean realism \
-        demo-scratch demo-models train-synthesis synthesize
+        demo-scratch demo-models demo-hc18 train-synthesis synthesize
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -53,6 +53,10 @@ demo: $(STAMP) ## Diff-ICE with the shipped model pack (models/demo): counterfac
 
 demo-scratch: $(STAMP) ## the whole pipeline from nothing: phantom -> four models -> counterfactuals -> report (~10-15 min)
 	$(DIFFICE) demo --scratch $(ARGS)
+
+demo-hc18: $(STAMP) ## Diff-ICE on real HC18 heads with acquisition faults, with the real-data pack (models/hc18; HC18=PATH)
+	$(DIFFICE) hc18-faults --root $(HC18) --out data/hc18-faults --if-missing
+	$(DIFFICE) demo --pack models/hc18 --preset hc18 paths.runs=runs/demo-hc18 $(ARGS)
 
 demo-models: $(STAMP) ## train the demo preset's models (resumable, ~1.5 h on 2 cores) and rewrite the pack in models/demo
 	$(DIFFICE) demo-models $(ARGS)

@@ -92,6 +92,9 @@ def test_written_benchmark_keeps_pairs_together_and_loads(tmp_path, capsys):
     item = DiffIceDataModule(cfg).dataset("all")[1]
     assert item["label"] == 0 and bool(item["has_target"]) and item["image"].shape == (1, 32, 48)
     assert item["concepts"].shape == (5,) and bool(item["has_mask"])
+    # pixel size at the model's frame size (the resize stretches: rows and columns differ) and the annotated HC
+    assert item["pixel_mm"].tolist() == pytest.approx([0.2 * 54 / 32, 0.2 * 80 / 48])
+    assert float(item["hc_mm"]) == pytest.approx(float(rows[1]["hc_mm"]))
 
 
 def test_missing_hc18_is_one_line_and_writes_nothing(tmp_path, capsys):

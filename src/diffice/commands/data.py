@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 from diffice.config import config_from_args
 
@@ -59,7 +60,12 @@ def cmd_hc18_faults(argv: Sequence[str]) -> int:
                    help="frame size written (default 270 400: half of HC18's 540x800; models resize to data.image_size)")
     p.add_argument("--seed", type=int, default=0, help="seed of the faults and severities (default 0)")
     p.add_argument("--limit", type=int, default=None, help="only the first N HC18 frames (default all 999)")
+    p.add_argument("--if-missing", action="store_true",
+                   help="do nothing when OUT/manifest.csv exists already (make demo-hc18 writes the set once)")
     ns = p.parse_args(argv)
+    if ns.if_missing and (Path(ns.out) / "manifest.csv").is_file():
+        print(f"hc18-faults: {Path(ns.out) / 'manifest.csv'} exists; using it (delete {ns.out} to write it again)")
+        return 0
     from diffice.data.hc18_faults import write_hc18_faults
     from diffice.errors import UserError
 

@@ -140,9 +140,13 @@ def check_sp_frames(module, cfg, segment, classes, *, split: str = "test", count
             items = [ds[i] for i in range(s, min(n, s + batch_size))]
             yield torch.stack([it["image"] for it in items]).to(device), [int(it["index"]) for it in items]
 
+    from diffice.modules.counterfactual import load_brain_judge
+
+    judge = load_brain_judge(cfg)  # the official SonoNet-16 when features.sononet_weights names it (real frames)
     return ddpm_check(module.sampler(str(cfg.cf.respacing)), module.ema_model, segment, batches(), tau=int(cfg.cf.tau),
                       classes=classes, seed=int(cfg.seed), convention=str(cfg.cf.noise_convention),
-                      clip_denoised=bool(cfg.cf.clip_denoised), keep=keep)
+                      clip_denoised=bool(cfg.cf.clip_denoised), keep=keep,
+                      judge=judge.to(device) if judge is not None else None)
 
 
 def cmd_ddpm_check(argv: Sequence[str]) -> int:
@@ -213,6 +217,12 @@ def cmd_ddpm_check(argv: Sequence[str]) -> int:
                 low.append(name)
     if low:
         print(f"  below the 0.8 target: {', '.join(low)} (train the DDPM longer or lower cf.tau)")
+    if res.get("sononet"):
+        from diffice.metrics.stats import fmt_p, fmt_rate
+
+        s = res["sononet"]
+        print(f"  SonoNet-16 brain plane: inputs {fmt_rate(s['input'])}, reconstructions {fmt_rate(s['reconstruction'])}; "
+              f"difference {s['difference']:+.3f}, McNemar p = {fmt_p(s['mcnemar_p'])}")
     if ns.out:
         out = Path(ns.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -165,11 +165,17 @@ def pack_words(pack: Path, need_provenance: bool = True) -> list[str]:
     for name, (kind, _) in PACK_FILES.items():
         f = pack / name
         if not f.is_file():
+            if kind == "synthesis":  # a pack made with --no-synthesis (models/hc18): counterfactuals only
+                continue
             raise UserError(f"{f}: missing from the model pack (rebuild it with make demo-models)")
         words.append(f"{keys[kind]}={f}")
     # synthesis: the guide's segmenter judges layout fidelity; the oracle's segmentation (cf.oracle_ckpt) steers
     words.append(f"synthesis.judge_ckpt={pack / 'guide.ckpt'}")
     return words
+
+
+def pack_has_synthesis(pack: Path) -> bool:
+    return (pack / "synthesis.ckpt").is_file()
 
 
 def pack_summary(pack: Path) -> list[str]:
@@ -230,7 +236,7 @@ def cmd_demo(argv: Sequence[str]) -> int:
     cfg = config_from_args(words)
     out = Path(cfg.cf.out)
     syn_report = None
-    if not ns.scratch and not ns.no_synthesis:
+    if not ns.scratch and not ns.no_synthesis and pack_has_synthesis(Path(ns.pack)):
         print("[synthesis] layouts and edits of test frames with the pack's synthesis model")
         t2 = time.perf_counter()
         syn_out = Path(cfg.paths.runs) / "synthesis"
@@ -309,6 +315,8 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
     p.add_argument("--out", default=PACK_DIR, help=f"pack folder (default {PACK_DIR})")
     p.add_argument("--max-mb", type=float, default=PACK_MAX_MB, help=f"refuse a pack larger than this (default {PACK_MAX_MB:g})")
     p.add_argument("--note", default="", help="free text recorded in PROVENANCE.json (e.g. how long stages trained before a resume)")
+    p.add_argument("--no-synthesis", action="store_true",
+                   help="a counterfactual pack without the synthesis model (e.g. --preset hc18: no layouts to synthesise)")
     ns = p.parse_intermixed_args(list(argv))
 
     import datetime
@@ -323,7 +331,7 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
     words = pipeline_group([preset, f"paths.runs={ns.runs}", *ns.args], "demo-models")
     cfg = config_from_args(words)
     t0 = time.perf_counter()
-    times = train_models(words, synthesis=True)
+    times = train_models(words, synthesis=not ns.no_synthesis)
     out = Path(ns.out)
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -331,6 +339,8 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
     models: dict[str, dict] = {}
     try:
         for name, (kind, stage) in PACK_FILES.items():
+            if kind == "synthesis" and ns.no_synthesis:
+                continue
             run = run_dir(cfg, stage)
             facts = write_pack_file(run / LAST, tmp / name, kind)
             # trained by this command: its wall time; trained before: the last (re)start's segment only
@@ -354,8 +364,9 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
                             "use smaller networks in the preset")
         print("[pack] checking the fp16 pack: DDPM reconstruction at cf.tau (ddpm-check)")
         check = _pack_ddpm_check(tmp, cfg)
-        print("[pack] checking the fp16 pack: synthesis of test layouts and edits (synthesize --test)")
-        models["synthesis"]["test"] = _pack_synthesis_check(tmp, words)
+        if not ns.no_synthesis:
+            print("[pack] checking the fp16 pack: synthesis of test layouts and edits (synthesize --test)")
+            models["synthesis"]["test"] = _pack_synthesis_check(tmp, words)
         commit, dirty = _git_commit()
         prov = {
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

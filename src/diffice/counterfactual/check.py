@@ -77,28 +77,34 @@ def ddpm_check(
     convention: str = "diffice",
     clip_denoised: bool = True,
     keep: int = 0,
+    judge: Callable[[torch.Tensor], dict] | None = None,
 ) -> dict:
     """Reconstruct every frame of ``batches`` ((B,1,H,W) in [-1,1], dataset indices) from step τ.
 
     ``segment(x) -> (B,K,H,W)`` logits (None: PSNR only). Returns ``{"frames", "tau", "psnr",
     "dice": {class: value or None}, "examples": [(input, reconstruction), ...]}`` with up to
-    ``keep`` example pairs (CPU tensors (1,H,W)).
+    ``keep`` example pairs (CPU tensors (1,H,W)). ``judge(x) -> {"brain": (B,) bool}`` (the
+    official SonoNet-16 on real frames) adds ``"sononet"``: how often it calls inputs and their
+    reconstructions a brain plane (rates with intervals, and the exact McNemar p of the pairs).
     """
     dice = DiceBetween(classes)
     psnrs: list[float] = []
     examples: list[tuple[torch.Tensor, torch.Tensor]] = []
+    calls: list[tuple[bool, bool]] = []
     for x, indices in batches:
         gens = frame_generators(seed, [int(i) for i in indices])
         rec = reconstruct(diffusion, model, x, tau, gens, convention, clip_denoised).float().clamp(-1, 1)
         psnrs += psnr(x, rec).tolist()
         if segment is not None:
             dice.update(segment(x).argmax(1), segment(rec).argmax(1))
+        if judge is not None:
+            calls += list(zip(judge(x)["brain"].tolist(), judge(rec)["brain"].tolist()))
         for a, b in zip(x, rec):
             if len(examples) < keep:
                 examples.append((a.detach().cpu(), b.detach().cpu()))
     scores = dice.compute() if segment is not None else {}
     intervals = dice.intervals() if segment is not None else {}
-    return {
+    out = {
         "frames": len(psnrs),
         "tau": int(tau),
         "convention": convention,
@@ -107,3 +113,11 @@ def ddpm_check(
         "dice_intervals": {name: intervals[name] for name in classes if name in SCORED and name in intervals},
         "examples": examples,
     }
+    if judge is not None:
+        from diffice.metrics.stats import mcnemar, rate_interval
+
+        a, b = [c for c, _ in calls], [r for _, r in calls]
+        out["sononet"] = {"input": rate_interval(sum(a), len(a)), "reconstruction": rate_interval(sum(b), len(b)),
+                          "difference": (sum(b) - sum(a)) / len(a) if a else None,
+                          "mcnemar_p": mcnemar(a, b)["p_value"] if a else None}
+    return out

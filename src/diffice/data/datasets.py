@@ -115,12 +115,19 @@ class FrameSource:
     ids: list[str]
     planes: np.ndarray | None = None  # int64 (N,): index into PLANES, -1 unknown (None: all unknown)
     ga: np.ndarray | None = None  # float32 (N,): gestational age in weeks, NaN unknown
+    pixel_mm: np.ndarray | None = None  # float64 (N,): the stored frame's pixel spacing in mm, NaN unknown
+    hc_mm: np.ndarray | None = None  # float64 (N,): annotated head circumference in mm, NaN unknown
 
     def plane_of(self, index: int) -> int:
         return -1 if self.planes is None else int(self.planes[index])
 
     def ga_of(self, index: int) -> float:
         return math.nan if self.ga is None else float(self.ga[index])
+
+    def biometry_of(self, index: int) -> tuple[float, float]:
+        """(pixel spacing of the stored frame in mm, annotated HC in mm); NaN where unknown."""
+        px = math.nan if self.pixel_mm is None else float(self.pixel_mm[index])
+        return px, (math.nan if self.hc_mm is None else float(self.hc_mm[index]))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -189,6 +196,8 @@ class RecordSource(FrameSource):
         self.ids = [r.id for r in records]
         self.planes = np.array([r.plane for r in records], dtype=np.int64)
         self.ga = np.array([r.ga for r in records], dtype=np.float32)
+        self.pixel_mm = np.array([r.pixel_mm for r in records], dtype=np.float64)
+        self.hc_mm = np.array([r.hc_mm for r in records], dtype=np.float64)
         given = np.array([r.split for r in records], dtype=object)
         missing = np.array([s is None for s in given])
         splits = given.copy()
@@ -255,6 +264,7 @@ class FrameDataset(Dataset):
         if self.augment:
             seed = aug_seed if aug_seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         img, mask, target = apply_transform(self._tf, img, mask, target, seed)
+        px, hc = self.source.biometry_of(index)
         return {
             "image": torch.from_numpy(to_model_range(img))[None],
             "mask": torch.from_numpy(mask),
@@ -267,6 +277,9 @@ class FrameDataset(Dataset):
             "id": self.source.ids[index],
             "plane": torch.tensor(self.source.plane_of(index), dtype=torch.int64),
             "ga": torch.tensor(self.source.ga_of(index), dtype=torch.float32),
+            # pixel spacing (row, column) in mm at the model's frame size (the resize may stretch), NaN unknown
+            "pixel_mm": torch.tensor([px * h / self.size[0], px * w / self.size[1]], dtype=torch.float64),
+            "hc_mm": torch.tensor(hc, dtype=torch.float64),
         }
 
 

@@ -45,6 +45,8 @@ class Record:
     target: Path | None = None
     plane: int = -1  # index into PLANES, -1 unknown
     ga: float = math.nan  # gestational age in weeks, NaN unknown
+    pixel_mm: float = math.nan  # pixel spacing of the image file in mm (square pixels), NaN unknown
+    hc_mm: float = math.nan  # annotated head circumference in mm, NaN unknown
 
 
 PLANE_WORDS = {
@@ -180,6 +182,15 @@ def _parse_label(value: str, where: str) -> int:
     return LABEL_WORDS[key]
 
 
+def _positive_or_nan(value: str, where: str) -> float:
+    x = optional_number(value, where)
+    if x is None:
+        return math.nan
+    if not x > 0:
+        raise UserError(f"{where}: {x} is not a positive length in mm")
+    return x
+
+
 def _parse_float(value: str, where: str) -> float:
     x = optional_number(value, where)
     if x is None:
@@ -191,7 +202,8 @@ def _parse_float(value: str, where: str) -> float:
 
 def read_manifest(csv_path: str | Path) -> list[Record]:
     """Read a manifest CSV (DESIGN.md): required ``image``; optional ``label``, ``patient``,
-    ``split``, ``mask``, ``qs_*``, ``target``, ``id``, ``plane``, ``ga`` (weeks). Paths are relative to the CSV's folder."""
+    ``split``, ``mask``, ``qs_*``, ``target``, ``id``, ``plane``, ``ga`` (weeks), ``pixel_mm`` (the image
+    file's pixel spacing), ``hc_mm`` (annotated head circumference). Paths are relative to the CSV's folder."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: manifest CSV not found (set data.manifest)")
@@ -230,6 +242,8 @@ def read_manifest(csv_path: str | Path) -> list[Record]:
                 target=(base / target) if target else None,
                 plane=parse_plane(row.get("plane", ""), f"{where} column plane"),
                 ga=parse_ga(row.get("ga", ""), f"{where} column ga"),
+                pixel_mm=_positive_or_nan(row.get("pixel_mm", ""), f"{where} column pixel_mm"),
+                hc_mm=_positive_or_nan(row.get("hc_mm", ""), f"{where} column hc_mm"),
             )
         )
     return records

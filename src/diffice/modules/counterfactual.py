@@ -38,6 +38,7 @@ from diffice.counterfactual.outputs import (
 )
 from diffice.errors import UserError
 from diffice.io import to_uint8
+from diffice.metrics.biometry import biometry_fields
 from diffice.metrics.target import sector_l1, target_l1
 from diffice.metrics.texture import hf_energy, hf_threshold
 from diffice.nets.fixed_batch import fixed
@@ -151,6 +152,8 @@ class CounterfactualModule(L.LightningModule):
         self.settings.validate(getattr(self.diffusion, "num_timesteps", None))
         self.classes = list(cfg.data.classes)  # mask class order of the guide's segmenter
         self.hf_threshold = float("nan")  # adversarial-texture flag; set by run_counterfactuals from real SP frames
+        # the official SonoNet-16 as a judge nobody here trained (features.sononet_weights; real frames)
+        self.brain_judge = load_brain_judge(cfg)
 
     def train(self, mode: bool = True):  # the networks stay in eval mode (batch-norm statistics)
         return super().train(False)
@@ -202,11 +205,11 @@ class CounterfactualModule(L.LightningModule):
         hf_in, hf_cf = hf_energy(x).tolist(), hf_energy(cf).tolist()
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
-        judge_seconds = time.perf_counter() - start - batch_seconds
-
         ids = batch.get("id", [str(i) for i in indices])
         has_target = batch.get("has_target")
         target = batch.get("target")
+        real = self._real_judges(batch, x, cf, before["seg"], after["seg"])
+        judge_seconds = time.perf_counter() - start - batch_seconds
         frames = []
         for b, r in enumerate(results):
             t_l1_in = t_l1_cf = s_l1_in = s_l1_cf = None
@@ -236,6 +239,7 @@ class CounterfactualModule(L.LightningModule):
                 "target_sector_l1_input": s_l1_in,
                 "target_sector_l1_cf": s_l1_cf,
                 "anatomy_dice": self._anatomy_dice(before["seg"][b], after["seg"][b]),
+                **real[b],
                 "hf_input": hf_in[b],
                 "hf_cf": hf_cf[b],
                 "hf_threshold": _finite(self.hf_threshold),
@@ -263,6 +267,33 @@ class CounterfactualModule(L.LightningModule):
                 images["target.png"] = to_uint8(target[b])
             frames.append({"record": record, "images": images})
         return frames
+
+    @torch.no_grad()
+    def _real_judges(self, batch: dict, x: torch.Tensor, cf: torch.Tensor, seg_in, seg_cf) -> list[dict]:
+        """Per frame: head biometry (HC of the guide's segmenter's head on input, counterfactual and
+        clean target, in mm where the data gives a pixel size) and, with the official SonoNet-16,
+        its brain-plane probability and call of input, counterfactual and target."""
+        n = len(x)
+        has_target = batch.get("has_target")
+        has = [bool(has_target[b]) if has_target is not None else False for b in range(n)]
+        seg_t = None
+        if any(has):
+            seg_t = fixed(self.guide.segment, self.settings.net_batch)(batch["target"].float()).argmax(1).cpu().numpy()
+        px, hc = batch.get("pixel_mm"), batch.get("hc_mm")
+        out = [biometry_fields(seg_in[b], seg_cf[b], seg_t[b] if has[b] else None,
+                               px[b].tolist() if px is not None else None, float(hc[b]) if hc is not None else float("nan"))
+               for b in range(n)]
+        if self.brain_judge is not None:
+            frames = {"input": x, "cf": cf}
+            if any(has):
+                frames["target"] = batch["target"].float()
+            for name, frames_ in frames.items():
+                j = fixed(self.brain_judge, self.settings.net_batch)(frames_.to(x.device))
+                for b in range(n):
+                    keep = name != "target" or has[b]
+                    out[b][f"p_brain_{name}"] = float(j["p_brain"][b]) if keep else None
+                    out[b][f"brain_{name}"] = bool(j["brain"][b]) if keep else None
+        return out
 
     @torch.no_grad()
     def _iterate_judges(self, results: list[FrameResult], device) -> list[dict]:
@@ -329,6 +360,17 @@ def reference_hf_threshold(datamodule, limit: int = 256) -> float:
     n = min(len(ds), limit)
     frames = [torch.stack([ds[i]["image"].float() for i in range(s, min(n, s + 32))]) for s in range(0, n, 32)]
     return hf_threshold(frames)
+
+
+def load_brain_judge(cfg: DictConfig):
+    """The official SonoNet-16 brain-plane judge when ``features.sononet_weights`` names its
+    weights, else None (phantom frames: SonoNet does not take them for head scans)."""
+    weights = cfg.features.get("sononet_weights") if "features" in cfg else None
+    if not weights:
+        return None
+    from diffice.nets.sononet import BrainPlaneJudge
+
+    return BrainPlaneJudge.from_official(str(weights))
 
 
 def build_predict_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> L.Trainer:

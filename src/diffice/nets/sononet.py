@@ -202,3 +202,39 @@ def preprocess_official(rgb: np.ndarray, crop: tuple[int, int, int, int] | None 
         x = x[..., :3].mean(axis=2)
     t = torch.from_numpy(x)[None, None]
     return standardize(t)[0]
+
+
+BRAIN_CLASSES = ("Brain (Cb.)", "Brain (Tv.)")
+
+
+class BrainPlaneJudge(nn.Module):
+    """The official SonoNet-16 as an independent judge of real head frames: for (B,1,H,W) in
+    [-1, 1], the probability of a brain standard plane (softmax mass on Brain (Cb.) + Brain (Tv.))
+    and the call (one of the two is the argmax).
+
+    Each frame is prepared as :func:`preprocess_official` does for a file (grey levels quantised
+    to uint8 as a PNG holds them, bilinear resize to 224x288, per-image standardisation inside
+    the network); HC18 frames carry no vendor text, so there is no crop.
+    """
+
+    def __init__(self, net: SonoNet):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.brain = [OFFICIAL_CLASSES.index(c) for c in BRAIN_CLASSES]
+
+    @classmethod
+    def from_official(cls, path: str | os.PathLike) -> BrainPlaneJudge:
+        return cls(SonoNet.from_official(path))
+
+    def train(self, mode: bool = True):  # always in eval mode (batch-norm statistics)
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        grey = torch.round((x.float().clamp(-1, 1) + 1) * 127.5)  # what the frame's PNG holds
+        grey = F.interpolate(grey, size=OFFICIAL_SIZE, mode="bilinear", align_corners=False)
+        logits = self.net(grey).float()
+        prob = logits.softmax(1)
+        p_brain = prob[:, self.brain].sum(1)
+        call = torch.isin(logits.argmax(1), torch.tensor(self.brain, device=logits.device))
+        return {"p_brain": p_brain, "brain": call}

@@ -31,6 +31,7 @@ from diffice.metrics import (
 from diffice.metrics.kid import frechet_note, frechet_shown, kernel_distance
 from diffice.metrics.stats import mean_interval
 from diffice.report.intervals import iteration_intervals, run_intervals
+from diffice.report.real_judges import real_intervals, real_metrics
 from diffice.report.records import (
     concept_names,
     grey_tensor,
@@ -311,7 +312,9 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
         row["intervals"] = {**iteration_intervals(records, k), **(it_img[k].intervals() if k in it_img else {})}
         per_iter.append(row)
     out["per_iteration"] = per_iter
-    out["intervals"] = {**run_intervals(records, names), **(final_img.intervals() if final_img is not None else {})}
+    real = real_intervals(records)
+    out.update(real_metrics(real))
+    out["intervals"] = {**run_intervals(records, names), **real, **(final_img.intervals() if final_img is not None else {})}
     out["intervals_note"] = ("95 % intervals: rates Clopper-Pearson, means a percentile bootstrap over frames "
                              "(2000 resamples, seed 0); KID: mean and std over 100 seeded subsets of half the "
                              "smaller set")

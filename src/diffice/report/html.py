@@ -18,6 +18,7 @@ from diffice.report.tables import (
     extra_rows,
     method_name,
     qd_rows,
+    real_rows,
     table1_rows,
     table2_rows,
 )
@@ -143,7 +144,10 @@ def frame_strip(rec: dict) -> list[tuple[str, str, bytes]]:
         if (d / f"iter{k}.png").exists():
             cap = f"iter {k}" + (f" (p={num(p_iters[k - 1]):.2f})" if k <= len(p_iters) else "")
             out.append((f"iter{k}", cap, (d / f"iter{k}.png").read_bytes()))
-    out.append(("cf", "counterfactual", (d / "cf.png").read_bytes()))
+    cap = "counterfactual"
+    if rec.get("brain_cf") is not None:
+        cap += f" (SonoNet brain {num(rec.get('p_brain_cf')):.2f})"
+    out.append(("cf", cap, (d / "cf.png").read_bytes()))
     if (d / "seg_cf.png").exists():
         out.append(("seg_cf", "cf segmentation", (d / "seg_cf.png").read_bytes()))
     diff = difference_map(_grey(read_png(d / "input.png")), _grey(read_png(d / "cf.png")))
@@ -198,6 +202,13 @@ def report_html(metrics: dict, records: list[dict], concepts: list[str], title: 
         _table_html(*extra_rows([metrics])),
         _table_html(*qd_rows([metrics])),
     ]
+    real = real_rows([metrics])
+    if real is not None:
+        parts += ["<h2>Judges of real frames</h2>",
+                  "<p class='muted'>The authors' SonoNet-16 (brain plane = Brain (Cb.) or Brain (Tv.) is its argmax) "
+                  "on input, counterfactual and clean target; head circumference of an ellipse fitted to the "
+                  "segmented head, in mm (the same segmenter for all three), against the target's and the "
+                  "annotators' HC.</p>", _table_html(*real)]
     if metrics.get("per_iteration"):
         parts += ["<h2>Table 2: after each iteration</h2>", _table_html(*table2_rows(metrics)),
                   "<p class='muted'>A frame that stopped early (adaptive) keeps its last output in later rows.</p>"]

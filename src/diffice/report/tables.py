@@ -113,6 +113,30 @@ def qd_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def real_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]] | None:
+    """The real-frame judges (official SonoNet-16, head biometry; :mod:`diffice.report.real_judges`),
+    when any run has them: one row per judge, one column per run."""
+    from diffice.report.real_judges import REAL_COLUMNS
+
+    if not any(k in (m.get("intervals") or {}) for m in metrics for k in REAL_COLUMNS):
+        return None
+    header = ["Judge"] + [method_name(m["method"]) for m in metrics]
+    rows = []
+    for key, (title, kind) in REAL_COLUMNS.items():
+        cells = []
+        for m in metrics:
+            iv = (m.get("intervals") or {}).get(key)
+            if kind == "rate":
+                cells.append(fmt_rate(iv, sep=" / "))
+            elif kind == "pct":
+                cells.append(f"{fmt_interval(iv, 1)} (n {iv['n']})" if iv else "–")
+            else:
+                cells.append(f"{fmt_interval(iv, 3)} (n {iv['n']})" if iv else "–")
+        if any(c != "–" for c in cells):
+            rows.append([title, *cells])
+    return header, rows
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = [_row(header), _row(["---"] * len(header))] + [_row(r) for r in rows]
     return "\n".join(lines)
@@ -124,6 +148,10 @@ def markdown_report(metrics: list[dict]) -> str:
              "frames; KID ± its subset std; FID / FSD only from 256 frames a side)", "", markdown(*table1_rows(metrics)), "",
              "**Counts, cost and ground truth**", "", markdown(*extra_rows(metrics)), "",
              "**Per-concept quality difference** (inputs with QS_O(x) < 0.5)", "", markdown(*qd_rows(metrics))]
+    real = real_rows(metrics)
+    if real is not None:
+        parts += ["", "**Judges of real frames** (the authors' SonoNet-16; HC of an ellipse fitted to the segmented head)",
+                  "", markdown(*real)]
     for m in metrics:
         if m.get("per_iteration"):
             parts += ["", f"**Table 2**: {method_name(m['method'])} after each iteration", "", markdown(*table2_rows(m))]
