@@ -179,6 +179,7 @@ class CounterfactualConfig:
     mask_warmup: int = 5
     batch_size: int = 10
     net_batch: int | None = 10
+    autocast: str = "none"
     split: str = "test"
     label: str = "NSP"
     limit: int | None = None

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from diffice.counterfactual.seeding import frame_generators, randn_frames
 from diffice.errors import UserError
+from diffice.nets.autocast import PRECISIONS, with_precision
 from diffice.nets.fixed_batch import FixedBatch, fixed
 
 METHODS = ("diff-ice", "diff-ice1", "diff-ice1-xt", "dime")
@@ -78,6 +79,7 @@ class CFSettings:
     mask_warmup: int = 5
     seed: int = 0
     net_batch: int | None = None  # every network call at exactly this many frames (None: at the batch's size)
+    autocast: str = "none"  # none | bf16: the networks under bf16 autocast (diffusion maths stay float32)
 
     @classmethod
     def from_config(cls, cfg) -> CFSettings:
@@ -99,6 +101,7 @@ class CFSettings:
             mask_warmup=int(c.mask_warmup),
             seed=int(cfg.seed),
             net_batch=None if c.net_batch is None else int(c.net_batch),
+            autocast=str(c.get("autocast", "none")),
         )
 
     @property
@@ -130,6 +133,8 @@ class CFSettings:
             raise UserError("cf.lambda_c: give at least one classifier-loss weight, e.g. cf.lambda_c=[40,60,80]")
         if not 0.0 < self.stop_threshold <= 1.0:
             raise UserError(f"cf.stop_threshold: {self.stop_threshold} must lie in (0, 1]")
+        if self.autocast not in PRECISIONS:
+            raise UserError(f"cf.autocast: '{self.autocast}' is not one of {', '.join(PRECISIONS)}")
         if self.net_batch is not None and self.net_batch < 1:
             raise UserError(f"cf.net_batch: {self.net_batch} must be at least 1 (or null)")
 
@@ -252,6 +257,7 @@ class CounterfactualEngine:
     ):
         settings.validate(getattr(diffusion, "num_timesteps", None))
         width = settings.net_batch
+        model, guide, perceptual = (with_precision(f, settings.autocast) for f in (model, guide, perceptual))
         if width is not None:
             model, guide, perceptual = FixedBatch(model, width), fixed(guide, width), fixed(perceptual, width)
         self.diffusion = diffusion
