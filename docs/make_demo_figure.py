@@ -48,6 +48,10 @@ def main() -> None:
         flag = " ADVERSARIAL" if r.get("adversarial") else ""
         label = (f"#{int(r['index'])} p(SP) {r['p_input']:.2f}->{r['p_cf']:.2f}"
                  f" QS_O {r['qs_input']:.2f}->{r['qs_cf']:.2f}{flag}")
+        if r.get("p_brain_cf") is not None:  # real frames: the authors' SonoNet-16 and the biometry
+            label += f" SonoNet brain {r['p_brain_input']:.2f}->{r['p_brain_cf']:.2f}"
+            if r.get("hc_cf_mm") is not None and r.get("hc_target_mm") is not None:
+                label += f" HC {r['hc_cf_mm']:.0f}/{r['hc_target_mm']:.0f} mm"
         rows.append((tiles, caps, label))
     w, h = rows[0][0][0].size
     ncol = max(len(t) for t, _, _ in rows)

@@ -161,3 +161,21 @@ def test_tau_beyond_the_ddpms_trained_noise_levels_is_refused(cfg):
     with pytest.raises(UserError, match=r"cf.tau: 26 of 100 starts at t = 252 of 1000, but runs/ddpm/last.ckpt "
                                         r"was trained only on t < 250 \(ddpm.train_max_t = 0.25\)"):
         _check_noise_level("runs/ddpm/last.ckpt", ddpm, d, run)
+
+
+def test_ids_file_selects_frames_in_its_order(cfg, tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# frames a judge picked\nframe3\nframe1  # a comment\n\nframe3\n")
+    cfg.cf.ids = str(ids)
+    out, indices = run_counterfactuals(cfg, fake_components(), FakeDataModule(5))
+    assert indices == [103, 101] and frames_written(out) == [101, 103]
+    # the biometry fields are in every record (unknown pixel size: no HC), no SonoNet judge without its weights
+    rec = json.loads((out / "frames/000101/record.json").read_text())
+    assert rec["hc_cf_mm"] is None and "head_dice_target_cf" in rec and "p_brain_cf" not in rec
+    bad = cfg.copy()
+    ids.write_text("frame1\nnot-a-frame\n")
+    with pytest.raises(UserError, match=r"cf.ids: .*ids.txt: 1 id\(s\) .* not-a-frame"):
+        run_counterfactuals(bad, fake_components(), FakeDataModule(5))
+    bad.cf.ids = str(tmp_path / "none.txt")
+    with pytest.raises(UserError, match="cf.ids: .*none.txt: cannot be read"):
+        run_counterfactuals(bad, fake_components(), FakeDataModule(5))

@@ -207,7 +207,9 @@ def test_each_distinct_image_goes_through_the_feature_nets_once(tmp_path):
 
     run = make_fake_run(tmp_path / "run", n=5, iterations=3)  # cf.png is a copy of iter3.png
     compute_metrics(load_records(run), nets=EvalNets(fid=fid, sononet=FakeNets.sononet), progress=False)
-    assert sum(seen) == 5 * (1 + 3)  # input + 3 iterations per frame; cf and iterations reuse features
+    targets = sum((r["_dir"] / "target.png").is_file() for r in load_records(run))
+    # input + 3 iterations per frame (+ its ground-truth target); cf and iterations reuse features
+    assert sum(seen) == 5 * (1 + 3) + targets
 
 
 def test_cli_evaluate_and_one_line_errors(hand_run, tmp_path, capsys):
@@ -233,3 +235,16 @@ def test_wandb_table_rows_and_scalars(hand_run):
     assert rows[1][cols.index("flipped")] is False
     s = scalar_metrics(compute_metrics(records, nets=None, progress=False))
     assert s["cf/fr"] == pytest.approx(2 / 3) and "cf/fid" not in s and "cf/qd_qs_th" in s
+
+
+def test_kid_against_the_clean_targets_of_the_frames_that_have_one(tmp_path):
+    from diffice.report.compute import EvalNets, compute_metrics
+    from tests._fake_run import FakeNets
+
+    nets = EvalNets(fid=FakeNets.fid, sononet=FakeNets.sononet)
+    m = compute_metrics(load_records(make_fake_run(tmp_path / "run", n=6, iterations=1)), nets=nets, progress=False)
+    assert m["kid_target_n"] == 6 and m["kid_fsd_target_n"] == 6
+    assert m["kid_target_input"] is not None and m["kid_target_cf_std"] is not None
+    none = compute_metrics(load_records(make_fake_run(tmp_path / "bare", n=6, iterations=1, with_target=False)),
+                           nets=nets, progress=False)
+    assert "kid_target_cf" not in none  # without targets there is nothing to compare with

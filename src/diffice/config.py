@@ -180,6 +180,7 @@ class CounterfactualConfig:
     batch_size: int = 10
     net_batch: int | None = 10
     autocast: str = "none"
+    ids: str | None = None
     split: str = "test"
     label: str = "NSP"
     limit: int | None = None

@@ -183,7 +183,7 @@ def write_rows_csv(path: str | Path, rows: Sequence[dict]) -> Path:
 # ----------------------------------------------------------------------------- config check
 
 # keys that do not change a frame's counterfactual (outputs do not depend on batch size)
-_IGNORED = {"cf": {"batch_size", "limit", "out"}, "data": {"batch_size", "num_workers", "augment"}}
+_IGNORED = {"cf": {"batch_size", "limit", "ids", "out"}, "data": {"batch_size", "num_workers", "augment"}}
 
 
 def method_config(cfg: dict) -> dict:

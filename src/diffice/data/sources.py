@@ -206,7 +206,11 @@ def read_manifest(csv_path: str | Path) -> list[Record]:
     file's pixel spacing), ``hc_mm`` (annotated head circumference). Paths are relative to the CSV's folder."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise UserError(f"{csv_path}: manifest CSV not found (set data.manifest)")
+        hint = ""
+        if csv_path.parent.name == "hc18-faults":  # the real-data benchmark: say how to make it
+            hint = ("; write it from HC18 with 'diffice hc18-faults' (make demo-hc18 does; HC18: Zenodo record "
+                    "1327317, CC BY 4.0, expected in ../shared/data/hc18)")
+        raise UserError(f"{csv_path}: manifest CSV not found (set data.manifest){hint}")
     base = csv_path.parent
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:

@@ -139,13 +139,22 @@ class _ImageMetrics:
         self.nets = {key: [[], []] for key, fn in (("fid", nets.fid), ("sononet", nets.sononet)) if fn is not None}
         self.sim = SonoSim() if nets.sononet is not None else None
         self.cos: list[float] = []  # per-pair cosines (SonoSim's terms), for its interval
+        # frames with a clean ground-truth target (real-data benchmarks): targets, their inputs, their outputs
+        self.with_target = {key: [[], [], []] for key in self.nets}
 
-    def update(self, x: dict, xc: dict, valid: torch.Tensor) -> None:
-        """``x``, ``xc``: dicts of features {"fid": (B, D), "sononet": (B, F)} of inputs and outputs."""
+    def update(self, x: dict, xc: dict, valid: torch.Tensor, target: dict | None = None,
+               has_target: torch.Tensor | None = None) -> None:
+        """``x``, ``xc``: dicts of features {"fid": (B, D), "sononet": (B, F)} of inputs and outputs;
+        ``target``: features of the ground-truth targets of the frames ``has_target`` marks."""
         keep = torch.as_tensor(valid, dtype=torch.bool)
         for key, (real, fake) in self.nets.items():
             real.append(x[key])
             fake.append(xc[key][keep])
+            if target is not None and has_target is not None and bool(has_target.any()):
+                t, i, c = self.with_target[key]
+                t.append(target[key])
+                i.append(x[key][has_target])
+                c.append(xc[key][has_target])
         if self.sim is not None:
             cos = self.sim.pair_cosines(x["sononet"], xc["sononet"])
             self.sim.update_cosines(cos)
@@ -167,6 +176,12 @@ class _ImageMetrics:
                 notes.append(label + frechet_note(name, len(real), len(fake)))
             else:
                 out[fd_key] = _f(frechet_distance(*gaussian_stats(real), *gaussian_stats(fake)))
+            t, i, c = (torch.cat(v).numpy() if v else np.zeros((0, 1)) for v in self.with_target[key])
+            if len(t) >= 2:  # against the clean targets: is the counterfactual nearer real clean frames than its input?
+                for side, feats in (("input", i), ("cf", c)):
+                    k = kernel_distance(t, feats)
+                    out[f"{kid_key}_target_{side}"], out[f"{kid_key}_target_{side}_std"] = k["kid"], k["kid_std"]
+                out[f"{kid_key}_target_n"] = len(t)
         out["sonosim"] = _f(self.sim.compute()) if self.sim is not None else None
         return out
 
@@ -359,8 +374,10 @@ def _image_pass(records, nets: EvalNets, final_img, it_img, it_orc, names, q_in,
         for start in range(0, len(records), chunk):
             part = records[start:start + chunk]
             x = features([r["_dir"] / "input.png" for r in part])
+            has_t = torch.tensor([(r["_dir"] / "target.png").is_file() for r in part])
+            tgt = features([r["_dir"] / "target.png" for r, h in zip(part, has_t) if h]) if bool(has_t.any()) else None
             final_img.update(x, features([r["_dir"] / "cf.png" for r in part]),
-                             torch.tensor([bool(r["flipped"]) for r in part]))
+                             torch.tensor([bool(r["flipped"]) for r in part]), tgt, has_t)
             for k in iters:
                 paths = [iteration_png(r, k) for r in part]
                 valid = torch.tensor([iter_value(r.get("p_iters"), k) > 0.5 for r in part])

@@ -134,6 +134,14 @@ def real_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]] | None:
                 cells.append(f"{fmt_interval(iv, 3)} (n {iv['n']})" if iv else "–")
         if any(c != "–" for c in cells):
             rows.append([title, *cells])
+    for key, title in (("kid_target_input", "KID vs the clean targets (Inception): input"),
+                       ("kid_target_cf", "KID vs the clean targets (Inception): counterfactual"),
+                       ("kid_fsd_target_input", "KID vs the clean targets (SonoNet features): input"),
+                       ("kid_fsd_target_cf", "KID vs the clean targets (SonoNet features): counterfactual")):
+        cells = [f"{cell(m, key, 4)} (n {m.get(key.split('_target')[0] + '_target_n')})" if m.get(key) is not None else "–"
+                 for m in metrics]
+        if any(c != "–" for c in cells):
+            rows.append([title, *cells])
     return header, rows
 
 
