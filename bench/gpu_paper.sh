@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The paper's setting on one CUDA GPU in one call (issue 28): Diff-ICE at 224x288, tau 120 of 400,
+# L = 5, fp32 vs bf16, with and without torch.compile; numbers into bench/RESULTS.md.
+# Without a GPU it says so in one line and exits 0. Usage: bench/gpu_paper.sh [--steps 4] [--no-compile]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+[ -x "$PY" ] || PY=python3
+exec timeout 480 "$PY" bench/gpu_paper.py "$@"
