@@ -39,6 +39,7 @@ from diffice.counterfactual.outputs import (
 from diffice.errors import UserError
 from diffice.io import to_uint8
 from diffice.metrics.biometry import biometry_fields
+from diffice.metrics.locality import change_locality
 from diffice.metrics.target import sector_l1, target_l1
 from diffice.metrics.texture import hf_energy, hf_threshold
 from diffice.nets.fixed_batch import fixed
@@ -239,6 +240,8 @@ class CounterfactualModule(L.LightningModule):
                 "target_sector_l1_input": s_l1_in,
                 "target_sector_l1_cf": s_l1_cf,
                 "anatomy_dice": self._anatomy_dice(before["seg"][b], after["seg"][b]),
+                "change": change_locality(x[b].cpu(), r.cf.cpu(), before["seg"][b], self.classes,
+                                          target[b].cpu() if t_l1_in is not None else None),
                 **real[b],
                 "hf_input": hf_in[b],
                 "hf_cf": hf_cf[b],

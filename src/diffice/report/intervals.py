@@ -60,6 +60,9 @@ def run_intervals(records: list[dict], concepts: list[str]) -> dict:
     flags = [bool(r["adversarial"]) for r in records if r.get("adversarial") is not None]
     out["adversarial_fraction"] = rate_interval(sum(flags), len(flags))
     out["flipped_all"] = rate_interval(sum(bool(r["flipped"]) for r in records), len(records))
+    for key in ("in_footprint", "psnr_outside", "changed_fraction"):  # where the change is (metrics.locality)
+        vals = [num((r.get("change") or {}).get(key)) for r in records]
+        out[f"change_{key}"] = mean_interval([v for v in vals if math.isfinite(v)])
     structures = sorted({k for r in records for k in (r.get("anatomy_dice") or {})})
     for k in structures:
         out[f"anatomy_dice_{k}"] = mean_interval([num(r["anatomy_dice"][k]) for r in records

@@ -113,6 +113,19 @@ def qd_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def locality_rows(metrics: list[dict], records_by_run: list[list[dict]] | None = None) -> tuple[list[str], list[list[str]]] | None:
+    """Where the change is (:mod:`diffice.metrics.locality`): pixels changed, the share of the squared
+    change inside the fault's footprint and the PSNR to the input outside it (frames with a target)."""
+    keys = ("change_changed_fraction", "change_in_footprint", "change_psnr_outside")
+    if not any(k in (m.get("intervals") or {}) for m in metrics for k in keys):
+        return None
+    header = ["Method", "pixels changed (> 2 grey levels)", "squared change inside the footprint", "PSNR outside the footprint (dB)"]
+    rows = [[method_name(m["method"])] + [f"{fmt_interval(iv, 1 if k.endswith('outside') else 3)} (n {iv['n']})"
+                                          if (iv := (m.get("intervals") or {}).get(k)) else "–" for k in keys]
+            for m in metrics]
+    return header, rows
+
+
 def real_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]] | None:
     """The real-frame judges (official SonoNet-16, head biometry; :mod:`diffice.report.real_judges`),
     when any run has them: one row per judge, one column per run."""
@@ -156,6 +169,10 @@ def markdown_report(metrics: list[dict]) -> str:
              "frames; KID ± its subset std; FID / FSD only from 256 frames a side)", "", markdown(*table1_rows(metrics)), "",
              "**Counts, cost and ground truth**", "", markdown(*extra_rows(metrics)), "",
              "**Per-concept quality difference** (inputs with QS_O(x) < 0.5)", "", markdown(*qd_rows(metrics))]
+    loc = locality_rows(metrics)
+    if loc is not None:
+        parts += ["", "**Where the change is** (footprint: where the low-passed input and ground truth differ by > 0.1 "
+                  "at σ = width/40, dilated 3 px)", "", markdown(*loc)]
     real = real_rows(metrics)
     if real is not None:
         parts += ["", "**Judges of real frames** (the authors' SonoNet-16; HC of an ellipse fitted to the segmented head)",
