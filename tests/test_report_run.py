@@ -248,3 +248,11 @@ def test_kid_against_the_clean_targets_of_the_frames_that_have_one(tmp_path):
     none = compute_metrics(load_records(make_fake_run(tmp_path / "bare", n=6, iterations=1, with_target=False)),
                            nets=nets, progress=False)
     assert "kid_target_cf" not in none  # without targets there is nothing to compare with
+
+
+def test_artifact_metadata_stays_within_wandbs_limit():
+    from diffice.report.wandb_log import ARTIFACT_KEYS, artifact_metadata
+
+    scalars = {f"cf/m{i:03d}": float(i) for i in range(80)} | {f"cf/ci/m{i:03d}_low": 0.0 for i in range(80)}
+    meta = artifact_metadata({"method": "diff-ice"}, 5, scalars)
+    assert len(meta) == ARTIFACT_KEYS and meta["n_frames"] == 5 and all(f"cf/m{i:03d}" in meta for i in range(80))

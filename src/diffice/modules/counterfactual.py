@@ -266,7 +266,7 @@ class CounterfactualModule(L.LightningModule):
             images["cf.png"] = grey_cf
             images["seg_input.png"] = overlay(grey_in, before["seg"][b])
             images["seg_cf.png"] = overlay(grey_cf, after["seg"][b])
-            if t_l1_in is not None:
+            if has_target is not None and bool(has_target[b]):  # also where the fault's footprint is empty
                 images["target.png"] = to_uint8(target[b])
             frames.append({"record": record, "images": images})
         return frames

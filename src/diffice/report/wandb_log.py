@@ -40,6 +40,20 @@ def scalar_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
+ARTIFACT_KEYS = 100  # W&B refuses an artifact with more metadata keys
+
+
+def artifact_metadata(metrics: dict, n_frames: int, scalars: dict) -> dict:
+    """The run's headline numbers for its artifact: the point values first, the interval bounds
+    (``cf/ci/...``) only while W&B's limit of 100 keys allows (they stay in the run's summary)."""
+    meta = {"method": metrics["method"], "n_frames": n_frames}
+    for key in sorted(scalars, key=lambda k: ("/ci/" in k, k)):
+        if len(meta) >= ARTIFACT_KEYS:
+            break
+        meta[key] = scalars[key]
+    return meta
+
+
 def frame_table_rows(records: list[dict], n_iter: int) -> tuple[list[str], list[list]]:
     """Columns and rows of the per-frame table; PNG bytes (or None) stand where images go."""
     images = ["input", "seg_input"] + [f"iter{k}" for k in range(1, n_iter + 1)] + ["cf", "seg_cf", "diff", "target"]
@@ -95,7 +109,7 @@ def log_run(run_dir: Path, cfg, metrics: dict, records: list[dict], concepts: li
                 for key, _, _ in QUALITY:
                     run.log({f"cf/iter_{key}": wandb.plot.line(it, "iteration", key, title=f"{key} per iteration")})
             log_outputs_artifact(run, f"counterfactuals-{cfg.name}-{metrics['method']}", "counterfactuals", run_dir,
-                                 CF_OUTPUTS, metadata={"method": metrics["method"], "n_frames": len(records), **scalars})
+                                 CF_OUTPUTS, metadata=artifact_metadata(metrics, len(records), scalars))
             return str(run_folder(run))
         finally:
             finish_run(run)  # returns once the local run folder is complete
