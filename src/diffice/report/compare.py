@@ -84,12 +84,21 @@ def compare_runs(run_a, run_b) -> dict:
                 lambda r: num(r["qs_cf"]) > num(r["qs_input"])),
         _binary(pairs, "adversarial texture flagged", lambda r: r.get("adversarial") is not None,
                 lambda r: bool(r["adversarial"])),
+        # real frames: the authors' SonoNet-16 (diffice.report.real_judges)
+        _binary(pairs, "SonoNet-16 calls the cf a brain plane", lambda r: r.get("brain_cf") is not None,
+                lambda r: bool(r["brain_cf"])),
+        _binary(pairs, "SonoNet-16 calls the cf a brain plane (inputs it does not)",
+                lambda r: r.get("brain_input") is False and r.get("brain_cf") is not None, lambda r: bool(r["brain_cf"])),
     ]
     numbers = [
         _number(pairs, "guide p(x_c)", lambda r: num(r["p_cf"])),
         _number(pairs, "oracle QS_O(x_c)", lambda r: num(r["qs_cf"])),
         _number(pairs, "L1 to target: cf (footprint)", lambda r: num(r.get("target_l1_cf"))),
         _number(pairs, "L1 to target: cf (sector)", lambda r: num(r.get("target_sector_l1_cf"))),
+        _number(pairs, "SonoNet-16 brain-plane probability of the cf", lambda r: num(r.get("p_brain_cf"))),
+        _number(pairs, "HC error of the cf vs the target (relative)",
+                lambda r: abs(num(r.get("hc_cf_mm")) - num(r.get("hc_target_mm"))) / num(r.get("hc_target_mm"))),
+        _number(pairs, "squared change inside the fault's footprint", lambda r: num((r.get("change") or {}).get("in_footprint"))),
     ]
     structures = sorted({k for a, b in pairs for k in (a.get("anatomy_dice") or {}) if k in (b.get("anatomy_dice") or {})})
     numbers += [_number(pairs, f"Dice {k} (input vs cf)", lambda r, k=k: num((r.get("anatomy_dice") or {}).get(k)))

@@ -25,16 +25,17 @@ import numpy as np
 from diffice.metrics.stats import mean_interval, rate_interval
 from diffice.report.records import num
 
-# metrics.json key -> (title, kind); kind: rate (a share of frames) | pct (median % error) | dice
+# metrics.json key -> (title, kind); kind: rate (a share of frames) | pct (median % error) | dice.
+# HC error = |HC(a) − HC(b)| / HC(b), both HCs from the same segmenter except the annotated one.
 REAL_COLUMNS = {
     "brain_input": ("SonoNet brain plane: input", "rate"),
     "brain_cf": ("SonoNet brain plane: counterfactual", "rate"),
     "brain_target": ("SonoNet brain plane: clean target", "rate"),
     "brain_rescued": ("SonoNet: counterfactual called brain, of inputs not called", "rate"),
-    "hc_error_cf": ("median |HC(cf) − HC(target)| / HC(target), %", "pct"),
-    "hc_error_input": ("median |HC(input) − HC(target)| / HC(target), %", "pct"),
-    "hc_error_target_annotated": ("median |HC(target) − annotated HC| / annotated, %", "pct"),
-    "hc_error_cf_annotated": ("median |HC(cf) − annotated HC| / annotated, %", "pct"),
+    "hc_error_cf": ("HC error, counterfactual vs target: median %", "pct"),
+    "hc_error_input": ("HC error, input vs target: median %", "pct"),
+    "hc_error_target_annotated": ("HC error, target vs annotated HC: median %", "pct"),
+    "hc_error_cf_annotated": ("HC error, counterfactual vs annotated HC: median %", "pct"),
     "head_dice_target_cf": ("head Dice, counterfactual vs target (segmenter)", "dice"),
     "head_dice_target_input": ("head Dice, input vs target (segmenter)", "dice"),
 }
