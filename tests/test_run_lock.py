@@ -168,3 +168,17 @@ def test_other_ranks_of_a_multi_process_run_do_not_lock(tmp_path, monkeypatch, h
     monkeypatch.setenv("LOCAL_RANK", "1")
     with run_lock(out, "rank 1"):
         pass
+
+
+def test_a_failed_command_leaves_no_folders_it_made(tmp_path):
+    out = tmp_path / "runs" / "demo" / "counterfactuals"
+    with pytest.raises(UserError):
+        with run_lock(out, "test"):
+            raise UserError("data.manifest: not found")
+    assert not (tmp_path / "runs").exists()  # the parents it made are gone too
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "other.txt").write_text("x")
+    with pytest.raises(UserError):
+        with run_lock(tmp_path / "keep" / "a" / "b", "test"):
+            raise UserError("bad input")
+    assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == ["other.txt"]

@@ -143,6 +143,9 @@ def run_lock(folder: str | os.PathLike, command: str, *, wait: bool = False) -> 
         yield folder
         return
     created = not folder.exists()
+    top = folder  # the highest folder this call makes (parents too): removed again when left empty
+    while not top.parent.exists():
+        top = top.parent
     if created:
         folder.mkdir(parents=True, exist_ok=True)
     elif not folder.is_dir():
@@ -165,7 +168,7 @@ def run_lock(folder: str | os.PathLike, command: str, *, wait: bool = False) -> 
         created = created or remade
     except BaseException:
         if created:
-            _remove_if_empty(folder, path)
+            _remove_if_empty(folder, path, top)
         raise
     if previous.get("pid") and int(previous["pid"]) != os.getpid():
         print(f"note: {folder}: taking over from a run that ended without finishing ({describe(previous)})",
@@ -187,15 +190,21 @@ def run_lock(folder: str | os.PathLike, command: str, *, wait: bool = False) -> 
             pass
         os.close(fd)
         if created:
-            _remove_if_empty(folder, path)
+            _remove_if_empty(folder, path, top)
 
 
-def _remove_if_empty(folder: Path, path: Path) -> None:
+def _remove_if_empty(folder: Path, path: Path, top: Path | None = None) -> None:
+    """Remove ``folder`` (and its parents up to ``top``, which this lock made) when nothing but the
+    lock is in it: a command that failed before writing leaves nothing behind."""
     try:
         if path.exists() and read_holder(path).get("pid") not in (None, os.getpid()):
             return
         if path.exists():
             path.unlink()
         folder.rmdir()  # only when empty
+        d = folder
+        while top is not None and d != top and d.parent.is_dir():
+            d = d.parent
+            d.rmdir()  # raises (and stops) at the first folder that holds something
     except OSError:
         pass
