@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 
 from diffice.counterfactual.engine import default_perceptual_l2
-from diffice.counterfactual.outputs import write_frame
 from diffice.diffusion import GaussianDiffusion, named_betas, space_timesteps
+from diffice.runfolder import write_frame
 
 H, W = 32, 40
 CONCEPTS = ["qs_th", "qs_csp", "qs_fp"]

@@ -44,7 +44,7 @@ def test_counterfactuals_command_on_tiny_real_models(tiny_overrides, tmp_path, c
 
     # bad input: one line, exit 2
     assert main(["counterfactuals", *cf_args, "cf.tau=1"]) == 2
-    assert "another configuration (cf.tau" in capsys.readouterr().err
+    assert "counterfactual run with other settings (cf.tau" in capsys.readouterr().err
     assert main(["counterfactuals", *cf_args, "data.image_size=[64,80]", f"cf.out={tmp_path / 'cf2'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "image size [32, 40]" in err and len(err.splitlines()) == 1

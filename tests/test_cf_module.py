@@ -11,9 +11,10 @@ import torch
 from omegaconf import OmegaConf
 
 from diffice.config import load_config
-from diffice.counterfactual.outputs import check_run_folder, read_records
+from diffice.counterfactual.outputs import RUN_KIND, method_config
 from diffice.errors import UserError
 from diffice.modules.counterfactual import CounterfactualModule, FrameWriter, _check_size, run_counterfactuals
+from diffice.runfolder import check_run_folder, read_records
 from tests.cf_fakes import CONCEPTS, FakeDataModule, LoggingWriter, fake_components
 from tests.conftest import ROOT
 
@@ -107,11 +108,11 @@ def test_out_folder_of_another_configuration_is_refused(cfg):
     run_counterfactuals(cfg, fake_components(), FakeDataModule(2))
     other = cfg.copy()
     other.cf.tau = 2
-    with pytest.raises(UserError, match=r"another configuration \(cf.tau"):
+    with pytest.raises(UserError, match=r"counterfactual run with other settings \(cf.tau"):
         run_counterfactuals(other, fake_components(), FakeDataModule(2))
     same = cfg.copy()
     same.cf.batch_size = 1  # outputs do not depend on batch size: the same run
-    check_run_folder(same.cf.out, OmegaConf.to_container(same, resolve=True))
+    check_run_folder(same.cf.out, RUN_KIND, method_config(OmegaConf.to_container(same, resolve=True)))
 
 
 def test_input_set_without_nsp_frames_is_refused(cfg):

@@ -32,7 +32,7 @@ def make_synthesis_run(root, layouts: int = 4, samples: int = 2, edits: tuple[in
     (``edits[i]`` edits of frame i), as 'diffice synthesize --test' writes them."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True)
-    (root / "synthesis-run.json").write_text(json.dumps({"synthesis": {"count": samples}}))
+    (root / "run.json").write_text(json.dumps({"kind": "synthesis", "version": 1, "settings": {"synthesis": {"count": samples}}}))
     for i in range(layouts):
         d = root / "layouts" / f"{10 * i:06d}"
         d.mkdir(parents=True)
@@ -250,4 +250,4 @@ def test_page_and_key_are_written_together(run, capsys):
     assert main(["reader-study", str(run), "--count", "2", "--force"]) == 2
     assert f"{run / key_name('real-vs-synthetic')}: Is a directory" in _one_line(capsys)
     assert not (run / page_name("real-vs-synthetic")).exists()
-    assert sorted(p.name for p in run.iterdir()) == [key_name("real-vs-synthetic"), "edits", "layouts", "synthesis-run.json"]
+    assert sorted(p.name for p in run.iterdir()) == [key_name("real-vs-synthetic"), "edits", "layouts", "run.json"]

@@ -232,7 +232,7 @@ def test_disk_full_during_training_leaves_no_partial_checkpoint(models, tmp_path
 def test_disk_full_while_writing_a_frame_leaves_no_frame_folder(tmp_path):
     import numpy as np
 
-    from diffice.counterfactual.outputs import frame_dir, remove_unfinished, write_frame
+    from diffice.runfolder import frame_dir, remove_unfinished, write_frame
 
     full = tmp_path / "full"
     big = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)  # ~64 KB as PNG

@@ -1,5 +1,5 @@
-"""Atomic file writes (a file is either absent or complete, never half-written) and two image
-helpers for what is written: ``to_uint8`` and ``make_grid``.
+"""Atomic file writes (a file is either absent or complete, never half-written) and the image
+helpers for what is written: ``to_uint8``, ``make_grid`` and ``overlay`` (class colours on a frame).
 
 Every writer goes to a temporary file in the destination folder and renames it into place,
 so a run killed at any moment leaves no partial output and a restarted run can trust that
@@ -116,3 +116,28 @@ def make_grid(frames: Sequence[np.ndarray], ncol: int | None = None, pad: int = 
         r, c = divmod(i, ncol)
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = f
     return grid
+
+
+# colours (RGB) of mask classes 1..K-1 in overlays; class 0 (background) is left grey
+PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [230, 159, 0],
+        [86, 180, 233],
+        [0, 158, 115],
+        [240, 228, 66],
+        [213, 94, 0],
+        [204, 121, 167],
+        [0, 114, 178],
+    ],
+    dtype=np.float32,
+)
+
+
+def overlay(grey: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Colour overlay: ``grey`` uint8 (H, W), ``classes`` int (H, W) -> uint8 (H, W, 3)."""
+    rgb = np.repeat(grey.astype(np.float32)[..., None], 3, axis=2)
+    colours = PALETTE[np.clip(classes, 0, None) % len(PALETTE)]
+    mask = (classes > 0)[..., None]
+    rgb = np.where(mask, (1 - alpha) * rgb + alpha * colours, rgb)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)

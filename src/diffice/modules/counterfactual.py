@@ -27,22 +27,22 @@ from torch import nn
 from diffice.config import save_config, to_dict
 from diffice.counterfactual.check import SCORED
 from diffice.counterfactual.engine import CFSettings, CounterfactualEngine, FrameResult
-from diffice.counterfactual.outputs import (
-    check_run_folder,
-    is_finished,
-    overlay,
-    read_records,
-    remove_unfinished,
-    write_frame,
-    write_results_csv,
-)
+from diffice.counterfactual.outputs import RUN_KIND, method_config, write_results_csv
 from diffice.errors import UserError
-from diffice.io import to_uint8
+from diffice.io import overlay, to_uint8
 from diffice.metrics.biometry import biometry_fields
 from diffice.metrics.locality import change_locality
 from diffice.metrics.target import sector_l1, target_l1
 from diffice.metrics.texture import hf_energy, hf_threshold
 from diffice.nets.fixed_batch import fixed
+from diffice.runfolder import (
+    check_run_folder,
+    is_finished,
+    read_records,
+    remove_unfinished,
+    write_frame,
+    write_stamp,
+)
 
 LABELS = {"NSP": "NSP", "SP": "SP", "all": None}
 
@@ -400,7 +400,7 @@ def load_brain_judge(cfg: DictConfig):
 
 
 def build_predict_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> L.Trainer:
-    from diffice.modules.common import trainer_kwargs
+    from diffice.modules.training import trainer_kwargs
 
     kwargs = trainer_kwargs(cfg, out, [FrameWriter(out)])
     kwargs.update(inference_mode=False, logger=False)  # guidance differentiates w.r.t. images
@@ -429,7 +429,8 @@ def run_counterfactuals(
 
 
 def _run_locked(cfg: DictConfig, out: Path, components, datamodule, **trainer_overrides: Any) -> tuple[Path, list[int]] | None:
-    check_run_folder(out, to_dict(cfg))
+    settings = method_config(to_dict(cfg))
+    check_run_folder(out, RUN_KIND, settings)
     if datamodule is None:
         from diffice.data import DiffIceDataModule
 
@@ -440,6 +441,7 @@ def _run_locked(cfg: DictConfig, out: Path, components, datamodule, **trainer_ov
     module = CounterfactualModule(cfg, components)  # loads and checks every model before writing
     module.hf_threshold = reference_hf_threshold(datamodule)
     save_config(cfg, out / "config.yaml")
+    write_stamp(out, RUN_KIND, settings)
     remove_unfinished(out)  # temporary frame folders of a killed run
     todo = [pos for pos, idx in zip(positions, indices, strict=True) if not is_finished(out, idx)]
     rank_zero = True

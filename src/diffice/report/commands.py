@@ -84,8 +84,8 @@ def reader_study_main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="diffice reader-study",
                                 description="Make a blinded reader-study page: from a counterfactual run, input / "
-                                            "counterfactual pairs with QD_O > 0; from a synthesis run (it has "
-                                            "synthesis-run.json), real vs synthetic frames or normal vs edited.")
+                                            "counterfactual pairs with QD_O > 0; from a synthesis run (its run.json "
+                                            "says so), real vs synthetic frames or normal vs edited.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--pairs", "--count", dest="count", type=int, default=None,
                    help="number of pairs or frames (counterfactual: 50, the paper's; synthesis: up to 50, as many "
@@ -108,7 +108,7 @@ def reader_study_main(argv: list[str]) -> int:
     if not run.is_dir():
         raise UserError(f"{run}: run folder not found (give the folder of a counterfactual or a synthesis run)")
     if not (run / "frames").is_dir():
-        raise UserError(f"{run}: neither a counterfactual run (no frames/) nor a synthesis run (no synthesis-run.json); "
+        raise UserError(f"{run}: neither a counterfactual run (no frames/) nor a synthesis run (run.json); "
                         "give the cf.out folder of 'diffice counterfactuals' or the --out folder of 'diffice synthesize'")
     if ns.task is not None or ns.single:
         raise UserError(f"{run}: --task and --single are for synthesis runs; this is a counterfactual run")

@@ -22,7 +22,7 @@ from pathlib import Path
 from diffice.errors import UserError
 from diffice.report.reader import Form, refuse_existing, study_id, write_study
 
-RUN_STAMP = "synthesis-run.json"
+LEGACY_STAMP = "synthesis-run.json"  # the stamp of a synthesis run folder before run.json
 TASKS = ("real-vs-synthetic", "edited")
 DEFAULT_COUNT = 50
 
@@ -48,7 +48,13 @@ FOOLED = {"real-vs-synthetic": ["synthetic", "real"], "edited-single": ["edited"
 
 
 def is_synthesis_run(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / RUN_STAMP).is_file()
+    """Whether ``run_dir`` is stamped as a synthesis run (``run.json``, or an older diffice's stamp)."""
+    from diffice.runfolder import STAMP, read_stamp
+
+    run_dir = Path(run_dir)
+    if (run_dir / STAMP).is_file():
+        return (read_stamp(run_dir) or {}).get("kind") == "synthesis"
+    return (run_dir / LEGACY_STAMP).is_file()
 
 
 def study_name(task: str, single: bool) -> str:
@@ -190,7 +196,7 @@ def make_synthesis_study(run_dir: str | Path, task: str = "real-vs-synthetic", c
     ``count`` the run cannot fill is refused."""
     run_dir = Path(run_dir)
     if not is_synthesis_run(run_dir):
-        raise UserError(f"{run_dir}: not a synthesis run folder (no {RUN_STAMP}); give the --out folder of "
+        raise UserError(f"{run_dir}: not a synthesis run folder (no run.json of kind synthesis); give the --out folder of "
                         "'diffice synthesize'")
     if task not in TASKS:
         raise UserError(f"--task {task}: choose one of {', '.join(TASKS)}")

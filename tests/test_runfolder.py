@@ -1,0 +1,69 @@
+"""One run-folder stamp for every kind of run (diffice.runfolder): kind and settings, refusals, older stamps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from diffice.errors import UserError
+from diffice.runfolder import STAMP, check_run_folder, claim_run_folder, read_stamp, write_stamp
+from diffice.runfolder.stamp import RunKind
+
+ALPHA = RunKind("alpha", "alpha run", items=("frames",), fix="choose another folder",
+                legacy=("old.json", lambda p: json.loads(p.read_text())))
+BETA = RunKind("beta", "beta run", items=("rows.csv",), fix="choose another folder")
+
+
+def test_a_folder_is_claimed_once_and_refused_for_other_settings_or_kinds(tmp_path):
+    out = tmp_path / "run"
+    claim_run_folder(out, ALPHA, {"a": 1, "sub": {"b": (1, 2)}})
+    stamp = read_stamp(out)
+    assert stamp == {"kind": "alpha", "version": 1, "settings": {"a": 1, "sub": {"b": [1, 2]}}}
+    check_run_folder(out, ALPHA, {"a": 1, "sub": {"b": [1, 2]}})  # a tuple and a list are the same setting
+    with pytest.raises(UserError, match=r"holds a alpha run with other settings \(sub.b: \[1, 2\] there, \[1, 3\] now\); "
+                                        "choose another folder"):
+        check_run_folder(out, ALPHA, {"a": 1, "sub": {"b": [1, 3]}})
+    with pytest.raises(UserError, match="holds a run of kind 'alpha', not a beta run"):
+        check_run_folder(out, BETA, {"a": 1})
+
+
+def test_items_without_a_stamp_are_refused_and_an_empty_folder_is_not(tmp_path):
+    (tmp_path / "frames").mkdir()
+    check_run_folder(tmp_path, ALPHA, {})  # an empty item folder: nothing to mix
+    (tmp_path / "frames" / "000001").mkdir()
+    with pytest.raises(UserError, match=f"holds frames but no {STAMP}"):
+        check_run_folder(tmp_path, ALPHA, {})
+    (tmp_path / "rows.csv").write_text("model\n")
+    with pytest.raises(UserError, match=f"holds rows.csv but no {STAMP}"):
+        check_run_folder(tmp_path, BETA, {})
+
+
+def test_an_older_stamp_is_read_and_the_folder_stamped_when_the_run_goes_on(tmp_path):
+    (tmp_path / "frames" / "000001").mkdir(parents=True)
+    (tmp_path / "old.json").write_text(json.dumps({"a": 1}))
+    with pytest.raises(UserError, match=r"other settings \(a: 1 there, 2 now\)"):
+        check_run_folder(tmp_path, ALPHA, {"a": 2})
+    check_run_folder(tmp_path, ALPHA, {"a": 1})
+    write_stamp(tmp_path, ALPHA, {"a": 1})
+    assert read_stamp(tmp_path)["settings"] == {"a": 1}
+    (tmp_path / "old.json").write_text("{not json")
+    check_run_folder(tmp_path, ALPHA, {"a": 1})  # the stamp wins over the older one
+
+
+def test_an_unreadable_stamp_names_the_file(tmp_path):
+    (tmp_path / STAMP).write_text("{")
+    with pytest.raises(UserError, match=f"{tmp_path / STAMP}: unreadable"):
+        check_run_folder(tmp_path, ALPHA, {})
+    (tmp_path / STAMP).write_text(json.dumps({"settings": {}}))
+    with pytest.raises(UserError, match="not a diffice run stamp"):
+        read_stamp(tmp_path)
+
+
+def test_the_three_kinds_declare_their_stamps():
+    from diffice.counterfactual.outputs import RUN_KIND as CF
+    from diffice.downstream.study import RUN_KIND as DOWNSTREAM
+    from diffice.synthesis.run import RUN_KIND as SYNTHESIS
+
+    assert [k.name for k in (CF, SYNTHESIS, DOWNSTREAM)] == ["counterfactuals", "synthesis", "downstream"]
+    assert [k.legacy[0] for k in (CF, SYNTHESIS, DOWNSTREAM)] == ["config.yaml", "synthesis-run.json", "study.json"]
