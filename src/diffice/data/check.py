@@ -79,11 +79,9 @@ def check_data(cfg: DictConfig, quick: bool = False, progress: bool = True) -> C
         rep.masks = rep.targets = len(source)
         return rep
     assert isinstance(source, RecordSource)
-    from rich.progress import track
+    from diffice.progress import track
 
-    it = range(len(source))
-    if progress:
-        it = track(it, description="checking frames", transient=True)
+    it = track(range(len(source)), "checking frames", enabled=progress)
     for i in it:
         r = source.records[i]
         try:

