@@ -15,8 +15,7 @@ from diffice.errors import UserError
 from diffice.report.html import fig4_points, frame_strip
 from diffice.report.records import num
 from diffice.report.tables import QUALITY, method_name
-from diffice.tracking import wandb_mode
-from diffice.wandb_finish import finish_run
+from diffice.tracking import finish_run, wandb_mode
 
 # the checkpoints a counterfactual run uses: config key -> model kind
 CF_CHECKPOINTS = (("ddpm_ckpt", "ddpm"), ("guide_ckpt", "classifier"), ("oracle_ckpt", "oracle"))

@@ -26,11 +26,11 @@ def has_exit_record(path: str | os.PathLike) -> bool:
     from wandb.proto import wandb_internal_pb2 as pb
 
     from diffice.errors import UserError
-    from diffice.tracking import _records
+    from diffice.tracking.offline import transaction_records
 
     path = Path(path)
     try:
-        for data in _records(path):
+        for data in transaction_records(path):
             rec = pb.Record()
             try:
                 rec.ParseFromString(data)
@@ -69,6 +69,6 @@ def finish_run(run, timeout: float = FLUSH_TIMEOUT_S) -> None:
             log = None
     run.finish()
     if log is not None and not wait_for_exit_record(log, timeout):
-        from diffice.tracking import warn
+        from diffice.tracking.runs import warn
 
         warn(f"W&B: {log} has no exit record {timeout:.0f} s after the run finished; the local run folder may be incomplete")
