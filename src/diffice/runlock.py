@@ -39,7 +39,7 @@ _held: dict[tuple[int, str], int] = {}  # (thread id, lock path) -> nesting dept
 _held_guard = threading.Lock()
 
 
-def _other_rank() -> bool:
+def other_rank() -> bool:
     """True in a non-zero process of a multi-process run (the launchers' environment variables)."""
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         value = os.environ.get(var, "").strip()
@@ -139,7 +139,7 @@ def _open_locked(path: Path, wait: bool, what: str) -> tuple[int, dict, bool]:
 def run_lock(folder: str | os.PathLike, command: str, *, wait: bool = False) -> Iterator[Path]:
     """Hold ``{folder}/.lock`` for the block (see the module's docstring); yields ``folder``."""
     folder = Path(folder)
-    if _other_rank():
+    if other_rank():
         yield folder
         return
     created = not folder.exists()

@@ -44,12 +44,10 @@ def _device(name: str) -> torch.device:
 
 
 def cmd_sample(argv: Sequence[str]) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from diffice.config import config_from_args
     from diffice.io import atomic_write_text, make_grid, save_png, to_uint8
     from diffice.modules.ddpm import load_ddpm
-    from diffice.progress import live
+    from diffice.progress import Bar
 
     p = argparse.ArgumentParser(
         prog="diffice sample",
@@ -90,13 +88,11 @@ def cmd_sample(argv: Sequence[str]) -> int:
     atomic_write_text(meta, json.dumps(settings, indent=1))
 
     todo = [i for i in range(ns.count) if not (out / f"{i:06d}.png").exists()]
-    columns = (TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeRemainingColumn())
-    with Progress(*columns, disable=not live()) as bar:
-        batches = -(-len(todo) // ns.batch_size)
-        task = bar.add_task("sample", total=batches * diffusion.num_timesteps)  # reverse steps of all batches
+    batches = -(-len(todo) // ns.batch_size)
+    with Bar("sampling (reverse steps)", batches * diffusion.num_timesteps) as bar:  # reverse steps of all batches
         for start in range(0, len(todo), ns.batch_size):
             chunk = todo[start : start + ns.batch_size]
-            frames = module.sample(chunk, respacing=steps, seed=ns.seed, callback=lambda k: bar.advance(task))
+            frames = module.sample(chunk, respacing=steps, seed=ns.seed, callback=lambda k: bar.advance())
             for i, f in zip(chunk, frames):
                 save_png(out / f"{i:06d}.png", to_uint8(f))
     import numpy as np
@@ -108,53 +104,12 @@ def cmd_sample(argv: Sequence[str]) -> int:
     return 0
 
 
-def _segment_fn(path: str, device: torch.device):
-    """``segment(x) -> logits`` of a segmenter checkpoint, or of the guide's segmenter in a
-    classifier checkpoint (the demo pack ships the segmenter inside the guide)."""
-    from diffice.modules.common import load_checkpoint
-
-    module = load_checkpoint(path, None, map_location=device)  # the file read once, whatever its kind
-    if module.kind not in ("segmenter", "classifier"):
-        raise UserError(f"--segmenter {path}: is a {module.kind} checkpoint, expected a segmenter or classifier checkpoint")
-    if module.kind == "segmenter":
-        return module.net, list(module.cfg.data.classes)
-    return module.guide.segment, list(module.cfg.guide.segmenter_classes or module.cfg.data.classes)
-
-
-def check_sp_frames(module, cfg, segment, classes, *, split: str = "test", count: int = 32, batch_size: int = 16,
-                    device: torch.device | str = "cpu", keep: int = 0) -> dict:
-    """``ddpm_check`` of DDPM ``module`` on the first ``count`` standard planes of ``split``, at
-    ``cfg.cf``'s tau, respacing, noise convention and clipping (the counterfactuals' settings)."""
-    from diffice.counterfactual.check import ddpm_check
-    from diffice.data import DiffIceDataModule
-
-    dm = DiffIceDataModule(cfg)
-    dm.setup()
-    ds = dm.dataset(split, label="SP")
-    n = min(len(ds), count)
-    if n == 0:
-        raise UserError(f"the {split} split has no standard-plane frame to reconstruct")
-
-    def batches():
-        for s in range(0, n, batch_size):
-            items = [ds[i] for i in range(s, min(n, s + batch_size))]
-            yield torch.stack([it["image"] for it in items]).to(device), [int(it["index"]) for it in items]
-
-    from diffice.modules.counterfactual import load_brain_judge
-
-    judge = load_brain_judge(cfg)  # the official SonoNet-16 when features.sononet_weights names it (real frames)
-    return ddpm_check(module.sampler(str(cfg.cf.respacing)), module.ema_model, segment, batches(), tau=int(cfg.cf.tau),
-                      classes=classes, seed=int(cfg.seed), convention=str(cfg.cf.noise_convention),
-                      clip_denoised=bool(cfg.cf.clip_denoised), keep=keep,
-                      judge=judge.to(device) if judge is not None else None)
-
-
 def cmd_ddpm_check(argv: Sequence[str]) -> int:
     from diffice.config import config_from_args
     from diffice.counterfactual.check import SCORED
     from diffice.counterfactual.engine import NOISE_CONVENTIONS
     from diffice.io import atomic_write_text, make_grid, save_png, to_uint8
-    from diffice.modules.ddpm import load_ddpm
+    from diffice.modules.ddpm import check_sp_frames, load_ddpm, segment_fn
 
     p = argparse.ArgumentParser(
         prog="diffice ddpm-check",
@@ -194,7 +149,7 @@ def cmd_ddpm_check(argv: Sequence[str]) -> int:
     seg_path = ns.segmenter
     if seg_path is None:
         seg_path = next((str(q) for q in (cfg.cf.guide_ckpt, cfg.guide.segmenter_ckpt) if q and Path(q).is_file()), None)
-    segment, seg_classes = (None, list(cfg.data.classes)) if seg_path is None else _segment_fn(seg_path, device)
+    segment, seg_classes = (None, list(cfg.data.classes)) if seg_path is None else segment_fn(seg_path, device)
     if segment is None:
         print("warning: no segmenter checkpoint found (--segmenter); reporting PSNR only")
 

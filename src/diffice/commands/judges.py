@@ -1,110 +1,46 @@
 """Commands of the judges: train-segmenter, train-classifier, train-oracle, sononet.
 
-Each training command fits its LightningModule with ``common.fit`` (resuming from
-``{paths.runs}/{stage}/last.ckpt``), then reloads that checkpoint, evaluates it on the val
-and test splits, prints the numbers and writes ``{paths.runs}/{stage}/metrics.json``.
+The training commands parse their config words and call :mod:`diffice.modules.judges`, which fits
+the model (resuming from ``{paths.runs}/{stage}/last.ckpt``), evaluates it on the val and test
+splits, prints the numbers and writes ``{paths.runs}/{stage}/metrics.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from diffice.errors import UserError
 
 
-def _parser(prog: str, desc: str) -> argparse.ArgumentParser:
+def _config(argv: Sequence[str], prog: str, desc: str):
+    from diffice.config import config_from_args
+
     p = argparse.ArgumentParser(prog=f"diffice {prog}", description=desc)
     p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides, in order")
-    return p
-
-
-def _setup(argv: Sequence[str], prog: str, desc: str):
-    import lightning as L
-
-    from diffice.config import config_from_args
-    from diffice.data import DiffIceDataModule
-
-    ns = _parser(prog, desc).parse_intermixed_args(list(argv))
-    cfg = config_from_args(ns.args)
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    dm = DiffIceDataModule(cfg)
-    dm.setup()
-    return cfg, dm
-
-
-def _clean(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
-
-
-def _report(cfg, stage: str, metrics: dict, ckpt: Path) -> None:
-    from diffice.io import atomic_write_text
-    from diffice.modules.common import run_dir
-
-    out = run_dir(cfg, stage) / "metrics.json"
-    atomic_write_text(out, json.dumps(_clean({"checkpoint": str(ckpt), **metrics}), indent=2) + "\n")
-    for split, rep in metrics.items():
-        shown = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in rep.items())
-        print(f"{stage} {split}: {shown}")
-    print(f"{stage}: checkpoint {ckpt}; metrics {out}")
-
-
-def _eval_splits(dm, fn) -> dict:
-    out = {}
-    for split in ("val", "test"):
-        ds = dm.dataset(split)
-        if len(ds):
-            out[split] = fn(dm._loader(ds, shuffle=False))
-    return out
+    ns = p.parse_intermixed_args(list(argv))
+    return config_from_args(ns.args)
 
 
 def cmd_train_segmenter(argv: Sequence[str]) -> int:
-    cfg, dm = _setup(argv, "train-segmenter", "Train the segmentation network s (Dice + cross-entropy).")
-    from diffice.modules.common import fit, load_checkpoint
-    from diffice.modules.segmenter import SegmenterModule, evaluate_segmenter
+    from diffice.modules.judges import train_segmenter
 
-    last = fit(cfg, "segmenter", SegmenterModule(cfg), dm, int(cfg.segmenter.max_steps))
-    net = load_checkpoint(last, "segmenter").net
-    classes = list(cfg.data.classes)
-    _report(cfg, "segmenter", _eval_splits(dm, lambda dl: {f"dice_{k}": v for k, v in
-                                                         evaluate_segmenter(net, dl, classes).items()}), last)
+    train_segmenter(_config(argv, "train-segmenter", "Train the segmentation network s (Dice + cross-entropy)."))
     return 0
 
 
 def cmd_train_classifier(argv: Sequence[str]) -> int:
-    cfg, dm = _setup(argv, "train-classifier", "Train the standard-plane guide f(x) = l(s(x), x) (s frozen).")
-    from diffice.data import require_labels
-    from diffice.modules.classifier import ClassifierModule, evaluate_classifier
-    from diffice.modules.common import fit, load_checkpoint
+    from diffice.modules.judges import train_classifier
 
-    require_labels(dm.dataset("train"), "train", "the guide")
-    module = ClassifierModule(cfg)
-    last = fit(cfg, "classifier", module, dm, int(cfg.guide.max_steps))
-    guide = load_checkpoint(last, "classifier").guide
-    _report(cfg, "classifier", _eval_splits(dm, lambda dl: evaluate_classifier(guide, dl)), last)
+    train_classifier(_config(argv, "train-classifier", "Train the standard-plane guide f(x) = l(s(x), x) (s frozen)."))
     return 0
 
 
 def cmd_train_oracle(argv: Sequence[str]) -> int:
-    cfg, dm = _setup(argv, "train-oracle", "Train the PCBM oracle (segmentation -> concepts -> QS_O).")
-    from diffice.modules.common import fit, load_checkpoint
-    from diffice.modules.oracle import OracleModule, evaluate_oracle
+    from diffice.modules.judges import train_oracle
 
-    if not list(cfg.data.concepts):
-        raise UserError("data.concepts is empty: the oracle needs concept columns (qs_*); use a data set that has them")
-    last = fit(cfg, "oracle", OracleModule(cfg), dm, int(cfg.oracle.max_steps))
-    oracle = load_checkpoint(last, "oracle").oracle
-    concepts = list(cfg.data.concepts)
-    _report(cfg, "oracle", _eval_splits(dm, lambda dl: evaluate_oracle(oracle, dl, concepts, cfg.oracle.qs_target)[0]), last)
+    train_oracle(_config(argv, "train-oracle", "Train the PCBM oracle (segmentation -> concepts -> QS_O)."))
     return 0
 
 

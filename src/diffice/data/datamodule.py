@@ -128,7 +128,8 @@ class DiffIceDataModule(L.LightningDataModule):
         idx = select(self.source, split, label)
         return FrameDataset(self.source, idx, list(self.cfg.data.image_size), augment=augment, split=split, label=label)
 
-    def _loader(self, ds: FrameDataset, shuffle: bool) -> DataLoader:
+    def loader(self, ds: FrameDataset, shuffle: bool) -> DataLoader:
+        """A DataLoader of ``ds`` at ``data.batch_size`` with ``data.num_workers`` workers."""
         if len(ds) == 0:
             raise UserError(f"data ({self.source.name}): split '{ds.split}' is empty; check data.split_fractions and the data set size")
         bs = int(self.cfg.data.batch_size)
@@ -141,7 +142,7 @@ class DiffIceDataModule(L.LightningDataModule):
         resumed run continues it (and its augmentations) where the killed run stopped."""
         ds = self.dataset("train", augment=bool(self.cfg.data.augment))
         if len(ds) == 0:
-            return self._loader(ds, shuffle=True)  # the one-line "split is empty" error
+            return self.loader(ds, shuffle=True)  # the one-line "split is empty" error
         trainer = self.trainer
         sampler = ResumableSampler(
             len(ds), int(self.cfg.data.batch_size), int(self.cfg.seed),
@@ -154,7 +155,7 @@ class DiffIceDataModule(L.LightningDataModule):
                           num_workers=nw, persistent_workers=nw > 0, pin_memory=False)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), shuffle=False)
+        return self.loader(self.dataset("val"), shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), shuffle=False)
+        return self.loader(self.dataset("test"), shuffle=False)

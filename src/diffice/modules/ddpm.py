@@ -22,7 +22,7 @@ from diffice.config import to_dict
 from diffice.diffusion import build_diffusion, generators_for, randn
 from diffice.errors import UserError
 from diffice.io import make_grid
-from diffice.modules.common import DifficeModule, read_checkpoint
+from diffice.modules.common import DifficeModule, load_checkpoint, read_checkpoint
 from diffice.nets.unet import IN_CHANNELS, build_unet
 
 CHECK_FRAMES = 8  # validation standard planes reconstructed at cf.tau each validation
@@ -304,7 +304,8 @@ def train_ddpm(cfg: DictConfig, datamodule=None, **trainer_overrides) -> Path:
     checking that it describes the same model and frame size.
     """
     from diffice.data import DiffIceDataModule
-    from diffice.modules.common import LAST, fit, run_dir
+    from diffice.modules.common import LAST, run_dir
+    from diffice.modules.training import fit
 
     last = run_dir(cfg, "ddpm") / LAST
     if last.exists():
@@ -315,3 +316,45 @@ def train_ddpm(cfg: DictConfig, datamodule=None, **trainer_overrides) -> Path:
     torch.manual_seed(int(cfg.seed))  # the initial weights are a function of the seed (as the judges')
     module = DDPMModule(cfg)
     return fit(cfg, "ddpm", module, dm, int(cfg.ddpm.max_steps), **trainer_overrides)
+
+
+# ----------------------------------------------------------------------------- ddpm-check
+
+
+def segment_fn(path: str, device: torch.device | str):
+    """``segment(x) -> logits`` of a segmenter checkpoint, or of the guide's segmenter in a
+    classifier checkpoint (the demo pack ships the segmenter inside the guide)."""
+    module = load_checkpoint(path, None, map_location=device)  # the file read once, whatever its kind
+    if module.kind not in ("segmenter", "classifier"):
+        raise UserError(f"--segmenter {path}: is a {module.kind} checkpoint, expected a segmenter or classifier checkpoint")
+    if module.kind == "segmenter":
+        return module.net, list(module.cfg.data.classes)
+    return module.guide.segment, list(module.cfg.guide.segmenter_classes or module.cfg.data.classes)
+
+
+def check_sp_frames(module, cfg, segment, classes, *, split: str = "test", count: int = 32, batch_size: int = 16,
+                    device: torch.device | str = "cpu", keep: int = 0) -> dict:
+    """``ddpm_check`` of DDPM ``module`` on the first ``count`` standard planes of ``split``, at
+    ``cfg.cf``'s tau, respacing, noise convention and clipping (the counterfactuals' settings)."""
+    from diffice.counterfactual.check import ddpm_check
+    from diffice.data import DiffIceDataModule
+
+    dm = DiffIceDataModule(cfg)
+    dm.setup()
+    ds = dm.dataset(split, label="SP")
+    n = min(len(ds), count)
+    if n == 0:
+        raise UserError(f"the {split} split has no standard-plane frame to reconstruct")
+
+    def batches():
+        for s in range(0, n, batch_size):
+            items = [ds[i] for i in range(s, min(n, s + batch_size))]
+            yield torch.stack([it["image"] for it in items]).to(device), [int(it["index"]) for it in items]
+
+    from diffice.modules.counterfactual import load_brain_judge
+
+    judge = load_brain_judge(cfg)  # the official SonoNet-16 when features.sononet_weights names it (real frames)
+    return ddpm_check(module.sampler(str(cfg.cf.respacing)), module.ema_model, segment, batches(), tau=int(cfg.cf.tau),
+                      classes=classes, seed=int(cfg.seed), convention=str(cfg.cf.noise_convention),
+                      clip_denoised=bool(cfg.cf.clip_denoised), keep=keep,
+                      judge=judge.to(device) if judge is not None else None)

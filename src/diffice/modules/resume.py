@@ -21,7 +21,7 @@ RUN_ID_FILE = ".wandb-run-id"
 def wandb_run_id(out: Path, resuming: bool) -> str:
     """The stage's W&B run id: the stored one when resuming, else a new one (stored by rank zero)."""
     from diffice.io import atomic_write_text
-    from diffice.runlock import _other_rank
+    from diffice.runlock import other_rank
 
     path = Path(out) / RUN_ID_FILE
     if resuming and path.is_file():
@@ -32,7 +32,7 @@ def wandb_run_id(out: Path, resuming: bool) -> str:
     import string
 
     run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # W&B's id alphabet
-    if not _other_rank():
+    if not other_rank():
         atomic_write_text(path, run_id + "\n")
     return run_id
 

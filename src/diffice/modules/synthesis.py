@@ -152,7 +152,8 @@ def train_synthesis(cfg: DictConfig, datamodule=None, stage: str = "synthesis", 
     Total optimizer steps: ``synthesis.prealign_steps`` (when ``synthesis.prealign``) +
     ``synthesis.max_steps``."""
     from diffice.data import DiffIceDataModule
-    from diffice.modules.common import LAST, fit, read_checkpoint, run_dir
+    from diffice.modules.common import LAST, read_checkpoint, run_dir
+    from diffice.modules.training import fit
 
     last = run_dir(cfg, stage) / LAST
     if last.exists():

@@ -222,22 +222,29 @@ def _guide_segmenter(cfg, guide) -> nn.Module:
     return load_segmenter_checkpoint(cfg.guide.segmenter_ckpt)
 
 
-def load_feature_nets(cfg, guide: nn.Module | None = None, *, ddpm: nn.Module | None = None,
-                      oracle: nn.Module | None = None, need_perceptual: bool = True) -> FeatureNets:
+Net = nn.Module | Callable[[], nn.Module] | None
+
+
+def _network(net: Net, missing: str) -> nn.Module:
+    """``net`` itself, or what its loader returns."""
+    if net is None:
+        raise UserError(missing)
+    return net if isinstance(net, nn.Module) else net()
+
+
+def load_feature_nets(cfg, guide: nn.Module | None = None, *, ddpm: Net = None, oracle: Net = None,
+                      need_perceptual: bool = True) -> FeatureNets:
     """Build the frozen feature networks of ``cfg.features`` (see the module docstring).
 
-    ``ddpm`` (the EMA denoiser) and ``oracle`` are the run's own networks when the caller has
-    them; otherwise they are loaded from ``cf.ddpm_ckpt`` / ``cf.oracle_ckpt`` when needed."""
+    ``ddpm`` (the EMA denoiser) and ``oracle`` are the run's own networks, or functions that load
+    them (called only when the features need them; :func:`diffice.modules.features.feature_nets`
+    passes loaders of ``cf.ddpm_ckpt`` / ``cf.oracle_ckpt``)."""
     fc = cfg.features
     name = fc.perceptual
     if not need_perceptual:
         perceptual: nn.Module = _Unavailable("no perceptual network was built")
     elif name == "ddpm":
-        if ddpm is None:
-            from diffice.modules.common import load_checkpoint
-
-            ddpm = load_checkpoint(cfg.cf.ddpm_ckpt, "ddpm").ema_model
-        perceptual = _DDPMEncoder(_freeze(ddpm))
+        perceptual = _DDPMEncoder(_freeze(_network(ddpm, "features.perceptual=ddpm needs the DDPM (cf.ddpm_ckpt)")))
     elif name == "segmenter":
         perceptual = _SegmenterEncoder(_guide_segmenter(cfg, guide))
     elif name == "sononet":
@@ -275,11 +282,7 @@ def load_feature_nets(cfg, guide: nn.Module | None = None, *, ddpm: nn.Module | 
         sononet: nn.Module = _SonoFeatures(_official_sononet(fc.sononet_weights, "features.sononet_weights"))
         source = "official SonoNet-16"
     elif fc.fsd == "oracle":
-        if oracle is None:
-            from diffice.modules.common import load_checkpoint
-
-            oracle = load_checkpoint(cfg.cf.oracle_ckpt, "oracle").oracle
-        sononet = _OracleFeatures(_freeze(oracle))
+        sononet = _OracleFeatures(_freeze(_network(oracle, "features.fsd=oracle needs the oracle (cf.oracle_ckpt)")))
         source = "the oracle's backbone (shares no weight with the guide)"
     elif guide is not None:
         sononet = _GuideFeatures(guide)

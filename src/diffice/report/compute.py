@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffice.errors import UserError
 from diffice.metrics import (
     Efficiency,
     OracleQuality,
@@ -69,14 +68,12 @@ def load_eval_nets(cfg, *, need_oracle: bool = True, device: str | None = None) 
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     guide = load_checkpoint(cfg.cf.guide_ckpt, "classifier", map_location=device).guide
-    try:
-        from diffice.nets.features import load_feature_nets
-    except ImportError as err:  # pragma: no cover - only before the judges land
-        raise UserError(f"feature networks unavailable ({err}); use --no-images to skip FID/FSD/SonoSim") from err
+    from diffice.modules.features import feature_nets
+
     oracle = None
     if need_oracle or (cfg.features.fsd == "oracle" and not cfg.features.sononet_weights):
         oracle = load_checkpoint(cfg.cf.oracle_ckpt, "oracle", map_location=device).oracle
-    feats = load_feature_nets(cfg, guide=guide, oracle=oracle, need_perceptual=False)
+    feats = feature_nets(cfg, guide=guide, oracle=oracle, need_perceptual=False)
     if hasattr(feats, "to"):
         feats = feats.to(device)
     oracle = oracle if need_oracle else None
@@ -362,15 +359,12 @@ def iter_value_dict(values: list | None, k: int) -> dict:
 
 def _image_pass(records, nets: EvalNets, final_img, it_img, it_orc, names, q_in, c_in, chunk, progress) -> None:
     """One pass over the PNGs in chunks: inputs, counterfactuals and every iteration's output."""
-    from rich.progress import Progress
-
-    from diffice.progress import live
+    from diffice.progress import Bar
 
     dev = torch.device(nets.device)
     features = _FeatureCache(nets)
     iters = sorted(it_img)
-    with Progress(disable=not progress or not live(), transient=True) as bar:
-        task = bar.add_task("image metrics", total=len(records))
+    with Bar("image metrics", len(records), enabled=progress) as bar:
         for start in range(0, len(records), chunk):
             part = records[start:start + chunk]
             x = features([r["_dir"] / "input.png" for r in part])
@@ -393,7 +387,7 @@ def _image_pass(records, nets: EvalNets, final_img, it_img, it_orc, names, q_in,
                           else torch.zeros(len(part), 0, dtype=torch.float64))
                     it_orc[k].update(q_in[start:start + chunk], o["qs_o"].double().cpu(), c_in[start:start + chunk], cc)
             features.clear()
-            bar.advance(task, len(part))
+            bar.advance(len(part))
 
 
 def run_concepts(cfg) -> tuple[str, ...]:

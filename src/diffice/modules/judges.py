@@ -1,0 +1,105 @@
+"""Training the judges as pipeline stages: segmenter, guide (classifier) and oracle.
+
+Each fits its LightningModule with :func:`diffice.modules.training.fit` (resuming from
+``{paths.runs}/{stage}/last.ckpt``), then reloads that checkpoint, evaluates it on the val and
+test splits, prints the numbers and writes ``{paths.runs}/{stage}/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from diffice.errors import UserError
+
+
+def _setup(cfg: DictConfig):
+    import lightning as L
+
+    from diffice.data import DiffIceDataModule
+
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    dm = DiffIceDataModule(cfg)
+    dm.setup()
+    return dm
+
+
+def _clean(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _report(cfg: DictConfig, stage: str, metrics: dict, ckpt: Path) -> None:
+    from diffice.io import atomic_write_text
+    from diffice.modules.common import run_dir
+
+    out = run_dir(cfg, stage) / "metrics.json"
+    atomic_write_text(out, json.dumps(_clean({"checkpoint": str(ckpt), **metrics}), indent=2) + "\n")
+    for split, rep in metrics.items():
+        shown = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in rep.items())
+        print(f"{stage} {split}: {shown}")
+    print(f"{stage}: checkpoint {ckpt}; metrics {out}")
+
+
+def _eval_splits(dm, fn) -> dict:
+    out = {}
+    for split in ("val", "test"):
+        ds = dm.dataset(split)
+        if len(ds):
+            out[split] = fn(dm.loader(ds, shuffle=False))
+    return out
+
+
+def train_segmenter(cfg: DictConfig) -> Path:
+    """Train the segmentation network s (Dice + cross-entropy); returns ``last.ckpt``."""
+    from diffice.modules.common import load_checkpoint
+    from diffice.modules.segmenter import SegmenterModule, evaluate_segmenter
+    from diffice.modules.training import fit
+
+    dm = _setup(cfg)
+    last = fit(cfg, "segmenter", SegmenterModule(cfg), dm, int(cfg.segmenter.max_steps))
+    net = load_checkpoint(last, "segmenter").net
+    classes = list(cfg.data.classes)
+    _report(cfg, "segmenter", _eval_splits(dm, lambda dl: {f"dice_{k}": v for k, v in
+                                                         evaluate_segmenter(net, dl, classes).items()}), last)
+    return last
+
+
+def train_classifier(cfg: DictConfig) -> Path:
+    """Train the standard-plane guide f(x) = l(s(x), x) (s frozen); returns ``last.ckpt``."""
+    from diffice.data import require_labels
+    from diffice.modules.classifier import ClassifierModule, evaluate_classifier
+    from diffice.modules.common import load_checkpoint
+    from diffice.modules.training import fit
+
+    dm = _setup(cfg)
+    require_labels(dm.dataset("train"), "train", "the guide")
+    module = ClassifierModule(cfg)
+    last = fit(cfg, "classifier", module, dm, int(cfg.guide.max_steps))
+    guide = load_checkpoint(last, "classifier").guide
+    _report(cfg, "classifier", _eval_splits(dm, lambda dl: evaluate_classifier(guide, dl)), last)
+    return last
+
+
+def train_oracle(cfg: DictConfig) -> Path:
+    """Train the PCBM oracle (segmentation -> concepts -> QS_O); returns ``last.ckpt``."""
+    from diffice.modules.common import load_checkpoint
+    from diffice.modules.oracle import OracleModule, evaluate_oracle
+    from diffice.modules.training import fit
+
+    dm = _setup(cfg)
+    if not list(cfg.data.concepts):
+        raise UserError("data.concepts is empty: the oracle needs concept columns (qs_*); use a data set that has them")
+    last = fit(cfg, "oracle", OracleModule(cfg), dm, int(cfg.oracle.max_steps))
+    oracle = load_checkpoint(last, "oracle").oracle
+    concepts = list(cfg.data.concepts)
+    _report(cfg, "oracle", _eval_splits(dm, lambda dl: evaluate_oracle(oracle, dl, concepts, cfg.oracle.qs_target)[0]), last)
+    return last
