@@ -39,11 +39,9 @@ def write_phantoms(cfg: DictConfig, out: str | Path, count: int, seed: int, prog
     labels = [int(ph.is_sp(i, seed, sp_fraction)) for i in range(count)]
     splits = patient_splits(patients, labels, list(cfg.data.split_fractions), int(cfg.data.split_seed))
     rows, latents = [], []
-    it = range(count)
-    if progress:
-        from rich.progress import track
+    from diffice.progress import track
 
-        it = track(it, description=f"writing {count} phantoms to {out}")
+    it = track(range(count), f"writing {count} phantoms to {out}", enabled=progress)
     for i in it:
         fr = ph.render_frame(i, size, seed, sp_fraction, fpp)
         rows.append(_write_frame(out, fr, f"{fr['id']}.png", patients[i], splits[i]))
@@ -96,11 +94,9 @@ def write_anomalies(cfg: DictConfig, out: str | Path, count: int, seed: int, nam
     p = cfg.data.phantom
     sp_fraction, fpp = float(p.sp_fraction), int(p.frames_per_patient)
     rows, latents, cursor = [], [], dict.fromkeys(names, 0)
-    it = range(count)
-    if progress:
-        from rich.progress import track
+    from diffice.progress import track
 
-        it = track(it, description=f"writing {count} abnormal phantoms to {out}")
+    it = track(range(count), f"writing {count} abnormal phantoms to {out}", enabled=progress)
     for k in it:
         name = names[k % len(names)]
         i = cursor[name]
@@ -110,7 +106,7 @@ def write_anomalies(cfg: DictConfig, out: str | Path, count: int, seed: int, nam
                 raise UserError(f"--anomalies: no phantom frame shows what {name} changes (data.phantom settings)")
         cursor[name] = i + 1
         a = AN.ANOMALIES[name]
-        sev = float(severity) if severity is not None else float(ph._rng(seed, 11, k).uniform(a.lo, a.hi))
+        sev = float(severity) if severity is not None else float(ph.keyed_rng(seed, 11, k).uniform(a.lo, a.hi))
         fr = ph.render_frame(i, size, seed, sp_fraction, fpp, anomaly=name, severity=sev)
         normal = ph.render_frame(i, size, seed, sp_fraction, fpp, with_target=False)
         name_png = f"{fr['id']}_{name}.png"
