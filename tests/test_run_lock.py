@@ -83,7 +83,7 @@ def test_synthesize_into_a_held_folder_is_refused(tmp_path, capsys, holder):
                  "--test", "--out", str(out)])
     err = _one_line(capsys)
     assert code == 2 and len(err) == 1 and f"{out}: in use by another run (pid {proc.pid}" in err[0], err
-    assert not (out / "synthesis-run.json").exists()
+    assert not (out / "run.json").exists()
 
 
 def test_a_downstream_study_into_a_held_folder_is_refused(tmp_path, holder):

@@ -419,8 +419,8 @@ def test_synthesize_anomaly_pairs(runs, tmp_path):
     assert sum(a["checked"] for a in m["anomalies"].values()) == len(rows)
     page = (out / "report.html").read_text()
     assert "measured as requested" in page and "judge measures" in page
-    stamp = json.loads((out / "synthesis-run.json").read_text())
-    assert all(e.startswith("anomaly:") for e in stamp["synthesis"]["edits"])
+    stamp = json.loads((out / "run.json").read_text())
+    assert stamp["kind"] == "synthesis" and all(e.startswith("anomaly:") for e in stamp["settings"]["synthesis"]["edits"])
 
 
 @pytest.mark.parametrize("argv, msg", [

@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from diffice.data import anomalies as AN
 from diffice.errors import UserError
+from diffice.io import PALETTE
 
 UNSPECIFIED = 255
 
@@ -195,3 +196,41 @@ def grown(region: np.ndarray, dilation: int) -> np.ndarray:
     if dilation > 0 and region.any():
         return ndimage.binary_dilation(region, _disk(int(dilation)))
     return region
+
+
+# ----------------------------------------------------------------------------- pictures and anomaly specs
+
+
+def colour_layout(layout: np.ndarray) -> np.ndarray:
+    """RGB uint8 picture of a layout: class colours on dark grey, unspecified pixels mid grey."""
+    rgb = np.full((*layout.shape, 3), 40, dtype=np.uint8)
+    rgb[layout == -1] = 128
+    for c in range(1, int(layout.max()) + 1 if layout.size else 1):
+        rgb[layout == c] = PALETTE[c % len(PALETTE)].astype(np.uint8)
+    return rgb
+
+
+def overlay_classes(frame, classes: np.ndarray) -> np.ndarray:
+    """A frame (tensor in [-1, 1]) with its class map in colour."""
+    from diffice.io import overlay, to_uint8
+
+    return overlay(to_uint8(frame), classes)
+
+
+def layout_png(layout: np.ndarray) -> np.ndarray:
+    """The layout as a class-index PNG array (255 = unspecified), readable by ``--layout``."""
+    out = layout.astype(np.int64).copy()
+    out[out < 0] = 255
+    return out.astype(np.uint8)
+
+
+def anomaly_specs(names: str, severity: float | None) -> list[str]:
+    """``anomaly:NAME:S`` edit specs of ``--anomaly`` (comma-separated names or 'all') at ``--severity``."""
+    keys = [n.strip() for n in str(names or "").split(",") if n.strip()]
+    if not keys:
+        if severity is not None:
+            raise UserError("--severity needs --anomaly NAME")
+        return []
+    if keys == ["all"]:
+        keys = [k for k in AN.ANOMALIES if k != "ventriculomegaly"]  # the layouts have no ventricle class
+    return [anomaly_spec(k, severity) for k in keys]
