@@ -227,8 +227,8 @@ def test_study_refuses_other_settings_and_data(tmp_path, one_thread):
     run_study(study_cfg(tmp_path, "downstream.models=[test_resnet]", "downstream.seeds=[0,1]"), sets, out,
               progress=False, train_fn=more)
     assert more.calls == 3 and len(read_rows(out)) == 8
-    stamp = json.loads((out / "study.json").read_text())
-    assert stamp["settings"]["steps"] == 2 and "models" not in stamp["settings"]
+    stamp = json.loads((out / "run.json").read_text())
+    assert stamp["kind"] == "downstream" and stamp["settings"]["steps"] == 2 and "models" not in stamp["settings"]
 
 
 def test_study_refuses_wrong_sets(tmp_path):

@@ -9,10 +9,15 @@ Beside ``counterfactual/`` and ``synthesis/``, on plain tensors and timm network
 * :mod:`~diffice.downstream.metrics` — accuracy, balanced accuracy, AUROC (exact, with ties),
   per-anomaly AUROC, mean ± sd over seeds;
 * :mod:`~diffice.downstream.study` — :func:`run_study` (model × seed × condition rows, resumable
-  ``rows.csv``, a stamp of the settings) and :func:`write_table`.
+  ``rows.csv``, the run-folder stamp of its settings);
+* :mod:`~diffice.downstream.rows` — reading ``rows.csv`` back, row by row checked;
+* :mod:`~diffice.downstream.table` — ``summary.csv`` and :func:`write_table` (``table.md``).
+
+The ``kind: downstream`` experiment that makes the frame sets is :mod:`diffice.experiments.downstream`.
 """
 
 from diffice.downstream.frames import FrameSet, load_manifest, load_synthesis_run
-from diffice.downstream.study import run_study, write_table
+from diffice.downstream.study import run_study
+from diffice.downstream.table import write_table
 
 __all__ = ["FrameSet", "load_manifest", "load_synthesis_run", "run_study", "write_table"]

@@ -23,7 +23,15 @@ TEXT = ("model", "task", "condition", "score")  # non-empty words
 WHOLE = ("seed", "n_train", "n_test", "steps")   # whole numbers
 METRICS = {"plane": ("accuracy", "balanced_accuracy"), "anomaly": ("auroc",)}
 TASKS = {"plane", "anomaly"}
-CONDITIONS = {"real", "real+synthetic"}
+REAL, SYNTH = "real", "real+synthetic"
+CONDITIONS = {REAL, SYNTH}
+PER_ANOMALY = "auroc_"  # prefix of the per-anomaly AUROC columns
+# a training and the rows it gives: (task, condition) of the training -> rows' (task, condition)
+UNITS: list[tuple[tuple[str, str], list[tuple[str, str]]]] = [
+    (("plane", REAL), [("plane", REAL), ("anomaly", REAL)]),
+    (("plane", SYNTH), [("plane", SYNTH)]),
+    (("anomaly", SYNTH), [("anomaly", SYNTH)]),
+]
 
 
 def _number(text: str | None) -> float | None:
@@ -31,6 +39,16 @@ def _number(text: str | None) -> float | None:
         return float(text) if text not in (None, "") else None
     except ValueError:
         return None
+
+
+def number(value) -> float:
+    """A cell as a float (NaN when empty or not a number)."""
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def row_problem(row: dict, header: list[str]) -> str | None:

@@ -31,8 +31,8 @@ Batches are class-balanced (``balance``) and, inside a class holding both real a
 frames, a ``synthetic_share`` of the draws are synthetic. The synthetic normal frames are among
 the anomaly classifier's negatives by default so that "synthetic" does not predict "abnormal".
 
-Output folder ``out``: ``study.json`` (the settings and a digest of every frame set; a folder of
-other settings is refused), ``rows.csv`` (rewritten atomically after each training: a killed run
+Output folder ``out``: ``run.json`` (the stamp, :mod:`diffice.runfolder`: the settings and a
+digest of every frame set; a folder of other settings is refused), ``rows.csv`` (rewritten atomically after each training: a killed run
 resumes where it stopped, redoing nothing), ``summary.csv`` (mean, sd, n per model, task,
 condition and metric, and the paired gains), ``table.md`` (:func:`write_table`). Models and seeds
 may be added to a finished study: its rows are kept and only the new ones are trained.
@@ -41,7 +41,6 @@ may be added to a finished study: its rows are kept and only the new ones are tr
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,37 +49,30 @@ from typing import Any
 import numpy as np
 
 from diffice.downstream.frames import FrameSet, concat
-from diffice.downstream.metrics import (
-    accuracy,
-    auroc,
-    balanced_accuracy,
-    format_mean_sd,
-    mean_sd,
-    per_anomaly_auroc,
-)
-from diffice.downstream.rows import read_rows, read_rows_checked
+from diffice.downstream.metrics import accuracy, auroc, balanced_accuracy, per_anomaly_auroc
+from diffice.downstream.rows import PER_ANOMALY, REAL, ROWS, SYNTH, UNITS, read_rows
+from diffice.downstream.rows import number as _num
+from diffice.downstream.table import SUMMARY, summarize, write_table
 from diffice.errors import UserError
+from diffice.runfolder.stamp import RunKind
 
 SETS = ("real_train", "real_test", "abnormal_test", "synth_normal", "synth_abnormal")
 PAIRED = "paired_normal"  # optional: the synthetic abnormal frames' normal twins (sources, sham edits), anomaly negatives
 NUM_PLANES = 3
-REAL, SYNTH = "real", "real+synthetic"
-STAMP = "study.json"
-ROWS = "rows.csv"
-SUMMARY = "summary.csv"
-TABLE = "table.md"
-STAMP_VERSION = 1
-PER_ANOMALY = "auroc_"  # prefix of the per-anomaly AUROC columns
-
-# a training and the rows it gives: (task, condition) of the training -> rows' (task, condition)
-UNITS: list[tuple[tuple[str, str], list[tuple[str, str]]]] = [
-    (("plane", REAL), [("plane", REAL), ("anomaly", REAL)]),
-    (("plane", SYNTH), [("plane", SYNTH)]),
-    (("anomaly", SYNTH), [("anomaly", SYNTH)]),
-]
 # the keys of downstream.* that change a row's numbers (models and seeds only choose rows)
 SETTING_KEYS = ("steps", "batch_size", "lr", "weight_decay", "schedule", "augment", "balance", "synthetic_share",
                 "image_size", "real_train_limit", "synth_normal_count", "synth_abnormal_count", "synthetic_negatives")
+
+
+def _study_json_settings(path: Path) -> dict:
+    """The settings of a study folder an older diffice stamped with ``study.json``."""
+    old = json.loads(path.read_text())
+    old = old if isinstance(old, dict) else {}
+    return {**(old.get("settings") or {}), "data": old.get("data") or {}}
+
+
+RUN_KIND = RunKind("downstream", "downstream study", items=(ROWS,), fix="set downstream.out to a new folder or delete it",
+                   legacy=("study.json", _study_json_settings))
 
 
 # ----------------------------------------------------------------------------- settings
@@ -113,38 +105,6 @@ def study_settings(cfg) -> dict:
     if out["schedule"] not in ("cosine", "constant"):
         raise UserError(f"downstream.schedule: '{out['schedule']}' is not cosine or constant")
     return out
-
-
-def _first_difference(now: dict, there: dict) -> str | None:
-    for key in sorted(set(now) | set(there)):
-        a, b = now.get(key), there.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diff = _first_difference(a, b)
-            if diff:
-                return f"{key}.{diff}"
-        elif a != b:
-            return f"{key}: {b!r} there, {a!r} now"
-    return None
-
-
-def check_stamp(out: Path, stamp: dict) -> None:
-    """Write ``out/study.json`` or refuse ``out`` if it holds a study of other settings or data."""
-    from diffice.io import atomic_write_text
-
-    path = out / STAMP
-    if path.is_file():
-        try:
-            there = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise UserError(f"{path}: unreadable ({err}); delete the study folder") from err
-        diff = _first_difference(stamp, there if isinstance(there, dict) else {})
-        if diff:
-            raise UserError(f"{out}: holds a downstream study of other settings ({diff}); "
-                            f"set downstream.out to a new folder or delete it")
-        return
-    if (out / ROWS).is_file():
-        raise UserError(f"{out}: holds {ROWS} but no {STAMP}; set downstream.out to a new folder or delete it")
-    atomic_write_text(path, json.dumps(stamp, indent=1, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------- frame sets
@@ -233,15 +193,6 @@ def group_weights(labels: np.ndarray, origin: Sequence[str], balance: bool, synt
 
 def _key(row: dict) -> tuple[str, int, str, str]:
     return str(row["model"]), int(row["seed"]), str(row["task"]), str(row["condition"])
-
-
-def _num(value) -> float:
-    if value is None or value == "":
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _anomaly_metrics(scores: np.ndarray, test: FrameSet) -> dict:
@@ -340,17 +291,18 @@ def run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool = True, 
 
 
 def _run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool, train_fn: TrainFn | None, predict_fn) -> dict:
-    from diffice.counterfactual.outputs import write_rows_csv
     from diffice.downstream.train import predict, resolve_device, train_classifier
+    from diffice.progress import Bar
+    from diffice.runfolder import claim_run_folder, write_rows_csv
 
     out = Path(out)
     st = study_settings(cfg)
     accel = str(cfg.trainer.accelerator) if "trainer" in cfg else "auto"
     device = resolve_device(accel)
     sets = _check_sets(sets, st["image_size"])
-    stamp = {"version": STAMP_VERSION, "settings": {k: st[k] for k in SETTING_KEYS},
-             "data": {name: {"frames": len(sets[name]), "digest": sets[name].digest()} for name in (*SETS, PAIRED) if name in sets}}
-    check_stamp(out, stamp)
+    settings = {**{k: st[k] for k in SETTING_KEYS},
+                "data": {name: {"frames": len(sets[name]), "digest": sets[name].digest()} for name in (*SETS, PAIRED) if name in sets}}
+    claim_run_folder(out, RUN_KIND, settings)
     train_fn = train_fn or train_classifier
     predict_fn = predict_fn or predict
 
@@ -364,23 +316,29 @@ def _run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool, train_
                     continue
                 todo.append((seed, model, task, condition, gives))
     n_units = len(st["seeds"]) * len(st["models"]) * len(UNITS)
-    bar = _Bar(progress, sum(len(u[4]) for u in todo), st["steps"])
+    bar = Bar("downstream rows", sum(len(u[4]) for u in todo), enabled=progress)
+    steps = int(st["steps"])
     tests = {k: sets[k] for k in ("real_test", "abnormal_test")}
     try:
         last_seed, train_sets = None, None
         for seed, model, task, condition, gives in todo:
             if seed != last_seed:
                 train_sets, last_seed = seed_sets(sets, st, seed), seed
-            bar.start(f"{model} seed {seed} {task}/{condition}")
-            new = _train_unit(task, condition, model, seed, st, train_sets, tests, device, train_fn, predict_fn,
-                              bar.step)
+            label = f"{model} seed {seed} {task}/{condition}"
+            bar.note(label)
+
+            def on_step(k: int, label: str = label) -> None:
+                if k == steps or k % max(1, steps // 50) == 0:
+                    bar.note(f"{label} step {k}/{steps}")
+
+            new = _train_unit(task, condition, model, seed, st, train_sets, tests, device, train_fn, predict_fn, on_step)
             new = [r for r in new if _key(r) not in done]  # a half-done unit (older rows.csv) adds what is missing
             rows = rows + new
             done |= {_key(r) for r in new}
             write_rows_csv(out / ROWS, rows)
             bar.advance(len(gives))
     finally:
-        bar.stop()
+        bar.close()
 
     mine = [r for r in rows if r["model"] in st["models"] and int(r["seed"]) in st["seeds"]]
     mine = [{k: (v if k in ("model", "task", "condition", "score") else _num(v)) for k, v in r.items()}
@@ -392,167 +350,3 @@ def _run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool, train_
     table = write_table(out, mine, models=st["models"], settings=st, sets=sets)
     return {"rows": mine, "summary": summary, "table": table, "out": str(out),
             "trained": len(todo), "skipped": n_units - len(todo)}
-
-
-class _Bar:
-    """A rich progress bar over rows, its description the training under way and its step."""
-
-    def __init__(self, enabled: bool, total: int, steps: int):
-        self.p = None
-        self.steps = int(steps)
-        self.label = ""
-        if enabled and total:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            from diffice.progress import live
-
-            self.p = Progress(TextColumn("downstream rows"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("{task.description}"), TimeElapsedColumn(), transient=True, disable=not live())
-            self.p.start()
-            self.task = self.p.add_task("", total=total)
-
-    def start(self, label: str) -> None:
-        self.label = label
-        if self.p is not None:
-            self.p.update(self.task, description=label)
-
-    def step(self, k: int) -> None:
-        if self.p is not None and (k == self.steps or k % max(1, self.steps // 50) == 0):
-            self.p.update(self.task, description=f"{self.label} step {k}/{self.steps}")
-
-    def advance(self, n: int) -> None:
-        if self.p is not None:
-            self.p.advance(self.task, n)
-
-    def stop(self) -> None:
-        if self.p is not None:
-            self.p.stop()
-
-
-# ----------------------------------------------------------------------------- summary and table
-
-
-def _values(rows: list[dict], model: str, task: str, condition: str, metric: str) -> dict[int, float]:
-    return {int(r["seed"]): _num(r.get(metric)) for r in rows
-            if r["model"] == model and r["task"] == task and r["condition"] == condition}
-
-
-def _gain(rows, model, task, metric) -> list[float]:
-    """Per-seed (paired) differences real+synthetic - real."""
-    a, b = _values(rows, model, task, REAL, metric), _values(rows, model, task, SYNTH, metric)
-    return [b[s] - a[s] for s in sorted(set(a) & set(b))]
-
-
-def _metrics_of(rows: list[dict]) -> list[str]:
-    names = ["accuracy", "balanced_accuracy", "auroc"]
-    extra = sorted({k for r in rows for k in r if k.startswith(PER_ANOMALY)})
-    return names + extra
-
-
-def summarize(rows: list[dict], models: Sequence[str]) -> list[dict]:
-    """Long-format summary: model, task, condition (or 'gain'), metric, mean, sd, n."""
-    out = []
-    metrics = _metrics_of(rows)
-    for model in models:
-        for _, gives in UNITS:
-            for task, condition in gives:
-                for metric in metrics:
-                    vals = list(_values(rows, model, task, condition, metric).values())
-                    mean, sd, n = mean_sd(vals)
-                    if n:
-                        out.append({"model": model, "task": task, "condition": condition, "metric": metric,
-                                    "mean": mean, "sd": sd, "n": n, **_ci(vals)})
-        for task in ("plane", "anomaly"):
-            for metric in metrics:
-                gain = _gain(rows, model, task, metric)
-                mean, sd, n = mean_sd(gain)
-                if n:
-                    out.append({"model": model, "task": task, "condition": "gain", "metric": metric,
-                                "mean": mean, "sd": sd, "n": n, **_ci(gain)})
-    return out
-
-
-def _ci(values: list[float]) -> dict:
-    """95 % Student t interval over seeds (summary.csv's ci_low, ci_high; empty for one seed)."""
-    from diffice.metrics.stats import seed_interval
-
-    iv = seed_interval(values)
-    return {"ci_low": iv["low"], "ci_high": iv["high"]}
-
-
-def table_markdown(rows: list[dict], models: Sequence[str] | None = None) -> str:
-    """The two markdown tables (per model; per anomaly), cells "mean [95 % t interval] (n seeds)"."""
-    rows = [{**r, "seed": int(r["seed"])} for r in rows]
-    if models is None:
-        models = list(dict.fromkeys(r["model"] for r in rows))
-
-    def cell(model, task, condition, metric):
-        return format_mean_sd(_values(rows, model, task, condition, metric).values())
-
-    head = ["model", "plane acc (real)", "plane acc (+synthetic)", "gain", "plane bal. acc (real)",
-            "plane bal. acc (+synthetic)", "anomaly AUROC (MSP baseline)", "anomaly AUROC (+synthetic)", "gain"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in models:
-        cells = [m, cell(m, "plane", REAL, "accuracy"), cell(m, "plane", SYNTH, "accuracy"),
-                 format_mean_sd(_gain(rows, m, "plane", "accuracy"), signed=True),
-                 cell(m, "plane", REAL, "balanced_accuracy"), cell(m, "plane", SYNTH, "balanced_accuracy"),
-                 cell(m, "anomaly", REAL, "auroc"), cell(m, "anomaly", SYNTH, "auroc"),
-                 format_mean_sd(_gain(rows, m, "anomaly", "auroc"), signed=True)]
-        lines.append("| " + " | ".join(cells) + " |")
-    anomalies = sorted({k[len(PER_ANOMALY):] for r in rows for k in r if k.startswith(PER_ANOMALY)
-                        and not math.isnan(_num(r[k]))})
-    if anomalies:
-        head2 = ["model"] + [f"{a} ({c})" for a in anomalies for c in ("MSP", "+synthetic")]
-        lines += ["", "Per-anomaly AUROC (each anomaly's test frames against the normal test frames):", "",
-                  "| " + " | ".join(head2) + " |", "|" + "---|" * len(head2)]
-        for m in models:
-            cells = [m] + [cell(m, "anomaly", c, PER_ANOMALY + a) for a in anomalies for c in (REAL, SYNTH)]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _facts(settings: dict | None, sets: dict[str, FrameSet] | None, rows: list[dict]) -> str:
-    parts = []
-    if settings:
-        parts.append(f"{settings['image_size'][0]}x{settings['image_size'][1]} frames, {settings['steps']} steps of "
-                     f"{settings['batch_size']} frames, lr {settings['lr']} ({settings['schedule']}), "
-                     f"seeds {', '.join(str(s) for s in settings['seeds'])}")
-    n = {}
-    for r in rows:
-        if r["task"] == "plane" and r["condition"] == REAL:
-            n.setdefault("real", int(_num(r["n_train"])))
-        if r["task"] == "plane" and r["condition"] == SYNTH:
-            n.setdefault("synth_normal", int(_num(r["n_train_synthetic"])))
-        if r["task"] == "anomaly" and r["condition"] == SYNTH:
-            n.setdefault("anomaly", (int(_num(r["n_train_real"])), int(_num(r["n_train_synthetic"]))))
-    if "real" in n:
-        parts.append(f"{n['real']} real training frames")
-    if "synth_normal" in n:
-        parts.append(f"+ {n['synth_normal']} synthetic normal frames for planes")
-    if "anomaly" in n:
-        parts.append(f"anomaly classifier on {n['anomaly'][0]} real + {n['anomaly'][1]} synthetic frames")
-    if sets:
-        ab = sets["abnormal_test"]
-        per = ", ".join(f"{a} {sum(x == a for x in ab.anomaly)}" for a in ab.anomalies())
-        parts.append(f"test: {len(sets['real_test'])} real normal frames, {len(ab)} real-rendered abnormal ({per})")
-    return ("; ".join(parts) + ".") if parts else ""
-
-
-def write_table(out: str | Path, rows: list[dict] | None = None, *, models: Sequence[str] | None = None,
-                settings: dict | None = None, sets: dict[str, FrameSet] | None = None) -> str:
-    """Write ``out/table.md`` (the rows of ``out/rows.csv`` when ``rows`` is None) and return its markdown:
-    the per-model table, the per-anomaly table and a line of what was trained on what."""
-    from diffice.io import atomic_write_text
-
-    out = Path(out)
-    if rows is None:
-        rows, damaged = read_rows_checked(out)
-        if damaged:
-            raise UserError(f"{out / ROWS}: line {damaged[0][0]} is damaged ({damaged[0][1]}); rerun the study to redo it")
-        if not rows:
-            raise UserError(f"{out / ROWS}: no rows to tabulate; run the study first")
-    body = table_markdown(rows, models)
-    facts = _facts(settings, sets, rows)
-    text = body + ("\n" + facts + "\n" if facts else "")
-    atomic_write_text(out / TABLE, text)
-    return text
