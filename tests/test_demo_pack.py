@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from diffice.cli import main
-from diffice.commands.demo import PACK_MAX_MB, pack_words
 from diffice.config import config_from_args, from_dict
 from diffice.errors import UserError
+from diffice.experiments.pack import PACK_MAX_MB, pack_words
 from diffice.modules.common import load_checkpoint
 from diffice.modules.ddpm import load_ddpm
 from diffice.modules.pack import PACK_FILES, write_pack_file

@@ -78,7 +78,7 @@ def test_counterfactuals_on_a_fresh_clone_use_the_shipped_pack(tmp_path, capsys)
 
 
 def test_the_pack_is_not_used_for_another_frame_size_or_a_named_checkpoint(tmp_path):
-    from diffice.commands.pack_fallback import use_pack_if_untrained
+    from diffice.experiments.pack import use_pack_if_untrained
 
     paper = load_config([ROOT / "configs/preset/paper.yaml"], [f"paths.runs={tmp_path}"])
     assert use_pack_if_untrained(paper) == [] and paper.cf.ddpm_ckpt == f"{tmp_path}/ddpm/last.ckpt"

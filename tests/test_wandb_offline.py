@@ -120,8 +120,7 @@ def test_check_finds_the_offline_table_loss(offline, tmp_path):
     word "Image"; the check reports it, and log_picture_table's artifact keeps the pictures."""
     import wandb
 
-    from diffice.tracking import check_offline_run, log_picture_table
-    from diffice.wandb_finish import finish_run
+    from diffice.tracking import check_offline_run, finish_run, log_picture_table
 
     run = wandb.init(project="t", dir=str(tmp_path), mode="offline")
     img = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
@@ -174,7 +173,7 @@ def test_disabled_writes_nothing(tmp_path, monkeypatch):
 
 
 def test_pipeline_group(monkeypatch):
-    from diffice.commands.demo import pipeline_group
+    from diffice.experiments.spec import pipeline_group
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
@@ -203,8 +202,7 @@ def test_finish_run_returns_with_a_complete_log(offline, tmp_path):
     artifact); ``finish_run`` returns only once the log holds the exit record."""
     import wandb
 
-    from diffice.tracking import read_offline_run
-    from diffice.wandb_finish import finish_run, has_exit_record
+    from diffice.tracking import finish_run, has_exit_record, read_offline_run
 
     ref = tmp_path / "out.txt"
     ref.write_text("x")
@@ -222,7 +220,7 @@ def test_finish_run_returns_with_a_complete_log(offline, tmp_path):
 
 def test_exit_record_absent_from_a_partial_log(tmp_path):
     pytest.importorskip("wandb")
-    from diffice.wandb_finish import has_exit_record, wait_for_exit_record
+    from diffice.tracking import has_exit_record, wait_for_exit_record
 
     log = tmp_path / "run-x.wandb"
     assert not has_exit_record(log)  # not written yet

@@ -42,9 +42,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-synthesis": ("diffice.commands.synthesis:cmd_train_synthesis", "train the layout-conditioned DDPM (FetalFlex synthesis)"),
     "synthesize": ("diffice.commands.synthesis:cmd_synthesize", "synthesise frames from layouts, or edit a frame's anatomy"),
     "demo": ("diffice.commands.demo:cmd_demo", "Diff-ICE on phantom data with the shipped model pack (--scratch: train first)"),
-    "demo-models": ("diffice.commands.demo:cmd_demo_models", "train the demo's models and write the model pack (models/demo)"),
-    "experiment": ("diffice.commands.demo:cmd_experiment", "run one of the paper's experiments (experiments/*.yaml)"),
-    "wandb-check": ("diffice.tracking:cmd_wandb_check", "count and check the pictures, tables and artifacts of local W&B runs"),
+    "demo-models": ("diffice.commands.pack:cmd_demo_models", "train the demo's models and write the model pack (models/demo)"),
+    "experiment": ("diffice.commands.experiment:cmd_experiment", "run one of the paper's experiments (experiments/*.yaml)"),
+    "wandb-check": ("diffice.commands.wandb:cmd_wandb_check", "count and check the pictures, tables and artifacts of local W&B runs"),
 }
 
 
