@@ -36,9 +36,9 @@ def _best(times: list[float]) -> float:
 
 
 def bench_cf(frames: int, rounds: int) -> list[str]:
-    from diffice.commands.demo import pack_words
     from diffice.counterfactual.engine import CFSettings, CounterfactualEngine
     from diffice.data import DiffIceDataModule
+    from diffice.experiments.pack import pack_words
     from diffice.modules.counterfactual import load_components
 
     cfg = config_from_args([str(ROOT / "configs/preset/demo.yaml"), *pack_words(ROOT / "models/demo")])

@@ -187,7 +187,8 @@ def adaptive_saving(runs: Path, limit: int) -> dict | None:
     need = [runs / s / "last.ckpt" for s in ("ddpm", "classifier", "oracle")]
     if not all(p.is_file() for p in need):
         return None
-    from diffice.modules.counterfactual import load_components, select_inputs
+    from diffice.modules.cf_inputs import select_inputs
+    from diffice.modules.counterfactual import load_components
 
     cfg = load_config([ROOT / "configs/preset/tiny.yaml"], [f"paths.runs={runs}", "wandb.mode=disabled"])
     from diffice.data import DiffIceDataModule

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from diffice.cli import main
-from diffice.commands.demo import pack_has_synthesis, pack_words
 from diffice.config import config_from_args, from_dict
+from diffice.experiments.pack import pack_has_synthesis, pack_words
 from diffice.modules.common import load_checkpoint
 from diffice.modules.pack import PACK_FILES
 from tests.conftest import ROOT
