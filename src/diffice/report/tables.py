@@ -113,7 +113,7 @@ def qd_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def locality_rows(metrics: list[dict], records_by_run: list[list[dict]] | None = None) -> tuple[list[str], list[list[str]]] | None:
+def locality_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]] | None:
     """Where the change is (:mod:`diffice.metrics.locality`): pixels changed, the share of the squared
     change inside the fault's footprint and the PSNR to the input outside it (frames with a target)."""
     keys = ("change_changed_fraction", "change_in_footprint", "change_psnr_outside")
