@@ -28,15 +28,18 @@ from diffice.runlock import run_lock
 with run_lock(sys.argv[1], "test holder"):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))
+    if len(sys.argv) > 3:  # the last thing done while holding the lock
+        open(sys.argv[3], "w").close()
 """
 
 
-def hold(folder: Path, seconds: float = 60.0) -> subprocess.Popen:
-    """A process holding ``folder``'s lock for ``seconds`` (returns once it holds it)."""
+def hold(folder: Path, seconds: float = 60.0, marker: Path | None = None) -> subprocess.Popen:
+    """A process holding ``folder``'s lock for ``seconds`` (returns once it holds it); it writes
+    ``marker`` as the last thing it does before letting go."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"):
         env.pop(var, None)
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(seconds), *([str(marker)] if marker else [])], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     assert line.strip() == "locked", (line, proc.stderr.read() if proc.poll() is not None else "")
@@ -47,8 +50,8 @@ def hold(folder: Path, seconds: float = 60.0) -> subprocess.Popen:
 def holder(tmp_path):
     procs = []
 
-    def start(folder: Path, seconds: float = 60.0) -> subprocess.Popen:
-        procs.append(hold(folder, seconds))
+    def start(folder: Path, seconds: float = 60.0, marker: Path | None = None) -> subprocess.Popen:
+        procs.append(hold(folder, seconds, marker))
         return procs[-1]
 
     yield start
@@ -97,12 +100,15 @@ def test_a_downstream_study_into_a_held_folder_is_refused(tmp_path, holder):
 
 def test_wait_waits_for_the_holder_to_finish(tmp_path, capsys, holder):
     out = tmp_path / "run"
-    proc = holder(out, seconds=1.5)
+    done = tmp_path / "holder-done"
+    proc = holder(out, seconds=1.5, marker=done)
     t0 = time.monotonic()
     with run_lock(out, "waiter", wait=True):
         waited = time.monotonic() - t0
-        assert proc.poll() is not None  # the holder has ended
+        # the holder had finished its work under the lock (its process may still be exiting)
+        assert done.exists()
         assert read_holder(out / LOCK_NAME)["pid"] == os.getpid()
+    assert proc.wait(timeout=30) == 0
     assert waited > 0.5
     assert "waiting for it to finish" in capsys.readouterr().err
     assert not (out / LOCK_NAME).exists()
