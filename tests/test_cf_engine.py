@@ -143,7 +143,7 @@ def test_lambda_search_retries_only_unflipped_frames(monkeypatch):
     needed = {0: 40.0, 1: 60.0, 2: 80.0, 3: float("inf")}
     seen = []
 
-    def fake_run(x, anchor, lam, gens):
+    def fake_run(x, anchor, lam, gens, passes):
         ids = [int(round(float(v))) for v in x[:, 0, 0, 0]]
         seen.append((lam, ids))
         probs = [[0.9 if lam >= needed[i] else 0.2] for i in ids]
@@ -157,6 +157,40 @@ def test_lambda_search_retries_only_unflipped_frames(monkeypatch):
     assert [r.flipped for r in rs] == [True, True, True, False]
     assert [r.nfe for r in rs] == [5, 10, 15, 15]
     assert rs[3].p_lambdas == [0.2, 0.2, 0.2]
+
+
+def test_lambda_search_continue_goes_on_from_the_last_counterfactual(monkeypatch):
+    """lambda_search=continue: a retry starts from the previous λc's counterfactual (not the input),
+    runs retry_iterations passes, and the frame's iterates, probabilities, times and nfe add up."""
+    e = make_engine("diff-ice", iterations=3, lambda_c=(40.0, 60.0, 80.0), lambda_search="continue", retry_iterations=2)
+    starts = []
+
+    def step_pass(x_in, anchor, lam, gens):  # every pass adds λc / 1000 to the frame's first pixel
+        starts.append((float(lam[0]), x_in[:, 0, 0, 0].tolist()))
+        out = x_in.clone()
+        out[:, 0, 0, 0] += lam / 1000
+        return out, 4
+
+    monkeypatch.setattr(e, "_pass", step_pass)
+    # frame 0 is SP once its value passes 0.1, frame 1 once it passes 0.5 (never within the budget)
+    monkeypatch.setattr(e, "prob_sp", lambda x: torch.where(x[:, 0, 0, 0] > x[:, 0, 0, 1], 0.9, 0.1))
+    x = torch.zeros(2, 1, 2, 2)
+    x[0, 0, 0, 1], x[1, 0, 0, 1] = 0.1, 0.5
+    r0, r1 = e.explain(x, [0, 1])
+    # λc 40: three passes for both; λc 60 and 80: two passes each for frame 1 only, from where it was
+    assert [lam for lam, _ in starts] == [40.0] * 3 + [60.0] * 2 + [80.0] * 2
+    assert starts[3][1] == pytest.approx([0.12]) and starts[5][1] == pytest.approx([0.24])
+    assert r0.iterations == 3 and r0.attempts == 1 and r0.nfe == 12 and r0.flipped
+    assert r1.iterations == 7 and r1.attempts == 3 and r1.nfe == 28 and not r1.flipped
+    assert len(r1.p_iters) == len(r1.seconds_iters) == 7 and r1.p_lambdas == pytest.approx([0.1, 0.1, 0.1])
+    assert float(r1.cf[0, 0, 0]) == pytest.approx(0.12 + 0.12 + 0.16)
+    assert float(r1.iterates[2][0, 0, 0]) == pytest.approx(0.12) and float(r1.iterates[4][0, 0, 0]) == pytest.approx(0.24)
+    restart = make_engine("diff-ice", iterations=3, lambda_c=(40.0, 60.0), lambda_search="restart")
+    starts.clear()
+    monkeypatch.setattr(restart, "_pass", step_pass)
+    monkeypatch.setattr(restart, "prob_sp", e.prob_sp)
+    restart.explain(x[1:], [1])
+    assert starts[3] == (60.0, [0.0])  # the paper's search starts again from the input
 
 
 def test_adaptive_stopping_shrinks_the_batch_and_saves_nfe(monkeypatch):
@@ -199,6 +233,10 @@ def test_loss_is_a_per_frame_sum():
 
 
 def test_settings_are_validated():
+    with pytest.raises(UserError, match="cf.lambda_search"):
+        make_engine(lambda_search="resume")
+    with pytest.raises(UserError, match="cf.retry_iterations"):
+        make_engine(retry_iterations=0)
     with pytest.raises(UserError, match="cf.method"):
         make_engine("fastdime")
     with pytest.raises(UserError, match="cf.tau"):

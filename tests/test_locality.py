@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffice.metrics.locality import change_locality, footprint
+from diffice.metrics.locality import PSNR_CAP, change_locality, footprint
 from diffice.report.intervals import run_intervals
 from diffice.report.tables import locality_rows
 
@@ -28,7 +28,7 @@ def test_a_repair_inside_the_footprint_is_all_inside():
     seg = np.zeros((32, 40), np.int64)
     seg[8:16, 10:20] = 2
     c = change_locality(x, cf, seg, ["background", "head", "th"], target)
-    assert c["in_footprint"] == pytest.approx(1.0) and c["psnr_outside"] is None
+    assert c["in_footprint"] == pytest.approx(1.0) and c["psnr_outside"] == PSNR_CAP  # nothing changed outside
     assert c["regions"]["th"] == pytest.approx(1.0) and c["regions"]["background"] == 0.0
     assert c["changed_fraction"] == pytest.approx(6 * 8 / (32 * 40))
 

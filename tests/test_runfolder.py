@@ -67,3 +67,14 @@ def test_the_three_kinds_declare_their_stamps():
 
     assert [k.name for k in (CF, SYNTHESIS, DOWNSTREAM)] == ["counterfactuals", "synthesis", "downstream"]
     assert [k.legacy[0] for k in (CF, SYNTHESIS, DOWNSTREAM)] == ["config.yaml", "synthesis-run.json", "study.json"]
+
+
+def test_a_key_added_later_counts_as_its_old_behaviour_in_an_older_stamp(tmp_path):
+    kind = RunKind("k", "k run", items=("frames",), fix="use another folder", added=(("cf.search", "restart"),))
+    write_stamp(tmp_path, kind, {"cf": {"tau": 5}})  # written before cf.search existed
+    check_run_folder(tmp_path, kind, {"cf": {"tau": 5, "search": "restart"}})  # what it did then: accepted
+    with pytest.raises(UserError, match=r"cf.search: 'restart' there, 'continue' now"):
+        check_run_folder(tmp_path, kind, {"cf": {"tau": 5, "search": "continue"}})
+    write_stamp(tmp_path, kind, {"cf": {"tau": 5, "search": "continue"}})
+    with pytest.raises(UserError, match=r"cf.search: 'continue' there, 'restart' now"):
+        check_run_folder(tmp_path, kind, {"cf": {"tau": 5, "search": "restart"}})

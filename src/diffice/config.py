@@ -168,6 +168,8 @@ class CounterfactualConfig:
     iterations: int = 5
     lambda_c: list[float] = field(default_factory=lambda: [40.0, 60.0, 80.0])
     lambda_p: float = 30.0
+    lambda_search: str = "restart"
+    retry_iterations: int = 1
     adaptive: bool = False
     stop_threshold: float = 0.9
     clip_denoised: bool = True
@@ -177,6 +179,12 @@ class CounterfactualConfig:
     mask_threshold: float = 0.15
     mask_dilation: int = 5
     mask_warmup: int = 5
+    sparse: str = "none"
+    sparse_threshold: float = 0.1
+    sparse_sigma: float = 2.0
+    sparse_dilation: int = 2
+    sparse_tau: int = 10
+    sparse_guided: bool = True
     batch_size: int = 10
     net_batch: int | None = 10
     autocast: str = "none"

@@ -107,7 +107,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
 def cmd_ddpm_check(argv: Sequence[str]) -> int:
     from diffice.config import config_from_args
     from diffice.counterfactual.check import SCORED
-    from diffice.counterfactual.engine import NOISE_CONVENTIONS
+    from diffice.counterfactual.settings import NOISE_CONVENTIONS
     from diffice.io import atomic_write_text, make_grid, save_png, to_uint8
     from diffice.modules.ddpm import check_sp_frames, load_ddpm, segment_fn
 

@@ -1,8 +1,6 @@
 """Diff-ICE and its baselines on plain tensors and modules (no Trainer): see ``engine``."""
 
 from diffice.counterfactual.engine import (
-    METHODS,
-    CFSettings,
     CounterfactualEngine,
     FrameResult,
     GuidanceLoss,
@@ -10,6 +8,8 @@ from diffice.counterfactual.engine import (
     guided_sample,
 )
 from diffice.counterfactual.seeding import frame_generators, frame_seed, randn_frames
+from diffice.counterfactual.settings import METHODS, CFSettings
+from diffice.counterfactual.sparse import SparseSettings
 
 __all__ = [
     "METHODS",
@@ -17,6 +17,7 @@ __all__ = [
     "CounterfactualEngine",
     "FrameResult",
     "GuidanceLoss",
+    "SparseSettings",
     "default_perceptual_l2",
     "frame_generators",
     "frame_seed",

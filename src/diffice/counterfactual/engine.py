@@ -42,14 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from diffice.counterfactual.seeding import frame_generators, randn_frames
-from diffice.errors import UserError
-from diffice.nets.autocast import PRECISIONS, with_precision
+from diffice.counterfactual.settings import X0_METHODS, CFSettings
+from diffice.counterfactual.sparse import change_mask, inpaint
+from diffice.nets.autocast import with_precision
 from diffice.nets.fixed_batch import FixedBatch, fixed
-
-METHODS = ("diff-ice", "diff-ice1", "diff-ice1-xt", "dime")
-NOISE_CONVENTIONS = ("diffice", "dime")
-GRAD_AT = ("current", "previous")
-X0_METHODS = ("diff-ice", "diff-ice1")
 
 Features = list[torch.Tensor]
 
@@ -57,86 +53,6 @@ Features = list[torch.Tensor]
 def default_perceptual_l2(a: Features, b: Features) -> torch.Tensor:
     """Per-frame l2 perceptual distance: sum over layers of the mean squared feature difference."""
     return sum(((fa - fb) ** 2).flatten(1).mean(1) for fa, fb in zip(a, b, strict=True))
-
-
-@dataclass
-class CFSettings:
-    """What a counterfactual run does; built from the ``cf`` config section."""
-
-    method: str = "diff-ice"
-    tau: int = 120
-    iterations: int = 5
-    lambda_c: Sequence[float] = (40.0, 60.0, 80.0)
-    lambda_p: float = 30.0
-    adaptive: bool = False
-    stop_threshold: float = 0.9
-    clip_denoised: bool = True
-    noise_convention: str = "diffice"
-    grad_at: str = "current"
-    mask: bool = False
-    mask_threshold: float = 0.15
-    mask_dilation: int = 5
-    mask_warmup: int = 5
-    seed: int = 0
-    net_batch: int | None = None  # every network call at exactly this many frames (None: at the batch's size)
-    autocast: str = "none"  # none | bf16: the networks under bf16 autocast (diffusion maths stay float32)
-
-    @classmethod
-    def from_config(cls, cfg) -> CFSettings:
-        c = cfg.cf
-        return cls(
-            method=str(c.method),
-            tau=int(c.tau),
-            iterations=int(c.iterations),
-            lambda_c=[float(v) for v in c.lambda_c],
-            lambda_p=float(c.lambda_p),
-            adaptive=bool(c.adaptive),
-            stop_threshold=float(c.stop_threshold),
-            clip_denoised=bool(c.clip_denoised),
-            noise_convention=str(c.noise_convention),
-            grad_at=str(c.grad_at),
-            mask=bool(c.mask),
-            mask_threshold=float(c.mask_threshold),
-            mask_dilation=int(c.mask_dilation),
-            mask_warmup=int(c.mask_warmup),
-            seed=int(cfg.seed),
-            net_batch=None if c.net_batch is None else int(c.net_batch),
-            autocast=str(c.get("autocast", "none")),
-        )
-
-    @property
-    def passes(self) -> int:
-        """Diff-ICE iterations L; the single-pass methods run one."""
-        return self.iterations if self.method == "diff-ice" else 1
-
-    def validate(self, num_timesteps: int | None = None) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"cf.method: '{self.method}' is not one of {', '.join(METHODS)}")
-        if self.tau < 1 or (num_timesteps is not None and self.tau > num_timesteps):
-            raise UserError(f"cf.tau: {self.tau} must lie in 1..{num_timesteps or 'cf.respacing steps'}")
-        if self.noise_convention not in NOISE_CONVENTIONS:
-            raise UserError(f"cf.noise_convention: '{self.noise_convention}' is not one of {', '.join(NOISE_CONVENTIONS)}")
-        if self.noise_convention == "dime" and num_timesteps is not None and self.tau >= num_timesteps:
-            raise UserError(f"cf.tau: {self.tau} with cf.noise_convention=dime noises to index tau, which needs tau < {num_timesteps}")
-        if self.grad_at not in GRAD_AT:
-            raise UserError(f"cf.grad_at: '{self.grad_at}' is not one of {', '.join(GRAD_AT)}")
-        if (self.grad_at != "current" or self.mask) and self.method not in X0_METHODS:
-            raise UserError(f"cf.grad_at=previous and cf.mask apply to {' and '.join(X0_METHODS)} (gradient at x0), "
-                            f"not to cf.method={self.method}")
-        if self.mask_dilation < 1 or self.mask_dilation % 2 == 0:
-            raise UserError(f"cf.mask_dilation: {self.mask_dilation} must be an odd number of pixels")
-        if not 0.0 <= self.mask_threshold <= 1.0:
-            raise UserError(f"cf.mask_threshold: {self.mask_threshold} must lie in [0, 1]")
-        if self.iterations < 1:
-            raise UserError(f"cf.iterations: {self.iterations} must be at least 1")
-        if not self.lambda_c:
-            raise UserError("cf.lambda_c: give at least one classifier-loss weight, e.g. cf.lambda_c=[40,60,80]")
-        if not 0.0 < self.stop_threshold <= 1.0:
-            raise UserError(f"cf.stop_threshold: {self.stop_threshold} must lie in (0, 1]")
-        if self.autocast not in PRECISIONS:
-            raise UserError(f"cf.autocast: '{self.autocast}' is not one of {', '.join(PRECISIONS)}")
-        if self.net_batch is not None and self.net_batch < 1:
-            raise UserError(f"cf.net_batch: {self.net_batch} must be at least 1 (or null)")
 
 
 class GuidanceLoss:
@@ -218,6 +134,9 @@ class FrameResult:
     attempts: int
     p_lambdas: list[float] = field(default_factory=list)  # final SP probability per λc tried
     seconds_iters: list[float] = field(default_factory=list)  # the frame's share of each pass's time
+    dense: torch.Tensor | None = None  # cf.sparse: the dense counterfactual the refinement started from
+    p_sparse: float | None = None      # cf.sparse: the guide's SP probability of the refined ``cf``
+    mask_fraction: float | None = None  # cf.sparse: share of the frame the refinement may change
 
     @property
     def iterations(self) -> int:
@@ -225,7 +144,7 @@ class FrameResult:
 
     @property
     def p_cf(self) -> float:
-        return self.p_iters[-1]
+        return self.p_iters[-1] if self.p_sparse is None else self.p_sparse
 
     @property
     def flipped(self) -> bool:
@@ -254,6 +173,7 @@ class CounterfactualEngine:
         settings: CFSettings,
         perceptual_l2: Callable[[Features, Features], torch.Tensor] | None = None,
         progress: Callable[[str], None] | None = None,
+        segment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         settings.validate(getattr(diffusion, "num_timesteps", None))
         width = settings.net_batch
@@ -266,6 +186,10 @@ class CounterfactualEngine:
         self.s = settings
         self.loss = GuidanceLoss(guide, perceptual, settings.lambda_p, perceptual_l2)
         self.progress = progress
+        # the guide's segmenter (class probabilities), for cf.sparse=layout
+        self.segment = with_precision(segment, settings.autocast) if segment is not None else None
+        if self.segment is not None and width is not None:
+            self.segment = fixed(self.segment, width)
 
     # ------------------------------------------------------------------ public
 
@@ -278,9 +202,14 @@ class CounterfactualEngine:
         """Counterfactuals of a batch ``x`` (B,1,H,W) in [-1,1]; ``indices`` = dataset indices.
 
         λc search: every frame runs with ``lambda_c[0]``; frames whose counterfactual the guide
-        does not call SP (p ≤ 0.5) run again, from the original input, with the next λc, and so
-        on. A frame keeps the result of the first λc that flips it, else the last one tried.
-        ``nfe`` counts every denoiser evaluation the frame took part in, over all attempts.
+        does not call SP (p ≤ 0.5) run again with the next λc, and so on. With
+        ``lambda_search=restart`` (the paper's search) a retry starts again from the original
+        input and runs all passes, and a frame keeps the result of the first λc that flips it,
+        else the last one tried. With ``continue`` a retry does not redo the passes it already
+        ran: it starts from the previous λc's counterfactual and runs ``retry_iterations`` more
+        passes (the perceptual term still anchored to the original input); the frame's iterates
+        are those of all its attempts in order. ``nfe`` counts every denoiser evaluation the
+        frame took part in, over all attempts.
         """
         x = x.detach()
         indices = [int(i) for i in indices]
@@ -293,24 +222,47 @@ class CounterfactualEngine:
         for attempt, lam in enumerate(self.s.lambda_c):
             sel = torch.tensor(todo, device=x.device)
             gens = frame_generators(self.s.seed, [indices[i] for i in todo], attempt)
-            iterates, probs, used, secs = self._run(x[sel], [f[sel] for f in anchor], float(lam), gens)
+            resume = attempt > 0 and self.s.lambda_search == "continue"
+            start = torch.stack([results[i].cf for i in todo]).to(x) if resume else x[sel]
+            passes = self.s.retry_iterations if resume else self.s.passes
+            iterates, probs, used, secs = self._run(start, [f[sel] for f in anchor], float(lam), gens, passes)
             for j, i in enumerate(todo):
                 nfe[i] += used[j]
                 p_lambdas[i].append(probs[j][-1])
+                before = results[i] if resume else None
                 results[i] = FrameResult(
-                    index=indices[i], cf=iterates[j][-1], iterates=iterates[j], p_iters=probs[j],
-                    lambda_c=float(lam), nfe=nfe[i], attempts=attempt + 1, p_lambdas=list(p_lambdas[i]),
-                    seconds_iters=secs[j],
+                    index=indices[i], cf=iterates[j][-1], iterates=(before.iterates if before else []) + iterates[j],
+                    p_iters=(before.p_iters if before else []) + probs[j], lambda_c=float(lam), nfe=nfe[i],
+                    attempts=attempt + 1, p_lambdas=list(p_lambdas[i]),
+                    seconds_iters=(before.seconds_iters if before else []) + secs[j],
                 )
             todo = [i for i in todo if not results[i].flipped]
             if not todo:
                 break
+        if self.s.sparse.on:
+            self._refine(x, anchor, results, indices, nfe)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
+
+    def _refine(self, x: torch.Tensor, anchor: Features, results: list[FrameResult], indices: list[int],
+                nfe: list[int]) -> None:
+        """The sparse refinement (:mod:`diffice.counterfactual.sparse`) of every frame's result, with
+        its own λc; ``cf`` becomes the refined frame, ``dense`` keeps the one it started from."""
+        s = self.s.sparse
+        dense = torch.stack([r.cf for r in results]).to(x)
+        mask = change_mask(x, dense, s, self.segment)
+        lam = torch.tensor([r.lambda_c for r in results], device=x.device, dtype=torch.float32)
+        gens = frame_generators(self.s.seed, indices, len(self.s.lambda_c))  # a stream of its own
+        refined = inpaint(self, x, dense, mask, anchor, lam, gens, s)
+        p = self.prob_sp(refined).tolist()
+        for b, r in enumerate(results):
+            nfe[b] += s.tau
+            r.dense, r.cf, r.p_sparse = r.cf, refined[b].detach().float().cpu(), float(p[b])
+            r.mask_fraction, r.nfe = float(mask[b].mean()), nfe[b]
 
     # ------------------------------------------------------------------ passes
 
-    def _run(self, x: torch.Tensor, anchor: Features, lam: float, gens: list[torch.Generator]):
-        """All passes of one λc attempt; adaptive stopping shrinks the batch between passes."""
+    def _run(self, x: torch.Tensor, anchor: Features, lam: float, gens: list[torch.Generator], passes: int):
+        """``passes`` passes of one λc attempt from ``x``; adaptive stopping shrinks the batch between passes."""
         n = x.shape[0]
         lam_t = torch.full((n,), lam, device=x.device, dtype=torch.float32)
         current = x.clone()
@@ -319,7 +271,7 @@ class CounterfactualEngine:
         probs: list[list[float]] = [[] for _ in range(n)]
         nfe = [0] * n
         seconds: list[list[float]] = [[] for _ in range(n)]
-        for _ in range(self.s.passes):
+        for _ in range(passes):
             sel = torch.tensor(active, device=x.device)
             start = _clock(x)
             out, used = self._pass(current[sel], [f[sel] for f in anchor], lam_t[sel], [gens[i] for i in active])

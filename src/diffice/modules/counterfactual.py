@@ -26,8 +26,9 @@ from torch import nn
 
 from diffice.config import save_config, to_dict
 from diffice.counterfactual.check import SCORED
-from diffice.counterfactual.engine import CFSettings, CounterfactualEngine, FrameResult
+from diffice.counterfactual.engine import CounterfactualEngine, FrameResult
 from diffice.counterfactual.outputs import RUN_KIND, method_config, write_results_csv
+from diffice.counterfactual.settings import CFSettings
 from diffice.errors import UserError
 from diffice.io import overlay, to_uint8
 from diffice.metrics.biometry import biometry_fields
@@ -162,7 +163,8 @@ class CounterfactualModule(L.LightningModule):
         from diffice.nets.features import perceptual_l2 as default_l2
 
         l2 = self.perceptual_l2 or default_l2
-        return CounterfactualEngine(self.diffusion, self.model, self.guide, self.perceptual, self.settings, l2)
+        return CounterfactualEngine(self.diffusion, self.model, self.guide, self.perceptual, self.settings, l2,
+                                    segment=self.guide.segment if self.settings.sparse.mask == "layout" else None)
 
     @torch.no_grad()
     def _judge(self, x: torch.Tensor) -> dict[str, Any]:
@@ -228,6 +230,8 @@ class CounterfactualModule(L.LightningModule):
                 "p_cf": r.p_cf,
                 "p_iters": r.p_iters,
                 "flipped": r.flipped,
+                "p_dense": r.p_iters[-1] if r.dense is not None else None,  # cf.sparse: before the refinement
+                "sparse_mask_fraction": r.mask_fraction,
                 "concepts_input": self._named(before["concepts"][b]),
                 "concepts_cf": self._named(after["concepts"][b]),
                 "qs_input": before["qs"][b],
@@ -263,6 +267,8 @@ class CounterfactualModule(L.LightningModule):
             images = {"input.png": grey_in}
             images.update({f"iter{k + 1}.png": to_uint8(it) for k, it in enumerate(r.iterates)})
             images["cf.png"] = grey_cf
+            if r.dense is not None:
+                images["dense.png"] = to_uint8(r.dense)
             images["seg_input.png"] = overlay(grey_in, before["seg"][b])
             images["seg_cf.png"] = overlay(grey_cf, after["seg"][b])
             if has_target is not None and bool(has_target[b]):  # also where the fault's footprint is empty

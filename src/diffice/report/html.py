@@ -134,8 +134,8 @@ def pick_frames(records: list[dict], count: int) -> list[dict]:
 
 def frame_strip(rec: dict) -> list[tuple[str, str, bytes]]:
     """(key, caption, PNG bytes) along a frame: input, segmentation, iterations, counterfactual,
-    its segmentation, difference map, ground-truth target. Keys: input, seg_input, iter{k}, cf,
-    seg_cf, diff, target; files a run lacks are left out."""
+    its segmentation, difference map, ground-truth target. Keys: input, seg_input, iter{k}, dense
+    (the sparse refinement's starting point), cf, seg_cf, diff, target; files a run lacks are left out."""
     d: Path = rec["_dir"]
     out = [("input", "input", (d / "input.png").read_bytes())]
     if (d / "seg_input.png").exists():
@@ -145,7 +145,11 @@ def frame_strip(rec: dict) -> list[tuple[str, str, bytes]]:
         if (d / f"iter{k}.png").exists():
             cap = f"iter {k}" + (f" (p={num(p_iters[k - 1]):.2f})" if k <= len(p_iters) else "")
             out.append((f"iter{k}", cap, (d / f"iter{k}.png").read_bytes()))
-    cap = "counterfactual"
+    if (d / "dense.png").exists():
+        frac = rec.get("sparse_mask_fraction")
+        out.append(("dense", "dense cf" + (f" (sparse mask {num(frac):.0%} of the frame)" if frac is not None else ""),
+                    (d / "dense.png").read_bytes()))
+    cap = "counterfactual" + (f" (p={num(rec.get('p_cf')):.2f})" if rec.get("p_dense") is not None else "")
     change = rec.get("change") or {}
     regions = {k: v for k, v in (change.get("regions") or {}).items() if v is not None}
     if regions:  # the explanation in one line: which anatomy the change falls in

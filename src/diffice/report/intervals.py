@@ -63,6 +63,10 @@ def run_intervals(records: list[dict], concepts: list[str]) -> dict:
     for key in ("in_footprint", "psnr_outside", "changed_fraction"):  # where the change is (metrics.locality)
         vals = [num((r.get("change") or {}).get(key)) for r in records]
         out[f"change_{key}"] = mean_interval([v for v in vals if math.isfinite(v)])
+    masks = [num(r.get("sparse_mask_fraction")) for r in records]  # cf.sparse: what the refinement could change
+    out["sparse_mask_fraction"] = mean_interval([v for v in masks if math.isfinite(v)])
+    dense = [num(r.get("p_dense")) for r in records]
+    out["flipped_dense"] = rate_interval(sum(p > 0.5 for p in dense if math.isfinite(p)), sum(math.isfinite(p) for p in dense))
     structures = sorted({k for r in records for k in (r.get("anatomy_dice") or {})})
     for k in structures:
         out[f"anatomy_dice_{k}"] = mean_interval([num(r["anatomy_dice"][k]) for r in records

@@ -120,9 +120,18 @@ def locality_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]] | No
     if not any(k in (m.get("intervals") or {}) for m in metrics for k in keys):
         return None
     header = ["Method", "pixels changed (> 2 grey levels)", "squared change inside the footprint", "PSNR outside the footprint (dB)"]
-    rows = [[method_name(m["method"])] + [f"{fmt_interval(iv, 1 if k.endswith('outside') else 3)} (n {iv['n']})"
-                                          if (iv := (m.get("intervals") or {}).get(k)) else "–" for k in keys]
-            for m in metrics]
+    if any("sparse_mask_fraction" in (m.get("intervals") or {}) for m in metrics):  # cf.sparse runs
+        keys = (*keys, "sparse_mask_fraction", "flipped_dense")
+        header += ["sparse mask (share of the frame)", "flipped before the refinement"]
+    def cell(m: dict, k: str) -> str:
+        iv = (m.get("intervals") or {}).get(k)
+        if not iv:
+            return "–"
+        if k == "flipped_dense":
+            return fmt_rate(iv, sep=" / ")
+        return f"{fmt_interval(iv, 1 if k.endswith('outside') else 3)} (n {iv['n']})"
+
+    rows = [[method_name(m["method"])] + [cell(m, k) for k in keys] for m in metrics]
     return header, rows
 
 

@@ -38,6 +38,24 @@ class RunKind:
     items: tuple[str, ...]          # what a folder of this kind holds once it has run (folders or files)
     fix: str                        # what to do when the folder is refused
     legacy: tuple[str, Callable[[Path], dict]] | None = None  # an older diffice's stamp file, and its settings
+    # settings keys (dotted) added after folders of this kind existed, each with the value that does
+    # what a run did before the key existed: a stamp without the key counts as holding that value
+    added: tuple[tuple[str, Any], ...] = ()
+
+
+def with_added(settings: dict, added: tuple[tuple[str, Any], ...]) -> dict:
+    """``settings`` with every key of ``added`` it lacks set to the value given there."""
+    out = json.loads(json.dumps(settings))
+    for dotted, value in added:
+        *parents, last = dotted.split(".")
+        node = out
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                break
+            node = node[key]
+        else:
+            node.setdefault(last, value)
+    return out
 
 
 def first_difference(now: Any, there: Any, prefix: str = "") -> str | None:
@@ -95,7 +113,7 @@ def check_run_folder(out: str | Path, kind: RunKind, settings: dict) -> None:
         if found:
             raise UserError(f"{out}: holds {' and '.join(found)} but no {STAMP}; {kind.fix}")
         return
-    diff = first_difference(plain(settings), plain(there))
+    diff = first_difference(plain(settings), with_added(plain(there), kind.added))
     if diff:
         raise UserError(f"{out}: holds a {kind.noun} with other settings ({diff}); {kind.fix}")
 

@@ -1,0 +1,113 @@
+"""What a counterfactual run does: :class:`CFSettings`, built from the ``cf`` config section and
+checked before anything runs (every error names its ``cf.*`` key)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from diffice.counterfactual.sparse import SparseSettings
+from diffice.errors import UserError
+from diffice.nets.autocast import PRECISIONS
+
+METHODS = ("diff-ice", "diff-ice1", "diff-ice1-xt", "dime")
+LAMBDA_SEARCH = ("restart", "continue")
+NOISE_CONVENTIONS = ("diffice", "dime")
+GRAD_AT = ("current", "previous")
+X0_METHODS = ("diff-ice", "diff-ice1")
+
+
+@dataclass
+class CFSettings:
+    """What a counterfactual run does; built from the ``cf`` config section."""
+
+    method: str = "diff-ice"
+    tau: int = 120
+    iterations: int = 5
+    lambda_c: Sequence[float] = (40.0, 60.0, 80.0)
+    lambda_p: float = 30.0
+    adaptive: bool = False
+    stop_threshold: float = 0.9
+    clip_denoised: bool = True
+    noise_convention: str = "diffice"
+    grad_at: str = "current"
+    mask: bool = False
+    mask_threshold: float = 0.15
+    mask_dilation: int = 5
+    mask_warmup: int = 5
+    seed: int = 0
+    net_batch: int | None = None  # every network call at exactly this many frames (None: at the batch's size)
+    autocast: str = "none"  # none | bf16: the networks under bf16 autocast (diffusion maths stay float32)
+    lambda_search: str = "restart"  # restart: each λc from the input | continue: from the last λc's result
+    retry_iterations: int = 1  # lambda_search=continue: passes each further λc runs
+    sparse: SparseSettings = field(default_factory=SparseSettings)  # the sparse refinement (cf.sparse*)
+
+    @classmethod
+    def from_config(cls, cfg) -> CFSettings:
+        c = cfg.cf
+        return cls(
+            method=str(c.method),
+            tau=int(c.tau),
+            iterations=int(c.iterations),
+            lambda_c=[float(v) for v in c.lambda_c],
+            lambda_p=float(c.lambda_p),
+            adaptive=bool(c.adaptive),
+            stop_threshold=float(c.stop_threshold),
+            clip_denoised=bool(c.clip_denoised),
+            noise_convention=str(c.noise_convention),
+            grad_at=str(c.grad_at),
+            mask=bool(c.mask),
+            mask_threshold=float(c.mask_threshold),
+            mask_dilation=int(c.mask_dilation),
+            mask_warmup=int(c.mask_warmup),
+            seed=int(cfg.seed),
+            net_batch=None if c.net_batch is None else int(c.net_batch),
+            autocast=str(c.get("autocast", "none")),
+            lambda_search=str(c.lambda_search),
+            retry_iterations=int(c.retry_iterations),
+            sparse=SparseSettings.from_config(c),
+        )
+
+    @property
+    def passes(self) -> int:
+        """Diff-ICE iterations L; the single-pass methods run one."""
+        return self.iterations if self.method == "diff-ice" else 1
+
+    def validate(self, num_timesteps: int | None = None) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"cf.method: '{self.method}' is not one of {', '.join(METHODS)}")
+        if self.tau < 1 or (num_timesteps is not None and self.tau > num_timesteps):
+            raise UserError(f"cf.tau: {self.tau} must lie in 1..{num_timesteps or 'cf.respacing steps'}")
+        if self.noise_convention not in NOISE_CONVENTIONS:
+            raise UserError(f"cf.noise_convention: '{self.noise_convention}' is not one of {', '.join(NOISE_CONVENTIONS)}")
+        if self.noise_convention == "dime" and num_timesteps is not None and self.tau >= num_timesteps:
+            raise UserError(f"cf.tau: {self.tau} with cf.noise_convention=dime noises to index tau, which needs tau < {num_timesteps}")
+        if self.grad_at not in GRAD_AT:
+            raise UserError(f"cf.grad_at: '{self.grad_at}' is not one of {', '.join(GRAD_AT)}")
+        if (self.grad_at != "current" or self.mask) and self.method not in X0_METHODS:
+            raise UserError(f"cf.grad_at=previous and cf.mask apply to {' and '.join(X0_METHODS)} (gradient at x0), "
+                            f"not to cf.method={self.method}")
+        if self.mask_dilation < 1 or self.mask_dilation % 2 == 0:
+            raise UserError(f"cf.mask_dilation: {self.mask_dilation} must be an odd number of pixels")
+        if not 0.0 <= self.mask_threshold <= 1.0:
+            raise UserError(f"cf.mask_threshold: {self.mask_threshold} must lie in [0, 1]")
+        if self.iterations < 1:
+            raise UserError(f"cf.iterations: {self.iterations} must be at least 1")
+        if not self.lambda_c:
+            raise UserError("cf.lambda_c: give at least one classifier-loss weight, e.g. cf.lambda_c=[40,60,80]")
+        if not 0.0 < self.stop_threshold <= 1.0:
+            raise UserError(f"cf.stop_threshold: {self.stop_threshold} must lie in (0, 1]")
+        if self.autocast not in PRECISIONS:
+            raise UserError(f"cf.autocast: '{self.autocast}' is not one of {', '.join(PRECISIONS)}")
+        self.sparse.validate(num_timesteps)
+        if self.sparse.on and self.method not in X0_METHODS:
+            raise UserError(f"cf.sparse applies to {' and '.join(X0_METHODS)} (x0 methods), not to cf.method={self.method}")
+        if self.lambda_search not in LAMBDA_SEARCH:
+            raise UserError(f"cf.lambda_search: '{self.lambda_search}' is not one of {', '.join(LAMBDA_SEARCH)}")
+        if self.retry_iterations < 1:
+            raise UserError(f"cf.retry_iterations: {self.retry_iterations} must be at least 1")
+        if self.net_batch is not None and self.net_batch < 1:
+            raise UserError(f"cf.net_batch: {self.net_batch} must be at least 1 (or null)")
+
+
+__all__ = ["GRAD_AT", "LAMBDA_SEARCH", "METHODS", "NOISE_CONVENTIONS", "X0_METHODS", "CFSettings"]

@@ -1,0 +1,95 @@
+"""The sparse refinement (issue 23): its mask, that every pixel outside the mask equals the input
+bit for bit, its cost, and that it runs inside the engine for the x0 methods only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffice.counterfactual import CFSettings, CounterfactualEngine, SparseSettings
+from diffice.counterfactual.sparse import change_mask, grow, paste
+from diffice.errors import UserError
+from tests.cf_fakes import FakeDenoiser, FakeFeatures, FakeGuide, frame, tiny_diffusion
+
+
+def make_engine(method="diff-ice", sparse=None, **kw):
+    s = CFSettings(method=method, tau=4, iterations=2, lambda_c=[40.0], lambda_p=30.0, seed=0,
+                   sparse=sparse or SparseSettings(mask="diff", threshold=0.05, sigma=1.0, dilation=1, tau=3), **kw)
+    feats, guide = FakeFeatures(), FakeGuide()
+    return CounterfactualEngine(tiny_diffusion(), FakeDenoiser(), guide, feats.perceptual, s, feats.perceptual_l2,
+                                segment=guide.segment)
+
+
+def test_the_diff_mask_is_the_grown_low_passed_change():
+    x = torch.zeros(1, 1, 20, 24)
+    cf = x.clone()
+    cf[0, 0, 8:12, 10:14] = 1.0           # a real change (a bright block)
+    cf[0, 0, 0, 0] = 0.3                  # one pixel of "speckle": averages out under the low-pass
+    s = SparseSettings(mask="diff", threshold=0.1, sigma=1.0, dilation=0)
+    m = change_mask(x, cf, s)
+    assert m[0, 0, 9:11, 11:13].eq(1).all() and m[0, 0, 0, 0] == 0 and m[0, 0, 18:, 20:].eq(0).all()
+    grown = change_mask(x, cf, SparseSettings(mask="diff", threshold=0.1, sigma=1.0, dilation=2))
+    assert torch.equal(grown, grow(m, 2)) and grown.sum() > m.sum()
+    assert torch.equal(grow(m, 2)[0, 0, 5, 5:7], torch.zeros(2))  # grows by 2 px, not more
+
+
+def test_the_layout_mask_is_where_the_segmentation_changed():
+    def segment(img):  # class 1 where the pixel is bright
+        bright = (img > 0).float()
+        return torch.cat([1 - bright, bright], dim=1)
+
+    x = -torch.ones(1, 1, 10, 10)
+    cf = x.clone()
+    cf[0, 0, 2:4, 2:4] = 0.5
+    cf[0, 0, 7, 7] = -0.5                 # changed, but the layout did not
+    m = change_mask(x, cf, SparseSettings(mask="layout", dilation=0), segment)
+    assert int(m.sum()) == 4 and m[0, 0, 2:4, 2:4].eq(1).all()
+    with pytest.raises(UserError, match="cf.sparse=layout needs"):
+        change_mask(x, cf, SparseSettings(mask="layout"))
+
+
+@pytest.mark.parametrize("mask", ["diff", "layout"])
+@pytest.mark.parametrize("method", ["diff-ice", "diff-ice1"])
+def test_outside_the_mask_the_counterfactual_is_the_input_bit_for_bit(method, mask):
+    e = make_engine(method, SparseSettings(mask=mask, threshold=0.2, sigma=1.0, dilation=1, tau=3))
+    x = torch.stack([frame(i) for i in range(3)])
+    dense = make_engine(method, SparseSettings()).explain(x, [4, 5, 6])
+    rs = e.explain(x, [4, 5, 6])
+    for r, d, xi in zip(rs, dense, x, strict=True):
+        assert torch.equal(r.dense, d.cf)                     # the refinement starts from the dense result
+        keep = ~(r.cf != xi)
+        assert 0.0 < r.mask_fraction < 1.0
+        outside = change_mask(xi[None], d.cf[None], e.s.sparse, e.segment)[0] == 0
+        assert outside.any() and torch.equal(r.cf[outside], xi[outside])  # exactly the input
+        assert keep.float().mean() >= 1 - r.mask_fraction - 1e-6
+        assert not torch.equal(r.cf, xi)                      # and it did change inside
+        assert r.nfe == d.nfe + 3 and r.p_sparse is not None and r.p_cf == r.p_sparse
+    assert rs[0].iterations == dense[0].iterations            # the passes are the dense ones
+
+
+def test_paste_is_exact():
+    x, inside = torch.randn(2, 1, 5, 6), torch.randn(2, 1, 5, 6)
+    m = (torch.rand(2, 1, 5, 6) > 0.5).float()
+    out = paste(x, inside, m)
+    assert torch.equal(out[m == 0], x[m == 0]) and torch.equal(out[m == 1], inside[m == 1])
+
+
+def test_the_refinement_does_not_depend_on_the_batch():
+    e = make_engine()
+    x = torch.stack([frame(i) for i in range(3)])
+    together = e.explain(x, [1, 2, 3])
+    alone = [e.explain(x[i : i + 1], [1 + i])[0] for i in range(3)]
+    for a, b in zip(together, alone, strict=True):
+        assert torch.allclose(a.cf, b.cf, atol=1e-5) and a.nfe == b.nfe
+
+
+def test_sparse_settings_are_validated():
+    with pytest.raises(UserError, match="cf.sparse: 'box'"):
+        make_engine(sparse=SparseSettings(mask="box"))
+    with pytest.raises(UserError, match="cf.sparse_tau"):
+        make_engine(sparse=SparseSettings(mask="diff", tau=0))
+    with pytest.raises(UserError, match="cf.sparse_threshold"):
+        make_engine(sparse=SparseSettings(mask="diff", threshold=0.0))
+    with pytest.raises(UserError, match="cf.sparse applies to diff-ice and diff-ice1"):
+        make_engine("dime")
+    make_engine("dime", SparseSettings())  # off: any method
