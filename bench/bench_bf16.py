@@ -1,6 +1,6 @@
 """bf16 autocast on the CPU: counterfactuals and DDPM training steps, fp32 and bf16 interleaved.
 
-    .venv/bin/python bench/bench_bf16.py [--frames 16] [--rounds 2] [--only cf,train]
+    .venv/bin/python bench/bench_bf16.py [--frames 16] [--rounds 2] [--only cf,fast,train]
 
 Each measurement alternates fp32 and bf16 on the same inputs (fp32, bf16, fp32, bf16, ...), so a
 ratio is measured within one run under the same load; the best round of each is kept.
@@ -9,8 +9,13 @@ ratio is measured within one run under the same load; the best round of each is 
   L = 3, λc ∈ {30, 60}, FastDiME's mask, net_batch 8) on the first ``--frames`` NSP test
   frames: seconds per frame, and how far the bf16 counterfactuals are from the fp32 ones
   (mean |Δ| in [-1, 1] units, flips that differ).
+- ``fast``: the same frames at the demo setting as it was (fp32, every frame all L passes, a λc
+  retry from the input) and as the demo runs now (bf16, a frame stops once the guide gives it
+  p ≥ 0.9, a retry goes on from the last counterfactual): counterfactual frames per CPU-minute of
+  each, interleaved.
 - ``train``: a DDPM training step (hybrid loss, backward, AdamW; what DDPMModule does per batch)
-  at the demo pack's size (64x80) and the hc18 pack's (128x160), batch 16, under
+  at the demo pack's size (64x80) and the hc18 pack's (128x160), and a synthesis model's step
+  (the layout-conditioned UNet of the demo preset, all T noise levels), batch 16, under
   ``torch.autocast("cpu", torch.bfloat16)`` (Lightning's ``trainer.precision: bf16-mixed``).
 
 Prints a markdown table (bench/RESULTS.md keeps the measured one); not a test.
@@ -35,7 +40,12 @@ def _best(times: list[float]) -> float:
     return min(times)
 
 
-def bench_cf(frames: int, rounds: int) -> list[str]:
+OLD_DEMO = {"autocast": "none", "adaptive": False, "lambda_search": "restart"}
+
+
+def _cf_variants(frames: int, rounds: int, variants: dict[str, dict]) -> tuple[dict, dict]:
+    """Seconds per frame (best round) and results of the demo pack's engine at the demo preset's
+    setting changed by each variant's CFSettings fields, interleaved round by round."""
     from diffice.counterfactual.engine import CFSettings, CounterfactualEngine
     from diffice.data import DiffIceDataModule
     from diffice.experiments.pack import pack_words
@@ -48,45 +58,75 @@ def bench_cf(frames: int, rounds: int) -> list[str]:
     ds = dm.dataset("test", label="NSP")
     x = torch.stack([ds[i]["image"] for i in range(frames)])
     idx = [int(ds[i]["index"]) for i in range(frames)]
-    times: dict[str, list[float]] = {"none": [], "bf16": []}
+    times: dict[str, list[float]] = {k: [] for k in variants}
     outs: dict[str, list] = {}
+    bs = int(cfg.cf.batch_size)
     for _ in range(rounds):
-        for prec in ("none", "bf16"):
+        for name, fields in variants.items():
             s = CFSettings.from_config(cfg)
-            s.autocast = prec
+            for key, value in fields.items():
+                setattr(s, key, value)
             eng = CounterfactualEngine(comps.diffusion, comps.model.eval(), comps.guide.eval(),
                                        comps.features.perceptual.eval(), s, comps.features.perceptual_l2)
             t0 = time.perf_counter()
             res = []
-            for b in range(0, frames, int(cfg.cf.batch_size)):
-                res += eng.explain(x[b:b + int(cfg.cf.batch_size)], idx[b:b + int(cfg.cf.batch_size)])
-            times[prec].append((time.perf_counter() - t0) / frames)
-            outs[prec] = res
-    diff = torch.stack([(a.cf - b.cf).abs().mean() for a, b in zip(outs["none"], outs["bf16"])])
-    flips = sum(a.flipped != b.flipped for a, b in zip(outs["none"], outs["bf16"]))
+            for b in range(0, frames, bs):
+                res += eng.explain(x[b:b + bs], idx[b:b + bs])
+            times[name].append((time.perf_counter() - t0) / frames)
+            outs[name] = res
+    return {k: _best(v) for k, v in times.items()}, outs
+
+
+def bench_cf(frames: int, rounds: int) -> list[str]:
+    secs, outs = _cf_variants(frames, rounds, {"none": {"autocast": "none"}, "bf16": {"autocast": "bf16"}})
+    diff = torch.stack([(a.cf - b.cf).abs().mean() for a, b in zip(outs["none"], outs["bf16"], strict=True)])
+    flips = sum(a.flipped != b.flipped for a, b in zip(outs["none"], outs["bf16"], strict=True))
     nfe = {p: sum(r.nfe for r in outs[p]) / frames for p in outs}
-    f32, b16 = _best(times["none"]), _best(times["bf16"])
+    f32, b16 = secs["none"], secs["bf16"]
     return [f"| counterfactuals, demo setting, {frames} frames (s / frame) | {f32:.2f} | {b16:.2f} | **{f32 / b16:.2f}x** | "
             f"mean \\|Δ\\| {float(diff.mean()):.4f}; flips differ on {flips} of {frames}; NFE / frame {nfe['none']:.0f} vs "
             f"{nfe['bf16']:.0f} |"]
 
 
+def bench_fast(frames: int, rounds: int) -> list[str]:
+    new = {"autocast": "bf16", "adaptive": True, "stop_threshold": 0.9, "lambda_search": "continue", "retry_iterations": 1}
+    secs, outs = _cf_variants(frames, rounds, {"old": OLD_DEMO, "new": new})
+    nfe = {p: sum(r.nfe for r in outs[p]) / frames for p in outs}
+    fr = {p: sum(r.flipped for r in outs[p]) for p in outs}
+    return [f"| counterfactual frames per CPU-minute, demo setting then (fp32, all passes, retry from the input) and now "
+            f"(bf16, stop at p ≥ 0.9, retry goes on), {frames} frames | {60 / secs['old']:.1f} | {60 / secs['new']:.1f} | "
+            f"**{secs['old'] / secs['new']:.2f}x** | NFE / frame {nfe['old']:.1f} vs {nfe['new']:.1f}; flipped {fr['old']} vs "
+            f"{fr['new']} of {frames} |"]
+
+
+def _synthesis_net(module, size: list[int]):
+    """The synthesis UNet with a full random condition (layout, plane, GA) of batch 16."""
+    from diffice.modules.synthesis import condition_of
+    from diffice.nets.conditional import Conditioned
+
+    mask = torch.randint(0, module.num_classes, (16, *size))
+    cond = condition_of({"mask": mask, "plane": torch.randint(0, 3, (16,)), "ga": torch.rand(16) * 20 + 18}, module.num_classes)
+    return Conditioned(module.model, cond)
+
+
 def bench_train(rounds: int, steps: int = 3) -> list[str]:
     from diffice.modules.ddpm import DDPMModule
+    from diffice.modules.synthesis import SynthesisModule
 
     rows = []
-    for preset, size in (("demo", [64, 80]), ("hc18", [128, 160])):
+    for what, preset, size in (("DDPM", "demo", [64, 80]), ("DDPM", "hc18", [128, 160]), ("synthesis", "demo", [64, 80])):
         cfg = config_from_args([str(ROOT / f"configs/preset/{preset}.yaml"), f"data.image_size={size}".replace(" ", "")])
         torch.manual_seed(0)
-        module = DDPMModule(cfg)
+        module = SynthesisModule(cfg, load_pretrained=False) if what == "synthesis" else DDPMModule(cfg)
+        net = _synthesis_net(module, size) if what == "synthesis" else module.model
         opt = torch.optim.AdamW(module.model.parameters(), lr=1e-4)
         x = torch.rand(16, 1, *size) * 2 - 1
         max_t = module.max_train_t()
 
-        def step(bf16: bool, module=module, opt=opt, x=x, max_t=max_t):
+        def step(bf16: bool, module=module, net=net, opt=opt, x=x, max_t=max_t):
             t = torch.randint(0, max_t, (16,))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = module.diffusion.training_losses(module.model, x, t)["loss"].mean()
+                loss = module.diffusion.training_losses(net, x, t)["loss"].mean()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -101,7 +141,7 @@ def bench_train(rounds: int, steps: int = 3) -> list[str]:
                     step(bf16)
                 times[bf16].append((time.perf_counter() - t0) / steps)
         f32, b16 = _best(times[False]), _best(times[True])
-        rows.append(f"| DDPM training step, {preset} UNet at {size[0]}x{size[1]}, batch 16 (s / step) | {f32:.2f} | "
+        rows.append(f"| {what} training step, {preset} UNet at {size[0]}x{size[1]}, batch 16 (s / step) | {f32:.2f} | "
                     f"{b16:.2f} | **{f32 / b16:.2f}x** | |")
     return rows
 
@@ -110,7 +150,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--only", default="cf,train")
+    p.add_argument("--only", default="cf,fast,train")
     ns = p.parse_args()
     parts = set(ns.only.split(","))
     rows = ["| what | fp32 | bf16 autocast | speed-up | outputs |", "|---|---|---|---|---|"]
@@ -118,6 +158,8 @@ def main() -> None:
         rows += bench_train(ns.rounds)
     if "cf" in parts:
         rows += bench_cf(ns.frames, ns.rounds)
+    if "fast" in parts:
+        rows += bench_fast(ns.frames, ns.rounds)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("\n".join(rows))
 

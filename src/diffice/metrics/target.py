@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 SIGMA_PER_WIDTH = 1.0 / 40.0
+SECTOR_SIGMA_PER_WIDTH = 3.0 / 80.0  # whole-frame closeness: 3 px at 64x80, clearly coarser than speckle
 
 
 def low_pass(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
@@ -65,7 +66,10 @@ def target_l1(
 def sector_l1(x: torch.Tensor, target: torch.Tensor, sigma: float | None = None, black: float = -0.95) -> torch.Tensor:
     """Per-sample anatomy-scale L1 of (B,1,H,W) images to ``target`` over the whole imaged sector
     (where the low-passed target is brighter than ``black``), not only the fault's footprint: a
-    counterfactual that repairs the fault but loses the midline elsewhere is farther here."""
+    counterfactual that repairs the fault but loses the midline elsewhere is farther here. σ
+    defaults to 3·W/80 (3 px at 64x80, 6 px at 128x160; before 2026-12-06 it was W/40): a
+    diffusion pass redraws the speckle everywhere, and the distance must see the anatomy, not it."""
+    sigma = float(sigma if sigma is not None else x.shape[-1] * SECTOR_SIGMA_PER_WIDTH)
     t = low_pass(target.double(), sigma)
     d = (low_pass(x.double(), sigma) - t).abs()
     m = (t > black).double()

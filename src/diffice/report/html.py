@@ -157,6 +157,10 @@ def frame_strip(rec: dict) -> list[tuple[str, str, bytes]]:
         cap += " · change: " + ", ".join(f"{k} {v:.0%}" for k, v in top)
         if change.get("in_footprint") is not None:
             cap += f" · {change['in_footprint']:.0%} in the fault"
+    before, after = rec.get("concepts_input") or {}, rec.get("concepts_cf") or {}
+    moved = sorted((k for k in before if k in after), key=lambda k: -abs(num(after[k]) - num(before[k])))[:2]
+    if moved:  # the oracle's concept scores that moved most, before -> after
+        cap += " · " + ", ".join(f"{k.removeprefix('qs_')} {num(before[k]):.2f}→{num(after[k]):.2f}" for k in moved)
     if rec.get("brain_cf") is not None:
         cap += f" (SonoNet brain {num(rec.get('p_brain_cf')):.2f})"
     out.append(("cf", cap, (d / "cf.png").read_bytes()))
