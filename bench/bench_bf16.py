@@ -5,13 +5,14 @@
 Each measurement alternates fp32 and bf16 on the same inputs (fp32, bf16, fp32, bf16, ...), so a
 ratio is measured within one run under the same load; the best round of each is kept.
 
-- ``cf``: the demo pack's counterfactual engine at the demo setting (Diff-ICE, τ = 15 of 100,
-  L = 3, λc ∈ {30, 60}, FastDiME's mask, net_batch 8) on the first ``--frames`` NSP test
+- ``cf``: the demo pack's counterfactual engine at the demo setting as it was before issues 23
+  and 28 (Diff-ICE, τ = 15 of 100, L = 3, λc ∈ {30, 60}, FastDiME's mask, net_batch 8, no
+  adaptive stopping, no sparse refinement) on the first ``--frames`` NSP test
   frames: seconds per frame, and how far the bf16 counterfactuals are from the fp32 ones
   (mean |Δ| in [-1, 1] units, flips that differ).
-- ``fast``: the same frames at the demo setting as it was (fp32, every frame all L passes, a λc
-  retry from the input) and as the demo runs now (bf16, a frame stops once the guide gives it
-  p ≥ 0.9, a retry goes on from the last counterfactual): counterfactual frames per CPU-minute of
+- ``fast``: the same frames at the demo setting as it was (fp32, every frame all L passes), with
+  bf16 and adaptive stopping (a frame stops once the guide gives it p ≥ 0.9), and with those plus
+  the sparse refinement (issue 23; the demo preset now): counterfactual frames per CPU-minute of
   each, interleaved.
 - ``train``: a DDPM training step (hybrid loss, backward, AdamW; what DDPMModule does per batch)
   at the demo pack's size (64x80) and the hc18 pack's (128x160), and a synthesis model's step
@@ -67,7 +68,8 @@ def _cf_variants(frames: int, rounds: int, variants: dict[str, dict]) -> tuple[d
             for key, value in fields.items():
                 setattr(s, key, value)
             eng = CounterfactualEngine(comps.diffusion, comps.model.eval(), comps.guide.eval(),
-                                       comps.features.perceptual.eval(), s, comps.features.perceptual_l2)
+                                       comps.features.perceptual.eval(), s, comps.features.perceptual_l2,
+                                       segment=comps.guide.segment)
             t0 = time.perf_counter()
             res = []
             for b in range(0, frames, bs):
@@ -78,7 +80,10 @@ def _cf_variants(frames: int, rounds: int, variants: dict[str, dict]) -> tuple[d
 
 
 def bench_cf(frames: int, rounds: int) -> list[str]:
-    secs, outs = _cf_variants(frames, rounds, {"none": {"autocast": "none"}, "bf16": {"autocast": "bf16"}})
+    from diffice.counterfactual import SparseSettings
+
+    before = {**OLD_DEMO, "sparse": SparseSettings()}  # the demo setting before issues 23 and 28, only the precision changes
+    secs, outs = _cf_variants(frames, rounds, {"none": before, "bf16": {**before, "autocast": "bf16"}})
     diff = torch.stack([(a.cf - b.cf).abs().mean() for a, b in zip(outs["none"], outs["bf16"], strict=True)])
     flips = sum(a.flipped != b.flipped for a, b in zip(outs["none"], outs["bf16"], strict=True))
     nfe = {p: sum(r.nfe for r in outs[p]) / frames for p in outs}
@@ -89,14 +94,18 @@ def bench_cf(frames: int, rounds: int) -> list[str]:
 
 
 def bench_fast(frames: int, rounds: int) -> list[str]:
-    new = {"autocast": "bf16", "adaptive": True, "stop_threshold": 0.9, "lambda_search": "continue", "retry_iterations": 1}
-    secs, outs = _cf_variants(frames, rounds, {"old": OLD_DEMO, "new": new})
+    from diffice.counterfactual import SparseSettings
+
+    # relative to the demo preset as it is now: before = fp32, all L passes, no sparse refinement
+    old = {**OLD_DEMO, "sparse": SparseSettings()}
+    fast = {"sparse": SparseSettings()}
+    secs, outs = _cf_variants(frames, rounds, {"old": old, "fast": fast, "demo": {}})
     nfe = {p: sum(r.nfe for r in outs[p]) / frames for p in outs}
     fr = {p: sum(r.flipped for r in outs[p]) for p in outs}
-    return [f"| counterfactual frames per CPU-minute, demo setting then (fp32, all passes, retry from the input) and now "
-            f"(bf16, stop at p ≥ 0.9, retry goes on), {frames} frames | {60 / secs['old']:.1f} | {60 / secs['new']:.1f} | "
-            f"**{secs['old'] / secs['new']:.2f}x** | NFE / frame {nfe['old']:.1f} vs {nfe['new']:.1f}; flipped {fr['old']} vs "
-            f"{fr['new']} of {frames} |"]
+    what = {"fast": "bf16, a frame stops at p ≥ 0.9", "demo": "the demo preset now (the same + sparse refinement)"}
+    return [f"| counterfactual frames per CPU-minute at the demo setting: before (fp32, all L passes) vs {what[k]}, "
+            f"{frames} frames | {60 / secs['old']:.1f} | {60 / secs[k]:.1f} | **{secs['old'] / secs[k]:.2f}x** | "
+            f"NFE / frame {nfe['old']:.1f} vs {nfe[k]:.1f}; flipped {fr['old']} vs {fr[k]} of {frames} |" for k in ("fast", "demo")]
 
 
 def _synthesis_net(module, size: list[int]):

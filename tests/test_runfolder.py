@@ -78,3 +78,16 @@ def test_a_key_added_later_counts_as_its_old_behaviour_in_an_older_stamp(tmp_pat
     write_stamp(tmp_path, kind, {"cf": {"tau": 5, "search": "continue"}})
     with pytest.raises(UserError, match=r"cf.search: 'continue' there, 'restart' now"):
         check_run_folder(tmp_path, kind, {"cf": {"tau": 5, "search": "restart"}})
+
+
+def test_keys_without_effect_do_not_refuse_a_counterfactual_folder(tmp_path):
+    from diffice.counterfactual.outputs import RUN_KIND
+
+    base = {"seed": 0, "cf": {"tau": 5, "sparse": "none", "sparse_tau": 10, "lambda_search": "restart", "retry_iterations": 1}}
+    write_stamp(tmp_path, RUN_KIND, base)
+    check_run_folder(tmp_path, RUN_KIND, {"seed": 0, "cf": {**base["cf"], "sparse_tau": 5, "retry_iterations": 3}})
+    with pytest.raises(UserError, match=r"cf.sparse: 'none' there, 'layout' now"):
+        check_run_folder(tmp_path, RUN_KIND, {"seed": 0, "cf": {**base["cf"], "sparse": "layout"}})
+    write_stamp(tmp_path, RUN_KIND, {"seed": 0, "cf": {**base["cf"], "sparse": "layout"}})
+    with pytest.raises(UserError, match=r"cf.sparse_tau: 10 there, 5 now"):
+        check_run_folder(tmp_path, RUN_KIND, {"seed": 0, "cf": {**base["cf"], "sparse": "layout", "sparse_tau": 5}})

@@ -46,9 +46,12 @@ def test_the_layout_mask_is_where_the_segmentation_changed():
     assert int(m.sum()) == 4 and m[0, 0, 2:4, 2:4].eq(1).all()
     with pytest.raises(UserError, match="cf.sparse=layout needs"):
         change_mask(x, cf, SparseSettings(mask="layout"))
+    # both: the union with the low-passed change (here the dark dot, too, at a low threshold)
+    both = change_mask(x, cf, SparseSettings(mask="both", sigma=0.0, threshold=0.2, dilation=0), segment)
+    assert int(both.sum()) == 5 and both[0, 0, 7, 7] == 1
 
 
-@pytest.mark.parametrize("mask", ["diff", "layout"])
+@pytest.mark.parametrize("mask", ["diff", "layout", "both"])
 @pytest.mark.parametrize("method", ["diff-ice", "diff-ice1"])
 def test_outside_the_mask_the_counterfactual_is_the_input_bit_for_bit(method, mask):
     e = make_engine(method, SparseSettings(mask=mask, threshold=0.2, sigma=1.0, dilation=1, tau=3))

@@ -68,6 +68,20 @@ def method_config(cfg: dict) -> dict:
     return rel
 
 
+def _effective(settings: dict) -> dict:
+    """The settings without keys that change nothing under the others: the sparse refinement's
+    parameters when it is off, the retry passes of a λc search that restarts."""
+    out = dict(settings)
+    cf = dict(out.get("cf") or {})
+    if cf.get("sparse", "none") == "none":
+        for key in [k for k in cf if k.startswith("sparse_")]:
+            cf.pop(key)
+    if cf.get("lambda_search", "restart") == "restart":
+        cf.pop("retry_iterations", None)
+    out["cf"] = cf
+    return out
+
+
 def _config_yaml_settings(path: Path) -> dict:
     """The settings of a run folder an older diffice stamped only with its ``config.yaml``."""
     import yaml
@@ -83,4 +97,5 @@ RUN_KIND = RunKind("counterfactuals", "counterfactual run", items=("frames",), f
                    legacy=("config.yaml", _config_yaml_settings),
                    added=(("cf.lambda_search", "restart"), ("cf.retry_iterations", 1), ("cf.sparse", "none"),
                           ("cf.sparse_threshold", 0.1), ("cf.sparse_sigma", 2.0), ("cf.sparse_dilation", 2),
-                          ("cf.sparse_tau", 10), ("cf.sparse_guided", True)))
+                          ("cf.sparse_tau", 10), ("cf.sparse_guided", True)),
+                   canonical=_effective)

@@ -13,6 +13,8 @@ the frame held to the input:
      anatomy or of the brightness at the scale of σ);
    - ``layout``: where the guide's segmentation of x_c differs from that of x (only diffice can:
      the change of the anatomy's layout is what an SP needs);
+   - ``both``: the union of the two (a fault the layout does not see, an echo blob inside the
+     head, is still repaired where the low-passed change is large);
 
    then grown by ``dilation`` pixels (a max filter), so the inpainting can blend its border.
 
@@ -40,14 +42,14 @@ import torch.nn.functional as F
 from diffice.counterfactual.seeding import randn_frames
 from diffice.errors import UserError
 
-MASKS = ("none", "diff", "layout")
+MASKS = ("none", "diff", "layout", "both")
 
 
 @dataclass
 class SparseSettings:
     """The ``cf.sparse*`` keys."""
 
-    mask: str = "none"        # none | diff | layout
+    mask: str = "none"        # none | diff | layout | both
     threshold: float = 0.1    # diff: low-passed |x_c − x| above this ([-1, 1] units) may change
     sigma: float = 2.0        # diff: Gaussian σ in pixels of the low-pass
     dilation: int = 2         # the mask grows by this many pixels
@@ -89,18 +91,19 @@ def grow(mask: torch.Tensor, pixels: int) -> torch.Tensor:
 def change_mask(x: torch.Tensor, cf: torch.Tensor, s: SparseSettings,
                 segment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(B,1,H,W) float 0/1: where the refinement may change the frame (step 1 of the module doc)."""
-    if s.mask == "diff":
+    if s.mask not in ("diff", "layout", "both"):
+        raise UserError(f"cf.sparse: '{s.mask}' makes no mask")
+    m = torch.zeros_like(x[:, :1], dtype=torch.float32)
+    if s.mask in ("diff", "both"):
         from diffice.metrics.target import low_pass
 
         d = low_pass((cf - x).float(), s.sigma).abs() if s.sigma > 0 else (cf - x).abs()
-        m = (d > s.threshold).float()
-    elif s.mask == "layout":
+        m = torch.maximum(m, (d > s.threshold).float())
+    if s.mask in ("layout", "both"):
         if segment is None:
-            raise UserError("cf.sparse=layout needs the guide's segmenter")
+            raise UserError(f"cf.sparse={s.mask} needs the guide's segmenter")
         with torch.no_grad():
-            m = (segment(x).argmax(1, keepdim=True) != segment(cf).argmax(1, keepdim=True)).float()
-    else:
-        raise UserError(f"cf.sparse: '{s.mask}' makes no mask")
+            m = torch.maximum(m, (segment(x).argmax(1, keepdim=True) != segment(cf).argmax(1, keepdim=True)).float())
     return grow(m, s.dilation)
 
 

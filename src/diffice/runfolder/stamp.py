@@ -41,6 +41,9 @@ class RunKind:
     # settings keys (dotted) added after folders of this kind existed, each with the value that does
     # what a run did before the key existed: a stamp without the key counts as holding that value
     added: tuple[tuple[str, Any], ...] = ()
+    # settings -> the settings that matter (a key without effect under the others removed), applied to
+    # both sides of a comparison
+    canonical: Callable[[dict], dict] | None = None
 
 
 def with_added(settings: dict, added: tuple[tuple[str, Any], ...]) -> dict:
@@ -113,7 +116,10 @@ def check_run_folder(out: str | Path, kind: RunKind, settings: dict) -> None:
         if found:
             raise UserError(f"{out}: holds {' and '.join(found)} but no {STAMP}; {kind.fix}")
         return
-    diff = first_difference(plain(settings), with_added(plain(there), kind.added))
+    now, there = with_added(plain(settings), kind.added), with_added(plain(there), kind.added)
+    if kind.canonical is not None:
+        now, there = kind.canonical(now), kind.canonical(there)
+    diff = first_difference(now, there)
     if diff:
         raise UserError(f"{out}: holds a {kind.noun} with other settings ({diff}); {kind.fix}")
 
