@@ -1,6 +1,6 @@
 """bf16 autocast on the CPU: counterfactuals and DDPM training steps, fp32 and bf16 interleaved.
 
-    .venv/bin/python bench/bench_bf16.py [--frames 16] [--rounds 2] [--only cf,fast,train]
+    .venv/bin/python bench/bench_bf16.py [--frames 16] [--rounds 2] [--only cf,fast,train,synth]
 
 Each measurement alternates fp32 and bf16 on the same inputs (fp32, bf16, fp32, bf16, ...), so a
 ratio is measured within one run under the same load; the best round of each is kept.
@@ -18,6 +18,8 @@ ratio is measured within one run under the same load; the best round of each is 
   at the demo pack's size (64x80) and the hc18 pack's (128x160), and a synthesis model's step
   (the layout-conditioned UNet of the demo preset, all T noise levels), batch 16, under
   ``torch.autocast("cpu", torch.bfloat16)`` (Lightning's ``trainer.precision: bf16-mixed``).
+- ``synth``: the demo pack's synthesis page on 8 test layouts (2 samples each, two edits of each)
+  with ``synthesis.autocast`` none, then bf16: seconds and the judge's layout Dice per structure.
 
 Prints a markdown table (bench/RESULTS.md keeps the measured one); not a test.
 """
@@ -108,6 +110,31 @@ def bench_fast(frames: int, rounds: int) -> list[str]:
             f"NFE / frame {nfe['old']:.1f} vs {nfe[k]:.1f}; flipped {fr['old']} vs {fr[k]} of {frames} |" for k in ("fast", "demo")]
 
 
+def bench_synth(layouts: int = 8) -> list[str]:
+    """The demo pack's synthesis page (``--test``: ``layouts`` test layouts x 2 samples, two edits of each),
+    fp32 then bf16 (``synthesis.autocast``), into a temporary folder: seconds and the judge's layout Dice."""
+    import json
+    import tempfile
+
+    from diffice.experiments.pack import pack_words
+    from diffice.experiments.synthesis import synthesize_test
+
+    secs, dice = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for prec in ("none", "bf16"):
+            cfg = config_from_args([str(ROOT / "configs/preset/demo.yaml"), f"paths.runs={tmp}", *pack_words(ROOT / "models/demo"),
+                                    "wandb.mode=disabled", f"synthesis.limit={layouts}", "synthesis.count=2",
+                                    "synthesis.edits=[remove:csp,grow:th:2]", f"synthesis.autocast={prec}"])
+            t0 = time.perf_counter()
+            synthesize_test(cfg, cfg.synthesis.ckpt, Path(tmp) / prec, realism=False)
+            secs[prec] = time.perf_counter() - t0
+            m = json.loads((Path(tmp) / prec / "metrics.json").read_text())
+            dice[prec] = m["dice"]
+    cells = ", ".join(f"{k} {dice['none'][k]:.3f} vs {dice['bf16'][k]:.3f}" for k in sorted(dice["none"]))
+    return [f"| synthesis --test with the demo pack, {layouts} layouts x 2 samples + their edits (s) | {secs['none']:.1f} | "
+            f"{secs['bf16']:.1f} | **{secs['none'] / secs['bf16']:.2f}x** | layout Dice {cells} |"]
+
+
 def _synthesis_net(module, size: list[int]):
     """The synthesis UNet with a full random condition (layout, plane, GA) of batch 16."""
     from diffice.modules.synthesis import condition_of
@@ -159,7 +186,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--only", default="cf,fast,train")
+    p.add_argument("--only", default="cf,fast,train,synth")
     ns = p.parse_args()
     parts = set(ns.only.split(","))
     rows = ["| what | fp32 | bf16 autocast | speed-up | outputs |", "|---|---|---|---|---|"]
@@ -169,6 +196,8 @@ def main() -> None:
         rows += bench_cf(ns.frames, ns.rounds)
     if "fast" in parts:
         rows += bench_fast(ns.frames, ns.rounds)
+    if "synth" in parts:
+        rows += bench_synth()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("\n".join(rows))
 

@@ -61,6 +61,17 @@ def test_pack_loads_with_the_current_code_and_schema():
 
     syn = Synthesizer(cfg, cfg.synthesis.ckpt)  # with the steering and judging segmenters the demo uses
     assert syn.size == (h, w) and syn.steer is not None and syn.judge is not None
+    # synthesis.autocast=bf16: the UNet runs under autocast, its outputs float32 and close to fp32's
+    syn, fast = (Synthesizer(config_from_args([DEMO, *pack_words(PACK), f"synthesis.autocast={p}"]), cfg.synthesis.ckpt,
+                             need_steer=False, need_judge=False) for p in ("none", "bf16"))
+    cond = {"layout": torch.zeros(2, len(syn.classes), h, w), "plane": torch.zeros(2, dtype=torch.long), "ga": torch.full((2,), 25.0)}
+    xt, t = torch.randn(2, 1, h, w, generator=torch.Generator().manual_seed(0)), torch.tensor([10, 500])
+    with torch.no_grad():
+        a, b = (s.net(xt, t, cond["layout"], cond["plane"], cond["ga"]) for s in (syn, fast))
+    assert b.dtype == torch.float32 and not torch.equal(a, b) and (a - b).abs().mean() < 0.05 * a.abs().mean()
+    with pytest.raises(UserError, match="synthesis.autocast: 'fp8'"):
+        Synthesizer(config_from_args([DEMO, *pack_words(PACK), "synthesis.autocast=fp8"]), cfg.synthesis.ckpt,
+                    need_steer=False, need_judge=False)
 
 
 def test_pack_words_name_a_missing_pack(tmp_path):

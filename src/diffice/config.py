@@ -226,6 +226,7 @@ class SynthesisConfig:
     edits: list[str] = field(default_factory=lambda: ["remove:csp", "grow:th:2"])
     batch_size: int = 16
     net_batch: int | None = 16
+    autocast: str = "none"
     split: str = "test"
     out: str = "${paths.runs}/synthesis-samples"
 

@@ -51,7 +51,10 @@ class Synthesizer:
         self.num_classes = len(self.classes)
         if self.s.net_batch is not None and int(self.s.net_batch) < 1:
             raise UserError(f"synthesis.net_batch: {self.s.net_batch} must be at least 1 (or null)")
-        self.net = fixed(self.module.ema_model.eval(), self.s.net_batch)  # every call at net_batch samples
+        from diffice.nets.autocast import with_precision
+
+        net = with_precision(self.module.ema_model.eval(), str(self.s.get("autocast", "none")), "synthesis.autocast")
+        self.net = fixed(net, self.s.net_batch)  # every call at net_batch samples
         self.diffusion = self.module.sampler(str(self.s.respacing))
         self.steer = self.judge = None
         if (need_steer and bool(self.s.two_stage) and need_judge and self.s.judge_ckpt and self.s.segmenter_ckpt
@@ -235,7 +238,7 @@ def _legacy_settings(path: Path) -> dict:
 
 
 RUN_KIND = RunKind("synthesis", "synthesis run", items=("layouts", "edits"), fix="choose another --out or delete it",
-                   legacy=("synthesis-run.json", _legacy_settings))
+                   legacy=("synthesis-run.json", _legacy_settings), added=(("synthesis.autocast", "none"),))
 
 
 def prepare_run_folder(out: Path, cfg: DictConfig, ckpt: str) -> None:
