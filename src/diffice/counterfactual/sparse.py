@@ -37,10 +37,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from diffice.counterfactual.seeding import randn_frames
 from diffice.errors import UserError
+from diffice.metrics.target import grow, low_pass
 
 MASKS = ("none", "diff", "layout", "both")
 
@@ -65,6 +65,11 @@ class SparseSettings:
     def on(self) -> bool:
         return self.mask != "none"
 
+    @property
+    def uses_layout(self) -> bool:
+        """The mask needs the guide's segmenter."""
+        return self.mask in ("layout", "both")
+
     def validate(self, num_timesteps: int | None = None) -> None:
         if self.mask not in MASKS:
             raise UserError(f"cf.sparse: '{self.mask}' is not one of {', '.join(MASKS)}")
@@ -80,26 +85,16 @@ class SparseSettings:
             raise UserError(f"cf.sparse_sigma: {self.sigma} must be 0 or more pixels")
 
 
-def grow(mask: torch.Tensor, pixels: int) -> torch.Tensor:
-    """A (B,1,H,W) 0/1 mask grown by ``pixels`` (square max filter)."""
-    if pixels <= 0:
-        return mask
-    k = 2 * int(pixels) + 1
-    return F.max_pool2d(mask, k, stride=1, padding=int(pixels))
-
-
 def change_mask(x: torch.Tensor, cf: torch.Tensor, s: SparseSettings,
                 segment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(B,1,H,W) float 0/1: where the refinement may change the frame (step 1 of the module doc)."""
-    if s.mask not in ("diff", "layout", "both"):
+    if not s.on or s.mask not in MASKS:
         raise UserError(f"cf.sparse: '{s.mask}' makes no mask")
     m = torch.zeros_like(x[:, :1], dtype=torch.float32)
     if s.mask in ("diff", "both"):
-        from diffice.metrics.target import low_pass
-
         d = low_pass((cf - x).float(), s.sigma).abs() if s.sigma > 0 else (cf - x).abs()
         m = torch.maximum(m, (d > s.threshold).float())
-    if s.mask in ("layout", "both"):
+    if s.uses_layout:
         if segment is None:
             raise UserError(f"cf.sparse={s.mask} needs the guide's segmenter")
         with torch.no_grad():

@@ -21,9 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from diffice.metrics.target import low_pass
+from diffice.metrics.target import grow, low_pass
 
 GREY_LEVEL = 2.0 / 255.0  # one grey level in [-1, 1] units
 CHANGED = 2 * GREY_LEVEL
@@ -36,10 +35,7 @@ def footprint(x: torch.Tensor, target: torch.Tensor, sigma: float | None = None,
     """(B,1,H,W) bool: where the low-passed input and target differ by more than ``delta``, dilated
     by ``dilation`` pixels (the fault's footprint, as :func:`diffice.metrics.target.target_l1` takes it)."""
     d = (low_pass(x.double(), sigma) - low_pass(target.double(), sigma)).abs() > delta
-    if dilation > 0:
-        k = 2 * int(dilation) + 1
-        d = F.max_pool2d(d.double(), k, stride=1, padding=int(dilation)) > 0
-    return d
+    return grow(d.double(), dilation) > 0
 
 
 def change_locality(x: torch.Tensor, cf: torch.Tensor, seg: np.ndarray | None = None,

@@ -43,6 +43,13 @@ def low_pass(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
     return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def grow(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """A (B,1,H,W) 0/1 float mask grown by ``pixels`` (a square max filter of side 2·pixels + 1)."""
+    if pixels <= 0:
+        return mask
+    return F.max_pool2d(mask, 2 * int(pixels) + 1, stride=1, padding=int(pixels))
+
+
 def target_l1(
     x: torch.Tensor,
     target: torch.Tensor,

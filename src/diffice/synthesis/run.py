@@ -53,7 +53,7 @@ class Synthesizer:
             raise UserError(f"synthesis.net_batch: {self.s.net_batch} must be at least 1 (or null)")
         from diffice.nets.autocast import with_precision
 
-        net = with_precision(self.module.ema_model.eval(), str(self.s.get("autocast", "none")), "synthesis.autocast")
+        net = with_precision(self.module.ema_model.eval(), str(self.s.autocast), "synthesis.autocast")
         self.net = fixed(net, self.s.net_batch)  # every call at net_batch samples
         self.diffusion = self.module.sampler(str(self.s.respacing))
         self.steer = self.judge = None
