@@ -202,6 +202,7 @@ class SynthesisConfig:
     drop_condition: float = 0.1
     drop_structure: float = 0.1
     drop_meta: float = 0.1
+    offset_noise: float = 0.0
     prealign: bool = True
     prealign_steps: int = 2000
     prealign_width: int = 32
@@ -227,6 +228,9 @@ class SynthesisConfig:
     batch_size: int = 16
     net_batch: int | None = 16
     autocast: str = "none"
+    anchor: str = "none"
+    anchor_factor: int = 8
+    anchor_until: float = 0.0
     split: str = "test"
     out: str = "${paths.runs}/synthesis-samples"
 

@@ -90,7 +90,11 @@ class SynthesisModule(DDPMModule):
             self.log("train/prealign_l1", loss, prog_bar=True, batch_size=bs)
             return loss
         t = torch.randint(0, self.diffusion.num_timesteps, (bs,), device=x0.device)
-        losses = self.diffusion.training_losses(Conditioned(self.model, cond), x0, t, vb_weight=float(self.cfg.diffusion.vb_weight))
+        noise = torch.randn_like(x0)
+        if float(s.offset_noise) > 0:  # offset noise: a per-frame constant, so the frame's mean is noised like its detail
+            noise = noise + float(s.offset_noise) * torch.randn(bs, x0.shape[1], 1, 1, device=x0.device, dtype=x0.dtype)
+        losses = self.diffusion.training_losses(Conditioned(self.model, cond), x0, t, noise,
+                                                vb_weight=float(self.cfg.diffusion.vb_weight))
         loss = losses["loss"].mean()
         if not torch.isfinite(loss):
             raise UserError(f"synthesis: loss became {float(loss.detach())} at step {self.global_step}; the last good checkpoint is kept "

@@ -14,6 +14,8 @@
   labels with the requested class (did the edit happen?).
 * **Realism**: FID (Inception-v3) and FSD (the oracle's backbone, or official SonoNet-16
   weights when configured) between samples and real frames of the same planes.
+* **Washed-out frames** (:func:`washed_out`): a sample whose never-imaged sector corners or whose
+  darkest tissue is brighter than in 99 % of the real frames.
 """
 
 from __future__ import annotations
@@ -123,6 +125,64 @@ def realism_pair(key: str, kid_key: str, a: np.ndarray, b: np.ndarray) -> dict:
 
     k = kernel_distance(a, b)
     return {key: frechet(a, b), f"{key}_n": [len(a), len(b)], kid_key: k["kid"], f"{kid_key}_std": k["kid_std"]}
+
+
+BLACK = 2            # grey levels: a pixel at or below this is black (outside the imaged sector)
+CORNER_SHARE = 0.99  # a pixel black in at least this share of the real frames lies outside every sector
+SECTOR_SHARE = 0.95  # a pixel not black in at least this share of them lies inside (nearly) every sector
+FLOOR_PERCENTILE = 5 # a frame's dark level: this percentile of its grey levels inside the sector
+WASHED_PERCENTILE = 99
+CORNER_VISIBLE = 10  # grey levels: corners darker than this read as black on a display, whatever the real frames' 99th percentile
+
+
+def washed_out(samples: np.ndarray, real: np.ndarray, control: np.ndarray | None = None) -> dict:
+    """How many ``samples`` look washed out next to ``real`` frames (uint8 (N, H, W) each).
+
+    From the real frames: the *corner* pixels (black in >= 99 % of them: never imaged, whatever the
+    sector) and the *sector* pixels (not black in >= 95 %). Per frame: the mean grey level of the
+    corners and the dark level (5th percentile of the sector's grey levels: fluid and dark tissue).
+    A frame is washed out when either exceeds the 99th percentile of the real frames' values (the
+    corners' at least ``CORNER_VISIBLE`` grey levels: real corners are exactly black, and a corner
+    a few levels above black still looks black), so at most about 1-2 % of real frames are; ``control`` (other real frames, e.g. the
+    realism floor's training frames) gives that rate for frames the thresholds were not set on.
+    """
+    from diffice.metrics.stats import rate_interval
+
+    real = np.asarray(real, dtype=np.float64)
+    corner = (real <= BLACK).mean(0) >= CORNER_SHARE
+    sector = (real > BLACK).mean(0) >= SECTOR_SHARE
+
+    def stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=np.float64)
+        c = x[:, corner].mean(1) if corner.any() else np.zeros(len(x))
+        return c, np.percentile(x[:, sector], FLOOR_PERCENTILE, axis=1)
+
+    rc, rf = stats(real)
+    thr_c = max(float(np.percentile(rc, WASHED_PERCENTILE)), CORNER_VISIBLE) if corner.any() else math.inf
+    thr_f = float(np.percentile(rf, WASHED_PERCENTILE))
+
+    def flagged(x: np.ndarray) -> np.ndarray:
+        c, f = stats(x)
+        return (c > thr_c) | (f > thr_f)
+
+    s = flagged(samples)
+    sc, sf = stats(samples)
+    out = {"washed_out": float(s.mean()) if len(s) else None, "washed_out_n": int(len(s)),
+           "washed_out_corner": float((sc > thr_c).mean()) if len(sc) else None,
+           "washed_out_dark": float((sf > thr_f).mean()) if len(sf) else None,
+           "washed_out_ci": rate_interval(int(s.sum()), int(len(s))),
+           "washed_out_corner_level": float(np.median(sc)) if corner.any() and len(sc) else None,
+           "washed_out_dark_level": float(np.median(sf)) if len(sf) else None,
+           "washed_out_thresholds": {"corner": None if math.isinf(thr_c) else thr_c, "dark": thr_f,
+                                     "corner_pixels": int(corner.sum()), "sector_pixels": int(sector.sum()),
+                                     "real_frames": int(len(real))},
+           "washed_out_real_corner_level": float(np.median(rc)) if corner.any() else None,
+           "washed_out_real_dark_level": float(np.median(rf))}
+    if control is not None and len(control):
+        k = flagged(control)
+        out["washed_out_control"] = float(k.mean())
+        out["washed_out_control_ci"] = rate_interval(int(k.sum()), int(len(k)))
+    return out
 
 
 def summary_intervals(layout_recs: list[dict], edit_recs: list[dict], classes: Sequence[str]) -> dict:

@@ -35,6 +35,11 @@ from diffice.synthesis.summary import finish, realism_metrics
 SAMPLE_STRIDE = 1000  # sample j of layout i is seeded by (seed, i * SAMPLE_STRIDE + j)
 
 
+def _cfg_calls(w) -> int:
+    """Denoiser evaluations a sampling step costs at guidance ``w`` (conditional and unconditional unless w = 1)."""
+    return 1 if float(w) == 1.0 else 2
+
+
 class Synthesizer:
     """The trained model and the networks around it, for one run."""
 
@@ -56,6 +61,14 @@ class Synthesizer:
         net = with_precision(self.module.ema_model.eval(), str(self.s.autocast), "synthesis.autocast")
         self.net = fixed(net, self.s.net_batch)  # every call at net_batch samples
         self.diffusion = self.module.sampler(str(self.s.respacing))
+        if str(self.s.anchor) not in ("none", "prealign"):
+            raise UserError(f"synthesis.anchor: '{self.s.anchor}' is not one of none, prealign")
+        if str(self.s.anchor) == "prealign" and self.module.ema_model.prealign is None:
+            raise UserError(f"synthesis.anchor=prealign: {ckpt} has no pre-alignment encoder (trained with synthesis.prealign=false); "
+                            "use synthesis.anchor=none")
+        if int(self.s.anchor_factor) < 1 or not 0.0 <= float(self.s.anchor_until) <= 1.0:
+            raise UserError(f"synthesis.anchor_factor ({self.s.anchor_factor}) must be >= 1 and synthesis.anchor_until "
+                            f"({self.s.anchor_until}) in [0, 1]")
         self.steer = self.judge = None
         if (need_steer and bool(self.s.two_stage) and need_judge and self.s.judge_ckpt and self.s.segmenter_ckpt
                 and Path(str(self.s.judge_ckpt)).resolve() == Path(str(self.s.segmenter_ckpt)).resolve()):
@@ -74,6 +87,14 @@ class Synthesizer:
         if classes != self.classes:
             raise UserError(f"{key}: its classes {classes} differ from the synthesis model's {self.classes}")
 
+    def anchor(self, layout: torch.Tensor) -> S.Anchor | None:
+        """The low-frequency anchor of ``synthesis.anchor`` for one-hot ``layout`` (B, C, H, W), or None."""
+        if str(self.s.anchor) == "none":
+            return None
+        with torch.no_grad():  # the pre-alignment encoder's frame, one layout at a time (batch-independent)
+            ref = torch.cat([self.module.ema_model.appearance(layout[i : i + 1].float()) for i in range(layout.shape[0])])
+        return S.Anchor(self.diffusion, ref.float().clamp(-1, 1), int(self.s.anchor_factor), float(self.s.anchor_until))
+
     def seed_ids(self, index: int, count: int) -> list[int]:
         return [int(index) * SAMPLE_STRIDE + j for j in range(count)]
 
@@ -84,18 +105,22 @@ class Synthesizer:
         ids = [sid for j in jobs for sid in self.seed_ids(j.index, count)]
         cond = S.make_condition(layouts, [j.plane for j in jobs for _ in range(count)],
                                 [j.ga for j in jobs for _ in range(count)], self.num_classes, self.device)
+        anchor = self.anchor(cond["layout"])
         t0 = time.perf_counter()
         if self.steer is not None:
             res = S.two_stage(self.diffusion, self.net, cond, layouts, ids, seed, self.steer, self.num_classes,
                               w1=float(self.s.stage1_guidance), w2=float(self.s.stage2_guidance),
                               stage2_range=list(self.s.stage2_range), dice_target=float(self.s.dice_target),
-                              rounds=int(self.s.rounds))
+                              rounds=int(self.s.rounds), anchor=anchor)
             frames, stage1 = res.frames, res.stage1
+            k, c1, c2 = self.diffusion.num_timesteps, _cfg_calls(self.s.stage1_guidance), _cfg_calls(self.s.stage2_guidance)
             extra = [{"steer_dice_stage1": float(res.dice_stage1[i]), "steer_dice": float(res.dice_final[i]),
-                      "restart_steps": res.restart_steps[i], "kept_round": res.kept_round[i]} for i in range(len(ids))]
+                      "restart_steps": res.restart_steps[i], "kept_round": res.kept_round[i],
+                      "nfe": k * c1 + sum(r + 1 for r in res.restart_steps[i]) * c2} for i in range(len(ids))]
         else:
-            frames = S.sample(self.diffusion, self.net, cond, generators_for(seed, ids), w=float(self.s.guidance))
-            stage1, extra = None, [{} for _ in ids]
+            frames = S.sample(self.diffusion, self.net, cond, generators_for(seed, ids), w=float(self.s.guidance), anchor=anchor)
+            stage1 = None
+            extra = [{"nfe": self.diffusion.num_timesteps * _cfg_calls(self.s.guidance)} for _ in ids]
         seconds = (time.perf_counter() - t0) / len(ids)
         out = []
         for n in range(len(jobs)):
@@ -237,8 +262,20 @@ def _legacy_settings(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _effective(settings: dict) -> dict:
+    """Settings without the keys that change nothing: the anchor's parameters while it is off, and
+    offset_noise (a training key: the checkpoint, stamped by its path, already carries it)."""
+    syn = dict(settings.get("synthesis") or {})
+    syn.pop("offset_noise", None)
+    if syn.get("anchor", "none") == "none":
+        syn.pop("anchor_factor", None)
+        syn.pop("anchor_until", None)
+    return {**settings, "synthesis": syn}
+
+
 RUN_KIND = RunKind("synthesis", "synthesis run", items=("layouts", "edits"), fix="choose another --out or delete it",
-                   legacy=("synthesis-run.json", _legacy_settings), added=(("synthesis.autocast", "none"),))
+                   legacy=("synthesis-run.json", _legacy_settings),
+                   added=(("synthesis.autocast", "none"), ("synthesis.anchor", "none")), canonical=_effective)
 
 
 def prepare_run_folder(out: Path, cfg: DictConfig, ckpt: str) -> None:

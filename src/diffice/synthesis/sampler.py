@@ -18,6 +18,14 @@ be redrawn), and denoises it at ``synthesis.stage2_guidance``. Up to ``synthesis
 rounds run while the Dice stays below ``synthesis.dice_target``; each sample keeps the round
 whose Dice is highest (stage 1 included).
 
+**Low-frequency anchor** (``synthesis.anchor: prealign``; ILVR, Choi et al. 2021): after each
+step whose next noise level is at least ``synthesis.anchor_until`` of the chain, the sample's
+low frequencies (an average pool by ``synthesis.anchor_factor``, upsampled) are replaced by those
+of the pre-alignment encoder's frame for the layout, noised to that level. The sample keeps its
+own detail; its mean brightness, dark background and black sector corners come from a network
+that learned them by regression. Without it the demo model's samples drift to a mid-grey mean
+(docs/synthesis.md, image quality).
+
 **RePaint** (Lugmayr et al. 2022) for edits: the pixels outside the edited anatomy (the
 *known* region) are replaced at every step by the source frame noised to that step, and the
 final frame takes them from the source exactly; resampling jumps (``jump_length``,
@@ -33,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from diffice.diffusion import GaussianDiffusion, generators_for
 from diffice.nets.conditional import Conditioned, one_hot_layout
@@ -76,9 +85,39 @@ def requested_dice(pred: torch.Tensor, layout: torch.Tensor, num_classes: int) -
     return d.sum(1) / asked.sum(1).clamp(min=1)
 
 
+def lowpass(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """``x`` (B, C, H, W) averaged over ``factor`` x ``factor`` blocks (the last ones may be smaller)
+    and upsampled back bilinearly: what ILVR's phi_N keeps."""
+    h, w = x.shape[-2:]
+    small = F.adaptive_avg_pool2d(x, (max(1, math.ceil(h / factor)), max(1, math.ceil(w / factor))))
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@dataclass
+class Anchor:
+    """ILVR's low-frequency anchor (module docstring): ``ref`` (B, 1, H, W) in [-1, 1]."""
+
+    diffusion: GaussianDiffusion
+    ref: torch.Tensor
+    factor: int
+    until: float
+
+    def active(self, k_next: int) -> bool:
+        """Whether the step into respaced level ``k_next`` is anchored (never the last, to x_0)."""
+        return k_next >= 1 and k_next >= self.until * self.diffusion.num_timesteps
+
+    def __call__(self, x: torch.Tensor, k_next: int, gens: Sequence[torch.Generator], sel: torch.Tensor | None = None) -> torch.Tensor:
+        ref = self.ref if sel is None else self.ref[sel]
+        t = torch.full((x.shape[0],), int(k_next), dtype=torch.long, device=x.device)
+        y = self.diffusion.q_sample(ref.to(x.device), t, _noise(gens, x.shape, x.device))
+        return x - lowpass(x, self.factor) + lowpass(y, self.factor)
+
+
 def sample(diffusion: GaussianDiffusion, net, cond: dict, gens: Sequence[torch.Generator], *, w: float,
-           x_start: torch.Tensor | None = None, start: int | None = None, progress: bool = False) -> torch.Tensor:
-    """Frames (B, 1, H, W) from pure noise (or from ``x_start`` at respaced step ``start``)."""
+           x_start: torch.Tensor | None = None, start: int | None = None, progress: bool = False,
+           anchor: Anchor | None = None) -> torch.Tensor:
+    """Frames (B, 1, H, W) from pure noise (or from ``x_start`` at respaced step ``start``),
+    low frequencies held to ``anchor`` while it is active."""
     b, _, h, w_ = cond["layout"].shape
     shape = (b, 1, h, w_)
     device = cond["layout"].device
@@ -90,6 +129,8 @@ def sample(diffusion: GaussianDiffusion, net, cond: dict, gens: Sequence[torch.G
         noise = _noise(gens, shape, device) if k > 0 else torch.zeros(shape, device=device)
         with torch.no_grad():
             x = diffusion.p_sample(model, x, t, noise=noise)["sample"]
+        if anchor is not None and anchor.active(k - 1):
+            x = anchor(x, k - 1, gens)
     return x.float().clamp(-1, 1)
 
 
@@ -105,12 +146,13 @@ class TwoStageResult:
 
 def two_stage(diffusion: GaussianDiffusion, net, cond: dict, layouts: torch.Tensor, seed_ids: Sequence[int], seed: int,
               segment: Segment, num_classes: int, *, w1: float, w2: float, stage2_range: Sequence[float],
-              dice_target: float, rounds: int) -> TwoStageResult:
-    """Two-stage adaptive sampling (module docstring). ``layouts``: the requested int layouts."""
+              dice_target: float, rounds: int, anchor: Anchor | None = None) -> TwoStageResult:
+    """Two-stage adaptive sampling (module docstring). ``layouts``: the requested int layouts;
+    ``anchor`` holds the low frequencies of both stages while it is active."""
     K = diffusion.num_timesteps
     device = cond["layout"].device
     b = layouts.shape[0]
-    first = sample(diffusion, net, cond, generators_for(seed, seed_ids), w=w1)
+    first = sample(diffusion, net, cond, generators_for(seed, seed_ids), w=w1, anchor=anchor)
     best = first.clone()
     with torch.no_grad():
         best_d = requested_dice(segment(first), layouts, num_classes)
@@ -141,6 +183,8 @@ def two_stage(diffusion: GaussianDiffusion, net, cond: dict, layouts: torch.Tens
             noise = _noise([gens[i] for i in act], (len(act), *x.shape[1:]), device) if k > 0 else torch.zeros_like(x[sel])
             with torch.no_grad():
                 x[sel] = diffusion.p_sample(sub, x[sel], t, noise=noise)["sample"]
+            if anchor is not None and anchor.active(k - 1):
+                x[sel] = anchor(x[sel], k - 1, [gens[i] for i in act], sel)
         x = x.float().clamp(-1, 1)
         with torch.no_grad():
             d = requested_dice(segment(x), layouts, num_classes)

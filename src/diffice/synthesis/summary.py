@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from diffice.errors import UserError
-from diffice.io import atomic_write_text
+from diffice.io import atomic_write_text, to_uint8
 from diffice.runfolder import json_safe, write_rows_csv
 from diffice.synthesis import metrics as M
 from diffice.synthesis.jobs import change_within
@@ -38,6 +38,8 @@ def summarize(syn, layout_recs: list[dict], edit_recs: list[dict], realism: dict
         div = [r["diversity"] for r in layout_recs if r["diversity"]["l1"] is not None and not math.isnan(r["diversity"]["l1"])]
         m["diversity_l1"] = float(np.mean([d["l1"] for d in div])) if div else None
         m["diversity_ssim_distance"] = float(np.mean([d["ssim_distance"] for d in div])) if div else None
+        nfe = [s["nfe"] for s in samples if "nfe" in s]
+        m["nfe"] = float(np.mean(nfe)) if nfe else None
         kept = [s.get("kept_round") for s in samples if "kept_round" in s]
         if kept:
             m["kept_stage2"] = sum(1 for k in kept if k and k > 0)
@@ -77,6 +79,8 @@ def summarize(syn, layout_recs: list[dict], edit_recs: list[dict], realism: dict
     m["intervals"] = M.summary_intervals(layout_recs, edit_recs, classes)
     if realism:
         m.update(realism)
+        if realism.get("washed_out_ci"):
+            m["intervals"]["washed_out"] = realism["washed_out_ci"]
     return m
 
 
@@ -113,6 +117,7 @@ def realism_metrics(cfg: DictConfig, syn, out: Path, layout_recs: list[dict], dm
             return torch.cat([net(t[i : i + 32].to(device)).cpu() for i in range(0, len(t), 32)]).numpy().astype(np.float64)
 
     res = {"realism_samples": len(x), "realism_real": len(real), "realism_floor_frames": len(train)}
+    res.update(M.washed_out(np.stack(samples), np.stack([to_uint8(f) for f in real]), np.stack([to_uint8(f) for f in train])))
     for key, net in (("fid", feats.fid), ("fsd", feats.sononet)):
         try:
             fs, fr, ft = fx(net, x), fx(net, real), fx(net, train)
@@ -197,6 +202,11 @@ def summary_lines(m: dict, classes: list[str], out, report: bool = True) -> list
         lines.append(f"KID {m['kid']:.4f} ± {m['kid_std']:.4f} (real vs real {f(m.get('kid_floor'))}); FID "
               + (f"{m['fid']:.1f} (real vs real {f(m.get('fid_floor'))})" if m.get("fid") is not None
                  else "n/a (N {}/{}: shown from 256 a side)".format(*(m.get("fid_n") or ["?", "?"]))))
+    if m.get("washed_out") is not None:
+        ci, cc = m.get("washed_out_ci") or {}, m.get("washed_out_control_ci") or {}
+        lines.append(f"washed out (corners or dark tissue brighter than 99 % of real frames): {ci.get('k', '?')} of "
+                     f"{m['washed_out_n']} samples ({m['washed_out']:.3f} [{ci.get('low', 0):.3f}, {ci.get('high', 0):.3f}]); "
+                     f"real frames: {cc.get('k', '?')} of {cc.get('n', '?')}")
     if m.get("edits"):
         lines.append(f"{m['edits']} edits: PSNR outside the edit mean {f(m.get('edit_psnr_outside_mean'), 'edit_psnr_outside_mean')} dB, "
               f"min {f(m.get('edit_psnr_outside_min'))}; edited pixels as requested {f(m.get('edit_accuracy'), 'edit_accuracy')} "

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 ABLATION_COLUMNS = (
     ("dice", "head", "Dice head"), ("dice", "bone", "Dice bone"), ("dice", "th", "Dice TH"), ("dice", "csp", "Dice CSP"),
-    (None, "fid", "FID ↓"), (None, "kid", "KID ↓"), (None, "fsd", "FSD ↓"), (None, "kid_fsd", "KID (FSD features) ↓"),
+    (None, "washed_out", "washed out ↓"),
+    (None, "fid", "FID ↓"), (None, "kid", "KID ↓"),
+    (None, "fsd", "FSD ↓"), (None, "kid_fsd", "KID (FSD features) ↓"),
     (None, "diversity_l1", "diversity L1"),
     (None, "edit_psnr_outside_mean", "edit PSNR outside (dB)"), (None, "edit_psnr_outside_min", "min"),
     (None, "edit_psnr_outside_at_least_30", "edits ≥ 30 dB"), (None, "edit_accuracy", "edit followed"),
-    (None, "seconds_per_sample", "s / sample"),
+    (None, "nfe", "NFE / sample"), (None, "seconds_per_sample", "s / sample"),
 )
 
 
@@ -59,7 +61,7 @@ def synthesis_table(rows: list[tuple[str, dict]]) -> str:
         """A value with its 95 % interval (``intervals``), KID ± subset std, FID / FSD or n/a (N a/b)."""
         v = (m.get(section) or {}).get(key) if section else m.get(key)
         iv = (m.get("intervals") or {}).get(f"{section}_{key}" if section else key)
-        digits = 1 if key in ("fid", "fsd", "edit_psnr_outside_mean", "edit_psnr_outside_min") else 3
+        digits = 1 if key in ("fid", "fsd", "nfe", "edit_psnr_outside_mean", "edit_psnr_outside_min") else 3
         if key in ("fid", "fsd") and v is None and m.get(f"{key}_n"):
             return "n/a (N {}/{})".format(*m[f"{key}_n"])
         if key.startswith("kid") and v is not None and m.get(f"{key}_std") is not None:
@@ -96,6 +98,8 @@ def synthesis_table(rows: list[tuple[str, dict]]) -> str:
              f"KID real vs real {fmt(last['kid_floor'], 4)} ± {fmt(last.get('kid_floor_std'), 4)}"
              if last.get("kid_floor") is not None else "",
              f"FSD real vs real {last['fsd_floor']:.1f}" if last.get("fsd_floor") is not None else "",
-             f"KID (FSD features) real vs real {fmt(last['kid_fsd_floor'], 4)}" if last.get("kid_fsd_floor") is not None else ""]
+             f"KID (FSD features) real vs real {fmt(last['kid_fsd_floor'], 4)}" if last.get("kid_fsd_floor") is not None else "",
+             "washed out: {} of {} real frames of another split".format(last["washed_out_control_ci"]["k"], last["washed_out_control_ci"]["n"])
+             if last.get("washed_out_control_ci") else ""]
     note = ("\n\nFloor at this sample count: " + ", ".join(f for f in floor if f) + ".") if any(floor) else ""
     return "\n".join(lines + extra) + note + "\n"
