@@ -228,7 +228,7 @@ class SynthesisConfig:
     batch_size: int = 16
     net_batch: int | None = 16
     autocast: str = "none"
-    anchor: str = "none"
+    anchor: str = "prealign"
     anchor_factor: int = 8
     anchor_until: float = 0.0
     split: str = "test"
