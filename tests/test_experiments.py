@@ -158,7 +158,9 @@ def test_presets_hold_no_downstream_settings():
         assert "downstream" not in (yaml.safe_load(preset.read_text()) or {}), preset.name
     _, _, options = read_experiment(ROOT / "experiments" / "fetalflex_downstream.yaml")
     cpu = options["presets"]["demo"]["downstream"]
-    assert options["presets"]["tiny"] == options["presets"]["demo"] and cpu["steps"] == 80 and cpu["batch_size"] == 32
+    assert options["presets"]["tiny"] == options["presets"]["demo"] and cpu["steps"] == 300 and cpu["batch_size"] == 32
+    # the CPU recipes (issue 25) are for the study's own six models, and flips are on for all of them
+    assert cpu["flips"] and set(cpu["recipes"]) <= set(load_config([]).downstream.models)
 
 
 def test_rows_are_resolved_once_at_the_start(tmp_path, monkeypatch):

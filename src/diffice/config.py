@@ -245,7 +245,13 @@ class DownstreamConfig:
     lr: float = 1.0e-3
     weight_decay: float = 0.05
     schedule: str = "cosine"
+    warmup: float = 0.05
     augment: bool = True
+    flips: bool = False
+    label_smoothing: float = 0.0
+    scale: float = 1.0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    recipes: dict[str, Any] = field(default_factory=dict)
     balance: bool = True
     synthetic_share: float | None = 0.5
     image_size: list[int] = "${data.image_size}"  # type: ignore[assignment]

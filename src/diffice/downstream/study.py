@@ -50,6 +50,7 @@ import numpy as np
 
 from diffice.downstream.frames import FrameSet, concat
 from diffice.downstream.metrics import accuracy, auroc, balanced_accuracy, per_anomaly_auroc
+from diffice.downstream.recipes import RECIPE_KEYS, check_recipes, check_training, model_recipe
 from diffice.downstream.rows import PER_ANOMALY, REAL, ROWS, SYNTH, UNITS, read_rows
 from diffice.downstream.rows import number as _num
 from diffice.downstream.table import SUMMARY, summarize, write_table
@@ -61,7 +62,11 @@ PAIRED = "paired_normal"  # optional: the synthetic abnormal frames' normal twin
 NUM_PLANES = 3
 # the keys of downstream.* that change a row's numbers (models and seeds only choose rows)
 SETTING_KEYS = ("steps", "batch_size", "lr", "weight_decay", "schedule", "augment", "balance", "synthetic_share",
-                "image_size", "real_train_limit", "synth_normal_count", "synth_abnormal_count", "synthetic_negatives")
+                "image_size", "real_train_limit", "synth_normal_count", "synth_abnormal_count", "synthetic_negatives",
+                "warmup", "flips", "label_smoothing", "scale", "model_kwargs", "recipes")
+# keys added after studies existed, with the value that trains as before (a stamp without them holds these)
+ADDED = (("warmup", 0.05), ("flips", False), ("label_smoothing", 0.0), ("scale", 1.0), ("model_kwargs", {}),
+         ("recipes", {}))
 
 
 def _study_json_settings(path: Path) -> dict:
@@ -72,7 +77,7 @@ def _study_json_settings(path: Path) -> dict:
 
 
 RUN_KIND = RunKind("downstream", "downstream study", items=(ROWS,), fix="set downstream.out to a new folder or delete it",
-                   legacy=("study.json", _study_json_settings))
+                   legacy=("study.json", _study_json_settings), added=ADDED)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -96,14 +101,12 @@ def study_settings(cfg) -> dict:
         raise UserError("downstream.seeds: no seed")
     if len(set(out["models"])) != len(out["models"]) or len(set(out["seeds"])) != len(out["seeds"]):
         raise UserError("downstream.models / downstream.seeds: a name or seed is listed twice")
-    for key in ("steps", "batch_size"):
-        if int(out[key]) < 1:
-            raise UserError(f"downstream.{key}: must be at least 1, got {out[key]}")
+    check_training({k: out[k] for k in RECIPE_KEYS}, "downstream.")
+    out["model_kwargs"] = dict(out["model_kwargs"] or {})
+    out["recipes"] = check_recipes(out["recipes"])
     share = out["synthetic_share"]
     if share is not None and not 0.0 <= float(share) <= 1.0:
         raise UserError(f"downstream.synthetic_share: must lie in [0, 1] or be null, got {share}")
-    if out["schedule"] not in ("cosine", "constant"):
-        raise UserError(f"downstream.schedule: '{out['schedule']}' is not cosine or constant")
     return out
 
 
@@ -228,18 +231,21 @@ def _train_unit(task: str, condition: str, model: str, seed: int, st: dict, trai
         data = concat([*negatives, train_sets["synth_abnormal"]])
         labels, k = data.abnormal.astype(np.int64), 2
     weights = group_weights(labels, data.origin, bool(st["balance"]), st["synthetic_share"])
+    r = model_recipe(st, model)
     t0 = time.perf_counter()
-    net = train_fn(model, data.images, labels, k, steps=int(st["steps"]), batch_size=int(st["batch_size"]),
-                   lr=float(st["lr"]), seed=int(seed), device=device, image_size=st["image_size"],
-                   weight_decay=float(st["weight_decay"]), schedule=str(st["schedule"]),
-                   augment_frames=bool(st["augment"]), sample_weights=weights, on_step=on_step)
+    net = train_fn(model, data.images, labels, k, steps=int(r["steps"]), batch_size=int(r["batch_size"]),
+                   lr=float(r["lr"]), seed=int(seed), device=device, image_size=st["image_size"],
+                   weight_decay=float(r["weight_decay"]), schedule=str(r["schedule"]),
+                   augment_frames=bool(r["augment"]), sample_weights=weights, warmup=float(r["warmup"]),
+                   flips=bool(r["flips"]), label_smoothing=float(r["label_smoothing"]), scale=float(r["scale"]),
+                   model_kwargs=r["model_kwargs"], on_step=on_step)
     seconds = time.perf_counter() - t0
     n_synth = sum(o == "synthetic" for o in data.origin)
     normal_test, abnormal_test = tests["real_test"], tests["abnormal_test"]
     anomaly_test = concat([normal_test, abnormal_test])
     probs = predict_fn(net, anomaly_test.images)
     facts = {"n_train": len(data), "n_train_real": len(data) - n_synth, "n_train_synthetic": n_synth,
-             "steps": int(st["steps"]), "train_seconds": round(seconds, 2)}
+             "steps": int(r["steps"]), "train_seconds": round(seconds, 2)}
 
     def row(task_: str, score: str) -> dict:
         return {"model": model, "seed": int(seed), "task": task_, "condition": condition, "score": score, **facts}
@@ -317,7 +323,6 @@ def _run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool, train_
                 todo.append((seed, model, task, condition, gives))
     n_units = len(st["seeds"]) * len(st["models"]) * len(UNITS)
     bar = Bar("downstream rows", sum(len(u[4]) for u in todo), enabled=progress)
-    steps = int(st["steps"])
     tests = {k: sets[k] for k in ("real_test", "abnormal_test")}
     try:
         last_seed, train_sets = None, None
@@ -327,7 +332,9 @@ def _run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool, train_
             label = f"{model} seed {seed} {task}/{condition}"
             bar.note(label)
 
-            def on_step(k: int, label: str = label) -> None:
+            steps = int(model_recipe(st, model)["steps"])
+
+            def on_step(k: int, label: str = label, steps: int = steps) -> None:
                 if k == steps or k % max(1, steps // 50) == 0:
                     bar.note(f"{label} step {k}/{steps}")
 

@@ -101,6 +101,9 @@ def _facts(settings: dict | None, sets: dict[str, FrameSet] | None, rows: list[d
         parts.append(f"{settings['image_size'][0]}x{settings['image_size'][1]} frames, {settings['steps']} steps of "
                      f"{settings['batch_size']} frames, lr {settings['lr']} ({settings['schedule']}), "
                      f"seeds {', '.join(str(s) for s in settings['seeds'])}")
+        own = [m for m in settings.get("recipes") or {} if m in settings.get("models", ())]
+        if own:
+            parts.append(f"own recipes (downstream.recipes) for {', '.join(own)}")
     n = {}
     for r in rows:
         if r["task"] == "plane" and r["condition"] == REAL:

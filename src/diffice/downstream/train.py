@@ -2,10 +2,14 @@
 
 * :func:`build_model` — ``timm.create_model(name, pretrained=False, in_chans=1, num_classes=K)``:
   weights are never downloaded. Networks with a patch embedding (ViT, DeiT, ...) get the frames'
-  ``img_size`` and a patch that divides it (their own if it does, else 16, 8, 4 or 2).
-* :func:`train_classifier` — AdamW, linear warm-up then cosine (or constant) learning rate,
-  gradient clipping, light augmentation (a random shift of up to 1/16 of the frame, filled with
-  black; a random gain and gamma; no flips), batches drawn with replacement from a
+  ``img_size`` and a patch that divides it (their own if it does, else 16, 8, 4 or 2);
+  ``model_kwargs`` go to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ``patch_size``,
+  ...); ``scale`` > 1 puts a bilinear upsampling in front of the network (:class:`Upsampled`), so
+  that it trains and predicts on larger inputs from the same frames.
+* :func:`train_classifier` — AdamW, linear warm-up (``warmup``: a fraction of the steps) then
+  cosine (or constant) learning rate, gradient clipping, optional label smoothing, light
+  augmentation (a random shift of up to 1/16 of the frame, filled with black; a random gain and
+  gamma; random horizontal flips only when ``flips``), batches drawn with replacement from a
   ``torch.Generator`` with optional per-frame sampling weights (``balanced=True``: class-balanced).
   Given the seed (and the device and thread count) the trained weights are the same every time.
 * :func:`predict` — softmax probabilities (N, K) in eval mode, batched, without gradients.
@@ -53,26 +57,45 @@ def _patch_size(default: int, size: Sequence[int]) -> int:
     return 1
 
 
-def build_model(name: str, num_classes: int, image_size: Sequence[int]) -> nn.Module:
+class Upsampled(nn.Module):
+    """``net`` fed with its input bilinearly upsampled by ``scale`` (a stride-32 stem at 64x80
+    leaves a 2x3 map; at scale 2 it is 4x5)."""
+
+    def __init__(self, net: nn.Module, scale: float):
+        super().__init__()
+        self.net, self.scale = net, float(scale)
+        self.num_classes = getattr(net, "num_classes", 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return self.net(x)
+
+
+def build_model(name: str, num_classes: int, image_size: Sequence[int], *, scale: float = 1.0,
+                model_kwargs: dict | None = None) -> nn.Module:
     """A timm network for 1-channel frames of ``image_size`` = (H, W) with ``num_classes`` logits,
-    randomly initialised (``pretrained=False``: nothing is downloaded)."""
+    randomly initialised (``pretrained=False``: nothing is downloaded); ``model_kwargs`` are passed
+    to ``timm.create_model``; ``scale`` != 1: the network sees the frames upsampled by it."""
     import timm
 
     if not timm.is_model(name):
         raise UserError(f"downstream.models: '{name}' is not a timm model (see timm.list_models())")
+    kw = dict(model_kwargs or {})
+    scale = float(scale)
     size = (int(image_size[0]), int(image_size[1]))
+    net_size = (round(size[0] * scale), round(size[1] * scale))
     try:
-        model = timm.create_model(name, pretrained=False, in_chans=1, num_classes=int(num_classes))
+        model = timm.create_model(name, pretrained=False, in_chans=1, num_classes=int(num_classes), **kw)
         embed = getattr(model, "patch_embed", None)
         if embed is not None:  # ViT-like: the frame size is built into the position embedding
-            ps = getattr(embed, "patch_size", (16, 16))
+            ps = kw.pop("patch_size", None) or getattr(embed, "patch_size", (16, 16))
             ps = int(ps[0] if isinstance(ps, tuple | list) else ps)
             model = timm.create_model(name, pretrained=False, in_chans=1, num_classes=int(num_classes),
-                                      img_size=size, patch_size=_patch_size(ps, size))
+                                      img_size=net_size, patch_size=_patch_size(ps, net_size), **kw)
     except (RuntimeError, TypeError, ValueError, AssertionError) as err:
-        raise UserError(f"downstream.models: timm could not build '{name}' for 1-channel {size[0]}x{size[1]} "
+        raise UserError(f"downstream.models: timm could not build '{name}' for 1-channel {net_size[0]}x{net_size[1]} "
                         f"frames ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
-    return model
+    return model if scale == 1.0 else Upsampled(model, scale)
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -80,9 +103,11 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return images.float().unsqueeze(1) / 127.5 - 1.0
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random shift (filled with black) and gain / gamma of a batch in [-1, 1]; the random
-    numbers come from ``gen`` (on the CPU), so a batch's augmentation does not depend on the device."""
+def augment(x: torch.Tensor, gen: torch.Generator, flips: bool = False) -> torch.Tensor:
+    """Random shift (filled with black) and gain / gamma of a batch in [-1, 1], and a horizontal
+    flip of half the frames when ``flips``; the random numbers come from ``gen`` (on the CPU), so a
+    batch's augmentation does not depend on the device (without flips the draws are those of
+    earlier versions)."""
     b, _, h, w = x.shape
     m = max(1, round(min(h, w) * SHIFT_FRACTION))
     shift = torch.randint(-m, m + 1, (b, 2), generator=gen)
@@ -97,7 +122,11 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     x = padded[bi, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
     x01 = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
     x01 = (gain[:, None, None, None] * x01.pow(gamma[:, None, None, None])).clamp(0.0, 1.0)
-    return x01 * 2.0 - 1.0
+    x = x01 * 2.0 - 1.0
+    if flips:
+        flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
 
 
 def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
@@ -108,9 +137,10 @@ def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
     return np.array([per[v] for v in labels.tolist()], dtype=np.float64)
 
 
-def lr_factor(step: int, steps: int, schedule: str) -> float:
-    """Multiplier of the learning rate at ``step`` (0-based): linear warm-up, then cosine or constant."""
-    warm = max(1, round(steps * WARMUP_FRACTION))
+def lr_factor(step: int, steps: int, schedule: str, warmup: float = WARMUP_FRACTION) -> float:
+    """Multiplier of the learning rate at ``step`` (0-based): linear warm-up over ``warmup`` of the
+    steps, then cosine or constant."""
+    warm = max(1, round(steps * float(warmup)))
     if step < warm:
         return (step + 1) / warm
     if schedule == "constant":
@@ -149,12 +179,19 @@ def train_classifier(
     balanced: bool = False,
     sample_weights: np.ndarray | None = None,
     grad_clip: float = 1.0,
+    warmup: float = WARMUP_FRACTION,
+    flips: bool = False,
+    label_smoothing: float = 0.0,
+    scale: float = 1.0,
+    model_kwargs: dict | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> nn.Module:
     """Train ``model_name`` from scratch on uint8 frames (N, H, W) with int labels in [0, K).
 
     Returns the trained network in eval mode on ``device``. ``sample_weights`` (per frame) set how
     often each frame is drawn; ``balanced`` (when no weights are given) draws every class equally.
+    ``warmup``: the warm-up's fraction of the steps; ``flips``: random horizontal flips (with
+    ``augment_frames``); ``scale`` / ``model_kwargs``: see :func:`build_model`.
     ``on_step(k)`` is called after optimizer step k (1-based).
     """
     imgs = _as_uint8_tensor(images)
@@ -178,10 +215,10 @@ def train_classifier(
 
     torch.manual_seed(int(seed))  # the initial weights (and dropout) follow the seed
     gen = torch.Generator().manual_seed(int(seed))  # batches and augmentation
-    model = build_model(model_name, num_classes, size).to(dev)
+    model = build_model(model_name, num_classes, size, scale=scale, model_kwargs=model_kwargs).to(dev)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=float(lr), weight_decay=float(weight_decay))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, int(steps), schedule))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, int(steps), schedule, warmup))
     imgs_dev, y_dev = imgs.to(dev), y.to(dev)
     bs = int(batch_size)
     for step in range(int(steps)):
@@ -192,8 +229,8 @@ def train_classifier(
         idx = idx.to(dev)
         x = to_input(imgs_dev[idx])
         if augment_frames:
-            x = augment(x, gen)
-        loss = F.cross_entropy(model(x), y_dev[idx])
+            x = augment(x, gen, flips)
+        loss = F.cross_entropy(model(x), y_dev[idx], label_smoothing=float(label_smoothing))
         if not torch.isfinite(loss):
             raise UserError(f"{model_name}: the training loss became {float(loss)} at step {step + 1}; "
                             f"lower downstream.lr ({lr})")
