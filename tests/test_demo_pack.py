@@ -59,8 +59,10 @@ def test_pack_loads_with_the_current_code_and_schema():
         assert comps.oracle(x)["qs_o"].shape == (2,)
     from diffice.synthesis.run import Synthesizer
 
-    syn = Synthesizer(cfg, cfg.synthesis.ckpt)  # with the steering and judging segmenters the demo uses
-    assert syn.size == (h, w) and syn.steer is not None and syn.judge is not None
+    syn = Synthesizer(cfg, cfg.synthesis.ckpt)  # with the judging segmenter the demo uses (one stage: no steering one)
+    assert syn.size == (h, w) and syn.steer is None and syn.judge is not None
+    two = Synthesizer(config_from_args([DEMO, *pack_words(PACK), "synthesis.two_stage=true"]), cfg.synthesis.ckpt)
+    assert two.steer is not None
     # synthesis.autocast=bf16: the UNet runs under autocast, its outputs float32 and close to fp32's
     syn, fast = (Synthesizer(config_from_args([DEMO, *pack_words(PACK), f"synthesis.autocast={p}"]), cfg.synthesis.ckpt,
                              need_steer=False, need_judge=False) for p in ("none", "bf16"))

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not (PACK / "synthesis.ckpt").is_file(), reason=
 def _overrides(tmp_path: Path) -> list[str]:
     return [f"paths.runs={tmp_path / 'runs'}", "wandb.mode=disabled", "trainer.progress_bar=false",
             f"synthesis.judge_ckpt={PACK / 'guide.ckpt'}", f"cf.oracle_ckpt={PACK / 'oracle.ckpt'}",
-            "synthesis.respacing='4'", "synthesis.jump_length=2", "synthesis.jump_n_sample=1"]
+            "synthesis.two_stage=true", "synthesis.respacing='4'", "synthesis.jump_length=2", "synthesis.jump_n_sample=1"]
 
 
 def layout(h: int = 64, w: int = 80, fp: bool = True) -> np.ndarray:

@@ -28,7 +28,7 @@ def _overrides(root: Path) -> list[str]:
         "unet.model_channels=16", "unet.channel_mult=[1,2]", "unet.num_res_blocks=1", "unet.attention_resolutions=[]",
         "unet.num_head_channels=16", "diffusion.steps=100", "synthesis.prealign_width=8",
         "segmenter.encoder=tu-mobilenetv3_small_050", "oracle.encoder=tu-mobilenetv3_small_050",
-        "synthesis.respacing='5'", "synthesis.jump_length=2", "synthesis.count=2", "synthesis.limit=2", "synthesis.batch_size=4",
+        "synthesis.two_stage=true", "synthesis.respacing='5'", "synthesis.jump_length=2", "synthesis.count=2", "synthesis.limit=2", "synthesis.batch_size=4",
     ]
 
 

@@ -208,7 +208,7 @@ class SynthesisConfig:
     prealign_width: int = 32
     guidance: float = 2.0
     respacing: str = "100"
-    two_stage: bool = True
+    two_stage: bool = False
     stage1_guidance: float = 3.0
     stage2_guidance: float = 1.5
     stage2_range: list[float] = field(default_factory=lambda: [0.2, 0.5])
