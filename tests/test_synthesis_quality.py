@@ -83,3 +83,23 @@ def _png(path, arr):
 
     Image.fromarray(arr.astype(np.uint8)).save(path)
     return path
+
+
+def test_the_demo_redraws_its_own_folder_when_the_settings_changed(tmp_path, capsys):
+    from diffice.experiments.demo import redraw_if_changed
+    from diffice.runfolder import write_stamp
+    from diffice.synthesis.run import RUN_KIND
+
+    old = {"ckpt": "m.ckpt", "seed": 0, "data": {}, "synthesis": {"anchor": "none", "guidance": 2.0}}
+    new = {**old, "synthesis": {"anchor": "prealign", "guidance": 2.0}}
+    out = tmp_path / "synthesis"
+    write_stamp(out, RUN_KIND, old)
+    (out / "layouts").mkdir()
+    redraw_if_changed(out, RUN_KIND, old)  # same settings: kept (a rerun resumes it)
+    assert (out / "layouts").is_dir()
+    redraw_if_changed(out, RUN_KIND, new)
+    assert not out.exists() and "synthesis.anchor" in capsys.readouterr().out
+    other = tmp_path / "other"
+    write_stamp(other, RUN_KIND.__class__("downstream", "study", items=(), fix="-"), {})
+    redraw_if_changed(other, RUN_KIND, new)  # another kind of run is not the demo's to delete
+    assert other.is_dir()

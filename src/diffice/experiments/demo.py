@@ -44,6 +44,24 @@ def judges_summary(runs: Path) -> list[str]:
     return lines
 
 
+def redraw_if_changed(out: Path, kind, settings: dict) -> None:
+    """The demo's own run folder, drawn by an earlier demo with other settings (an older diffice, other
+    arguments), is deleted and drawn again instead of refused; a folder of another kind still is."""
+    import shutil
+
+    from diffice.errors import UserError
+    from diffice.runfolder import check_run_folder, read_stamp
+
+    stamp = read_stamp(out)
+    if stamp is None or stamp.get("kind") != kind.name:
+        return
+    try:
+        check_run_folder(out, kind, settings)
+    except UserError as err:
+        print(f"{out}: an earlier demo made it with other settings ({str(err).split('(', 1)[-1].split(')')[0]}); drawing it again")
+        shutil.rmtree(out)
+
+
 def run_demo(args: Sequence[str], *, scratch: bool = False, pack: str | Path | None = None, preset: str | None = None,
              synthesis: bool = True) -> int:
     """The demo (see the module docstring); ``args``: extra config files and key=value words."""
@@ -67,6 +85,13 @@ def run_demo(args: Sequence[str], *, scratch: bool = False, pack: str | Path | N
             print(line)
     print("[counterfactuals] Diff-ICE on the NSP test frames")
     t1 = time.perf_counter()
+    if not scratch:
+        from diffice.config import to_dict
+        from diffice.counterfactual.outputs import RUN_KIND as CF_RUN
+        from diffice.counterfactual.outputs import method_config
+
+        c = config_from_args(words)
+        redraw_if_changed(Path(c.cf.out), CF_RUN, method_config(to_dict(c)))
     counterfactuals(config_from_args(words))
     times["counterfactuals"] = time.perf_counter() - t1
 
@@ -79,6 +104,11 @@ def run_demo(args: Sequence[str], *, scratch: bool = False, pack: str | Path | N
         print("[synthesis] layouts and edits of test frames with the pack's synthesis model")
         t2 = time.perf_counter()
         syn_out = Path(cfg.paths.runs) / "synthesis"
+        from diffice.config import to_dict
+        from diffice.synthesis.run import RUN_KIND as SYN_RUN
+        from diffice.synthesis.run import synthesis_config
+
+        redraw_if_changed(syn_out, SYN_RUN, synthesis_config(to_dict(cfg), str(cfg.synthesis.ckpt)))
         synthesize_test(config_from_args(words), cfg.synthesis.ckpt, syn_out, realism=False)  # FID of 8 samples says nothing
         times["synthesis"] = time.perf_counter() - t2
         syn_report = syn_out / "report.html"
