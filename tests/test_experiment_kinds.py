@@ -47,3 +47,4 @@ def test_synthesis_rows_make_a_table(tmp_path):
     root = tmp_path / "experiments" / "syn"
     assert "| one stage |" in (root / "table.md").read_text()
     assert json.loads((root / "one-stage" / "run.json").read_text())["kind"] == "synthesis"
+

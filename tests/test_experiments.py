@@ -189,3 +189,17 @@ def test_rows_are_resolved_once_at_the_start(tmp_path, monkeypatch):
     text = table.read_text()
     assert table == root / "table.md" and text.startswith("# exp\n\ntwo rows") and text.endswith("A|B")
     assert f"--row 'B' --row 'A' paths.runs={tmp_path} wandb.mode=disabled" in text
+
+
+def test_a_row_naming_its_own_model_keeps_it_under_pack(tmp_path):
+    """--pack gives the rows the pack's checkpoints, under the experiment file's keys: a row that
+    names its own model (synthesis_quality.yaml's offset-noise rows) keeps it (issue 25)."""
+    from diffice.experiments.runner import plan
+
+    root = Path(__file__).resolve().parents[1]
+    exp = plan(str(root / "experiments" / "synthesis_quality.yaml"), preset="demo", args=[f"paths.runs={tmp_path}"],
+               rows=["One stage (w 3)", "Offset-noise model one stage (w 3) (64 x 2)"], pack=str(root / "models" / "demo"))
+    own, offset = exp.rows
+    assert own.cfg.synthesis.ckpt.endswith("models/demo/synthesis.ckpt")
+    assert offset.cfg.synthesis.ckpt == f"{tmp_path}/synthesis-offset/last.ckpt"
+    assert offset.cfg.synthesis.judge_ckpt.endswith("models/demo/guide.ckpt") and exp.train_cfg is None

@@ -90,14 +90,17 @@ def plan(path: str | Path, *, preset: str = "tiny", args: Sequence[str] = (), ro
     if not (base.get("wandb") or {}).get("group"):
         overrides = pipeline_group([pfile, *files, *overrides], f"experiment-{name}")[1 + len(files):]
     train_cfg = None
+    packed: dict = {}  # the pack's checkpoints: a layer under the file's, so a row naming its own model keeps it
     if kind.takes_pack and pack:
+        from omegaconf import OmegaConf
+
         from diffice.experiments.pack import pack_words
 
-        overrides = [*pack_words(Path(pack)), *overrides]
+        packed = OmegaConf.to_container(OmegaConf.from_dotlist(pack_words(Path(pack))))
     elif kind.trains_models:
         train_cfg = load_config([pfile, *files], overrides)
     block = ((options.get("presets") or {}).get(Path(pfile).stem) or {}) if kind.per_preset else {}
-    layers = [base, block] if kind.per_preset else [base]
+    layers = [packed, base, block] if kind.per_preset else [packed, base]
     out_root = Path(load_config([pfile, *layers, *files], overrides).paths.runs) / "experiments" / name
     exp = Experiment(str(path), name, kind, preset, pfile, list(args), base, options, overrides, out_root,
                      train_cfg=train_cfg, pack=pack, selected=list(rows) if rows else None,
