@@ -49,16 +49,14 @@ def redraw_if_changed(out: Path, kind, settings: dict) -> None:
     arguments), is deleted and drawn again instead of refused; a folder of another kind still is."""
     import shutil
 
-    from diffice.errors import UserError
-    from diffice.runfolder import check_run_folder, read_stamp
+    from diffice.runfolder import read_stamp, settings_difference
 
     stamp = read_stamp(out)
     if stamp is None or stamp.get("kind") != kind.name:
         return
-    try:
-        check_run_folder(out, kind, settings)
-    except UserError as err:
-        print(f"{out}: an earlier demo made it with other settings ({str(err).split('(', 1)[-1].split(')')[0]}); drawing it again")
+    diff = settings_difference(kind, settings, stamp["settings"])
+    if diff:
+        print(f"{out}: an earlier demo made it with other settings ({diff}); drawing it again")
         shutil.rmtree(out)
 
 

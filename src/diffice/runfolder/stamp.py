@@ -116,12 +116,18 @@ def check_run_folder(out: str | Path, kind: RunKind, settings: dict) -> None:
         if found:
             raise UserError(f"{out}: holds {' and '.join(found)} but no {STAMP}; {kind.fix}")
         return
+    diff = settings_difference(kind, settings, there)
+    if diff:
+        raise UserError(f"{out}: holds a {kind.noun} with other settings ({diff}); {kind.fix}")
+
+
+def settings_difference(kind: RunKind, settings: dict, there: dict) -> str | None:
+    """The first difference that matters between a run's ``settings`` and a stamp's (None: none),
+    keys added since counting as their old value and keys without effect left out."""
     now, there = with_added(plain(settings), kind.added), with_added(plain(there), kind.added)
     if kind.canonical is not None:
         now, there = kind.canonical(now), kind.canonical(there)
-    diff = first_difference(now, there)
-    if diff:
-        raise UserError(f"{out}: holds a {kind.noun} with other settings ({diff}); {kind.fix}")
+    return first_difference(now, there)
 
 
 def write_stamp(out: str | Path, kind: RunKind, settings: dict) -> Path:

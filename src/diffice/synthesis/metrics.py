@@ -165,8 +165,8 @@ def washed_out(samples: np.ndarray, real: np.ndarray, control: np.ndarray | None
         c, f = stats(x)
         return (c > thr_c) | (f > thr_f)
 
-    s = flagged(samples)
     sc, sf = stats(samples)
+    s = (sc > thr_c) | (sf > thr_f)
     out = {"washed_out": float(s.mean()) if len(s) else None, "washed_out_n": int(len(s)),
            "washed_out_corner": float((sc > thr_c).mean()) if len(sc) else None,
            "washed_out_dark": float((sf > thr_f).mean()) if len(sf) else None,
