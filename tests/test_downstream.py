@@ -330,3 +330,68 @@ def test_frameset_subset_concat_resize_digest():
     assert c.digest() == concat([a, b]).digest() != concat([b, a]).digest()
     with pytest.raises(ValueError):
         concat([a, r])
+
+
+# ----------------------------------------------------------------------------- the upper bound (issue 25)
+
+
+class Recording:
+    """train_classifier that records what each training saw (labels, how many frames)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, model, images, labels, k, **kwargs):
+        self.seen.append((k, len(images), int(np.asarray(labels).sum()) if k == 2 else None))
+        return train_classifier(model, images, labels, k, **kwargs)
+
+
+def test_upper_bound_arm_trains_on_rendered_positives_and_tabulates_the_gap(tmp_path, one_thread):
+    cfg = study_cfg(tmp_path, "downstream.models=[test_resnet]", "downstream.seeds=[0]", "downstream.synth_abnormal_count=4")
+    sets = dict(study_sets(), rendered_abnormal=concat([blobs(4, 8, "hole", prefix="rh"), blobs(4, 9, "bar", prefix="rb")]))
+    rec = Recording()
+    res = run_study(cfg, sets, tmp_path / "study", progress=False, train_fn=rec)
+    assert len(rec.seen) == 4 and res["trained"] == 4  # plane real, plane +synthetic, anomaly +synthetic, upper bound
+    # the upper bound: the 9 real frames (negatives) and 4 rendered positives (drawn like the synthetic ones), nothing synthetic
+    assert rec.seen[-1] == (2, 9 + 4, 4)
+    upper = [r for r in res["rows"] if r["condition"] == "real+rendered"]
+    assert len(upper) == 1 and upper[0]["task"] == "anomaly" and upper[0]["n_train_synthetic"] == 0
+    assert 0.0 <= upper[0]["auroc"] <= 1.0 and "auroc_hole" in upper[0]
+    table = res["table"]
+    assert "upper bound: rendered abnormal" in table and "gap closed" in table and "hole (upper)" in table
+    assert "4 rendered abnormal frames of training patients" in table
+    # without the set, no upper-bound training and no such column (an older study's table)
+    plain = run_study(cfg, study_sets(), tmp_path / "plain", progress=False)
+    assert plain["trained"] == 3 and "gap closed" not in plain["table"]
+    # the set must be abnormal
+    with pytest.raises(UserError, match="rendered_abnormal set holds 3 normal"):
+        run_study(cfg, dict(study_sets(), rendered_abnormal=blobs(3, 10)), tmp_path / "bad", progress=False)
+
+
+def test_gap_closed_per_seed():
+    from diffice.downstream.table import gap_closed
+
+    def row(seed, condition, auroc):
+        return {"model": "m", "seed": seed, "task": "anomaly", "condition": condition, "auroc": auroc}
+
+    rows = [row(0, "real", 0.5), row(0, "real+synthetic", 0.7), row(0, "real+rendered", 0.9),
+            row(1, "real", 0.6), row(1, "real+synthetic", 0.5), row(1, "real+rendered", 0.8),
+            row(2, "real", 0.7), row(2, "real+synthetic", 0.8), row(2, "real+rendered", 0.65)]  # no gap: left out
+    assert gap_closed(rows, "m") == pytest.approx([0.5, -0.5])
+
+
+def test_abnormal_frames_of_training_patients(tmp_path):
+    import csv
+
+    from diffice.data.export import phantom_splits, write_anomalies
+
+    cfg = load_config([], ["data.phantom.count=80", "data.image_size=[32,40]"])
+    out = write_anomalies(cfg, tmp_path / "up", 6, 0, names=["microcephaly", "absent_csp"], progress=False, split="train")
+    rows = list(csv.DictReader(open(out)))
+    splits = phantom_splits(cfg, 80, 0)
+    fpp = int(cfg.data.phantom.frames_per_patient)
+    assert len(rows) == 6 and {r["split"] for r in rows} == {"train"}
+    index = [json.loads(line)["index"] for line in (out.parent / "latents.jsonl").read_text().splitlines()]
+    assert all(splits[i] == "train" for i in index) and all(r["patient"] == f"p{i // fpp:05d}" for r, i in zip(rows, index))
+    with pytest.raises(UserError, match="split must be"):
+        write_anomalies(cfg, tmp_path / "x", 2, 0, split="training")

@@ -447,7 +447,7 @@ def test_downstream_experiment_end_to_end(runs, tmp_path):
     ov = [*_overrides(runs), f"paths.runs={tmp_path}", f"synthesis.ckpt={runs / 'synthesis' / 'last.ckpt'}",
           f"synthesis.judge_ckpt={runs / 'segmenter' / 'last.ckpt'}", f"cf.oracle_ckpt={runs / 'oracle' / 'last.ckpt'}",
           "downstream.models=[mobilenetv3_small_050]", "downstream.seeds=[0]", "downstream.steps=2", "downstream.batch_size=4",
-          "downstream.real_train_limit=6", "downstream.abnormal_test_count=6", "downstream.synth_layouts=2",
+          "downstream.real_train_limit=6", "downstream.abnormal_test_count=6", "downstream.upper_bound_count=6", "downstream.synth_layouts=2",
           "downstream.synth_per_layout=1", "downstream.synth_edit_frames=3", "synthesis.respacing='3'"]
     exp = str(ROOT / "experiments" / "fetalflex_downstream.yaml")
     assert main(["experiment", exp, "--preset", "tiny", *ov]) == 0
@@ -456,9 +456,11 @@ def test_downstream_experiment_end_to_end(runs, tmp_path):
     assert "mobilenetv3_small_050" in table
     rows = list(csv.DictReader((root / "phantom" / "study" / "rows.csv").open()))
     assert {(r["task"], r["condition"]) for r in rows} == {("plane", "real"), ("anomaly", "real"), ("plane", "real+synthetic"),
-                                                          ("anomaly", "real+synthetic")}
+                                                          ("anomaly", "real+synthetic"), ("anomaly", "real+rendered")}
     abn = list(csv.DictReader((root / "phantom" / "abnormal-test" / "manifest.csv").open()))
     assert len(abn) == 6 and len({r["anomaly"] for r in abn}) == 6
+    up = list(csv.DictReader((root / "phantom" / "rendered-abnormal-train" / "manifest.csv").open()))
+    assert len(up) == 6 and {r["split"] for r in up} == {"train"} and len({r["anomaly"] for r in up}) == 6
     pairs = list(csv.DictReader((root / "phantom" / "synth-abnormal" / "pairs.csv").open()))
     shams = [r for r in pairs if r["sham_of"]]
     assert shams and all(r["anomaly"] for r in pairs if not r["sham_of"]) and not any(r["anomaly"] for r in shams)

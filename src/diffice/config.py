@@ -260,6 +260,7 @@ class DownstreamConfig:
     synth_abnormal_count: int | None = 1000
     synthetic_negatives: bool = True
     abnormal_test_count: int = 600
+    upper_bound_count: int = 0
     synth_layouts: int = 500
     synth_per_layout: int = 2
     synth_edit_frames: int = 400

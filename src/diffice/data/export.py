@@ -24,6 +24,16 @@ from diffice.io import atomic_write_text, save_png
 COLUMNS = ["image", "id", "label", "patient", "split", "mask", "target", *ph.CONCEPTS, "quality", "faults", "plane", "ga"]
 
 
+def phantom_splits(cfg: DictConfig, count: int, seed: int) -> list[str]:
+    """The split (train / val / test) of each of the ``count`` phantom frames of simulator ``seed``:
+    the same patient-level split the data module's phantom source makes."""
+    p = cfg.data.phantom
+    sp_fraction, fpp = float(p.sp_fraction), int(p.frames_per_patient)
+    patients = [f"p{i // max(1, fpp):05d}" for i in range(count)]
+    labels = [int(ph.is_sp(i, seed, sp_fraction)) for i in range(count)]
+    return list(patient_splits(patients, labels, list(cfg.data.split_fractions), int(cfg.data.split_seed)))
+
+
 def write_phantoms(cfg: DictConfig, out: str | Path, count: int, seed: int, progress: bool = True) -> Path:
     """Render ``count`` frames (seed ``seed``, size ``cfg.data.image_size``) into ``out``;
     returns the manifest path."""
@@ -35,16 +45,14 @@ def write_phantoms(cfg: DictConfig, out: str | Path, count: int, seed: int, prog
     size = [int(v) for v in cfg.data.image_size]
     p = cfg.data.phantom
     sp_fraction, fpp = float(p.sp_fraction), int(p.frames_per_patient)
-    patients = [f"p{i // max(1, fpp):05d}" for i in range(count)]
-    labels = [int(ph.is_sp(i, seed, sp_fraction)) for i in range(count)]
-    splits = patient_splits(patients, labels, list(cfg.data.split_fractions), int(cfg.data.split_seed))
+    splits = phantom_splits(cfg, count, seed)
     rows, latents = [], []
     from diffice.progress import track
 
     it = track(range(count), f"writing {count} phantoms to {out}", enabled=progress)
     for i in it:
         fr = ph.render_frame(i, size, seed, sp_fraction, fpp)
-        rows.append(_write_frame(out, fr, f"{fr['id']}.png", patients[i], splits[i]))
+        rows.append(_write_frame(out, fr, f"{fr['id']}.png", f"p{i // max(1, fpp):05d}", splits[i]))
         latents.append(json.dumps({"id": fr["id"], "index": i, **_plain(fr["latents"])}))
     return _write_manifest(out, COLUMNS, rows, latents)
 
@@ -76,12 +84,16 @@ ANOMALY_COLUMNS = [*COLUMNS, "anomaly", "severity", "normal", "normal_mask"]
 
 
 def write_anomalies(cfg: DictConfig, out: str | Path, count: int, seed: int, names: list[str] | None = None,
-                    severity: float | None = None, progress: bool = True) -> Path:
+                    severity: float | None = None, progress: bool = True, split: str | None = None) -> Path:
     """An abnormal test set: ``count`` phantom frames, the anomalies ``names`` (default all) in
     turn, each on the next frame that shows what it changes, at ``severity`` (default: drawn
     uniformly over the anomaly's range). Every frame's normal twin (same patient, pose, faults
     and speckle) is written beside it (``normals/``, ``normal_masks/``); the manifest has the
-    ``anomaly`` and ``severity`` columns and every row in the test split."""
+    ``anomaly`` and ``severity`` columns and every row in the test split.
+
+    ``split`` (train / val / test): only frames of that split's patients of the phantom data set
+    ``seed`` makes with ``cfg.data.phantom.count`` frames (:func:`phantom_splits`) — e.g. abnormal
+    frames of *training* patients — and the manifest rows say that split."""
     from diffice.data import anomalies as AN
 
     out = Path(out)
@@ -93,6 +105,13 @@ def write_anomalies(cfg: DictConfig, out: str | Path, count: int, seed: int, nam
     size = [int(v) for v in cfg.data.image_size]
     p = cfg.data.phantom
     sp_fraction, fpp = float(p.sp_fraction), int(p.frames_per_patient)
+    allowed = None
+    if split is not None:
+        if split not in ("train", "val", "test"):
+            raise UserError(f"split must be train, val or test, got {split!r}")
+        allowed = phantom_splits(cfg, int(p.count), seed)
+        if split not in allowed:
+            raise UserError(f"data.phantom.count={int(p.count)}: no {split} patient to draw abnormal frames from")
     rows, latents, cursor = [], [], dict.fromkeys(names, 0)
     from diffice.progress import track
 
@@ -100,8 +119,11 @@ def write_anomalies(cfg: DictConfig, out: str | Path, count: int, seed: int, nam
     for k in it:
         name = names[k % len(names)]
         i = cursor[name]
-        while not ph.eligible(name, ph.sample_frame(i, seed, sp_fraction, fpp)["actual"]):
+        while (allowed is not None and (i >= len(allowed) or allowed[i] != split)) or \
+                not ph.eligible(name, ph.sample_frame(i, seed, sp_fraction, fpp)["actual"]):
             i += 1
+            if allowed is not None and i >= len(allowed):
+                raise UserError(f"data.phantom.count={len(allowed)}: too few {split} frames show {name} for {count} abnormal frames")
             if i > cursor[name] + 100_000:  # (never for the built-in faults' probabilities)
                 raise UserError(f"--anomalies: no phantom frame shows what {name} changes (data.phantom settings)")
         cursor[name] = i + 1
@@ -112,7 +134,7 @@ def write_anomalies(cfg: DictConfig, out: str | Path, count: int, seed: int, nam
         name_png = f"{fr['id']}_{name}.png"
         save_png(out / "normals" / name_png, normal["image"])
         save_png(out / "normal_masks" / name_png, normal["mask"])
-        rows.append({**_write_frame(out, fr, name_png, f"p{fr['patient']:05d}", "test"), "anomaly": name, "severity": f"{sev:.4g}",
+        rows.append({**_write_frame(out, fr, name_png, f"p{fr['patient']:05d}", split or "test"), "anomaly": name, "severity": f"{sev:.4g}",
                      "normal": f"normals/{name_png}", "normal_mask": f"normal_masks/{name_png}"})
         latents.append(json.dumps({"id": rows[-1]["id"], "index": i, "anomaly": name, "severity": sev, **_plain(fr["latents"])}))
     return _write_manifest(out, ANOMALY_COLUMNS, rows, latents)

@@ -24,13 +24,15 @@ WHOLE = ("seed", "n_train", "n_test", "steps")   # whole numbers
 METRICS = {"plane": ("accuracy", "balanced_accuracy"), "anomaly": ("auroc",)}
 TASKS = {"plane", "anomaly"}
 REAL, SYNTH = "real", "real+synthetic"
-CONDITIONS = {REAL, SYNTH}
+UPPER = "real+rendered"  # the anomaly task's upper bound: trained on rendered abnormal frames of training patients
+CONDITIONS = {REAL, SYNTH, UPPER}
 PER_ANOMALY = "auroc_"  # prefix of the per-anomaly AUROC columns
 # a training and the rows it gives: (task, condition) of the training -> rows' (task, condition)
 UNITS: list[tuple[tuple[str, str], list[tuple[str, str]]]] = [
     (("plane", REAL), [("plane", REAL), ("anomaly", REAL)]),
     (("plane", SYNTH), [("plane", SYNTH)]),
     (("anomaly", SYNTH), [("anomaly", SYNTH)]),
+    (("anomaly", UPPER), [("anomaly", UPPER)]),  # only when the study has the rendered_abnormal frame set
 ]
 
 

@@ -8,11 +8,13 @@ Inputs (:func:`run_study`): five :class:`~diffice.downstream.frames.FrameSet` s 
 * ``abnormal_test``: real-rendered abnormal frames (anomaly names), never seen in training;
 * ``synth_normal``: synthetic normal frames with planes (at most ``synth_normal_count``);
 * ``synth_abnormal``: synthetic abnormal frames (at most ``synth_abnormal_count``);
+* ``rendered_abnormal`` (optional): abnormal frames the phantom renders for *training* patients
+  (at most ``synth_abnormal_count`` of them a seed) — the anomaly task's upper bound;
 * ``paired_normal`` (optional): their pixel-paired normal twins — the real frames they were edited
   from and sham edits (the same region regenerated, the layout unchanged) — added to the anomaly
   classifier's negatives, so that only the anatomy separates a positive from its twins.
 
-Rows (model × seed × task × condition), three trainings per model and seed:
+Rows (model × seed × task × condition), three trainings per model and seed (four with the upper bound):
 
 ============  ===============  ====================================================================
 task          condition        what is trained, and the score
@@ -25,6 +27,10 @@ plane         real+synthetic   3-plane classifier on real_train + synth_normal; 
 anomaly       real+synthetic   binary classifier: real_train (+ synth_normal when
                                ``synthetic_negatives``) = 0 vs synth_abnormal = 1; score = p(abnormal);
                                AUROC as above, accuracy / balanced accuracy at 0.5
+anomaly       real+rendered    (with ``rendered_abnormal``) the same binary classifier with the rendered
+                               abnormal frames as positives instead of the synthetic ones: the upper
+                               bound a synthetic frame could reach (the anomalies themselves, drawn by
+                               the renderer the test frames come from)
 ============  ===============  ====================================================================
 
 Batches are class-balanced (``balance``) and, inside a class holding both real and synthetic
@@ -51,7 +57,7 @@ import numpy as np
 from diffice.downstream.frames import FrameSet, concat
 from diffice.downstream.metrics import accuracy, auroc, balanced_accuracy, per_anomaly_auroc
 from diffice.downstream.recipes import RECIPE_KEYS, check_recipes, check_training, model_recipe
-from diffice.downstream.rows import PER_ANOMALY, REAL, ROWS, SYNTH, UNITS, read_rows
+from diffice.downstream.rows import PER_ANOMALY, REAL, ROWS, SYNTH, UNITS, UPPER, read_rows
 from diffice.downstream.rows import number as _num
 from diffice.downstream.table import SUMMARY, summarize, write_table
 from diffice.errors import UserError
@@ -59,6 +65,8 @@ from diffice.runfolder.stamp import RunKind
 
 SETS = ("real_train", "real_test", "abnormal_test", "synth_normal", "synth_abnormal")
 PAIRED = "paired_normal"  # optional: the synthetic abnormal frames' normal twins (sources, sham edits), anomaly negatives
+RENDERED = "rendered_abnormal"  # optional: rendered abnormal frames of training patients (the upper bound's positives)
+OPTIONAL = (PAIRED, RENDERED)
 NUM_PLANES = 3
 # the keys of downstream.* that change a row's numbers (models and seeds only choose rows)
 SETTING_KEYS = ("steps", "batch_size", "lr", "weight_decay", "schedule", "augment", "balance", "synthetic_share",
@@ -118,7 +126,7 @@ def _check_sets(sets: dict[str, FrameSet], size: Sequence[int]) -> dict[str, Fra
     if missing:
         raise UserError(f"downstream study: frame set '{missing[0]}' is missing (need {', '.join(SETS)})")
     out = {}
-    for name in (*SETS, PAIRED):
+    for name in (*SETS, *OPTIONAL):
         if name not in sets:
             continue
         s = sets[name]
@@ -130,7 +138,7 @@ def _check_sets(sets: dict[str, FrameSet], size: Sequence[int]) -> dict[str, Fra
             raise UserError(f"{where}: the {name} set holds {int(ab.sum())} abnormal frames "
                             f"(e.g. {s.ids[int(np.flatnonzero(ab)[0])]}: {s.anomaly[int(np.flatnonzero(ab)[0])]}); "
                             f"it must be normal")
-        if name in ("abnormal_test", "synth_abnormal") and not ab.all():
+        if name in ("abnormal_test", "synth_abnormal", RENDERED) and not ab.all():
             raise UserError(f"{where}: the {name} set holds {int((~ab).sum())} normal frames "
                             f"(e.g. {s.ids[int(np.flatnonzero(~ab)[0])]}); it must be abnormal")
         out[name] = s.resized(size)
@@ -167,6 +175,8 @@ def seed_sets(sets: dict[str, FrameSet], st: dict, seed: int) -> dict[str, Frame
     }
     if PAIRED in sets:
         out[PAIRED] = _draw(sets[PAIRED], st["synth_abnormal_count"], rng)
+    if RENDERED in sets:  # as many positives as the synthetic arm has, the same anomaly-stratified draw
+        out[RENDERED] = _draw(sets[RENDERED], st["synth_abnormal_count"], rng, np.array(sets[RENDERED].anomaly, dtype=object))
     return out
 
 
@@ -227,8 +237,11 @@ def _train_unit(task: str, condition: str, model: str, seed: int, st: dict, trai
         labels, k = data.plane, NUM_PLANES
     else:
         negatives = [real] + ([train_sets["synth_normal"]] if bool(st["synthetic_negatives"]) else [])
-        negatives += [train_sets[PAIRED]] if PAIRED in train_sets else []
-        data = concat([*negatives, train_sets["synth_abnormal"]])
+        if condition == UPPER:  # the rendered anomalies against the real frames only
+            data = concat([real, train_sets[RENDERED]])
+        else:
+            negatives += [train_sets[PAIRED]] if PAIRED in train_sets else []
+            data = concat([*negatives, train_sets["synth_abnormal"]])
         labels, k = data.abnormal.astype(np.int64), 2
     weights = group_weights(labels, data.origin, bool(st["balance"]), st["synthetic_share"])
     r = model_recipe(st, model)
@@ -307,21 +320,22 @@ def _run_study(cfg, sets: dict[str, FrameSet], out: Path, progress: bool, train_
     device = resolve_device(accel)
     sets = _check_sets(sets, st["image_size"])
     settings = {**{k: st[k] for k in SETTING_KEYS},
-                "data": {name: {"frames": len(sets[name]), "digest": sets[name].digest()} for name in (*SETS, PAIRED) if name in sets}}
+                "data": {name: {"frames": len(sets[name]), "digest": sets[name].digest()} for name in (*SETS, *OPTIONAL) if name in sets}}
     claim_run_folder(out, RUN_KIND, settings)
     train_fn = train_fn or train_classifier
     predict_fn = predict_fn or predict
 
     rows = read_rows(out)
     done = {_key(r) for r in rows}
+    units = [u for u in UNITS if u[0][1] != UPPER or RENDERED in sets]
     todo = []
     for seed in st["seeds"]:
         for model in st["models"]:
-            for (task, condition), gives in UNITS:
+            for (task, condition), gives in units:
                 if all((model, seed, t, c) in done for t, c in gives):
                     continue
                 todo.append((seed, model, task, condition, gives))
-    n_units = len(st["seeds"]) * len(st["models"]) * len(UNITS)
+    n_units = len(st["seeds"]) * len(st["models"]) * len(units)
     bar = Bar("downstream rows", sum(len(u[4]) for u in todo), enabled=progress)
     tests = {k: sets[k] for k in ("real_test", "abnormal_test")}
     try:

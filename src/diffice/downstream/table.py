@@ -9,7 +9,7 @@ from pathlib import Path
 
 from diffice.downstream.frames import FrameSet
 from diffice.downstream.metrics import format_mean_sd, mean_sd
-from diffice.downstream.rows import PER_ANOMALY, REAL, ROWS, SYNTH, UNITS, read_rows_checked
+from diffice.downstream.rows import PER_ANOMALY, REAL, ROWS, SYNTH, UNITS, UPPER, read_rows_checked
 from diffice.downstream.rows import number as _num
 from diffice.errors import UserError
 
@@ -25,6 +25,20 @@ def _gain(rows, model, task, metric) -> list[float]:
     """Per-seed (paired) differences real+synthetic - real."""
     a, b = _values(rows, model, task, REAL, metric), _values(rows, model, task, SYNTH, metric)
     return [b[s] - a[s] for s in sorted(set(a) & set(b))]
+
+
+def gap_closed(rows, model, metric="auroc") -> list[float]:
+    """Per seed, the share of the anomaly gap between the MSP baseline and the upper bound that the
+    synthetic arm closes: (synthetic − MSP) / (upper − MSP); seeds whose upper bound is not above
+    the baseline are left out (no gap to close)."""
+    msp, syn = _values(rows, model, "anomaly", REAL, metric), _values(rows, model, "anomaly", SYNTH, metric)
+    up = _values(rows, model, "anomaly", UPPER, metric)
+    out = []
+    for s in sorted(set(msp) & set(syn) & set(up)):
+        gap = up[s] - msp[s]
+        if math.isfinite(gap) and gap > 0 and math.isfinite(syn[s]):
+            out.append((syn[s] - msp[s]) / gap)
+    return out
 
 
 def _metrics_of(rows: list[dict]) -> list[str]:
@@ -53,6 +67,12 @@ def summarize(rows: list[dict], models: Sequence[str]) -> list[dict]:
                 if n:
                     out.append({"model": model, "task": task, "condition": "gain", "metric": metric,
                                 "mean": mean, "sd": sd, "n": n, **_ci(gain)})
+        for metric in metrics:
+            closed = gap_closed(rows, model, metric)
+            mean, sd, n = mean_sd(closed)
+            if n:
+                out.append({"model": model, "task": "anomaly", "condition": "gap closed", "metric": metric,
+                            "mean": mean, "sd": sd, "n": n, **_ci(closed)})
     return out
 
 
@@ -73,8 +93,10 @@ def table_markdown(rows: list[dict], models: Sequence[str] | None = None) -> str
     def cell(model, task, condition, metric):
         return format_mean_sd(_values(rows, model, task, condition, metric).values())
 
+    upper = any(r["condition"] == UPPER for r in rows)
     head = ["model", "plane acc (real)", "plane acc (+synthetic)", "gain", "plane bal. acc (real)",
             "plane bal. acc (+synthetic)", "anomaly AUROC (MSP baseline)", "anomaly AUROC (+synthetic)", "gain"]
+    head += ["anomaly AUROC (upper bound: rendered abnormal)", "gap closed"] if upper else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in models:
         cells = [m, cell(m, "plane", REAL, "accuracy"), cell(m, "plane", SYNTH, "accuracy"),
@@ -82,15 +104,18 @@ def table_markdown(rows: list[dict], models: Sequence[str] | None = None) -> str
                  cell(m, "plane", REAL, "balanced_accuracy"), cell(m, "plane", SYNTH, "balanced_accuracy"),
                  cell(m, "anomaly", REAL, "auroc"), cell(m, "anomaly", SYNTH, "auroc"),
                  format_mean_sd(_gain(rows, m, "anomaly", "auroc"), signed=True)]
+        if upper:
+            cells += [cell(m, "anomaly", UPPER, "auroc"), format_mean_sd(gap_closed(rows, m), signed=True)]
         lines.append("| " + " | ".join(cells) + " |")
     anomalies = sorted({k[len(PER_ANOMALY):] for r in rows for k in r if k.startswith(PER_ANOMALY)
                         and not math.isnan(_num(r[k]))})
     if anomalies:
-        head2 = ["model"] + [f"{a} ({c})" for a in anomalies for c in ("MSP", "+synthetic")]
+        arms = [(REAL, "MSP"), (SYNTH, "+synthetic")] + ([(UPPER, "upper")] if upper else [])
+        head2 = ["model"] + [f"{a} ({name})" for a in anomalies for _, name in arms]
         lines += ["", "Per-anomaly AUROC (each anomaly's test frames against the normal test frames):", "",
                   "| " + " | ".join(head2) + " |", "|" + "---|" * len(head2)]
         for m in models:
-            cells = [m] + [cell(m, "anomaly", c, PER_ANOMALY + a) for a in anomalies for c in (REAL, SYNTH)]
+            cells = [m] + [cell(m, "anomaly", c, PER_ANOMALY + a) for a in anomalies for c, _ in arms]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -112,12 +137,16 @@ def _facts(settings: dict | None, sets: dict[str, FrameSet] | None, rows: list[d
             n.setdefault("synth_normal", int(_num(r["n_train_synthetic"])))
         if r["task"] == "anomaly" and r["condition"] == SYNTH:
             n.setdefault("anomaly", (int(_num(r["n_train_real"])), int(_num(r["n_train_synthetic"]))))
+        if r["task"] == "anomaly" and r["condition"] == UPPER:
+            n.setdefault("upper", int(_num(r["n_train"])))
     if "real" in n:
         parts.append(f"{n['real']} real training frames")
     if "synth_normal" in n:
         parts.append(f"+ {n['synth_normal']} synthetic normal frames for planes")
     if "anomaly" in n:
         parts.append(f"anomaly classifier on {n['anomaly'][0]} real + {n['anomaly'][1]} synthetic frames")
+    if "upper" in n and "real" in n:
+        parts.append(f"upper bound on {n['real']} real + {n['upper'] - n['real']} rendered abnormal frames of training patients")
     if sets:
         ab = sets["abnormal_test"]
         per = ", ".join(f"{a} {sum(x == a for x in ab.anomaly)}" for a in ab.anomalies())

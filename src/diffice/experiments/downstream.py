@@ -14,6 +14,9 @@ The sets, each made once into ``{paths.runs}/experiments/NAME/`` and reused by a
 * ``synth_abnormal``: ``diffice synthesize --test --anomaly all --with-sham --edits-only`` on
   ``downstream.synth_edit_frames`` training frames: every layout-expressible anomaly at its
   default severity, RePaint keeping the rest of the frame;
+* ``rendered_abnormal`` (``downstream.upper_bound_count`` > 0; phantom data only): abnormal frames the
+  phantom renders for the data set's *training* patients (all six anomalies, severities over their
+  ranges) — the positives of the anomaly task's upper bound;
 * ``paired_normal`` (``downstream.paired_negatives``): each abnormal frame's normal twins — the real frame it was edited from and
   its sham edit (the same region regenerated with the layout unchanged), so that the anomaly
   classifier cannot separate them by plane, quality or the sampler's texture, only by anatomy.
@@ -99,6 +102,15 @@ def make_sets(cfg, work: Path, progress: bool = True) -> dict:
         print(f"[downstream] rendering {d.abnormal_test_count} abnormal phantom frames (seed {int(cfg.data.phantom.seed) + 1})")
         write_anomalies(cfg, abn, int(d.abnormal_test_count), int(cfg.data.phantom.seed) + 1, progress=progress)
     sets["abnormal_test"] = load_manifest(abn / "manifest.csv", size=size)
+    if int(d.upper_bound_count) > 0:
+        if str(cfg.data.source) != "phantom":
+            raise UserError(f"downstream.upper_bound_count={int(d.upper_bound_count)}: the upper bound renders abnormal "
+                            f"frames of training patients, which only the phantom can (data.source is {cfg.data.source}); set it to 0")
+        up = work / "rendered-abnormal-train"
+        if not (up / "manifest.csv").is_file():
+            print(f"[downstream] rendering {d.upper_bound_count} abnormal phantom frames of training patients (the upper bound)")
+            write_anomalies(cfg, up, int(d.upper_bound_count), int(cfg.data.phantom.seed), progress=progress, split="train")
+        sets["rendered_abnormal"] = load_manifest(up / "manifest.csv", size=size)
     print(f"[downstream] synthetic normal frames: {d.synth_layouts} training layouts x {d.synth_per_layout}")
     run = _synthesize(cfg, work, "synth-normal", [
         "synthesis.split=train", f"synthesis.limit={int(d.synth_layouts)}", f"synthesis.count={int(d.synth_per_layout)}",
