@@ -149,3 +149,39 @@ def test_phantoms_anomalies_bad_input(tmp_path, capsys, argv, msg):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and msg in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_changed_width_is_the_widest_disc_in_the_changed_pixels():
+    from diffice.data.anomalies import changed_width
+
+    before = np.zeros((20, 24), np.uint8)
+    assert changed_width(before, before) == 0.0
+    line = before.copy()
+    line[5, 2:20] = 1
+    assert changed_width(before, line) == 1.0
+    block = before.copy()
+    block[0:3, 0:3] = 2  # at the border: the frame's edge does not count as unchanged
+    assert changed_width(before, block) == 3.0
+    big = before.copy()
+    big[4:13, 4:13] = 1
+    assert changed_width(before, big) == 9.0
+
+
+def test_anomaly_table_checks_wide_structures_apart():
+    from diffice.synthesis.tables import anomaly_table
+
+    def run(name, k, n, width, wide_k, wide_n, ctl):
+        return {"anomalies": {name: {"edits": n, "severities": [1.0], "within_tolerance": k, "checked": n,
+                                     "source_within_tolerance": 0, "within_change": k, "changed_width_median": width,
+                                     "wide_within_tolerance": wide_k, "wide_checked": wide_n,
+                                     "wide_source_within_tolerance": ctl}},
+                "edit_psnr_outside_mean": 35.0, "edit_psnr_outside_min": 30.0}
+
+    text = anomaly_table([("a", run("absent_csp", 9, 10, 5.0, 9, 10, 1)), ("b", run("banana_cerebellum", 2, 10, 2.0, 0, 0, 0))])
+    assert "| a | absent_csp | 1 | 10 | 5 | 9 of 10" in text and "| b | banana_cerebellum | 1 | 10 | 2 |" in text
+    wide = [line for line in text.splitlines() if line.startswith("| changed structure ≥ 4 px")]
+    assert len(wide) == 1 and "| 10 | | 9 of 10 (90 %" in wide[0] and "1 of 10 (10 %" in wide[0]
+    # runs recorded before the width was kept: no width, no wide line
+    old = {"anomalies": {"lemon": {"edits": 3, "severities": [0.1], "within_tolerance": 1, "checked": 3}}}
+    text = anomaly_table([("c", old)])
+    assert "| c | lemon | 0.1 | 3 | n/a |" in text and "changed structure ≥" not in text

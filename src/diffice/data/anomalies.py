@@ -245,6 +245,20 @@ def _frame_or_none(mask: np.ndarray) -> HeadFrame | None:
         return None
 
 
+WIDE = 4  # px: an anomaly whose changed structure is at least this wide is checked on its own (issue 25)
+
+
+def changed_width(before: np.ndarray, after: np.ndarray) -> float:
+    """How wide (px) the structure an edit changes is: the diameter of the largest disc inside the
+    pixels whose class changed (2 x the largest Euclidean distance to an unchanged pixel, minus 1:
+    a one-pixel line is 1 wide, a 3 x 3 block 3); 0 when nothing changed."""
+    changed = np.asarray(before) != np.asarray(after)
+    if not changed.any():
+        return 0.0
+    inside = ndimage.distance_transform_edt(np.pad(changed, 1))
+    return float(2.0 * inside.max() - 1.0)
+
+
 def measure(name: str, mask: np.ndarray, frame: HeadFrame | None = None) -> float:
     """The quantity an anomaly changes, measured on a class mask (pixels or a fraction; NaN
     when the mask lacks what it needs). ``frame``: the head coordinates to measure in (the

@@ -75,7 +75,8 @@ def anomaly_check(job: EditJob, judged: np.ndarray | None, judged_source: np.nda
         frame = None
     src = AN.measure(job.anomaly, job.before, frame)
     req = AN.measure(job.anomaly, job.after, frame)
-    rec = {"anomaly": job.anomaly, "severity": job.severity, "source_value": src, "requested_value": req}
+    rec = {"anomaly": job.anomaly, "severity": job.severity, "source_value": src, "requested_value": req,
+           "changed_width": AN.changed_width(job.before, job.after)}
     if judged is not None:
         got = AN.measure(job.anomaly, judged, frame)
         tol = AN.TOLERANCE[job.anomaly] * (1.0 if job.anomaly == "lemon" else abs(src))

@@ -73,7 +73,8 @@ def summarize(syn, layout_recs: list[dict], edit_recs: list[dict], realism: dict
                                         "within_tolerance": sum(ok), "checked": len(ok),
                                         "fraction_within": float(np.mean(ok)) if ok else None,
                                         "source_within_tolerance": sum(bool(r.get("source_within_tolerance")) for r in rs),
-                                        "within_change": sum(bool(r.get("within_change")) for r in rs)}
+                                        "within_change": sum(bool(r.get("within_change")) for r in rs),
+                                        **_wide(rs)}
             ok = [r["within_tolerance"] for r in edit_recs if "within_tolerance" in r]
             m["anomaly_fraction_within"] = float(np.mean(ok)) if ok else None
     m["intervals"] = M.summary_intervals(layout_recs, edit_recs, classes)
@@ -82,6 +83,20 @@ def summarize(syn, layout_recs: list[dict], edit_recs: list[dict], realism: dict
         if realism.get("washed_out_ci"):
             m["intervals"]["washed_out"] = realism["washed_out_ci"]
     return m
+
+
+def _wide(rs: list[dict]) -> dict:
+    """The changed structure's median width (px) and the check on the edits whose changed structure
+    is at least ``anomalies.WIDE`` px wide (records made before the width was kept: nothing)."""
+    from diffice.data.anomalies import WIDE
+
+    widths = [float(r["changed_width"]) for r in rs if r.get("changed_width") is not None]
+    if not widths:
+        return {}
+    wide = [r for r in rs if r.get("changed_width") is not None and float(r["changed_width"]) >= WIDE and "within_tolerance" in r]
+    return {"changed_width_median": float(np.median(widths)), "wide_checked": len(wide),
+            "wide_within_tolerance": sum(bool(r["within_tolerance"]) for r in wide),
+            "wide_source_within_tolerance": sum(bool(r.get("source_within_tolerance")) for r in wide)}
 
 
 def realism_metrics(cfg: DictConfig, syn, out: Path, layout_recs: list[dict], dm, device="cpu") -> dict:
@@ -150,7 +165,7 @@ def write_results_csv(out: Path, layout_recs: list[dict], edit_recs: list[dict],
 
 
 ANOMALY_KEYS = ("anomaly", "severity", "source_value", "requested_value", "measured_value", "tolerance", "within_tolerance",
-                "measured_source", "source_within_tolerance", "within_change")
+                "measured_source", "source_within_tolerance", "within_change", "changed_width")
 
 
 def write_pairs_csv(out: Path, edit_recs: list[dict]) -> Path | None:
