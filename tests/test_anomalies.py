@@ -177,11 +177,14 @@ def test_anomaly_table_checks_wide_structures_apart():
                                      "wide_source_within_tolerance": ctl}},
                 "edit_psnr_outside_mean": 35.0, "edit_psnr_outside_min": 30.0}
 
-    text = anomaly_table([("a", run("absent_csp", 9, 10, 5.0, 9, 10, 1)), ("b", run("banana_cerebellum", 2, 10, 2.0, 0, 0, 0))])
-    assert "| a | absent_csp | 1 | 10 | 5 | 9 of 10" in text and "| b | banana_cerebellum | 1 | 10 | 2 |" in text
-    wide = [line for line in text.splitlines() if line.startswith("| changed structure ≥ 4 px")]
-    assert len(wide) == 1 and "| 10 | | 9 of 10 (90 %" in wide[0] and "1 of 10 (10 %" in wide[0]
-    # runs recorded before the width was kept: no width, no wide line
+    text = anomaly_table([("a", run("absent_csp", 9, 10, 5.0, 8, 9, 1)), ("b", run("banana_cerebellum", 2, 10, 2.0, 0, 0, 0))])
+    assert "changed ≥ 4 px: as requested | its control" in text
+    a = next(line for line in text.splitlines() if line.startswith("| a |"))
+    assert a.startswith("| a | absent_csp | 1 | 10 | 5.0 | 9 of 10") and "| 8 of 9 (89 %" in a and "| 1 of 9 (11 %" in a
+    assert "| b | banana_cerebellum | 1 | 10 | 2.0 |" in text
+    total = next(line for line in text.splitlines() if line.startswith("| all |"))
+    assert "| 8 of 9 (89 %" in total and "| 1 of 9 (11 %" in total
+    # runs recorded before the width was kept: no width, no wide check
     old = {"anomalies": {"lemon": {"edits": 3, "severities": [0.1], "within_tolerance": 1, "checked": 3}}}
     text = anomaly_table([("c", old)])
-    assert "| c | lemon | 0.1 | 3 | n/a |" in text and "changed structure ≥" not in text
+    assert "| c | lemon | 0.1 | 3 | n/a |" in text and "| n/a | n/a |" in text

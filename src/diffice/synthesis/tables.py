@@ -21,8 +21,9 @@ def anomaly_table(rows: list[tuple[str, dict]]) -> str:
     from diffice.data.anomalies import WIDE
 
     lines = ["| run | anomaly | severity | edits | changed width (px, median) | measured as requested | "
-             "control: unedited source as requested | change as requested | edit PSNR outside (dB) | min |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "control: unedited source as requested | change as requested | "
+             f"changed ≥ {WIDE} px: as requested | its control | edit PSNR outside (dB) | min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     total = [0, 0, 0, 0]
     wide = [0, 0, 0]
     for label, m in rows:
@@ -37,16 +38,19 @@ def anomaly_table(rows: list[tuple[str, dict]]) -> str:
             ch = a.get("within_change")
             total[3] += ch or 0
             ch = _rate(ch, n) if ch is not None else "n/a"
-            width = f"{a['changed_width_median']:g}" if a.get("changed_width_median") is not None else "n/a"
+            width = f"{a['changed_width_median']:.1f}" if a.get("changed_width_median") is not None else "n/a"
             for j, key in enumerate(("wide_within_tolerance", "wide_checked", "wide_source_within_tolerance")):
                 wide[j] += a.get(key) or 0
+            has_wide = a.get("wide_checked") is not None
+            w_ok = _rate(a["wide_within_tolerance"], a["wide_checked"]) if has_wide else "n/a"
+            w_ctl = _rate(a["wide_source_within_tolerance"], a["wide_checked"]) if has_wide else "n/a"
             lines.append(f"| {label} | {name} | {', '.join(f'{v:g}' for v in a['severities'])} | {a['edits']} | {width} | {frac} | {ctl} | {ch} | "
+                         f"{w_ok} | {w_ctl} | "
                          f"{m.get('edit_psnr_outside_mean', float('nan')):.1f} | {m.get('edit_psnr_outside_min', float('nan')):.1f} |")
     if total[1]:
         lines.append(f"| all | | | {total[1]} | | {_rate(total[0], total[1])} | {total[2]} of {total[1]} | "
-                     f"{_rate(total[3], total[1])} | | |")
-    if wide[1]:
-        lines.append(f"| changed structure ≥ {WIDE} px | | | {wide[1]} | | {_rate(wide[0], wide[1])} | {_rate(wide[2], wide[1])} | | | |")
+                     f"{_rate(total[3], total[1])} | {_rate(wide[0], wide[1]) if wide[1] else 'n/a'} | "
+                     f"{_rate(wide[2], wide[1]) if wide[1] else 'n/a'} | | |")
     return "\n".join(lines) + "\n\nRates: k of n (percent [95 % Clopper–Pearson interval]).\n"
 
 
