@@ -299,3 +299,22 @@ def test_fastdime_options_do_not_depend_on_batch_size(opts):
     alone = [e.explain(x[i : i + 1], [10 + i])[0] for i in range(3)]
     for a, b in zip(together, alone, strict=True):
         assert torch.allclose(a.cf, b.cf, atol=1e-5)
+
+
+def test_flipped_and_the_lambda_search_use_the_guides_threshold():
+    """A guide with a decision threshold (guide.calibrate) decides flips by it, not by 0.5."""
+    s = CFSettings(method="diff-ice", tau=4, iterations=1, lambda_c=[0.0, 40.0], lambda_p=30.0, seed=0)
+    feats = FakeFeatures()
+    x = batch(3)
+    plain = CounterfactualEngine(tiny_diffusion(), FakeDenoiser(), FakeGuide(), feats.perceptual, s, feats.perceptual_l2)
+    p = [r.p_cf for r in plain.explain(x, [0, 1, 2])]
+    guide = FakeGuide()
+    guide.register_buffer("threshold", torch.tensor(min(p) / 2))  # every λc = 0 counterfactual is SP at it
+    low = CounterfactualEngine(tiny_diffusion(), FakeDenoiser(), guide, feats.perceptual, s, feats.perceptual_l2)
+    assert low.threshold == pytest.approx(min(p) / 2)
+    res = low.explain(x, [0, 1, 2])
+    assert all(r.flipped and r.threshold == pytest.approx(min(p) / 2) for r in res)
+    assert all(r.attempts == 1 and r.lambda_c == 0.0 for r in res)  # no second λc needed
+    guide.threshold.fill_(1.0)  # nothing is SP: every λc is tried
+    high = CounterfactualEngine(tiny_diffusion(), FakeDenoiser(), guide, feats.perceptual, s, feats.perceptual_l2)
+    assert all(not r.flipped and r.attempts == 2 for r in high.explain(x, [0, 1, 2]))

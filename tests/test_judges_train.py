@@ -70,6 +70,11 @@ def test_classifier_reports_and_rebuilds_from_its_own_checkpoint(runs, tmp_path)
     assert list((runs / "classifier" / "images").glob("val_confusion_*.png"))
     ckpt = torch.load(runs / "classifier" / "last.ckpt", map_location="cpu", weights_only=False)
     assert float(ckpt["state_dict"]["pos_weight"]) > 1.0  # n_NSP / n_SP of the training split
+    # guide.calibrate (default): the validation split's balanced-accuracy threshold is in the checkpoint,
+    # and the reported metrics are at it
+    t = float(ckpt["state_dict"]["guide.threshold"])
+    assert 0.0 < t < 1.0 and m["val"]["threshold"] == pytest.approx(t) and m["test"]["threshold"] == pytest.approx(t)
+    assert m["val"]["balanced_accuracy"] >= m["val"].get("balanced_accuracy_at_0.5", m["val"]["balanced_accuracy"])
     seg = load_checkpoint(runs / "segmenter" / "last.ckpt", "segmenter").net
     # rebuild with the segmenter checkpoint gone: the classifier checkpoint holds s too
     moved = tmp_path / "seg.ckpt"

@@ -46,6 +46,7 @@ from diffice.counterfactual.settings import X0_METHODS, CFSettings
 from diffice.counterfactual.sparse import change_mask, inpaint
 from diffice.nets.autocast import with_precision
 from diffice.nets.fixed_batch import FixedBatch, fixed
+from diffice.nets.guide import decision_threshold
 
 Features = list[torch.Tensor]
 
@@ -137,6 +138,7 @@ class FrameResult:
     dense: torch.Tensor | None = None  # cf.sparse: the dense counterfactual the refinement started from
     p_sparse: float | None = None      # cf.sparse: the guide's SP probability of the refined ``cf``
     mask_fraction: float | None = None  # cf.sparse: share of the frame the refinement may change
+    threshold: float = 0.5             # the guide's decision threshold: SP when p > threshold
 
     @property
     def iterations(self) -> int:
@@ -148,7 +150,7 @@ class FrameResult:
 
     @property
     def flipped(self) -> bool:
-        return self.p_cf > 0.5
+        return self.p_cf > self.threshold
 
 
 class CounterfactualEngine:
@@ -176,6 +178,7 @@ class CounterfactualEngine:
         segment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         settings.validate(getattr(diffusion, "num_timesteps", None))
+        self.threshold = decision_threshold(guide)  # before any wrapper hides the guide's buffer
         width = settings.net_batch
         model, guide, perceptual = (with_precision(f, settings.autocast) for f in (model, guide, perceptual))
         if width is not None:
@@ -202,7 +205,8 @@ class CounterfactualEngine:
         """Counterfactuals of a batch ``x`` (B,1,H,W) in [-1,1]; ``indices`` = dataset indices.
 
         λc search: every frame runs with ``lambda_c[0]``; frames whose counterfactual the guide
-        does not call SP (p ≤ 0.5) run again with the next λc, and so on. With
+        does not call SP (p ≤ its decision threshold, :func:`~diffice.nets.guide.decision_threshold`)
+        run again with the next λc, and so on. With
         ``lambda_search=restart`` (the paper's search) a retry starts again from the original
         input and runs all passes, and a frame keeps the result of the first λc that flips it,
         else the last one tried. With ``continue`` a retry does not redo the passes it already
@@ -234,7 +238,7 @@ class CounterfactualEngine:
                     index=indices[i], cf=iterates[j][-1], iterates=(before.iterates if before else []) + iterates[j],
                     p_iters=(before.p_iters if before else []) + probs[j], lambda_c=float(lam), nfe=nfe[i],
                     attempts=attempt + 1, p_lambdas=list(p_lambdas[i]),
-                    seconds_iters=(before.seconds_iters if before else []) + secs[j],
+                    seconds_iters=(before.seconds_iters if before else []) + secs[j], threshold=self.threshold,
                 )
             todo = [i for i in todo if not results[i].flipped]
             if not todo:
@@ -285,7 +289,7 @@ class CounterfactualEngine:
             current[sel] = out.detach()
             if self.s.adaptive:
                 # stop a frame once the guide is confidently SP (not in the paper; ours)
-                active = [i for j, i in enumerate(active) if p[j] < self.s.stop_threshold]
+                active = [i for j, i in enumerate(active) if p[j] < self.s.stop_threshold or p[j] <= self.threshold]
             if not active:
                 break
         return iterates, probs, nfe, seconds

@@ -12,7 +12,10 @@ from omegaconf import DictConfig
 
 def summary_from_records(records: list[dict]) -> dict:
     """The summary of a run without its report (``--no-report``), from its records (the paper's definitions)."""
-    nsp = [r for r in records if (r.get("p_input") or 0.0) < 0.5]
+    from diffice.report.records import guide_threshold
+
+    t = guide_threshold(records)
+    nsp = [r for r in records if (r.get("p_input") or 0.0) <= t]
     fr = sum(bool(r["flipped"]) for r in nsp) / len(nsp) if nsp else math.nan
     n = len(records)
     scored = [r for r in records if r.get("qs_input") is not None and r.get("qs_cf") is not None]

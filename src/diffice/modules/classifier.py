@@ -17,6 +17,10 @@ keeping the frame's label.
 Loss: binary cross-entropy on the SP logit with ``pos_weight`` = n_NSP / n_SP of the training
 split (or ``guide.pos_weight``), frames with label -1 ignored. Validation: balanced accuracy
 (mean of sensitivity and specificity at p = 0.5), AUROC, and a confusion-matrix image.
+
+Decision threshold (``guide.calibrate``): after training, :func:`balanced_threshold` on the
+validation split's probabilities is written into the checkpoint (the guide's ``threshold`` buffer,
+:mod:`diffice.nets.guide`); the test split's metrics are then reported at it.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ from diffice.nets.guide import Guide
 from diffice.nets.segmenter import build_segmenter
 
 
-def binary_report(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Balanced accuracy, AUROC, sensitivity, specificity and counts at threshold 0.5."""
+def binary_report(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> dict[str, float]:
+    """Balanced accuracy, AUROC, sensitivity, specificity and counts, SP when p > ``threshold``
+    (the guide's decision rule; no probability lies exactly on a threshold between two of them)."""
     from torchmetrics.functional.classification import binary_auroc
 
     keep = labels >= 0
     p, y = probs[keep].float(), labels[keep].long()
-    pred = (p >= 0.5).long()
+    pred = (p > float(threshold)).long()
     tp = int(((pred == 1) & (y == 1)).sum())
     tn = int(((pred == 0) & (y == 0)).sum())
     fp = int(((pred == 1) & (y == 0)).sum())
@@ -57,6 +62,26 @@ def binary_report(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]
         "accuracy": (tp + tn) / max(1, len(y)),
         "tp": tp, "tn": tn, "fp": fp, "fn": fn, "n_sp": tp + fn, "n_nsp": tn + fp,
     }
+
+
+def balanced_threshold(probs, labels) -> float:
+    """The decision threshold t (SP when p > t) with the highest balanced accuracy on these frames
+    (labels -1 skipped): candidates are 0.5 and the midpoints between consecutive distinct
+    probabilities; among equally good ones, the one nearest 0.5. 0.5 when a class is missing."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1)
+    keep = y >= 0
+    p, y = p[keep], y[keep]
+    pos, neg = p[y == 1], p[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return 0.5
+    u = np.unique(p)
+    cands = np.unique(np.concatenate([[0.5], (u[:-1] + u[1:]) / 2.0]))
+    sens = (pos[None, :] > cands[:, None]).mean(1)
+    spec = (neg[None, :] <= cands[:, None]).mean(1)
+    ba = (sens + spec) / 2.0
+    best = np.flatnonzero(ba >= ba.max() - 1e-12)
+    return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
 
 
 def confusion_image(rep: dict[str, float], cell: int = 64) -> np.ndarray:
@@ -208,12 +233,26 @@ class ClassifierModule(DifficeModule):
 
 
 @torch.no_grad()
-def evaluate_classifier(guide: Guide, loader) -> dict[str, float]:
-    """Balanced accuracy, AUROC etc. of a guide over a loader (labels -1 skipped)."""
+def guide_probabilities(guide: Guide, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SP probabilities, labels) of a guide over a loader."""
     guide.eval()
     device = next(guide.parameters()).device
     probs, labels = [], []
     for batch in loader:
-        probs.append(torch.sigmoid(guide(batch["image"].to(device))).cpu())
+        probs.append(torch.sigmoid(guide(batch["image"].to(device)).float()).cpu())
         labels.append(batch["label"])
-    return binary_report(torch.cat(probs), torch.cat(labels))
+    return torch.cat(probs), torch.cat(labels)
+
+
+def evaluate_classifier(guide: Guide, loader) -> dict[str, float]:
+    """Balanced accuracy, AUROC etc. of a guide over a loader (labels -1 skipped) at its decision
+    threshold (``threshold``; and the balanced accuracy at 0.5 beside it when that differs)."""
+    from diffice.nets.guide import decision_threshold
+
+    probs, labels = guide_probabilities(guide, loader)
+    t = decision_threshold(guide)
+    rep = binary_report(probs, labels, t)
+    rep["threshold"] = t
+    if t != 0.5:
+        rep["balanced_accuracy_at_0.5"] = binary_report(probs, labels)["balanced_accuracy"]
+    return rep

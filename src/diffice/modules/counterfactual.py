@@ -230,6 +230,7 @@ class CounterfactualModule(L.LightningModule):
                 "p_cf": r.p_cf,
                 "p_iters": r.p_iters,
                 "flipped": r.flipped,
+                "guide_threshold": r.threshold,  # SP when p > it (the guide's calibrated threshold, or 0.5)
                 "p_dense": r.p_iters[-1] if r.dense is not None else None,  # cf.sparse: before the refinement
                 "sparse_mask_fraction": r.mask_fraction,
                 "concepts_input": self._named(before["concepts"][b]),

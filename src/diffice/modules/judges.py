@@ -84,9 +84,39 @@ def train_classifier(cfg: DictConfig) -> Path:
     require_labels(dm.dataset("train"), "train", "the guide")
     module = ClassifierModule(cfg)
     last = fit(cfg, "classifier", module, dm, int(cfg.guide.max_steps))
+    if bool(cfg.guide.calibrate):
+        calibrate_guide(last, dm)
     guide = load_checkpoint(last, "classifier").guide
     _report(cfg, "classifier", _eval_splits(dm, lambda dl: evaluate_classifier(guide, dl)), last)
     return last
+
+
+def calibrate_guide(ckpt: Path, dm) -> float:
+    """Write the validation split's balanced-accuracy threshold into the guide checkpoint ``ckpt``
+    (atomically); returns it. A data set without a validation frame of each class keeps 0.5."""
+    import io
+
+    import torch
+
+    from diffice.io import atomic_write_bytes
+    from diffice.modules.classifier import balanced_threshold, binary_report, guide_probabilities
+    from diffice.modules.common import load_checkpoint
+    from diffice.nets.weights import read_checkpoint
+
+    val = dm.dataset("val")
+    t = 0.5
+    if len(val):
+        probs, labels = guide_probabilities(load_checkpoint(ckpt, "classifier").guide, dm.loader(val, shuffle=False))
+        t = balanced_threshold(probs, labels)
+        at_t, at_half = binary_report(probs, labels, t), binary_report(probs, labels)
+        print(f"classifier: decision threshold {t:.4g} (validation balanced accuracy {at_t['balanced_accuracy']:.3f} "
+              f"at it, {at_half['balanced_accuracy']:.3f} at 0.5)")
+    raw = read_checkpoint(ckpt, "classifier")
+    raw["state_dict"]["guide.threshold"] = torch.tensor(float(t))
+    buf = io.BytesIO()
+    torch.save(raw, buf)
+    atomic_write_bytes(ckpt, buf.getvalue())
+    return t
 
 
 def train_oracle(cfg: DictConfig) -> Path:

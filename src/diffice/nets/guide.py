@@ -9,6 +9,12 @@ The guidance gradient ∇_x L_c(f(x̂0), y) (paper, Eq. 4) reaches the image thr
 detached and only l's direct path from the image channel carries the gradient.
 
 Intensities: x is (B, 1, H, W) in [-1, 1].
+
+The guide calls a frame SP when sigma(f(x)) > ``threshold`` (a buffer saved with the checkpoint:
+0.5, or the validation split's balanced-accuracy threshold when the guide was trained with
+``guide.calibrate``; checkpoints from before it existed load with 0.5). Every decision made with
+the guide — a counterfactual is "flipped", the inputs it calls NSP — uses it
+(:func:`decision_threshold`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,13 @@ class Guide(nn.Module):
         self.num_classes = num_classes
         self.grad_through_segmenter = grad_through_segmenter
         self.predictor = SonoNet(features=sononet, in_channels=1 + num_classes, num_classes=1, final_bn=False)
+        self.register_buffer("threshold", torch.tensor(0.5))
         self.freeze_segmenter()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a checkpoint from before the decision threshold was saved decides at 0.5
+        state_dict.setdefault(prefix + "threshold", torch.tensor(0.5))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def freeze_segmenter(self) -> None:
         """s is trained separately and never updated here: no parameter gradients, eval mode."""
@@ -58,3 +70,9 @@ class Guide(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled stage-5 features of l (B, 8F): SonoNet features when no official weights exist."""
         return self.predictor.features(self.predictor_input(x))
+
+
+def decision_threshold(guide) -> float:
+    """The SP probability above which ``guide`` calls a frame SP (0.5 for a network without one)."""
+    t = getattr(guide, "threshold", None)
+    return float(t) if isinstance(t, torch.Tensor) else 0.5

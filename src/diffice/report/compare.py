@@ -22,9 +22,7 @@ from pathlib import Path
 
 from diffice.errors import UserError
 from diffice.metrics.stats import fmt_interval, fmt_p, mcnemar, paired_difference
-from diffice.report.records import load_records, num
-
-THRESHOLD = 0.5
+from diffice.report.records import guide_threshold, load_records, num
 
 
 def _pairs(run_a, run_b) -> tuple[list[tuple[dict, dict]], list[str]]:
@@ -73,9 +71,9 @@ def _finite(*keys):
 def compare_runs(run_a, run_b) -> dict:
     """Paired outcomes of two runs; see the module docstring."""
     pairs, notes = _pairs(run_a, run_b)
-    nsp = lambda r: num(r["p_input"]) <= THRESHOLD  # noqa: E731
+    nsp = lambda r: num(r["p_input"]) <= guide_threshold([r])  # noqa: E731  (each run's own guide)
     binary = [
-        _binary(pairs, "flipped (guide calls the cf SP)", nsp, lambda r: num(r["p_cf"]) > THRESHOLD),
+        _binary(pairs, "flipped (guide calls the cf SP)", nsp, lambda r: num(r["p_cf"]) > guide_threshold([r])),
         _binary(pairs, "closer to the target (footprint)", _finite("target_l1_input", "target_l1_cf"),
                 lambda r: num(r["target_l1_cf"]) < num(r["target_l1_input"])),
         _binary(pairs, "closer to the target (sector)", _finite("target_sector_l1_input", "target_sector_l1_cf"),

@@ -34,6 +34,7 @@ from diffice.report.real_judges import real_intervals, real_metrics
 from diffice.report.records import (
     concept_names,
     grey_tensor,
+    guide_threshold,
     iter_value,
     iteration_png,
     max_iterations,
@@ -241,7 +242,8 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     c_in = _concept_matrix(records, "concepts_input", names)
 
     # ---- final counterfactual: validity, oracle, target (records)
-    val = Validity()
+    threshold = guide_threshold(records)
+    val = Validity(threshold=threshold)
     val.update(p_in, [num(r["p_cf"]) for r in records])
     orc = OracleQuality(num_concepts=len(names))
     orc.update(q_in, [num(r["qs_cf"]) for r in records], c_in, _concept_matrix(records, "concepts_cf", names))
@@ -250,7 +252,7 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
 
     # ---- per-iteration validity and oracle, from records where they carry the scores
     iters = list(range(1, n_iter + 1)) if n_iter > 1 else []
-    it_val = {k: Validity() for k in iters}
+    it_val = {k: Validity(threshold=threshold) for k in iters}
     it_orc = {k: OracleQuality(num_concepts=len(names)) for k in iters}
     need_oracle_images = bool(iters) and not all(r.get("qs_iters") for r in records)
     for k in iters:
@@ -302,7 +304,7 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     # the guide calls the counterfactual SP but the independent oracle does not
     out["n_guide_oracle_disagree"] = int(sum(bool(r["flipped"]) and num(r["qs_cf"]) < 0.5 for r in records))
     if int(v["n_nsp"]) == 0:
-        notes.append("no input is classified NSP by the guide (p_input <= 0.5): FR, MAD, BKL are null")
+        notes.append(f"no input is classified NSP by the guide (p_input <= {guide_threshold(records):g}): FR, MAD, BKL are null")
     if int(o["n_valid"]) == 0:
         notes.append("no input has finite oracle scores: MQD and the per-concept QD are null")
     elif int(o["n_selected"]) == 0:
@@ -374,7 +376,7 @@ def _image_pass(records, nets: EvalNets, final_img, it_img, it_orc, names, q_in,
                              torch.tensor([bool(r["flipped"]) for r in part]), tgt, has_t)
             for k in iters:
                 paths = [iteration_png(r, k) for r in part]
-                valid = torch.tensor([iter_value(r.get("p_iters"), k) > 0.5 for r in part])
+                valid = torch.tensor([iter_value(r.get("p_iters"), k) > guide_threshold([r]) for r in part])
                 it_img[k].update(x, features(paths), valid)
                 if k in it_orc:
                     xk = torch.stack([grey_tensor(p) for p in paths]).to(dev)

@@ -18,14 +18,14 @@ from __future__ import annotations
 import math
 
 from diffice.metrics.stats import mean_interval, rate_interval
-from diffice.report.records import iter_value, num
+from diffice.report.records import guide_threshold, iter_value, num
 
-THRESHOLD = 0.5
+THRESHOLD = 0.5  # the oracle's: QS_O(x) < 0.5 is low quality (the guide's threshold is the run's own)
 
 
-def _validity(p_in: list[float], p_cf: list[float]) -> dict:
-    nsp = [(a, b) for a, b in zip(p_in, p_cf) if a <= THRESHOLD]
-    return {"fr": rate_interval(sum(b > THRESHOLD for _, b in nsp), len(nsp)),
+def _validity(p_in: list[float], p_cf: list[float], threshold: float = 0.5) -> dict:
+    nsp = [(a, b) for a, b in zip(p_in, p_cf) if a <= threshold]
+    return {"fr": rate_interval(sum(b > threshold for _, b in nsp), len(nsp)),
             "mad": mean_interval([abs(a - b) for a, b in nsp]),
             "bkl": mean_interval([1.0 - b for _, b in nsp])}
 
@@ -43,7 +43,7 @@ def run_intervals(records: list[dict], concepts: list[str]) -> dict:
     """Intervals of the final counterfactuals' rates and means: {key: interval dict}."""
     p_in = [num(r["p_input"]) for r in records]
     q_in = [num(r["qs_input"]) for r in records]
-    out = _validity(p_in, [num(r["p_cf"]) for r in records])
+    out = _validity(p_in, [num(r["p_cf"]) for r in records], guide_threshold(records))
     out.update(_oracle(q_in, [num(r["qs_cf"]) for r in records]))
     for c in concepts:
         vals = [num((r.get("concepts_cf") or {}).get(c)) - num((r.get("concepts_input") or {}).get(c))
@@ -66,7 +66,8 @@ def run_intervals(records: list[dict], concepts: list[str]) -> dict:
     masks = [num(r.get("sparse_mask_fraction")) for r in records]  # cf.sparse: what the refinement could change
     out["sparse_mask_fraction"] = mean_interval([v for v in masks if math.isfinite(v)])
     dense = [num(r.get("p_dense")) for r in records]
-    out["flipped_dense"] = rate_interval(sum(p > 0.5 for p in dense if math.isfinite(p)), sum(math.isfinite(p) for p in dense))
+    t = guide_threshold(records)
+    out["flipped_dense"] = rate_interval(sum(p > t for p in dense if math.isfinite(p)), sum(math.isfinite(p) for p in dense))
     structures = sorted({k for r in records for k in (r.get("anatomy_dice") or {})})
     for k in structures:
         out[f"anatomy_dice_{k}"] = mean_interval([num(r["anatomy_dice"][k]) for r in records
@@ -77,7 +78,7 @@ def run_intervals(records: list[dict], concepts: list[str]) -> dict:
 def iteration_intervals(records: list[dict], k: int) -> dict:
     """Intervals of FR, MAD, BKL (and MQD where the records carry ``qs_iters``) after iteration ``k``."""
     p_in = [num(r["p_input"]) for r in records]
-    out = _validity(p_in, [iter_value(r.get("p_iters"), k) for r in records])
+    out = _validity(p_in, [iter_value(r.get("p_iters"), k) for r in records], guide_threshold(records))
     if all(r.get("qs_iters") for r in records):
         out.update(_oracle([num(r["qs_input"]) for r in records], [iter_value(r.get("qs_iters"), k) for r in records]))
     return {k: v for k, v in out.items() if v["n"]}

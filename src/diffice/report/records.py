@@ -31,6 +31,16 @@ REQUIRED_KEYS = (
 )
 
 
+def guide_threshold(records: list[dict]) -> float:
+    """The guide's decision threshold of a run (SP when p > it): the records' ``guide_threshold``
+    (one guide per run), 0.5 for records made before it was kept."""
+    for r in records:
+        t = r.get("guide_threshold")
+        if t is not None:
+            return float(t)
+    return 0.5
+
+
 def frame_dir(run_dir: str | Path, index: int) -> Path:
     return Path(run_dir) / "frames" / f"{int(index):06d}"
 
