@@ -376,8 +376,10 @@ def test_gap_closed_per_seed():
 
     rows = [row(0, "real", 0.5), row(0, "real+synthetic", 0.7), row(0, "real+rendered", 0.9),
             row(1, "real", 0.6), row(1, "real+synthetic", 0.5), row(1, "real+rendered", 0.8),
-            row(2, "real", 0.7), row(2, "real+synthetic", 0.8), row(2, "real+rendered", 0.65)]  # no gap: left out
+            row(2, "real", 0.7), row(2, "real+synthetic", 0.8), row(2, "real+rendered", 0.65),  # no gap: left out
+            row(3, "real", 0.5), row(3, "real+synthetic", 0.9), row(3, "real+rendered", 0.52)]  # a gap of 0.02: noise
     assert gap_closed(rows, "m") == pytest.approx([0.5, -0.5])
+    assert gap_closed(rows, "m", min_gap=0.0) == pytest.approx([0.5, -0.5, 20.0])
 
 
 def test_abnormal_frames_of_training_patients(tmp_path):

@@ -27,16 +27,19 @@ def _gain(rows, model, task, metric) -> list[float]:
     return [b[s] - a[s] for s in sorted(set(a) & set(b))]
 
 
-def gap_closed(rows, model, metric="auroc") -> list[float]:
+MIN_GAP = 0.05  # AUROC: a seed whose upper bound is not this far above MSP has no gap worth a share
+
+
+def gap_closed(rows, model, metric="auroc", min_gap: float = MIN_GAP) -> list[float]:
     """Per seed, the share of the anomaly gap between the MSP baseline and the upper bound that the
-    synthetic arm closes: (synthetic − MSP) / (upper − MSP); seeds whose upper bound is not above
-    the baseline are left out (no gap to close)."""
+    synthetic arm closes: (synthetic − MSP) / (upper − MSP); seeds whose upper bound is less than
+    ``min_gap`` above the baseline are left out (no gap to close: the share would be noise)."""
     msp, syn = _values(rows, model, "anomaly", REAL, metric), _values(rows, model, "anomaly", SYNTH, metric)
     up = _values(rows, model, "anomaly", UPPER, metric)
     out = []
     for s in sorted(set(msp) & set(syn) & set(up)):
         gap = up[s] - msp[s]
-        if math.isfinite(gap) and gap > 0 and math.isfinite(syn[s]):
+        if math.isfinite(gap) and gap >= min_gap and math.isfinite(syn[s]):
             out.append((syn[s] - msp[s]) / gap)
     return out
 
