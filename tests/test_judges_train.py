@@ -70,11 +70,11 @@ def test_classifier_reports_and_rebuilds_from_its_own_checkpoint(runs, tmp_path)
     assert list((runs / "classifier" / "images").glob("val_confusion_*.png"))
     ckpt = torch.load(runs / "classifier" / "last.ckpt", map_location="cpu", weights_only=False)
     assert float(ckpt["state_dict"]["pos_weight"]) > 1.0  # n_NSP / n_SP of the training split
-    # guide.calibrate (default): the validation split's balanced-accuracy threshold is in the checkpoint,
-    # and the reported metrics are at it
+    # guide.calibrate (default train+val): the balanced-accuracy threshold of the training and validation
+    # frames is in the checkpoint, and the reported metrics are at it
     t = float(ckpt["state_dict"]["guide.threshold"])
     assert 0.0 < t < 1.0 and m["val"]["threshold"] == pytest.approx(t) and m["test"]["threshold"] == pytest.approx(t)
-    assert m["val"]["balanced_accuracy"] >= m["val"].get("balanced_accuracy_at_0.5", m["val"]["balanced_accuracy"])
+    assert (t == 0.5) == ("balanced_accuracy_at_0.5" not in m["test"])
     seg = load_checkpoint(runs / "segmenter" / "last.ckpt", "segmenter").net
     # rebuild with the segmenter checkpoint gone: the classifier checkpoint holds s too
     moved = tmp_path / "seg.ckpt"
@@ -112,6 +112,9 @@ def test_wrong_checkpoint_kind_is_refused_by_name(runs, capsys):
     code = main(["train-classifier", TINY, *ov, f"guide.segmenter_ckpt={runs / 'oracle' / 'last.ckpt'}"])
     assert code == 2
     assert "is a oracle checkpoint, expected a segmenter checkpoint" in capsys.readouterr().err
+    assert main(["train-classifier", TINY, *ov, "guide.calibrate=test"]) == 2  # refused before any training
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "guide.calibrate: 'test' is not one of none, val, train+val" in err[0]
 
 
 def test_cli_exit_codes(tmp_path, capsys):

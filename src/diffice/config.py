@@ -136,7 +136,7 @@ class GuideConfig:
     ddpm_ckpt: str = "${paths.runs}/ddpm/last.ckpt"
     lr: float = 1e-3
     max_steps: int = 10000
-    calibrate: bool = True
+    calibrate: str = "train+val"
 
 
 @dataclass

@@ -19,8 +19,9 @@ split (or ``guide.pos_weight``), frames with label -1 ignored. Validation: balan
 (mean of sensitivity and specificity at p = 0.5), AUROC, and a confusion-matrix image.
 
 Decision threshold (``guide.calibrate``): after training, :func:`balanced_threshold` on the
-validation split's probabilities is written into the checkpoint (the guide's ``threshold`` buffer,
-:mod:`diffice.nets.guide`); the test split's metrics are then reported at it.
+training and validation frames' probabilities (or the validation split's alone) is written into the
+checkpoint (the guide's ``threshold`` buffer, :mod:`diffice.nets.guide`; ``modules.judges.calibrate_guide``);
+the test split's metrics are then reported at it.
 """
 
 from __future__ import annotations

@@ -82,18 +82,26 @@ def train_classifier(cfg: DictConfig) -> Path:
 
     dm = _setup(cfg)
     require_labels(dm.dataset("train"), "train", "the guide")
+    calibrate = str(cfg.guide.calibrate)
+    if calibrate not in CALIBRATE:
+        raise UserError(f"guide.calibrate: '{calibrate}' is not one of {', '.join(CALIBRATE)}")
     module = ClassifierModule(cfg)
     last = fit(cfg, "classifier", module, dm, int(cfg.guide.max_steps))
-    if bool(cfg.guide.calibrate):
-        calibrate_guide(last, dm)
+    if calibrate != "none":
+        calibrate_guide(last, dm, CALIBRATE[calibrate])
     guide = load_checkpoint(last, "classifier").guide
     _report(cfg, "classifier", _eval_splits(dm, lambda dl: evaluate_classifier(guide, dl)), last)
     return last
 
 
-def calibrate_guide(ckpt: Path, dm) -> float:
-    """Write the validation split's balanced-accuracy threshold into the guide checkpoint ``ckpt``
-    (atomically); returns it. A data set without a validation frame of each class keeps 0.5."""
+# guide.calibrate: the splits whose frames choose the decision threshold (never the test split)
+CALIBRATE = {"none": (), "val": ("val",), "train+val": ("train", "val")}
+
+
+def calibrate_guide(ckpt: Path, dm, splits: tuple[str, ...] = ("train", "val")) -> float:
+    """Write the balanced-accuracy threshold of the guide's probabilities on ``splits`` (unaugmented
+    frames) into the guide checkpoint ``ckpt`` (atomically); returns it. Without a frame of each
+    class there it stays 0.5."""
     import io
 
     import torch
@@ -103,14 +111,15 @@ def calibrate_guide(ckpt: Path, dm) -> float:
     from diffice.modules.common import load_checkpoint
     from diffice.nets.weights import read_checkpoint
 
-    val = dm.dataset("val")
+    guide = load_checkpoint(ckpt, "classifier").guide
+    parts = [guide_probabilities(guide, dm.loader(dm.dataset(s), shuffle=False)) for s in splits if len(dm.dataset(s))]
     t = 0.5
-    if len(val):
-        probs, labels = guide_probabilities(load_checkpoint(ckpt, "classifier").guide, dm.loader(val, shuffle=False))
+    if parts:
+        probs, labels = torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])
         t = balanced_threshold(probs, labels)
         at_t, at_half = binary_report(probs, labels, t), binary_report(probs, labels)
-        print(f"classifier: decision threshold {t:.4g} (validation balanced accuracy {at_t['balanced_accuracy']:.3f} "
-              f"at it, {at_half['balanced_accuracy']:.3f} at 0.5)")
+        print(f"classifier: decision threshold {t:.4g} from the {' + '.join(splits)} frames (balanced accuracy "
+              f"{at_t['balanced_accuracy']:.3f} there at it, {at_half['balanced_accuracy']:.3f} at 0.5)")
     raw = read_checkpoint(ckpt, "classifier")
     raw["state_dict"]["guide.threshold"] = torch.tensor(float(t))
     buf = io.BytesIO()

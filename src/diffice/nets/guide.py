@@ -11,8 +11,8 @@ detached and only l's direct path from the image channel carries the gradient.
 Intensities: x is (B, 1, H, W) in [-1, 1].
 
 The guide calls a frame SP when sigma(f(x)) > ``threshold`` (a buffer saved with the checkpoint:
-0.5, or the validation split's balanced-accuracy threshold when the guide was trained with
-``guide.calibrate``; checkpoints from before it existed load with 0.5). Every decision made with
+0.5, or the training and validation frames' balanced-accuracy threshold when the guide was
+trained with ``guide.calibrate``; checkpoints from before it existed load with 0.5). Every decision made with
 the guide — a counterfactual is "flipped", the inputs it calls NSP — uses it
 (:func:`decision_threshold`).
 """
