@@ -391,6 +391,12 @@ def test_abnormal_frames_of_training_patients(tmp_path):
     out = write_anomalies(cfg, tmp_path / "up", 6, 0, names=["microcephaly", "absent_csp"], progress=False, split="train")
     rows = list(csv.DictReader(open(out)))
     splits = phantom_splits(cfg, 80, 0)
+    from diffice.data.datasets import PhantomSource
+
+    d, ph_cfg = cfg.data, cfg.data.phantom
+    source = PhantomSource(80, list(d.image_size), 0, float(ph_cfg.sp_fraction), int(ph_cfg.frames_per_patient),
+                           list(d.concepts), list(d.classes), list(d.split_fractions), int(d.split_seed))
+    assert splits == list(source.splits)  # the data module's own split of the same phantom
     fpp = int(cfg.data.phantom.frames_per_patient)
     assert len(rows) == 6 and {r["split"] for r in rows} == {"train"}
     index = [json.loads(line)["index"] for line in (out.parent / "latents.jsonl").read_text().splitlines()]

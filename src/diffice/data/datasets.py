@@ -88,6 +88,15 @@ def patient_splits(
     return np.array([assign[p] for p in patients], dtype=object)
 
 
+def phantom_patients(count: int, seed: int, sp_fraction: float, frames_per_patient: int) -> tuple[list[str], np.ndarray]:
+    """The patient and SP label (1 = standard plane) of each of the ``count`` phantom frames of simulator
+    ``seed``: what :func:`patient_splits` deals out (the data module's phantom, ``diffice phantoms``)."""
+    fpp = max(1, int(frames_per_patient))
+    patients = [f"p{i // fpp:05d}" for i in range(count)]
+    labels = np.array([int(ph.is_sp(i, int(seed), float(sp_fraction))) for i in range(count)], dtype=np.int64)
+    return patients, labels
+
+
 def carve_val(patients: list[str], splits: np.ndarray, labels: np.ndarray, fractions: list[float], seed: int) -> np.ndarray:
     """Move a patient-level share ``f_val / (f_train + f_val)`` of the train rows to val."""
     splits = splits.copy()
@@ -155,8 +164,7 @@ class PhantomSource(FrameSource):
         self.seed, self.sp_fraction, self.fpp = int(seed), float(sp_fraction), max(1, int(frames_per_patient))
         self.concepts = list(concepts)
         self.num_classes = len(classes)
-        self.labels = np.array([int(ph.is_sp(i, self.seed, self.sp_fraction)) for i in range(count)], dtype=np.int64)
-        self.patients = [f"p{i // self.fpp:05d}" for i in range(count)]
+        self.patients, self.labels = phantom_patients(count, self.seed, self.sp_fraction, self.fpp)
         self.ids = [f"phantom_s{self.seed}_{i:06d}" for i in range(count)]
         self.splits = patient_splits(self.patients, self.labels, split_fractions, split_seed)
         frames = [ph.sample_frame(i, self.seed, self.sp_fraction, self.fpp) for i in range(count)]

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from diffice.data import phantom as ph
-from diffice.data.datasets import patient_splits
+from diffice.data.datasets import patient_splits, phantom_patients
 from diffice.errors import UserError
 from diffice.io import atomic_write_text, save_png
 
@@ -28,9 +28,7 @@ def phantom_splits(cfg: DictConfig, count: int, seed: int) -> list[str]:
     """The split (train / val / test) of each of the ``count`` phantom frames of simulator ``seed``:
     the same patient-level split the data module's phantom source makes."""
     p = cfg.data.phantom
-    sp_fraction, fpp = float(p.sp_fraction), int(p.frames_per_patient)
-    patients = [f"p{i // max(1, fpp):05d}" for i in range(count)]
-    labels = [int(ph.is_sp(i, seed, sp_fraction)) for i in range(count)]
+    patients, labels = phantom_patients(count, seed, float(p.sp_fraction), int(p.frames_per_patient))
     return list(patient_splits(patients, labels, list(cfg.data.split_fractions), int(cfg.data.split_seed)))
 
 
