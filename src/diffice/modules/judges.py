@@ -87,9 +87,9 @@ def train_classifier(cfg: DictConfig) -> Path:
         raise UserError(f"guide.calibrate: '{calibrate}' is not one of {', '.join(CALIBRATE)}")
     module = ClassifierModule(cfg)
     last = fit(cfg, "classifier", module, dm, int(cfg.guide.max_steps))
-    if calibrate != "none":
-        calibrate_guide(last, dm, CALIBRATE[calibrate])
     guide = load_checkpoint(last, "classifier").guide
+    if calibrate != "none":
+        calibrate_guide(last, dm, CALIBRATE[calibrate], guide)
     _report(cfg, "classifier", _eval_splits(dm, lambda dl: evaluate_classifier(guide, dl)), last)
     return last
 
@@ -98,10 +98,10 @@ def train_classifier(cfg: DictConfig) -> Path:
 CALIBRATE = {"none": (), "val": ("val",), "train+val": ("train", "val")}
 
 
-def calibrate_guide(ckpt: Path, dm, splits: tuple[str, ...] = ("train", "val")) -> float:
+def calibrate_guide(ckpt: Path, dm, splits: tuple[str, ...] = ("train", "val"), guide=None) -> float:
     """Write the balanced-accuracy threshold of the guide's probabilities on ``splits`` (unaugmented
-    frames) into the guide checkpoint ``ckpt`` (atomically); returns it. Without a frame of each
-    class there it stays 0.5."""
+    frames) into the guide checkpoint ``ckpt`` (atomically) and into ``guide`` (the checkpoint's guide,
+    loaded from it when not given); returns it. Without a frame of each class there it stays 0.5."""
     import io
 
     import torch
@@ -111,7 +111,7 @@ def calibrate_guide(ckpt: Path, dm, splits: tuple[str, ...] = ("train", "val")) 
     from diffice.modules.common import load_checkpoint
     from diffice.nets.weights import read_checkpoint
 
-    guide = load_checkpoint(ckpt, "classifier").guide
+    guide = guide if guide is not None else load_checkpoint(ckpt, "classifier").guide
     parts = [guide_probabilities(guide, dm.loader(dm.dataset(s), shuffle=False)) for s in splits if len(dm.dataset(s))]
     t = 0.5
     if parts:
@@ -122,6 +122,7 @@ def calibrate_guide(ckpt: Path, dm, splits: tuple[str, ...] = ("train", "val")) 
               f"{at_t['balanced_accuracy']:.3f} there at it, {at_half['balanced_accuracy']:.3f} at 0.5)")
     raw = read_checkpoint(ckpt, "classifier")
     raw["state_dict"]["guide.threshold"] = torch.tensor(float(t))
+    guide.threshold.fill_(float(t))
     buf = io.BytesIO()
     torch.save(raw, buf)
     atomic_write_bytes(ckpt, buf.getvalue())
