@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffice.counterfactual import CFSettings, CounterfactualEngine, SparseSettings
-from diffice.counterfactual.sparse import change_mask, grow, paste
+from diffice.counterfactual.sparse import change_mask, grow, opened, paste
 from diffice.errors import UserError
 from tests.cf_fakes import FakeDenoiser, FakeFeatures, FakeGuide, frame, tiny_diffusion
 
@@ -51,6 +51,27 @@ def test_the_layout_mask_is_where_the_segmentation_changed():
     assert int(both.sum()) == 5 and both[0, 0, 7, 7] == 1
 
 
+def test_the_opened_layout_mask_drops_outlines_that_only_moved():
+    def segment(img):
+        bright = (img > 0).float()
+        return torch.cat([1 - bright, bright], dim=1)
+
+    x = -torch.ones(1, 1, 16, 16)
+    x[0, 0, 2:14, 2:6] = 0.5              # a structure whose right edge moves by one pixel ...
+    cf = x.clone()
+    cf[0, 0, 2:14, 6] = 0.5
+    cf[0, 0, 9:14, 10:15] = 0.5           # ... and one that appears (5 x 5)
+    plain = change_mask(x, cf, SparseSettings(mask="layout", dilation=0), segment)
+    assert int(plain.sum()) == 12 + 25
+    kept = change_mask(x, cf, SparseSettings(mask="layout", dilation=0, opening=1), segment)
+    assert int(kept.sum()) == 25 and kept[0, 0, 9:14, 10:15].eq(1).all()   # the new structure stays whole
+    assert int(change_mask(x, cf, SparseSettings(mask="layout", dilation=0, opening=3), segment).sum()) == 0
+    # the diff part of "both" is not opened
+    both = change_mask(x, cf, SparseSettings(mask="both", sigma=0.0, threshold=0.2, dilation=0, opening=1), segment)
+    assert torch.equal(both, plain)
+    assert torch.equal(opened(plain, 0), plain)
+
+
 @pytest.mark.parametrize("mask", ["diff", "layout", "both"])
 @pytest.mark.parametrize("method", ["diff-ice", "diff-ice1"])
 def test_outside_the_mask_the_counterfactual_is_the_input_bit_for_bit(method, mask):
@@ -91,6 +112,8 @@ def test_sparse_settings_are_validated():
         make_engine(sparse=SparseSettings(mask="box"))
     with pytest.raises(UserError, match="cf.sparse_tau"):
         make_engine(sparse=SparseSettings(mask="diff", tau=0))
+    with pytest.raises(UserError, match="cf.sparse_opening"):
+        make_engine(sparse=SparseSettings(mask="layout", opening=-1))
     with pytest.raises(UserError, match="cf.sparse_threshold"):
         make_engine(sparse=SparseSettings(mask="diff", threshold=0.0))
     with pytest.raises(UserError, match="cf.sparse applies to diff-ice and diff-ice1"):

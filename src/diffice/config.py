@@ -184,6 +184,7 @@ class CounterfactualConfig:
     sparse_threshold: float = 0.1
     sparse_sigma: float = 2.0
     sparse_dilation: int = 2
+    sparse_opening: int = 0
     sparse_tau: int = 10
     sparse_guided: bool = True
     batch_size: int = 10
