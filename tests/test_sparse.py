@@ -63,11 +63,11 @@ def test_the_opened_layout_mask_drops_outlines_that_only_moved():
     cf[0, 0, 9:14, 10:15] = 0.5           # ... and one that appears (5 x 5)
     plain = change_mask(x, cf, SparseSettings(mask="layout", dilation=0), segment)
     assert int(plain.sum()) == 12 + 25
-    kept = change_mask(x, cf, SparseSettings(mask="layout", dilation=0, opening=1), segment)
+    kept = change_mask(x, cf, SparseSettings(mask="layout", dilation=0, opening=(1,)), segment)
     assert int(kept.sum()) == 25 and kept[0, 0, 9:14, 10:15].eq(1).all()   # the new structure stays whole
-    assert int(change_mask(x, cf, SparseSettings(mask="layout", dilation=0, opening=3), segment).sum()) == 0
+    assert int(change_mask(x, cf, SparseSettings(mask="layout", dilation=0, opening=(3,)), segment).sum()) == 0
     # the diff part of "both" is not opened
-    both = change_mask(x, cf, SparseSettings(mask="both", sigma=0.0, threshold=0.2, dilation=0, opening=1), segment)
+    both = change_mask(x, cf, SparseSettings(mask="both", sigma=0.0, threshold=0.2, dilation=0, opening=(1,)), segment)
     assert torch.equal(both, plain)
     assert torch.equal(opened(plain, 0), plain)
 
@@ -89,6 +89,42 @@ def test_outside_the_mask_the_counterfactual_is_the_input_bit_for_bit(method, ma
         assert not torch.equal(r.cf, xi)                      # and it did change inside
         assert r.nfe == d.nfe + 3 and r.p_sparse is not None and r.p_cf == r.p_sparse
     assert rs[0].iterations == dense[0].iterations            # the passes are the dense ones
+
+
+def test_a_frame_gets_the_sparsest_opening_whose_refinement_the_guide_calls_sp():
+    x = torch.stack([frame(i) for i in range(6)])
+    ids = list(range(10, 16))
+
+    def run(opening, threshold=None):
+        e = make_engine(sparse=SparseSettings(mask="layout", dilation=1, tau=3, opening=opening))
+        if threshold is not None:
+            e.threshold = threshold
+        return e.explain(x, ids)
+
+    first = run((2,))
+    p = sorted(r.p_cf for r in first)
+    threshold = (p[2] + p[3]) / 2                    # half the frames flip with the sparsest mask
+    sparse_only, both = run((2,), threshold), run((2, 0), threshold)
+    kept = [r.sparse_opening for r in both]
+    assert kept.count(2) == 3 and kept.count(0) == 3
+    for a, b in zip(sparse_only, both, strict=True):
+        assert torch.equal(a.dense, b.dense)
+        if a.flipped:                                # final after the first opening: nothing more ran
+            assert b.sparse_opening == 2 and torch.equal(a.cf, b.cf) and b.nfe == a.nfe
+        else:                                        # refined again from its dense result, larger mask
+            assert b.sparse_opening == 0 and b.nfe == a.nfe + 3 and not torch.equal(a.cf, b.cf)
+            m = change_mask(x[b.index - 10][None], b.dense[None], SparseSettings(mask="layout", dilation=1, opening=(0,)),
+                            make_engine().segment)[0] == 0
+            assert torch.equal(b.cf[m], x[b.index - 10][m])  # outside the last mask: the input exactly
+
+
+def test_sparse_opening_is_a_pixel_count_or_a_list_of_them():
+    from diffice.config import load_config
+
+    assert CFSettings.from_config(load_config([], ["cf.sparse_opening=2"])).sparse.opening == (2,)
+    assert CFSettings.from_config(load_config([], ["cf.sparse_opening=[1,0]"])).sparse.opening == (1, 0)
+    with pytest.raises(UserError, match="cf.sparse_opening: 'abc' is not a pixel count"):
+        CFSettings.from_config(load_config([], ["cf.sparse_opening=abc"]))
 
 
 def test_paste_is_exact():
@@ -113,7 +149,9 @@ def test_sparse_settings_are_validated():
     with pytest.raises(UserError, match="cf.sparse_tau"):
         make_engine(sparse=SparseSettings(mask="diff", tau=0))
     with pytest.raises(UserError, match="cf.sparse_opening"):
-        make_engine(sparse=SparseSettings(mask="layout", opening=-1))
+        make_engine(sparse=SparseSettings(mask="layout", opening=(1, -1)))
+    with pytest.raises(UserError, match="cf.sparse_opening"):
+        make_engine(sparse=SparseSettings(mask="layout", opening=()))
     with pytest.raises(UserError, match="cf.sparse_threshold"):
         make_engine(sparse=SparseSettings(mask="diff", threshold=0.0))
     with pytest.raises(UserError, match="cf.sparse applies to diff-ice and diff-ice1"):

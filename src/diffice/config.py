@@ -184,7 +184,7 @@ class CounterfactualConfig:
     sparse_threshold: float = 0.1
     sparse_sigma: float = 2.0
     sparse_dilation: int = 2
-    sparse_opening: int = 0
+    sparse_opening: Any = 0  # a pixel count or a list of them, sparsest first
     sparse_tau: int = 10
     sparse_guided: bool = True
     batch_size: int = 10

@@ -138,6 +138,7 @@ class FrameResult:
     dense: torch.Tensor | None = None  # cf.sparse: the dense counterfactual the refinement started from
     p_sparse: float | None = None      # cf.sparse: the guide's SP probability of the refined ``cf``
     mask_fraction: float | None = None  # cf.sparse: share of the frame the refinement may change
+    sparse_opening: int | None = None   # cf.sparse: the opening (px) of the layout change whose mask was kept
     threshold: float = 0.5             # the guide's decision threshold: SP when p > threshold
 
     @property
@@ -250,18 +251,29 @@ class CounterfactualEngine:
     def _refine(self, x: torch.Tensor, anchor: Features, results: list[FrameResult], indices: list[int],
                 nfe: list[int]) -> None:
         """The sparse refinement (:mod:`diffice.counterfactual.sparse`) of every frame's result, with
-        its own λc; ``cf`` becomes the refined frame, ``dense`` keeps the one it started from."""
+        its own λc; ``cf`` becomes the refined frame, ``dense`` keeps the one it started from. With
+        several ``opening`` values, a frame the guide does not call SP after one is refined again
+        from its dense result with the next (each attempt its own random stream)."""
         s = self.s.sparse
-        dense = torch.stack([r.cf for r in results]).to(x)
-        mask = change_mask(x, dense, s, self.segment)
-        lam = torch.tensor([r.lambda_c for r in results], device=x.device, dtype=torch.float32)
-        gens = frame_generators(self.s.seed, indices, len(self.s.lambda_c))  # a stream of its own
-        refined = inpaint(self, x, dense, mask, anchor, lam, gens, s)
-        p = self.prob_sp(refined).tolist()
-        for b, r in enumerate(results):
-            nfe[b] += s.tau
-            r.dense, r.cf, r.p_sparse = r.cf, refined[b].detach().float().cpu(), float(p[b])
-            r.mask_fraction, r.nfe = float(mask[b].mean()), nfe[b]
+        dense_all = torch.stack([r.cf for r in results]).to(x)
+        lam_all = torch.tensor([r.lambda_c for r in results], device=x.device, dtype=torch.float32)
+        todo = list(range(len(results)))
+        for k, opening in enumerate(s.opening):
+            sel = torch.tensor(todo, device=x.device)
+            dense = dense_all[sel]
+            mask = change_mask(x[sel], dense, s, self.segment, opening)
+            gens = frame_generators(self.s.seed, [indices[i] for i in todo], len(self.s.lambda_c) + k)  # streams of their own
+            refined = inpaint(self, x[sel], dense, mask, [f[sel] for f in anchor], lam_all[sel], gens, s)
+            p = self.prob_sp(refined).tolist()
+            for j, b in enumerate(todo):
+                r = results[b]
+                nfe[b] += s.tau
+                r.dense = r.cf if r.dense is None else r.dense
+                r.cf, r.p_sparse, r.sparse_opening = refined[j].detach().float().cpu(), float(p[j]), int(opening)
+                r.mask_fraction, r.nfe = float(mask[j].mean()), nfe[b]
+            todo = [b for b in todo if not results[b].flipped]
+            if not todo:
+                break
 
     # ------------------------------------------------------------------ passes
 

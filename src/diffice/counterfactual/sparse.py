@@ -15,7 +15,10 @@ the frame held to the input:
      the change of the anatomy's layout is what an SP needs), first *opened* by ``opening``
      pixels (eroded, then dilated back): a structure's outline that merely moved by a pixel or two
      — the segmentation's reading of redrawn speckle — goes, a structure that appeared, vanished or
-     moved in earnest stays (measured: ``bench/sparse_masks.py``);
+     moved in earnest stays (measured: ``bench/sparse_masks.py``). ``opening`` is a list, sparsest
+     first: a frame whose refinement the guide does not call SP is refined again from its dense
+     counterfactual with the next (less opened, larger) mask, so each frame gets the sparsest mask
+     of the list that still explains the guide's call (the last one is kept in any case);
    - ``both``: the union of the two (a fault the layout does not see, an echo blob inside the
      head, is still repaired where the low-passed change is large);
 
@@ -56,7 +59,7 @@ class SparseSettings:
     threshold: float = 0.1    # diff: low-passed |x_c − x| above this ([-1, 1] units) may change
     sigma: float = 2.0        # diff: Gaussian σ in pixels of the low-pass
     dilation: int = 2         # the mask grows by this many pixels
-    opening: int = 0          # layout: changes thinner than about 2·opening + 1 pixels are dropped first
+    opening: tuple[int, ...] = (0,)  # layout: changes thinner than ~2·opening + 1 px dropped; tried in order
     tau: int = 10             # respaced step the inpainting pass starts from
     guided: bool = True       # the inpainting pass keeps the method's guidance
 
@@ -64,7 +67,7 @@ class SparseSettings:
     def from_config(cls, c) -> SparseSettings:
         return cls(mask=str(c.sparse), threshold=float(c.sparse_threshold), sigma=float(c.sparse_sigma),
                    dilation=int(c.sparse_dilation), tau=int(c.sparse_tau), guided=bool(c.sparse_guided),
-                   opening=int(c.sparse_opening))
+                   opening=openings(c.sparse_opening))
 
     @property
     def on(self) -> bool:
@@ -84,17 +87,27 @@ class SparseSettings:
             raise UserError(f"cf.sparse_tau: {self.tau} must lie in 1..{num_timesteps or 'cf.respacing steps'}")
         if self.dilation < 0:
             raise UserError(f"cf.sparse_dilation: {self.dilation} must be 0 or more pixels")
-        if self.opening < 0:
-            raise UserError(f"cf.sparse_opening: {self.opening} must be 0 or more pixels")
+        if not self.opening or any(o < 0 for o in self.opening):
+            raise UserError(f"cf.sparse_opening: {list(self.opening)} must be one or more pixel counts of 0 or more")
         if not 0.0 < self.threshold < 2.0:
             raise UserError(f"cf.sparse_threshold: {self.threshold} must lie in (0, 2) ([-1, 1] image units)")
         if self.sigma < 0:
             raise UserError(f"cf.sparse_sigma: {self.sigma} must be 0 or more pixels")
 
 
+def openings(value) -> tuple[int, ...]:
+    """``cf.sparse_opening`` as a tuple: one pixel count or a list of them."""
+    items = [value] if isinstance(value, int | float | str) else value
+    try:
+        return tuple(int(v) for v in items)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"cf.sparse_opening: {value!r} is not a pixel count or a list of them") from err
+
+
 def change_mask(x: torch.Tensor, cf: torch.Tensor, s: SparseSettings,
-                segment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """(B,1,H,W) float 0/1: where the refinement may change the frame (step 1 of the module doc)."""
+                segment: Callable[[torch.Tensor], torch.Tensor] | None = None, opening: int | None = None) -> torch.Tensor:
+    """(B,1,H,W) float 0/1: where the refinement may change the frame (step 1 of the module doc);
+    the layout change is opened by ``opening`` pixels (default: the first of ``s.opening``)."""
     if not s.on or s.mask not in MASKS:
         raise UserError(f"cf.sparse: '{s.mask}' makes no mask")
     m = torch.zeros_like(x[:, :1], dtype=torch.float32)
@@ -106,7 +119,7 @@ def change_mask(x: torch.Tensor, cf: torch.Tensor, s: SparseSettings,
             raise UserError(f"cf.sparse={s.mask} needs the guide's segmenter")
         with torch.no_grad():
             changed = (segment(x).argmax(1, keepdim=True) != segment(cf).argmax(1, keepdim=True)).float()
-        m = torch.maximum(m, opened(changed, s.opening))
+        m = torch.maximum(m, opened(changed, s.opening[0] if opening is None else opening))
     return grow(m, s.dilation)
 
 

@@ -233,6 +233,7 @@ class CounterfactualModule(L.LightningModule):
                 "guide_threshold": r.threshold,  # SP when p > it (the guide's calibrated threshold, or 0.5)
                 "p_dense": r.p_iters[-1] if r.dense is not None else None,  # cf.sparse: before the refinement
                 "sparse_mask_fraction": r.mask_fraction,
+                "sparse_opening": r.sparse_opening,
                 "concepts_input": self._named(before["concepts"][b]),
                 "concepts_cf": self._named(after["concepts"][b]),
                 "qs_input": before["qs"][b],

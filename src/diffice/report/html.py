@@ -147,7 +147,10 @@ def frame_strip(rec: dict) -> list[tuple[str, str, bytes]]:
             out.append((f"iter{k}", cap, (d / f"iter{k}.png").read_bytes()))
     if (d / "dense.png").exists():
         frac = rec.get("sparse_mask_fraction")
-        out.append(("dense", "dense cf" + (f" (sparse mask {num(frac):.0%} of the frame)" if frac is not None else ""),
+        opening = rec.get("sparse_opening")
+        mask = (f"sparse mask {num(frac):.0%} of the frame" + (f", layout change opened {opening} px" if opening else "")
+                if frac is not None else "")
+        out.append(("dense", "dense cf" + (f" ({mask})" if mask else ""),
                     (d / "dense.png").read_bytes()))
     cap = "counterfactual" + (f" (p={num(rec.get('p_cf')):.2f})" if rec.get("p_dense") is not None else "")
     change = rec.get("change") or {}
