@@ -258,7 +258,7 @@ class CounterfactualEngine:
         dense_all = torch.stack([r.cf for r in results]).to(x)
         lam_all = torch.tensor([r.lambda_c for r in results], device=x.device, dtype=torch.float32)
         todo = list(range(len(results)))
-        for k, opening in enumerate(s.opening):
+        for k, opening in enumerate(s.opening if s.uses_layout else s.opening[:1]):  # only a layout mask is opened
             sel = torch.tensor(todo, device=x.device)
             dense = dense_all[sel]
             mask = change_mask(x[sel], dense, s, self.segment, opening)
