@@ -157,3 +157,18 @@ def test_sparse_settings_are_validated():
     with pytest.raises(UserError, match="cf.sparse applies to diff-ice and diff-ice1"):
         make_engine("dime")
     make_engine("dime", SparseSettings())  # off: any method
+
+
+def test_the_report_names_the_mask_a_frame_kept(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from diffice.report.html import frame_strip
+
+    for name in ("input.png", "dense.png", "cf.png"):
+        Image.fromarray(np.zeros((8, 10), np.uint8)).save(tmp_path / name)
+    rec = {"_dir": tmp_path, "p_dense": 0.4, "p_cf": 0.7, "sparse_mask_fraction": 0.05, "sparse_opening": 1}
+    captions = dict((k, c) for k, c, _ in frame_strip(rec))
+    assert captions["dense"] == "dense cf (sparse mask 5% of the frame, layout change opened 1 px)"
+    rec["sparse_opening"] = 0                             # the unopened mask: nothing to say about an opening
+    assert dict((k, c) for k, c, _ in frame_strip(rec))["dense"] == "dense cf (sparse mask 5% of the frame)"
