@@ -304,7 +304,7 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     # the guide calls the counterfactual SP but the independent oracle does not
     out["n_guide_oracle_disagree"] = int(sum(bool(r["flipped"]) and num(r["qs_cf"]) < 0.5 for r in records))
     if int(v["n_nsp"]) == 0:
-        notes.append(f"no input is classified NSP by the guide (p_input <= {guide_threshold(records):g}): FR, MAD, BKL are null")
+        notes.append(f"no input is classified NSP by the guide (p_input <= {threshold:g}): FR, MAD, BKL are null")
     if int(o["n_valid"]) == 0:
         notes.append("no input has finite oracle scores: MQD and the per-concept QD are null")
     elif int(o["n_selected"]) == 0:
@@ -366,6 +366,7 @@ def _image_pass(records, nets: EvalNets, final_img, it_img, it_orc, names, q_in,
     dev = torch.device(nets.device)
     features = _FeatureCache(nets)
     iters = sorted(it_img)
+    threshold = guide_threshold(records)  # the run's guide, as the record-based validity above uses it
     with Bar("image metrics", len(records), enabled=progress) as bar:
         for start in range(0, len(records), chunk):
             part = records[start:start + chunk]
@@ -376,7 +377,7 @@ def _image_pass(records, nets: EvalNets, final_img, it_img, it_orc, names, q_in,
                              torch.tensor([bool(r["flipped"]) for r in part]), tgt, has_t)
             for k in iters:
                 paths = [iteration_png(r, k) for r in part]
-                valid = torch.tensor([iter_value(r.get("p_iters"), k) > guide_threshold([r]) for r in part])
+                valid = torch.tensor([iter_value(r.get("p_iters"), k) > threshold for r in part])
                 it_img[k].update(x, features(paths), valid)
                 if k in it_orc:
                     xk = torch.stack([grey_tensor(p) for p in paths]).to(dev)

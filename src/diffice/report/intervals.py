@@ -43,7 +43,8 @@ def run_intervals(records: list[dict], concepts: list[str]) -> dict:
     """Intervals of the final counterfactuals' rates and means: {key: interval dict}."""
     p_in = [num(r["p_input"]) for r in records]
     q_in = [num(r["qs_input"]) for r in records]
-    out = _validity(p_in, [num(r["p_cf"]) for r in records], guide_threshold(records))
+    t = guide_threshold(records)
+    out = _validity(p_in, [num(r["p_cf"]) for r in records], t)
     out.update(_oracle(q_in, [num(r["qs_cf"]) for r in records]))
     for c in concepts:
         vals = [num((r.get("concepts_cf") or {}).get(c)) - num((r.get("concepts_input") or {}).get(c))
@@ -66,7 +67,6 @@ def run_intervals(records: list[dict], concepts: list[str]) -> dict:
     masks = [num(r.get("sparse_mask_fraction")) for r in records]  # cf.sparse: what the refinement could change
     out["sparse_mask_fraction"] = mean_interval([v for v in masks if math.isfinite(v)])
     dense = [num(r.get("p_dense")) for r in records]
-    t = guide_threshold(records)
     out["flipped_dense"] = rate_interval(sum(p > t for p in dense if math.isfinite(p)), sum(math.isfinite(p) for p in dense))
     structures = sorted({k for r in records for k in (r.get("anatomy_dice") or {})})
     for k in structures:
