@@ -204,3 +204,56 @@ def test_two_process_ddp_training(tiny_overrides):
     ckpt = read_checkpoint(last, "ddpm")
     assert ckpt["global_step"] == 2 and int(ckpt["state_dict"]["ema_updates"]) == 2
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+class CropSizes(Callback):
+    """The frame sizes the denoiser sees in training, and whether coordinate channels came with them."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        net = pl_module.model.net
+        if not getattr(self, "_hooked", False):
+            net.register_forward_pre_hook(lambda m, args: self.seen.append(tuple(args[0].shape[1:])))
+            self._hooked = True
+
+
+def test_patch_training_crops_with_coordinates_and_samples_whole_frames(tiny_overrides):
+    cfg = _cfg(tiny_overrides, "ddpm.max_steps=6", "ddpm.patch_size=[16,20]", "unet.coord_channels=true",
+               "ddpm.full_frame_prob=0.5")
+    seen = CropSizes()
+    last = train_ddpm(cfg, SynthData(), callbacks=[seen], num_sanity_val_steps=0, limit_val_batches=0)
+    train_shapes = seen.seen[:6]
+    assert (3, 16, 20) in train_shapes and (3, 32, 40) in train_shapes  # patches and whole frames, 2 coordinate channels
+    m = load_ddpm(last, cfg)
+    x = m.sample([0], respacing="3", seed=1)
+    assert x.shape == (1, 1, 32, 40) and torch.isfinite(x).all()
+    # the patch's coordinate channels are the whole frame's at its place
+    from diffice.nets.unet import frame_coords
+
+    torch.manual_seed(0)
+    cfg_p = _cfg(tiny_overrides, "ddpm.patch_size=[16,20]", "unet.coord_channels=true", "ddpm.full_frame_prob=0")
+    mod = DDPMModule(cfg_p)
+    x0 = frame_coords(2, 32, 40)[:, :1].clone()  # frames whose pixels are their own x coordinate
+    crops, model = mod.training_patches(x0)
+    assert crops.shape == (2, 1, 16, 20)
+    torch.testing.assert_close(model.keywords["coords"][:, :1], crops)
+    with pytest.raises(UserError, match="unet.coord_channels"):
+        train_ddpm(_cfg(tiny_overrides, "ddpm.patch_size=[16,20]"), SynthData())
+    with pytest.raises(UserError, match="ddpm.patch_size"):
+        train_ddpm(_cfg(tiny_overrides, "ddpm.patch_size=[64,20]", "unet.coord_channels=true"), SynthData())
+
+
+def test_init_ckpt_starts_a_new_run_from_ema_weights(tiny_overrides, tmp_path):
+    first = train_ddpm(_cfg(tiny_overrides, "ddpm.max_steps=2"), SynthData(), num_sanity_val_steps=0)
+    source = load_ddpm(first)
+    cfg = _cfg(tiny_overrides, "ddpm.max_steps=1", f"paths.runs={tmp_path / 'second'}", f"ddpm.init_ckpt={first}",
+               "ddpm.lr=0")
+    rec = Record()
+    train_ddpm(cfg, SynthData(), callbacks=[rec], num_sanity_val_steps=0)
+    assert all(torch.equal(rec.ema[k], v) for k, v in source.ema_model.state_dict().items())
+    # a coordinate-channel UNet cannot start from a grey one
+    bad = _cfg(tiny_overrides, f"paths.runs={tmp_path / 'third'}", f"ddpm.init_ckpt={first}", "unet.coord_channels=true")
+    with pytest.raises(UserError, match="unet.coord_channels"):
+        train_ddpm(bad, SynthData())

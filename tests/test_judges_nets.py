@@ -238,3 +238,26 @@ def test_oracle_targets_and_calibration():
     assert perfect["ece"] == pytest.approx(0.0, abs=1e-9)
     off = calibration(torch.tensor([0.9, 0.9]), torch.tensor([0.0, 1.0]))
     assert off["ece"] == pytest.approx(0.4)
+
+
+def test_transfer_official_reads_the_frame_as_the_official_network_does():
+    from diffice.nets.sononet import SonoNet, standardize, transfer_official
+
+    torch.manual_seed(0)
+    official = SonoNet(16, in_channels=1, num_classes=14, standardize=True)
+    for m in official.modules():  # non-trivial batch-norm statistics, as a trained network has
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    official.eval()
+    ours = transfer_official(SonoNet(16, in_channels=1 + K, num_classes=1, final_bn=False), official).eval()
+    x = torch.rand(2, 1, 64, 80) * 2 - 1
+    seg = torch.rand(2, K, 64, 80)  # the segmentation channels start at zero: they change nothing yet
+    with torch.no_grad():
+        a = official.feature_maps(x)
+        b = ours.feature_maps(torch.cat([standardize(x), seg], 1))
+        torch.testing.assert_close(b[-1], a[-1])
+        torch.testing.assert_close(ours.adaptation[0](b[-1]), official.adaptation[0](a[-1]))
+    assert ours.adaptation[1].weight.abs().sum() > 0  # the one-logit head is new, not copied
+    with pytest.raises(UserError, match="SonoNet-16 cannot start a SonoNet-32"):
+        transfer_official(SonoNet(32, in_channels=3, num_classes=1, final_bn=False), official)

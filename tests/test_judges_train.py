@@ -127,3 +127,24 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert "data.concepts" in capsys.readouterr().err
     assert main(["train-oracle", TINY, *ov, "oracle.qs_target=max", "oracle.max_steps=1"]) == 2
     assert "oracle.qs_target" in capsys.readouterr().err
+
+
+def test_guide_from_official_sononet_weights(runs, tmp_path, sononet_dir):
+    """guide.pretrained: l starts from the authors' SonoNet-16, the stages fine-tune at guide.backbone_lr."""
+    from diffice.modules.classifier import ClassifierModule
+    from diffice.nets.sononet import SonoNet
+
+    out = tmp_path / "runs"
+    (out / "segmenter").mkdir(parents=True)
+    (out / "segmenter" / "last.ckpt").symlink_to(runs / "segmenter" / "last.ckpt")
+    npz = sononet_dir / "SonoNet16.npz"
+    ov = [*_overrides(out), "guide.max_steps=2", f"guide.pretrained={npz}", "guide.backbone_lr=1e-4"]
+    assert main(["train-classifier", TINY, *ov]) == 0
+    module = load_checkpoint(out / "classifier" / "last.ckpt", "classifier")
+    guide = module.guide
+    assert guide.standardize_image
+    official = SonoNet.from_official(npz)
+    w, w0 = guide.predictor.stages[2][0][0].weight, official.stages[2][0][0].weight
+    assert (w - w0).abs().max() < 0.05 * w0.abs().max()  # fine-tuned from the official weights, not from scratch
+    opt = ClassifierModule.configure_optimizers(module)
+    assert sorted(g["lr"] for g in opt.param_groups) == [1e-4, 1e-3]

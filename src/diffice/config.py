@@ -92,6 +92,7 @@ class UNetConfig:
     dropout: float = 0.0
     resblock_updown: bool = True
     use_scale_shift_norm: bool = True
+    coord_channels: bool = False
 
 
 @dataclass
@@ -110,6 +111,9 @@ class DDPMConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     train_max_t: float = 1.0
+    patch_size: list[int] | None = None
+    full_frame_prob: float = 0.25
+    init_ckpt: str | None = None
     max_steps: int = 300000
     sample_every_n_steps: int = 5000
     sample_count: int = 8
@@ -134,7 +138,9 @@ class GuideConfig:
     pos_weight: float | None = None
     x0_prob: float = 0.0
     ddpm_ckpt: str = "${paths.runs}/ddpm/last.ckpt"
+    pretrained: str | None = None
     lr: float = 1e-3
+    backbone_lr: float | None = None
     max_steps: int = 10000
     calibrate: str = "train+val"
 

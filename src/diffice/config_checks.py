@@ -31,12 +31,12 @@ AT_LEAST: dict[str, int] = {
 }
 # key -> (low, high) inclusive, for fractions
 WITHIN: dict[str, tuple[float, float]] = {
-    "data.phantom.sp_fraction": (0.0, 1.0), "ddpm.train_max_t": (0.0, 1.0),
+    "data.phantom.sp_fraction": (0.0, 1.0), "ddpm.train_max_t": (0.0, 1.0), "ddpm.full_frame_prob": (0.0, 1.0),
     "synthesis.drop_condition": (0.0, 1.0), "synthesis.drop_structure": (0.0, 1.0), "synthesis.drop_meta": (0.0, 1.0),
     "synthesis.dice_target": (0.0, 1.0), "synthesis.edit_start": (0.0, 1.0),
 }
 # lists of whole numbers that must all be at least 1
-POSITIVE_LISTS = ("data.image_size",)
+POSITIVE_LISTS = ("data.image_size", "ddpm.patch_size")
 
 
 def _get(cfg, key: str):

@@ -27,10 +27,11 @@ gain           a time-gain-compensation error: the gain ramps with       ``qs_ga
                fault barely moves it: a judge that must see it is the
                oracle, not SonoNet)
 reverberation  multiple reflections between the transducer and the       ``qs_artifact``
-               skull: where the near skull faces the probe, its echo
-               repeats at 2x and 3x its depth, with amplitude 0.6 s and
-               0.36 s² (each bounce loses energy), blurred a little
-               more each time
+               reflectors in front of the far side of the near skull
+               (maternal wall, near field, the near skull itself): along
+               every ray, an echo from depth z returns again at 2z, 3z
+               and 4z, with amplitude 0.6 s, (0.6 s)², (0.6 s)³ (each
+               bounce loses energy), blurred a little more each time
 =============  ======================================================  =============
 
 Each HC18 frame gives two rows that share its fetus (so a split never separates them): the clean
@@ -122,29 +123,45 @@ def gain(img: np.ndarray, s: float, rng: np.random.Generator) -> np.ndarray:
 
 
 def reverberation(img: np.ndarray, s: float, head: np.ndarray) -> np.ndarray:
-    """Copies of each column's near skull echo at 2x and 3x its depth."""
+    """Echoes of everything between the probe face and the far side of the near skull, repeated
+    along each ray at 2x, 3x and 4x their depth.
+
+    Depth is measured along the rays of :func:`_rays` from the probe face (the arc through the top
+    centre of the frame). An echo at depth z is sent back into the tissue by the transducer face and
+    returns from 2z, 3z, 4z (a k-th order reverberation): the frame at depth d gains
+    ``(0.6 s)^(k-1)`` times the echo at depth d / k, blurred by k px (at 800 px width), for sources
+    no deeper than the near skull plus its thickness (rays that miss the head: the near field, 15 %
+    of the frame's height). Only the imaged area changes. (An earlier version repeated only the
+    near skull's own echo where it faces the probe: its copies mostly fell below the frame and 130
+    of 200 such frames differed from their clean twin by less than half a grey level on average.)
+    """
     h, w = img.shape
-    cols = np.nonzero(head.any(axis=0))[0]
-    if len(cols) == 0:
-        return img
-    top = np.argmax(head, axis=0)  # first head row of every column (the near skull)
-    # only bone facing the probe sends the echo straight back: weight by how level the skull is there
-    slope = np.gradient(ndimage.uniform_filter1d(top[cols].astype(np.float64), 9))
-    facing = np.exp(-((slope / 0.4) ** 2))[None, :]
-    half = max(2, int(round(0.03 * h)))
-    out = img.copy()
-    band_rows = np.arange(-half, half + 1)
-    for bounce, amp in ((2, 0.6 * s), (3, 0.36 * s * s)):
-        blurred = ndimage.gaussian_filter(img, sigma=bounce * _scale(img))
-        src = np.clip(top[cols][None, :] + band_rows[:, None], 0, h - 1)
-        dst = bounce * top[cols][None, :] + band_rows[:, None]
-        ok = (dst >= 0) & (dst < h)
-        cc = np.broadcast_to(cols[None, :], src.shape)
-        taper = np.cos(band_rows / (half + 1) * math.pi / 2)[:, None] ** 2  # smooth band edges
-        add = np.zeros_like(img)
-        np.add.at(add, (dst[ok], cc[ok]), (amp * taper * facing * blurred[src, cc])[ok])
-        out = out + add
-    return out
+    imaged = ndimage.binary_erosion(img > 0.02, iterations=2) | (ndimage.gaussian_filter(img, 4) > 0.02)
+    theta, r = _rays(img.shape)
+    r_face = 0.5 * h  # distance from the virtual apex to the top centre of the frame
+    depth = r - r_face
+    # the deepest reverberating source on each ray: the near skull's far side, or the near field;
+    # smoothed over neighbouring rays so that the head's edge leaves no ray-shaped step
+    lo, hi = float(theta.min()), float(theta.max())
+    bins = np.clip(((theta - lo) / max(hi - lo, 1e-9) * 511).round().astype(int), 0, 511)
+    enter = np.full(512, np.inf)
+    if head.any():
+        np.minimum.at(enter, bins[head], r[head])
+    profile = np.where(np.isfinite(enter), np.maximum(enter - r_face + 0.03 * h, 0.15 * h), 0.15 * h)
+    z_max = ndimage.gaussian_filter1d(profile, 16.0, mode="nearest")[bins]
+    ay, ax = -0.5 * h, (w - 1) / 2.0
+    out = img.astype(np.float64).copy()
+    amp = 1.0
+    for k in (2, 3, 4):
+        amp *= 0.6 * s
+        src_depth = depth / k
+        src_r = r_face + src_depth
+        coords = np.stack([ay + src_r * np.cos(theta), ax + src_r * np.sin(theta)])
+        blurred = ndimage.gaussian_filter(img, sigma=k * _scale(img))
+        echo = ndimage.map_coordinates(blurred, coords, order=1, mode="constant", cval=0.0)
+        within = np.clip((z_max - src_depth) / (0.02 * h) + 0.5, 0.0, 1.0) * (depth > 0)
+        out += amp * echo * within
+    return np.where(imaged, out, img)
 
 
 def apply_fault(img: np.ndarray, fault: str, s: float, head: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -14,6 +14,11 @@ them has no meaningful gradient there and is fooled by texture. With probability
 ``guide.ddpm_ckpt``, t drawn uniformly from the respaced steps 0..cf.tau−1 of cf.respacing,
 keeping the frame's label.
 
+Transfer (``guide.pretrained``: the authors' ``SonoNet16.npz``): l's stages start from the official
+weights (:func:`diffice.nets.sononet.transfer_official`; the segmentation channels from zero, a new
+one-logit head) and the image channel is standardised per frame as the release does;
+``guide.backbone_lr`` fine-tunes the stages more slowly than the head.
+
 Loss: binary cross-entropy on the SP logit with ``pos_weight`` = n_NSP / n_SP of the training
 split (or ``guide.pos_weight``), frames with label -1 ignored. Validation: balanced accuracy
 (mean of sensitivity and specificity at p = 0.5), AUROC, and a confusion-matrix image.
@@ -132,7 +137,13 @@ class ClassifierModule(DifficeModule):
             segmenter = build_segmenter(cfg, len(classes), load_pretrained=False)
         super().__init__(cfg)
         k = len(cfg.guide.segmenter_classes or cfg.data.classes)
-        self.guide = Guide(segmenter, k, cfg.guide.sononet, cfg.guide.grad_through_segmenter)
+        pretrained = cfg.guide.pretrained
+        self.guide = Guide(segmenter, k, cfg.guide.sononet, cfg.guide.grad_through_segmenter,
+                           standardize_image=bool(pretrained))
+        if pretrained and load_pretrained:
+            from diffice.nets.sononet import SonoNet, transfer_official
+
+            transfer_official(self.guide.predictor, SonoNet.from_official(pretrained, features=cfg.guide.sononet))
         # 0 = "not yet computed from the training split" (saved, so a resumed run keeps it)
         self.register_buffer("pos_weight", torch.tensor(float(cfg.guide.pos_weight or 0.0)))
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -229,8 +240,14 @@ class ClassifierModule(DifficeModule):
         log_image(self, "val/confusion", confusion_image(rep), caption="rows: truth NSP/SP; columns: prediction")
 
     def configure_optimizers(self):
-        # only the predictor l trains; s is frozen
-        return torch.optim.AdamW(self.guide.predictor.parameters(), lr=self.cfg.guide.lr, weight_decay=1e-4)
+        # only the predictor l trains; s is frozen. guide.backbone_lr: the five stages learn at their own rate
+        # (a pretrained backbone is fine-tuned slowly while the new head learns at guide.lr)
+        g, l_ = self.cfg.guide, self.guide.predictor
+        if g.backbone_lr is None:  # one group, as guides trained before the key existed resume
+            return torch.optim.AdamW(l_.parameters(), lr=float(g.lr), weight_decay=1e-4)
+        groups = [{"params": list(l_.stages.parameters()), "lr": float(g.backbone_lr)},
+                  {"params": list(l_.adaptation.parameters()), "lr": float(g.lr)}]
+        return torch.optim.AdamW(groups, lr=float(g.lr), weight_decay=1e-4)
 
 
 @torch.no_grad()

@@ -60,11 +60,11 @@ class DDPMModule(DifficeModule):
     # ------------------------------------------------------------------ training
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        x0 = batch["image"]
+        x0, model = self.training_patches(batch["image"])
         T = self.diffusion.num_timesteps
         # uniform t (DDPM Algorithm 1), over the first ddpm.train_max_t of the schedule
         t = torch.randint(0, self.max_train_t(), (x0.shape[0],), device=x0.device)
-        losses = self.diffusion.training_losses(self.model, x0, t, vb_weight=float(self.cfg.diffusion.vb_weight))
+        losses = self.diffusion.training_losses(model, x0, t, vb_weight=float(self.cfg.diffusion.vb_weight))
         loss = losses["loss"].mean()
         if not torch.isfinite(loss):
             # raised before the optimizer step, so neither the weights nor last.ckpt see the NaN
@@ -81,6 +81,35 @@ class DDPMModule(DifficeModule):
         self._quarters[0].add_(torch.zeros(4, device=t.device).index_add_(0, quarter, losses["loss"].detach().float()).cpu())
         self._quarters[1].add_(torch.bincount(quarter, minlength=4).cpu())
         return loss
+
+    def training_patches(self, x0: torch.Tensor):
+        """(frames, denoiser) of one training step: whole frames, or with ``ddpm.patch_size`` (Patch
+        Diffusion) a random crop of each frame and the denoiser called with the crop's coordinate
+        channels; a ``ddpm.full_frame_prob`` share of the steps keeps whole frames. The draws come
+        from torch's generator, which training reseeds every step (a resumed run crops alike)."""
+        size = self.cfg.ddpm.patch_size
+        if not size or float(torch.rand(())) < float(self.cfg.ddpm.full_frame_prob):
+            return x0, self.model
+        from functools import partial
+
+        from diffice.nets.unet import frame_coords
+
+        b, _, h, w = x0.shape
+        ph, pw = (int(s) for s in size)
+        ys = torch.randint(0, h - ph + 1, (b,)).tolist()
+        xs = torch.randint(0, w - pw + 1, (b,)).tolist()
+        grid = frame_coords(1, h, w, x0.device)[0]
+        crops = torch.stack([x0[i, :, y:y + ph, x:x + pw] for i, (y, x) in enumerate(zip(ys, xs))])
+        coords = torch.stack([grid[:, y:y + ph, x:x + pw] for y, x in zip(ys, xs)])
+        return crops, partial(self.model, coords=coords)
+
+    def start_from(self, path: str) -> None:
+        """``ddpm.init_ckpt``: the model and its EMA start from that DDPM's EMA weights (a new run only)."""
+        check_compatible(path, read_checkpoint(path, "ddpm"), self.cfg)
+        source = load_ddpm(path)
+        self.model.load_state_dict(source.ema_model.state_dict())
+        self.ema_model.load_state_dict(source.ema_model.state_dict())
+        print(f"ddpm: starts from the EMA weights of {path} ({source.trained_steps} steps)")
 
     def max_train_t(self) -> int:
         """Training draws t from 0 .. this - 1: all T steps unless ``ddpm.train_max_t`` < 1.
@@ -247,12 +276,20 @@ ARCH_KEYS = (
     "diffusion.steps",
     "diffusion.noise_schedule",
     "diffusion.learn_sigma",
+    "unet.coord_channels",
 )
+# keys older checkpoints do not carry, and the value they had
+_OLD_DEFAULTS = {"unet.coord_channels": False}
 
 
 def _get(d: dict, dotted: str):
-    for part in dotted.split("."):
-        d = d[part]
+    try:
+        for part in dotted.split("."):
+            d = d[part]
+    except KeyError:
+        if dotted in _OLD_DEFAULTS:
+            return _OLD_DEFAULTS[dotted]
+        raise
     return d
 
 
@@ -261,7 +298,8 @@ def check_compatible(path: str | os.PathLike, ckpt: dict, cfg: DictConfig, keys:
     """UserError unless the DDPM checkpoint ``ckpt`` has grey input and the same ``keys`` as ``cfg``
     (``what`` names the model in the message: the synthesis layer checks its own checkpoints so)."""
     weight = ckpt.get("state_dict", {}).get("model.net.conv_in.weight")
-    if weight is not None and weight.shape[1] != IN_CHANNELS:
+    coords = 2 if _get(ckpt["diffice"]["config"], "unet.coord_channels") else 0
+    if weight is not None and weight.shape[1] != IN_CHANNELS + coords:
         raise UserError(f"{path}: the DDPM takes {weight.shape[1]}-channel frames; diffice frames are grey ({IN_CHANNELS} channel)")
     theirs, ours = ckpt["diffice"]["config"], to_dict(cfg)
     for key in keys:
@@ -307,6 +345,14 @@ def train_ddpm(cfg: DictConfig, datamodule=None, **trainer_overrides) -> Path:
     from diffice.modules.common import LAST, run_dir
     from diffice.modules.training import fit
 
+    size = cfg.ddpm.patch_size
+    if size:
+        frame = [int(s) for s in cfg.data.image_size]
+        if len(size) != 2 or any(int(p) > f for p, f in zip(size, frame)):
+            raise UserError(f"ddpm.patch_size={list(size)}: expected [height, width] no larger than data.image_size={frame}")
+        if not cfg.unet.coord_channels:
+            raise UserError("ddpm.patch_size: patch training needs unet.coord_channels=true (the UNet must know where "
+                            "each patch lies in the frame)")
     last = run_dir(cfg, "ddpm") / LAST
     if last.exists():
         ckpt = read_checkpoint(last, "ddpm")
@@ -315,6 +361,8 @@ def train_ddpm(cfg: DictConfig, datamodule=None, **trainer_overrides) -> Path:
     dm = datamodule if datamodule is not None else DiffIceDataModule(cfg)
     torch.manual_seed(int(cfg.seed))  # the initial weights are a function of the seed (as the judges')
     module = DDPMModule(cfg)
+    if cfg.ddpm.init_ckpt and not last.exists():
+        module.start_from(str(cfg.ddpm.init_ckpt))
     return fit(cfg, "ddpm", module, dm, int(cfg.ddpm.max_steps), **trainer_overrides)
 
 

@@ -8,7 +8,9 @@ The guidance gradient ∇_x L_c(f(x̂0), y) (paper, Eq. 4) reaches the image thr
 ``grad_through_segmenter`` is on (default), through s as well; off, the probabilities are
 detached and only l's direct path from the image channel carries the gradient.
 
-Intensities: x is (B, 1, H, W) in [-1, 1].
+Intensities: x is (B, 1, H, W) in [-1, 1]. A guide whose l starts from the authors' SonoNet-16
+(``standardize_image``; :func:`diffice.nets.sononet.transfer_official`) standardises the image
+channel per frame as the release does (zero mean, unit std, times 255) before l reads it.
 
 The guide calls a frame SP when sigma(f(x)) > ``threshold`` (a buffer saved with the checkpoint:
 0.5, or the training and validation frames' balanced-accuracy threshold when the guide was
@@ -22,18 +24,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffice.nets.sononet import SonoNet
+from diffice.nets.sononet import SonoNet, standardize
 
 
 class Guide(nn.Module):
     """``guide(x) -> (B,)`` SP logit; ``guide.segment(x) -> (B, K, H, W)`` probabilities."""
 
     def __init__(self, segmenter: nn.Module, num_classes: int, sononet: int = 16,
-                 grad_through_segmenter: bool = True):
+                 grad_through_segmenter: bool = True, standardize_image: bool = False):
         super().__init__()
         self.segmenter = segmenter
         self.num_classes = num_classes
         self.grad_through_segmenter = grad_through_segmenter
+        self.standardize_image = standardize_image
         self.predictor = SonoNet(features=sononet, in_channels=1 + num_classes, num_classes=1, final_bn=False)
         self.register_buffer("threshold", torch.tensor(0.5))
         self.freeze_segmenter()
@@ -62,7 +65,7 @@ class Guide(nn.Module):
         probs = self.segment(x)
         if not self.grad_through_segmenter:
             probs = probs.detach()
-        return torch.cat([x, probs], dim=1)
+        return torch.cat([standardize(x) if self.standardize_image else x, probs], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predictor(self.predictor_input(x)).squeeze(1)

@@ -175,6 +175,30 @@ class SonoNet(nn.Module):
         return net.eval()
 
 
+def transfer_official(net: SonoNet, official: SonoNet) -> SonoNet:
+    """Start ``net`` (any input channels, any head) from an official SonoNet of the same width.
+
+    The five convolution stages and the adaptation layer's first 1x1 convolution (with their batch
+    norms) are copied; of the first convolution only input channel 0 (the grey frame) is copied and
+    the other input channels start at zero, so at the start ``net`` reads the frame exactly as the
+    official network does; the last 1x1 convolution (the classes) keeps its fresh initialisation.
+    Returns ``net``."""
+    if net.width != official.width:
+        raise UserError(f"guide.pretrained: a SonoNet-{official.width} cannot start a SonoNet-{net.width}")
+    def body(n: SonoNet) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+        return [(blk[0], blk[1]) for stage in n.stages for blk in stage] + [tuple(n.adaptation[0][:2])]
+
+    with torch.no_grad():
+        for i, ((c, b), (oc, ob)) in enumerate(zip(body(net), body(official), strict=True)):
+            if i == 0:
+                c.weight.zero_()
+                c.weight[:, :1].copy_(oc.weight[:, :1])
+            else:
+                c.weight.copy_(oc.weight)
+            b.load_state_dict(ob.state_dict())
+    return net
+
+
 def _conv_bn_pairs(net: SonoNet) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     """(conv, batch norm) pairs in forward order: the order of the Lasagne parameters."""
     mods = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.BatchNorm2d)]

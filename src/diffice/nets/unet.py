@@ -50,10 +50,11 @@ class UNet(nn.Module):
     [-1, 1]-ish in channel 1 (see ``GaussianDiffusion.p_mean_variance``).
     """
 
-    def __init__(self, net: UNet2DModel, downsample_factor: int):
+    def __init__(self, net: UNet2DModel, downsample_factor: int, coord_channels: bool = False):
         super().__init__()
         self.net = net
         self.downsample_factor = downsample_factor
+        self.coord_channels = coord_channels
 
     @property
     def in_channels(self) -> int:
@@ -63,7 +64,10 @@ class UNet(nn.Module):
     def out_channels(self) -> int:
         return self.net.config.out_channels
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+                coords: torch.Tensor | None = None) -> torch.Tensor:
+        """``coords`` (B, 2, H, W): where each pixel of a training patch lies in the whole frame (a
+        UNet with ``coord_channels`` only; None = ``x`` is a whole frame, see :func:`frame_coords`)."""
         h, w = x.shape[-2:]
         f = self.downsample_factor
         if h % f or w % f:
@@ -74,7 +78,20 @@ class UNet(nn.Module):
         if not torch.is_tensor(t):
             t = torch.tensor([t], device=x.device)
         t = t.to(x.device).reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.to(x.device)
+        if self.coord_channels:
+            if coords is None:
+                coords = frame_coords(x.shape[0], h, w, x.device)
+            x = torch.cat([x, coords.to(x.dtype)], dim=1)
         return self.net(x, t, class_labels=class_labels).sample
+
+
+def frame_coords(batch: int, h: int, w: int, device=None) -> torch.Tensor:
+    """(batch, 2, h, w): x and y of every pixel of an h x w frame, each in [-1, 1] (Patch Diffusion's
+    coordinate channels; a training patch takes its crop of the whole frame's)."""
+    ys = torch.linspace(-1.0, 1.0, h, device=device)
+    xs = torch.linspace(-1.0, 1.0, w, device=device)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx, yy])[None].expand(batch, 2, h, w)
 
 
 def _norm_groups(widths: list[int]) -> int:
@@ -119,7 +136,7 @@ def build_unet(cfg: DictConfig, *, extra_in_channels: int = 0, class_embedding: 
     out_channels = IN_CHANNELS * (2 if cfg.diffusion.learn_sigma else 1)
     net = UNet2DModel(
         sample_size=tuple(int(s) for s in cfg.data.image_size),
-        in_channels=IN_CHANNELS + int(extra_in_channels),
+        in_channels=IN_CHANNELS + int(extra_in_channels) + (2 if u.coord_channels else 0),
         class_embed_type="identity" if class_embedding else None,
         out_channels=out_channels,
         # guided-diffusion's timestep embedding: [cos, sin] with frequencies exp(-ln(1e4) i / half)
@@ -138,7 +155,7 @@ def build_unet(cfg: DictConfig, *, extra_in_channels: int = 0, class_embedding: 
         resnet_time_scale_shift="scale_shift" if u.use_scale_shift_norm else "default",
         add_attention=True,
     )
-    return UNet(net, downsample_factor=factors[-1])
+    return UNet(net, downsample_factor=factors[-1], coord_channels=bool(u.coord_channels))
 
 
 def count_parameters(model: nn.Module) -> int:
