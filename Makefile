@@ -13,7 +13,7 @@ DIFFICE := $(BIN)/diffice
 export WANDB_SILENT := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock test test-all lint demo phantoms data-check train-ddpm train-segmenter \
+.PHONY: help install lock test test-dispatch test-all lint demo phantoms data-check train-ddpm train-segmenter \
         train-classifier train-oracle train-all counterfactuals evaluate sample experiment bench clean realism \
         demo-scratch demo-models demo-hc18 train-synthesis synthesize
 
@@ -41,6 +41,12 @@ lock: $(STAMP) ## after upgrading .venv and passing `make test`: pin its version
 
 test: $(STAMP) ## fast test suite (a few minutes on 2 CPU cores)
 	WANDB_MODE=disabled $(BIN)/python -m pytest
+
+# the same-bits claims (batch invariance, exact resume) once more under another CPU kernel dispatch: MKL, ATen
+# and oneDNN limited to AVX2, as a CPU without AVX-512 (or MKL on an AMD CPU) runs them; CI runs both
+DISPATCH := MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+test-dispatch: $(STAMP) ## the batch-invariance and resume tests under the AVX2 kernel dispatch
+	WANDB_MODE=disabled $(DISPATCH) $(BIN)/python -m pytest tests/test_batch_invariance.py tests/test_resume_exact.py
 
 test-all: $(STAMP) ## every test, the slow ones too
 	WANDB_MODE=disabled $(BIN)/python -m pytest -m ''

@@ -59,3 +59,12 @@ def test_run_records_flag_and_counts(tiny_overrides, tmp_path):
     assert m["hf_threshold"] == pytest.approx(thr)
     assert set(m["anatomy_dice"]) <= {"head", "bone", "th", "csp"}
     assert m["n_target_sector"] == sum(r["target_sector_l1_cf"] is not None for r in recs) > 0
+
+
+def test_hf_energy_of_a_frame_does_not_depend_on_its_batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 1, 48, 64, generator=g) * 2 - 1
+    whole = hf_energy(x)
+    for i in range(5):
+        assert torch.equal(whole[i : i + 1], hf_energy(x[i : i + 1]))
+    assert torch.equal(hf_energy(x[1:4]), whole[1:4])

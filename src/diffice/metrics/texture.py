@@ -23,10 +23,14 @@ _LAPLACE = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
 
 
 def hf_energy(x: torch.Tensor) -> torch.Tensor:
-    """Per-frame mean squared Laplacian of (B,1,H,W) images in [-1, 1], (B,) float32."""
+    """Per-frame mean squared Laplacian of (B,1,H,W) images in [-1, 1], (B,) float32.
+
+    Computed frame by frame: a convolution over a batch may take another kernel for another batch
+    size (MKL's AVX-512 kernels on Intel CPUs do), and a record's value must not depend on the frames
+    computed beside it."""
     k = _LAPLACE.to(x.device, torch.float32).view(1, 1, 3, 3)
-    lap = F.conv2d(F.pad(x.float(), (1, 1, 1, 1), mode="replicate"), k)
-    return (lap**2).flatten(1).mean(1)
+    out = [(F.conv2d(F.pad(f[None].float(), (1, 1, 1, 1), mode="replicate"), k) ** 2).mean() for f in x]
+    return torch.stack(out) if out else torch.zeros(0, device=x.device)
 
 
 def hf_threshold(frames: Iterable[torch.Tensor], quantile: float = QUANTILE) -> float:
