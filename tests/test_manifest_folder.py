@@ -157,13 +157,21 @@ def _bad_folders(root: Path) -> list[tuple[str, list[str], list[str]]]:
     (root / "lab" / "scores.csv").write_text("image,label,qs_x\nSP/000_SP0.png,SP,1\nNSP/001_NSP0.png,NSP,2\n")
     cases.append(("concept score", [str(lab), "--labels", str(root / "lab" / "scores.csv")],
                   [f"{root / 'lab' / 'scores.csv'}:3", "qs_x", "outside [0, 1]"]))
+    twin = _folder(root / "twin", classes=("SP", "NSP"), per_class=2, masks=0)
+    Image.fromarray(np.zeros((32, 40), np.uint8)).save(twin / "NSP" / "000_SP0.jpg")
+    cases.append(("same name", [str(twin)], [str(twin / "SP" / "000_SP0.png"), str(twin / "NSP" / "000_SP0.jpg")]))
+    bw = _folder(root / "bw", classes=("SP", "NSP"), per_class=2, masks=1)
+    Image.fromarray(np.where(np.arange(53 * 37).reshape(53, 37) % 3, 255, 0).astype(np.uint8)).save(
+        root / "bw" / "masks" / "000_SP0.png")
+    cases.append(("picture as mask", [str(bw), "--masks", str(root / "bw" / "masks")],
+                  [str(root / "bw" / "masks" / "000_SP0.png"), "only 0 and 255"]))
     cases.append(("patient pattern", [str(lab), "--patient-pattern", r"^p(\d+)-"], [str(lab / "NSP"), "--patient-pattern"]))
     return cases
 
 
 @pytest.mark.parametrize("case", ["no images", "one class", "unreadable file", "mask without image", "third class",
                                   "labels row without image", "concept score",
-                                  "patient pattern"])
+                                  "same name", "picture as mask", "patient pattern"])
 def test_bad_folders_one_line_exit_2_nothing_written(tmp_path, capsys, case):
     argv, names = {c: (a, n) for c, a, n in _bad_folders(tmp_path)}[case]
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))

@@ -295,7 +295,7 @@ def _check_mask(f: Frame) -> int:
     if raw.shape != (h, w):
         raise UserError(f"{f.mask}: mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but its image {f.image.name} is {w}x{h}")
     known = raw[raw != 255]
-    if (raw == 255).any() and (known.size == 0 or known.max() == 0) and known.size < raw.size:
+    if (raw == 255).any() and (known.size == 0 or known.max() == 0):
         raise UserError(f"{f.mask}: holds only 0 and 255, a black-and-white picture? A mask holds class indices "
                         "(0 background, 1 head, ...) and 255 means unknown: write the structure as 1")
     top = int(known.max()) if known.size else -1
@@ -335,7 +335,7 @@ def build_manifest(folder: str | Path, out: str | Path | None = None, labels: st
         raise UserError(f"{labels}: every labelled frame is {present[0]}; the guide needs SP and NSP frames")
     if "" in {f.label for f in frames} and present:
         notes.append(f"{sum(f.label == '' for f in frames)} frame(s) unlabelled: the DDPM trains on them, the guide "
-                     "and oracle skip them")
+                     "skips them")
     _unique_names(frames)
     _patients(frames, patient_pattern, given)
     with_masks = _masks(frames, masks, folder) if masks is not None else []
