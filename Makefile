@@ -13,7 +13,7 @@ DIFFICE := $(BIN)/diffice
 export WANDB_SILENT := true
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock test test-dispatch test-all lint demo phantoms data-check train-ddpm train-segmenter \
+.PHONY: help install lock test test-dispatch test-all lint demo phantoms manifest data-check train-ddpm train-segmenter \
         train-classifier train-oracle train-all counterfactuals evaluate sample experiment bench clean realism \
         demo-scratch demo-models demo-hc18 train-synthesis synthesize
 
@@ -73,6 +73,10 @@ phantoms: $(STAMP) ## write a phantom data set to data/phantom
 realism: $(STAMP) ## how real the phantom looks: 300 phantom frames vs 300 HC18 frames (HC18=PATH)
 	$(DIFFICE) phantoms --out runs/realism/phantom300 --count 300 --seed 0 data.image_size=[224,288] $(ARGS)
 	$(DIFFICE) realism runs/realism/phantom300/manifest.csv $(HC18) --count 300 --out runs/realism
+
+manifest: $(STAMP) ## a manifest from your own folder of frames: DIR=PATH (SP/ and NSP/ inside), ARGS='--masks M ...' (docs/your_data.md)
+	@test -n "$(DIR)" || { echo "make manifest: set DIR=PATH, a folder of frames with SP/ and NSP/ inside (docs/your_data.md)" >&2; exit 2; }
+	$(DIFFICE) manifest $(DIR) $(ARGS)
 
 data-check: $(STAMP) ## check the configured data set
 	$(DIFFICE) data-check $(CFG) $(ARGS)

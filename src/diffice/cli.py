@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("diffice.config:cmd_config", "print the resolved config"),
     "phantoms": ("diffice.commands.data:cmd_phantoms", "write a synthetic phantom data set with ground truth"),
     "hc18-faults": ("diffice.commands.data:cmd_hc18_faults", "real HC18 heads with acquisition faults of known severity (SP/NSP pairs)"),
+    "manifest": ("diffice.commands.data:cmd_manifest", "write a manifest CSV from your own folder of frames (SP/ and NSP/ or a labels CSV)"),
     "data-check": ("diffice.commands.data:cmd_data_check", "count, size and sanity-check a data set"),
     "realism": ("diffice.commands.data:cmd_realism", "compare two sets of frames: FID, histograms, speckle statistics"),
     "train-ddpm": ("diffice.commands.ddpm:cmd_train_ddpm", "train the unconditional DDPM"),

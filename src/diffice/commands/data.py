@@ -1,4 +1,5 @@
-"""``diffice phantoms`` (write a phantom data set), ``diffice data-check`` and ``diffice realism``."""
+"""``diffice phantoms`` (write a phantom data set), ``diffice manifest`` (a manifest from a folder of frames),
+``diffice data-check`` and ``diffice realism``."""
 
 from __future__ import annotations
 
@@ -147,4 +148,38 @@ def cmd_realism(argv: Sequence[str]) -> int:
         raise UserError(f"{out}: cannot write the results ({err.strerror or err})") from err
     print("\n".join(realism.format_report(res)))
     print(f"wrote {out / 'realism.json'}, {out / 'grid_a.png'}, {out / 'grid_b.png'}")
+    return 0
+
+
+def cmd_manifest(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="diffice manifest",
+        description="Write a manifest CSV (docs/data.md) from a folder of frames: labels from the class folders "
+        "DIR/SP/ and DIR/NSP/ (any case) or from --labels, or none (the images directly in DIR: DDPM only); masks "
+        "by name; patients from a file-name pattern; the split drawn by patient. Every image and mask is read "
+        "first; any problem is one line naming the file and nothing is written. See docs/your_data.md.",
+    )
+    p.add_argument("folder", metavar="DIR", help="folder of frames (PNG, JPEG, BMP, TIFF; 8 or 16 bit, grey or colour)")
+    p.add_argument("--out", default=None, help="manifest to write (default DIR/manifest.csv); image paths are written relative to it")
+    p.add_argument("--labels", default=None, metavar="CSV",
+                   help="labels CSV with columns image (path relative to DIR), label (SP, NSP, 1, 0; empty = unlabelled), "
+                   "optional patient and qs_<concept> scores; it lists the frames (image files it does not list are left out)")
+    p.add_argument("--masks", default=None, metavar="MASKDIR",
+                   help="folder of masks named as their images (MASKDIR/<image stem>.png, PNG of class indices, 255 = unknown)")
+    p.add_argument("--patient-pattern", default=None, metavar="REGEX",
+                   help="regular expression with one group, searched in each file name, whose match is the patient "
+                   r"(e.g. '^(\d+)_' for 017_2.png); default: each image is its own patient")
+    p.add_argument("--split-fractions", type=float, nargs=3, default=[0.7, 0.1, 0.2], metavar=("TRAIN", "VAL", "TEST"),
+                   help="shares of the patients in train, val and test (default 0.7 0.1 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient split (default 0)")
+    ns = p.parse_args(argv)
+    import sys
+
+    from diffice.data.folder import build_manifest
+
+    m = build_manifest(ns.folder, ns.out, ns.labels, ns.masks, ns.patient_pattern, ns.split_fractions, ns.seed,
+                       progress=sys.stdout.isatty())
+    path = m.write()
+    print("\n".join(m.summary()))
+    print(f"wrote {path}; next: make train-ddpm ARGS='data.source=manifest data.manifest={path.resolve()}' (docs/your_data.md)")
     return 0
