@@ -200,6 +200,21 @@ def _frames_html(records: list[dict], count: int) -> str:
 # ----------------------------------------------------------------------------- page
 
 
+def run_label(run_dir: str | Path, generic: tuple[str, ...] = ()) -> str:
+    """A run's name for a page title: its folder's name, or its parent's where the folder has a
+    generic name (``runs/demo/counterfactuals`` -> ``demo``; ``runs/counterfactuals`` -> "")."""
+    skip = {"", ".", "..", "runs", *(g.lower() for g in generic)}
+    run_dir = Path(run_dir)
+    return next((p.name for p in (run_dir, run_dir.parent) if p.name.lower() not in skip), "")
+
+
+def report_title(run_dir: str | Path, method: str) -> str:
+    """``diffice — Diff-ICE counterfactuals: demo``: the page title of a counterfactual run's report."""
+    name = method_name(method)
+    label = run_label(run_dir, ("counterfactuals", str(method), name))
+    return f"diffice — {name} counterfactuals" + (f": {label}" if label else "")
+
+
 def report_html(metrics: dict, records: list[dict], concepts: list[str], title: str,
                 config_summary: dict[str, str], frames: int = 6) -> str:
     """The whole page as one string."""

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from diffice.io import atomic_write_text
-from diffice.report.html import CSS, data_uri, pick_frames
+from diffice.report.html import CSS, data_uri, pick_frames, run_label
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -91,6 +91,12 @@ def summary_html(metrics: dict, classes: list[str]) -> str:
     return "".join(parts)
 
 
+def synthesis_title(out: Path) -> str:
+    """``diffice — FetalFlex synthesis: demo``: the page title of a synthesis run's report."""
+    label = run_label(out, ("synthesis", "synthesis-samples"))
+    return "diffice — FetalFlex synthesis" + (f": {label}" if label else "")
+
+
 def write_report(out: Path, metrics: dict, layouts: list[dict], edits: list[dict], classes: list[str], count: int = 8) -> Path:
     settings = (f"checkpoint {html.escape(str(metrics.get('ckpt')))} ({metrics.get('trained_steps')} steps); "
                 f"pre-alignment {'on' if metrics.get('prealign') else 'off'}; two-stage adaptive sampling "
@@ -130,8 +136,9 @@ def write_report(out: Path, metrics: dict, layouts: list[dict], edits: list[dict
                    if rec.get("anomaly") and "measured_value" in rec else "")
                 + (f"; sham of {html.escape(str(rec['sham_of']))} (layout unchanged)" if rec.get("sham_of") else ""))
         eblocks.append(f'<div class="frame"><div class="scores">{head}</div><div class="strip">{figs}</div></div>')
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>diffice synthesis</title><style>{CSS}</style></head><body>
-<h1>Anatomy-controlled synthesis</h1><p class="muted">{settings}</p>
+    title = html.escape(synthesis_title(out))
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head><body>
+<h1>{title}</h1><p class="muted">Anatomy-controlled synthesis: {settings}</p>
 <h2>Numbers</h2>{summary_html(metrics, classes)}
 <p class="muted">Layout Dice: the judge segments each sample; Dice between the requested and the recovered layout, per structure,
 over the samples whose layout has it. "real frames" is the same judge on the frames the layouts come from: no sample can be
