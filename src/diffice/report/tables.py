@@ -137,10 +137,11 @@ def locality_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]] | No
 
 def real_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]] | None:
     """The real-frame judges (official SonoNet-16, head biometry; :mod:`diffice.report.real_judges`),
-    when any run has them: one row per judge, one column per run."""
-    from diffice.report.real_judges import REAL_COLUMNS
+    when any run has them: one row per judge, one column per run. None for runs without a judge of
+    real frames (a phantom run's head Dice against its target alone makes no such table)."""
+    from diffice.report.real_judges import REAL_COLUMNS, has_real_judges
 
-    if not any(k in (m.get("intervals") or {}) for m in metrics for k in REAL_COLUMNS):
+    if not any(has_real_judges(m.get("intervals") or {}) for m in metrics):
         return None
     header = ["Judge"] + [method_name(m["method"]) for m in metrics]
     rows = []
