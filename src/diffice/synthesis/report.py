@@ -41,10 +41,12 @@ PLANE_NAMES = {0: "trans-thalamic", 1: "trans-ventricular", 2: "trans-cerebellar
 
 def _with_interval(metrics: dict, key: str, value) -> str:
     """A value with its 95 % interval from ``metrics["intervals"]`` (KID with its subset std)."""
+    from diffice.metrics.kid import kid_marks
     from diffice.metrics.stats import fmt_interval, fmt_rate
 
     if key.startswith("kid") and value is not None and metrics.get(f"{key}_std") is not None:
-        return f"{value:.4f} ± {metrics[key + '_std']:.4f}"
+        marks = kid_marks(key, value, metrics[key + "_std"], metrics.get("fsd_features"))
+        return f"{value:.4f} ± {metrics[key + '_std']:.4f}" + (f" {marks}" if marks else "")
     if key in ("fid", "fsd") and value is None and metrics.get(f"{key}_n"):
         return "n/a (N {}/{}: too few frames for a Fréchet distance)".format(*metrics[f"{key}_n"])
     iv = (metrics.get("intervals") or {}).get(key)
@@ -82,6 +84,10 @@ def summary_html(metrics: dict, classes: list[str]) -> str:
         if key in metrics and (metrics[key] is not None or metrics.get(f"{key}_n")):
             rows.append([label, _with_interval(metrics, key, metrics[key])])
     parts.append(_table(["measure", "value"], rows))
+    from diffice.metrics.kid import kid_footnotes
+
+    parts += [f"<p class='muted'>{html.escape(n)}</p>" for n in kid_footnotes([c for r in rows for c in r],
+                                                                              metrics.get("fsd_features"))]
     if metrics.get("anomalies"):
         arows = [[html.escape(name), ", ".join(f"{v:g}" for v in a["severities"]), str(a["checked"]),
                   str(a["within_tolerance"]), str(a.get("source_within_tolerance", "")), str(a.get("within_change", ""))]
