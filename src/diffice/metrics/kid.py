@@ -15,6 +15,12 @@ the set would draw the same frames every time and report a spread of 0; half the
 spread that says how much the estimate moves with the frames drawn (conservative: it is the
 spread at N/2, not at N).
 
+A KID is marked where it cannot be read as a distance (:func:`kid_marks`, footnoted by
+:func:`kid_footnotes` in every table that shows one): ``†`` when the spread over subsets exceeds
+the value (noise, or a few outlying frames, dominate it), ``‡`` when it is taken on FSD features
+that are not SonoNet's (the oracle's or the guide's own backbone: unnormalised features on which
+a few outlying frames dominate the cubic kernel; docs/metrics.md, Statistics).
+
 ``FRECHET_MIN_N``: a Fréchet distance between Gaussian fits is biased upwards by an amount that
 falls like 1/N and depends on the feature dimension (2,048 for Inception); from a handful of
 frames it is not an estimate of anything (16 frames gave FSDs of 49 to 19,856 between rows of
@@ -62,3 +68,38 @@ def frechet_shown(n_a: int, n_b: int, min_n: int = FRECHET_MIN_N) -> bool:
 
 def frechet_note(name: str, n_a: int, n_b: int, min_n: int = FRECHET_MIN_N) -> str:
     return f"{name}: n/a (N too small: {n_a} vs {n_b} frames, shown from {min_n} a side); KID beside it"
+
+
+KID_NOISE = "†"
+KID_FEATURES = "‡"
+KID_FOOTNOTES = {
+    KID_NOISE: ("† KID whose spread over subsets exceeds its value: at this N it cannot be told from 0 and a few "
+                "outlying frames dominate it; read it as noise, not as a distance"),
+    KID_FEATURES: ("‡ KID on FSD features that are not SonoNet's ({features}): unnormalised features on which a few "
+                   "outlying frames dominate the cubic kernel, on a scale no other feature space shares; KID on "
+                   "Inception and on SonoNet features is not affected"),
+}
+
+
+def sononet_features(features: str | None) -> bool | None:
+    """Whether a run's FSD feature source (``FeatureNets.sononet_source``) is the official SonoNet
+    (None when not recorded)."""
+    return None if not features else str(features).lower().startswith("official sononet")
+
+
+def kid_marks(key: str, value, std, features: str | None = None) -> str:
+    """The footnote marks of a KID cell (``""`` for a KID that reads as a distance): ``†`` when its
+    std over subsets exceeds |value|, ``‡`` for a ``kid_fsd*`` key on features (the run's FSD
+    feature source) that are not SonoNet's."""
+    marks = ""
+    if value is not None and std is not None and float(std) > abs(float(value)):
+        marks += KID_NOISE
+    if key.startswith("kid_fsd") and sononet_features(features) is False:
+        marks += KID_FEATURES
+    return marks
+
+
+def kid_footnotes(cells, features: str | None = None) -> list[str]:
+    """The footnotes of the marks (:func:`kid_marks`) found in a table's cells, in mark order."""
+    text = " ".join(str(c) for c in cells)
+    return [note.format(features=features or "not recorded") for mark, note in KID_FOOTNOTES.items() if mark in text]

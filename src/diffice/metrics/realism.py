@@ -365,6 +365,8 @@ def _cell(fmt: str, v) -> str:
 
 def format_report(res: dict) -> list[str]:
     """The printed summary: the two distances, then one row per statistic with columns A and B."""
+    from diffice.metrics.kid import kid_footnotes, kid_marks
+
     a, b = res["a"], res["b"]
     win = WINDOW * WINDOW
     rows = [
@@ -386,7 +388,8 @@ def format_report(res: dict) -> list[str]:
     dr = a.get("speckle_dynamic_range_db", DYNAMIC_RANGE_DB)
     lines = [f"A: {a['set']}", f"B: {b['set']}",
              f"FID (Inception pool3, 299x299)    {_cell('{:.1f}', res['fid'])}",
-             f"KID (Inception pool3, 299x299)    {_cell('{:.4f}', res.get('kid'))} ± {_cell('{:.4f}', res.get('kid_std'))}",
+             f"KID (Inception pool3, 299x299)    {_cell('{:.4f}', res.get('kid'))} ± {_cell('{:.4f}', res.get('kid_std'))}"
+             + (f" {marks}" if (marks := kid_marks("kid", res.get("kid"), res.get("kid_std"))) else ""),
              f"grey-level histogram EMD          {_cell('{:.2f}', res['histogram_emd'])} grey levels",
              f"{'':{width}}  {'A':>10}  {'B':>10}"]
     for label, key, fmt in rows:
@@ -394,4 +397,4 @@ def format_report(res: dict) -> list[str]:
     lines.append(f"amplitude: display grey levels decompressed assuming {_cell('{:g}', dr)} dB log compression")
     if res.get("note"):
         lines.append(f"note: {res['note']}")
-    return lines
+    return lines + kid_footnotes([marks])

@@ -61,6 +61,7 @@ class EvalNets:
     concepts: tuple[str, ...] = ()       # names of the oracle's concept columns
     device: str = "cpu"
     note: str = ""                       # e.g. where the SonoNet features come from (goes to the notes)
+    fsd_features: str = ""               # that source alone (metrics.json ``fsd_features``; "" unknown)
 
 
 def load_eval_nets(cfg, *, need_oracle: bool = True, device: str | None = None) -> EvalNets:
@@ -84,7 +85,7 @@ def load_eval_nets(cfg, *, need_oracle: bool = True, device: str | None = None) 
         note += " (not the official SonoNet: not comparable with other projects' FSD / SonoSim)"
     note += f"; perceptual loss network: {cfg.features.perceptual}"
     return EvalNets(fid=feats.fid, sononet=feats.sononet, oracle=oracle,
-                    concepts=tuple(cfg.data.concepts), device=device, note=note)
+                    concepts=tuple(cfg.data.concepts), device=device, note=note, fsd_features=source)
 
 
 def _f(x) -> float | None:
@@ -277,6 +278,7 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
 
     out: dict = {"method": records[0]["method"], "n_frames": len(records), "iterations": n_iter}
     out.update(final_img.compute(notes, "") if final_img is not None else NO_IMAGE_METRICS)
+    out["fsd_features"] = (nets.fsd_features or None) if nets is not None else None  # marks a KID off SonoNet's
     o, v = orc.compute(), val.compute()
     out.update(mqd=_f(o["mqd"]), bkl=_f(v["bkl"]), mad=_f(v["mad"]), fr=_f(v["fr"]), mqd_selected=_f(o["mqd_selected"]))
     out["qd"] = {c: _f(q) for c, q in zip(names, o["qd_concepts"])}

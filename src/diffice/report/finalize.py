@@ -13,7 +13,7 @@ from pathlib import Path
 from diffice.errors import UserError
 from diffice.io import atomic_write_text
 from diffice.report.compute import EvalNets, compute_metrics, load_eval_nets, run_batch_size, run_concepts
-from diffice.report.html import report_html
+from diffice.report.html import report_html, report_title
 from diffice.report.records import concept_names, load_records, write_results_csv
 from diffice.report.tables import markdown_report
 
@@ -63,7 +63,7 @@ def finalize_run(run_dir: str | Path, cfg=None, *, nets: EvalNets | str | None =
     metrics_path = atomic_write_text(run_dir / "metrics.json", metrics_json_text(metrics))
     table = markdown_report([metrics])
     atomic_write_text(run_dir / "metrics.md", table)
-    title = f"diffice counterfactuals: {run_dir.name}"
+    title = report_title(run_dir, metrics["method"])
     concepts = concept_names(records, run_concepts(cfg))
     page = report_html(metrics, records, concepts, title, _config_summary(cfg), frames=frames)
     report = atomic_write_text(run_dir / "report.html", page)

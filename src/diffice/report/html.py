@@ -16,6 +16,7 @@ import numpy as np
 from diffice.report.records import difference_map, num, png_bytes, read_png
 from diffice.report.tables import (
     extra_rows,
+    kid_notes,
     locality_rows,
     method_name,
     qd_rows,
@@ -41,10 +42,12 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _table_html(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+def _table_html(header: list[str], rows: list[list[str]], cls: str = "", runs: list[dict] | None = None) -> str:
+    """A table; with ``runs``, the footnotes of its marked KID cells below it (:func:`kid_notes`)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    notes = "".join(f"<p class='muted'>{html.escape(n)}</p>" for n in kid_notes(rows, runs)) if runs else ""
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>' + notes
 
 
 # ----------------------------------------------------------------------------- Fig. 4
@@ -200,6 +203,21 @@ def _frames_html(records: list[dict], count: int) -> str:
 # ----------------------------------------------------------------------------- page
 
 
+def run_label(run_dir: str | Path, generic: tuple[str, ...] = ()) -> str:
+    """A run's name for a page title: its folder's name, or its parent's where the folder has a
+    generic name (``runs/demo/counterfactuals`` -> ``demo``; ``runs/counterfactuals`` -> "")."""
+    skip = {"", ".", "..", "runs", *(g.lower() for g in generic)}
+    run_dir = Path(run_dir)
+    return next((p.name for p in (run_dir, run_dir.parent) if p.name.lower() not in skip), "")
+
+
+def report_title(run_dir: str | Path, method: str) -> str:
+    """``diffice — Diff-ICE counterfactuals: demo``: the page title of a counterfactual run's report."""
+    name = method_name(method)
+    label = run_label(run_dir, ("counterfactuals", str(method), name))
+    return f"diffice — {name} counterfactuals" + (f": {label}" if label else "")
+
+
 def report_html(metrics: dict, records: list[dict], concepts: list[str], title: str,
                 config_summary: dict[str, str], frames: int = 6) -> str:
     """The whole page as one string."""
@@ -211,7 +229,7 @@ def report_html(metrics: dict, records: list[dict], concepts: list[str], title: 
         f"{metrics['iterations']} iteration(s). "
         + ", ".join(f"{html.escape(k)} = {html.escape(v)}" for k, v in config_summary.items()) + "</p>",
         "<h2>Table 1: realism, validity, efficiency</h2>",
-        _table_html(*table1_rows([metrics])),
+        _table_html(*table1_rows([metrics]), runs=[metrics]),
         "<p class='muted'>FID/FSD: all inputs vs the valid (flipped) counterfactuals; SonoSim: all pairs; "
         "FR, MAD, BKL: inputs the guide calls NSP; MQD: inputs with oracle QS_O(x) &lt; 0.5. "
         "Total time is device-hours summed over processes. Adversarial: counterfactuals whose high-frequency "
@@ -235,9 +253,9 @@ def report_html(metrics: dict, records: list[dict], concepts: list[str], title: 
                   "<p class='muted'>The authors' SonoNet-16 (brain plane = Brain (Cb.) or Brain (Tv.) is its argmax) "
                   "on input, counterfactual and clean target; head circumference of an ellipse fitted to the "
                   "segmented head, in mm (the same segmenter for all three), against the target's and the "
-                  "annotators' HC.</p>", _table_html(*real)]
+                  "annotators' HC.</p>", _table_html(*real, runs=[metrics])]
     if metrics.get("per_iteration"):
-        parts += ["<h2>Table 2: after each iteration</h2>", _table_html(*table2_rows(metrics)),
+        parts += ["<h2>Table 2: after each iteration</h2>", _table_html(*table2_rows(metrics), runs=[metrics]),
                   "<p class='muted'>A frame that stopped early (adaptive) keeps its last output in later rows.</p>"]
     parts += ["<h2>Fig. 4: quality difference against the input's quality</h2>",
               "<p class='muted'>Inputs with QS_O(x) &lt; 0.5; QD = score(x_c) − score(x), per oracle concept.</p>",

@@ -13,7 +13,8 @@ better head scan of the same head:
 
 Every value comes with its N and a 95 % interval (rates Clopper–Pearson, medians and means a
 seeded percentile bootstrap over frames); the keys are absent when the records carry no such
-fields (phantom runs without SonoNet weights and pixel sizes).
+fields. A phantom run has a clean target too, so it carries the head Dice against it, but neither
+judge of real frames: the report shows their section only where a run has one (``REAL_ONLY``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,15 @@ REAL_COLUMNS = {
     "head_dice_target_cf": ("head Dice, counterfactual vs target (segmenter)", "dice"),
     "head_dice_target_input": ("head Dice, input vs target (segmenter)", "dice"),
 }
+
+
+# the keys only a judge of real frames gives: SonoNet's calls, HC in mm (needs the frames' pixel size)
+REAL_ONLY = tuple(k for k in REAL_COLUMNS if k.startswith(("brain_", "hc_error_")))
+
+
+def has_real_judges(intervals: dict) -> bool:
+    """Whether a run's intervals hold a judge of real frames (not only the head Dice against a target)."""
+    return any(k in (intervals or {}) for k in REAL_ONLY)
 
 
 def _rel_errors(records: list[dict], key: str, ref: str) -> list[float]:

@@ -3,12 +3,15 @@
 Every rate and mean is shown with its 95 % interval from ``metrics.json``'s ``intervals``
 (``0.875 [0.617, 0.984]``); a Fréchet distance below the documented N reads ``n/a (N a/b)``
 with KID (mean ± subset std) beside it (:mod:`diffice.metrics.kid`, :mod:`diffice.metrics.stats`).
+A KID that cannot be read as a distance carries a mark (``†`` noise-dominated, ``‡`` on FSD
+features that are not SonoNet's) and the table a footnote saying why (:func:`kid_notes`).
 """
 
 from __future__ import annotations
 
 import math
 
+from diffice.metrics.kid import kid_footnotes, kid_marks
 from diffice.metrics.stats import fmt_interval, fmt_rate
 
 METHOD_NAMES = {"diff-ice": "Diff-ICE", "diff-ice1": "Diff-ICE1", "diff-ice1-xt": "Diff-ICE1-xt", "dime": "DiME"}
@@ -30,15 +33,28 @@ def method_name(method: str) -> str:
     return METHOD_NAMES.get(str(method), str(method))
 
 
-def cell(m: dict, key: str, digits: int = 3) -> str:
-    """A metric with its interval (``intervals[key]``), KID with its subset std, a Fréchet distance or
-    ``n/a (N a/b)`` when it was not shown for too few frames."""
+FEATURES_NOTE = "FSD and SonoSim use features from: "
+
+
+def fsd_features(m: dict) -> str | None:
+    """A run's FSD feature source: ``fsd_features``, or (metrics.json of before) its note."""
+    if m.get("fsd_features"):
+        return str(m["fsd_features"])
+    note = next((n for n in m.get("notes") or [] if str(n).startswith(FEATURES_NOTE)), None)
+    return note[len(FEATURES_NOTE):].split("; ")[0] if note else None
+
+
+def cell(m: dict, key: str, digits: int = 3, features: str | None = None) -> str:
+    """A metric with its interval (``intervals[key]``), KID with its subset std (and its marks:
+    :func:`~diffice.metrics.kid.kid_marks`; ``features``: the run's FSD features where ``m`` is one of
+    its iterations), a Fréchet distance or ``n/a (N a/b)`` when it was not shown for too few frames."""
     value = m.get(key)
     if key in ("fid", "fsd") and value is None and m.get(f"{key}_n"):
         a, b = m[f"{key}_n"]
         return f"n/a (N {a}/{b})"
     if key.startswith("kid") and value is not None and m.get(f"{key}_std") is not None:
-        return f"{fmt(value, digits)} ± {fmt(m[f'{key}_std'], digits)}"
+        marks = kid_marks(key, value, m[f"{key}_std"], features or fsd_features(m))
+        return f"{fmt(value, digits)} ± {fmt(m[f'{key}_std'], digits)}" + (f" {marks}" if marks else "")
     iv = (m.get("intervals") or {}).get(key)
     if iv and iv.get("value") is not None:
         return fmt_interval(iv, digits)
@@ -89,7 +105,8 @@ def extra_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def table2_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     header = ["Iteration"] + [t for _, t, _ in QUALITY] + ["Frames running", "Batch time (s)", "Iteration time (h)"]
-    rows = [[str(it["iteration"])] + [cell(it, k, d) for k, _, d in QUALITY]
+    features = fsd_features(metrics)
+    rows = [[str(it["iteration"])] + [cell(it, k, d, features) for k, _, d in QUALITY]
             + [str(it.get("frames_running", "–")), _batch_time(it), fmt(it.get("iteration_hours"), 2)]
             for it in metrics.get("per_iteration") or []]
     return header, rows
@@ -137,10 +154,11 @@ def locality_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]] | No
 
 def real_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]] | None:
     """The real-frame judges (official SonoNet-16, head biometry; :mod:`diffice.report.real_judges`),
-    when any run has them: one row per judge, one column per run."""
-    from diffice.report.real_judges import REAL_COLUMNS
+    when any run has them: one row per judge, one column per run. None for runs without a judge of
+    real frames (a phantom run's head Dice against its target alone makes no such table)."""
+    from diffice.report.real_judges import REAL_COLUMNS, has_real_judges
 
-    if not any(k in (m.get("intervals") or {}) for m in metrics for k in REAL_COLUMNS):
+    if not any(has_real_judges(m.get("intervals") or {}) for m in metrics):
         return None
     header = ["Judge"] + [method_name(m["method"]) for m in metrics]
     rows = []
@@ -167,6 +185,12 @@ def real_rows(metrics: list[dict]) -> tuple[list[str], list[list[str]]] | None:
     return header, rows
 
 
+def kid_notes(rows: list[list[str]], metrics: list[dict]) -> list[str]:
+    """The footnotes of the KID marks in a table's rows (none when no KID there is marked)."""
+    features = next((f for m in metrics if (f := fsd_features(m))), None)
+    return kid_footnotes([c for r in rows for c in r], features)
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = [_row(header), _row(["---"] * len(header))] + [_row(r) for r in rows]
     return "\n".join(lines)
@@ -174,8 +198,12 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def markdown_report(metrics: list[dict]) -> str:
     """Table 1 (+ counts, per-concept QD, and Table 2 for each multi-iteration run) as markdown."""
+    def table(header: list[str], rows: list[list[str]], runs: list[dict] = metrics) -> list[str]:
+        notes = kid_notes(rows, runs)
+        return [markdown(header, rows)] + (["", *("- " + n for n in notes)] if notes else [])
+
     parts = ["**Table 1** (paper layout; 95 % intervals in brackets: rates Clopper–Pearson, means bootstrap over "
-             "frames; KID ± its subset std; FID / FSD only from 256 frames a side)", "", markdown(*table1_rows(metrics)), "",
+             "frames; KID ± its subset std; FID / FSD only from 256 frames a side)", "", *table(*table1_rows(metrics)), "",
              "**Counts, cost and ground truth**", "", markdown(*extra_rows(metrics)), "",
              "**Per-concept quality difference** (inputs with QS_O(x) < 0.5)", "", markdown(*qd_rows(metrics))]
     loc = locality_rows(metrics)
@@ -185,8 +213,8 @@ def markdown_report(metrics: list[dict]) -> str:
     real = real_rows(metrics)
     if real is not None:
         parts += ["", "**Judges of real frames** (the authors' SonoNet-16; HC of an ellipse fitted to the segmented head)",
-                  "", markdown(*real)]
+                  "", *table(*real)]
     for m in metrics:
         if m.get("per_iteration"):
-            parts += ["", f"**Table 2**: {method_name(m['method'])} after each iteration", "", markdown(*table2_rows(m))]
+            parts += ["", f"**Table 2**: {method_name(m['method'])} after each iteration", "", *table(*table2_rows(m), [m])]
     return "\n".join(parts) + "\n"

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from diffice.io import atomic_write_text
-from diffice.report.html import CSS, data_uri, pick_frames
+from diffice.report.html import CSS, data_uri, pick_frames, run_label
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -41,10 +41,12 @@ PLANE_NAMES = {0: "trans-thalamic", 1: "trans-ventricular", 2: "trans-cerebellar
 
 def _with_interval(metrics: dict, key: str, value) -> str:
     """A value with its 95 % interval from ``metrics["intervals"]`` (KID with its subset std)."""
+    from diffice.metrics.kid import kid_marks
     from diffice.metrics.stats import fmt_interval, fmt_rate
 
     if key.startswith("kid") and value is not None and metrics.get(f"{key}_std") is not None:
-        return f"{value:.4f} ± {metrics[key + '_std']:.4f}"
+        marks = kid_marks(key, value, metrics[key + "_std"], metrics.get("fsd_features"))
+        return f"{value:.4f} ± {metrics[key + '_std']:.4f}" + (f" {marks}" if marks else "")
     if key in ("fid", "fsd") and value is None and metrics.get(f"{key}_n"):
         return "n/a (N {}/{}: too few frames for a Fréchet distance)".format(*metrics[f"{key}_n"])
     iv = (metrics.get("intervals") or {}).get(key)
@@ -82,6 +84,10 @@ def summary_html(metrics: dict, classes: list[str]) -> str:
         if key in metrics and (metrics[key] is not None or metrics.get(f"{key}_n")):
             rows.append([label, _with_interval(metrics, key, metrics[key])])
     parts.append(_table(["measure", "value"], rows))
+    from diffice.metrics.kid import kid_footnotes
+
+    parts += [f"<p class='muted'>{html.escape(n)}</p>" for n in kid_footnotes([c for r in rows for c in r],
+                                                                              metrics.get("fsd_features"))]
     if metrics.get("anomalies"):
         arows = [[html.escape(name), ", ".join(f"{v:g}" for v in a["severities"]), str(a["checked"]),
                   str(a["within_tolerance"]), str(a.get("source_within_tolerance", "")), str(a.get("within_change", ""))]
@@ -89,6 +95,12 @@ def summary_html(metrics: dict, classes: list[str]) -> str:
         parts.append(_table(["anomaly", "severity", "edits", "measured as requested", "unedited source as requested (control)",
                              "change as requested"], arows))
     return "".join(parts)
+
+
+def synthesis_title(out: Path) -> str:
+    """``diffice — FetalFlex synthesis: demo``: the page title of a synthesis run's report."""
+    label = run_label(out, ("synthesis", "synthesis-samples"))
+    return "diffice — FetalFlex synthesis" + (f": {label}" if label else "")
 
 
 def write_report(out: Path, metrics: dict, layouts: list[dict], edits: list[dict], classes: list[str], count: int = 8) -> Path:
@@ -130,8 +142,9 @@ def write_report(out: Path, metrics: dict, layouts: list[dict], edits: list[dict
                    if rec.get("anomaly") and "measured_value" in rec else "")
                 + (f"; sham of {html.escape(str(rec['sham_of']))} (layout unchanged)" if rec.get("sham_of") else ""))
         eblocks.append(f'<div class="frame"><div class="scores">{head}</div><div class="strip">{figs}</div></div>')
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>diffice synthesis</title><style>{CSS}</style></head><body>
-<h1>Anatomy-controlled synthesis</h1><p class="muted">{settings}</p>
+    title = html.escape(synthesis_title(out))
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title><style>{CSS}</style></head><body>
+<h1>{title}</h1><p class="muted">Anatomy-controlled synthesis: {settings}</p>
 <h2>Numbers</h2>{summary_html(metrics, classes)}
 <p class="muted">Layout Dice: the judge segments each sample; Dice between the requested and the recovered layout, per structure,
 over the samples whose layout has it. "real frames" is the same judge on the frames the layouts come from: no sample can be

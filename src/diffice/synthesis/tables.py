@@ -67,6 +67,7 @@ def synthesis_table(rows: list[tuple[str, dict]]) -> str:
     if rows and all(m.get("anomalies") and not m.get("samples") for _, m in rows):
         return anomaly_table(rows)
 
+    from diffice.metrics.kid import kid_footnotes, kid_marks
     from diffice.metrics.stats import fmt_interval, fmt_rate
     from diffice.report.tables import fmt
 
@@ -78,7 +79,8 @@ def synthesis_table(rows: list[tuple[str, dict]]) -> str:
         if key in ("fid", "fsd") and v is None and m.get(f"{key}_n"):
             return "n/a (N {}/{})".format(*m[f"{key}_n"])
         if key.startswith("kid") and v is not None and m.get(f"{key}_std") is not None:
-            return f"{fmt(v, 4)} ± {fmt(m[key + '_std'], 4)}"
+            marks = kid_marks(key, v, m[key + "_std"], m.get("fsd_features"))
+            return f"{fmt(v, 4)} ± {fmt(m[key + '_std'], 4)}" + (f" {marks}" if marks else "")
         if iv and iv.get("k") is not None:
             return fmt_rate(iv)
         if iv and iv.get("value") is not None:
@@ -108,11 +110,12 @@ def synthesis_table(rows: list[tuple[str, dict]]) -> str:
         extra.append("| judge on the real frames (ceiling) | " + " | ".join(cell(last, "dice_real", k) for k in ("head", "bone", "th", "csp"))
                      + " | " + " | ".join("" for _ in ABLATION_COLUMNS[4:]) + " |")
     floor = [f"FID real vs real {last['fid_floor']:.1f}" if last.get("fid_floor") is not None else "",
-             f"KID real vs real {fmt(last['kid_floor'], 4)} ± {fmt(last.get('kid_floor_std'), 4)}"
-             if last.get("kid_floor") is not None else "",
+             f"KID real vs real {cell(last, None, 'kid_floor')}" if last.get("kid_floor") is not None else "",
              f"FSD real vs real {last['fsd_floor']:.1f}" if last.get("fsd_floor") is not None else "",
-             f"KID (FSD features) real vs real {fmt(last['kid_fsd_floor'], 4)}" if last.get("kid_fsd_floor") is not None else "",
+             f"KID (FSD features) real vs real {cell(last, None, 'kid_fsd_floor')}" if last.get("kid_fsd_floor") is not None else "",
              "washed out: {} of {} real frames of another split".format(last["washed_out_control_ci"]["k"], last["washed_out_control_ci"]["n"])
              if last.get("washed_out_control_ci") else ""]
     note = ("\n\nFloor at this sample count: " + ", ".join(f for f in floor if f) + ".") if any(floor) else ""
+    marked = kid_footnotes(lines + extra + floor, next((m["fsd_features"] for _, m in rows if m.get("fsd_features")), None))
+    note += "".join(f"\n\n{n}." for n in marked)
     return "\n".join(lines + extra) + note + "\n"
