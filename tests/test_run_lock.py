@@ -126,9 +126,10 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys, holder):
     assert f"taking over from a run that ended without finishing (pid {proc.pid}" in err
 
 
-def test_a_leftover_child_of_a_dead_holder_does_not_keep_the_folder(tmp_path, capsys):
+def test_a_live_child_of_a_dead_holder_keeps_the_folder(tmp_path, capsys):
     """The holder forks (as a DataLoader worker would) and dies by kill -9; its child still holds
-    the lock file, but the recorded holder is dead: the next run takes over."""
+    the flock and may still write: the next run is refused (the lock file is neither removed nor
+    replaced), and takes the folder only once the child has ended too."""
     out = tmp_path / "run"
     code = HOLD.replace('print("locked", flush=True)', 'import os\n    child = os.fork()\n'
                         '    if child == 0:\n        time.sleep(60); os._exit(0)\n    print("locked", child, flush=True)')
@@ -138,11 +139,27 @@ def test_a_leftover_child_of_a_dead_holder_does_not_keep_the_folder(tmp_path, ca
     try:
         proc.kill()
         proc.wait(timeout=30)
-        with run_lock(out, "next run"):
-            pass
-        assert "has ended; taking it over" in capsys.readouterr().err
+        lock = out / LOCK_NAME
+        inode, text = lock.stat().st_ino, lock.read_text()
+        assert read_holder(lock)["pid"] == proc.pid  # the file names the dead parent
+        for _ in range(3):
+            with pytest.raises(UserError) as err:
+                with run_lock(out, "next run"):
+                    raise AssertionError("a second writer was admitted while the child holds the lock")
+            msg = str(err.value)
+            assert "\n" not in msg and f"in use by another run (pid {proc.pid} on " in msg, msg
+            assert "which has ended, but a process it started" in msg, msg
+            assert lock.stat().st_ino == inode and lock.read_text() == text  # not broken, not replaced
+        assert "taking" not in capsys.readouterr().err
+        os.kill(child, signal.SIGKILL)  # (an orphan: init reaps it; the kernel frees its flock when it ends)
+        with run_lock(out, "next run", wait=True):  # the flock is free now: the stale file is taken over
+            assert read_holder(lock)["pid"] == os.getpid()
+        assert f"taking over from a run that ended without finishing (pid {proc.pid}" in capsys.readouterr().err
     finally:
-        os.kill(child, signal.SIGKILL)
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         proc.stdout.close()
 
 
@@ -188,3 +205,85 @@ def test_a_failed_command_leaves_no_folders_it_made(tmp_path):
         with run_lock(tmp_path / "keep" / "a" / "b", "test"):
             raise UserError("bad input")
     assert sorted(p.name for p in (tmp_path / "keep").iterdir()) == ["other.txt"]
+
+
+# ----------------------------------------------------------------------------- training folders, evaluate, reader-study
+
+TRAIN = {  # command -> its run folder under paths.runs
+    "train-ddpm": "ddpm", "train-segmenter": "segmenter", "train-classifier": "classifier",
+    "train-oracle": "oracle", "train-synthesis": "synthesis",
+}
+
+
+@pytest.mark.parametrize("command", sorted(TRAIN))
+def test_a_second_training_into_a_held_run_folder_is_refused(command, tmp_path, capsys, holder):
+    """A training run folder has one writer: while another process holds it, train-* stops in one
+    line naming the folder and the holder (exit 2) and writes nothing there."""
+    runs = tmp_path / "runs"
+    out = runs / TRAIN[command]
+    proc = holder(out)
+    code = main([command, TINY, f"paths.runs={runs}", "wandb.mode=disabled", "trainer.progress_bar=false",
+                 "data.phantom.count=40", "data.image_size=[32,40]"])
+    err = _one_line(capsys)
+    assert code == 2 and len(err) == 1, err
+    assert f"{out}: in use by another run (pid {proc.pid} on " in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing of the second run written
+    assert read_holder(out / LOCK_NAME)["pid"] == proc.pid
+
+
+def test_fit_holds_the_run_folders_lock_while_training(tmp_path):
+    """Inside fit the folder is locked by this process (another thread is refused); the lock is
+    gone when training ends."""
+    from lightning.pytorch.callbacks import Callback
+
+    from diffice.config import load_config
+    from diffice.data import DiffIceDataModule
+    from diffice.modules.segmenter import SegmenterModule
+    from diffice.modules.training import fit
+
+    cfg = load_config([TINY], [f"paths.runs={tmp_path}", "wandb.mode=disabled", "trainer.progress_bar=false",
+                               "data.phantom.count=40", "data.image_size=[32,40]", "data.batch_size=4",
+                               "segmenter.encoder=tu-mobilenetv3_small_050"])
+    out = tmp_path / "segmenter"
+    seen = []
+
+    class Probe(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(read_holder(out / LOCK_NAME).get("pid"))
+            errors = []
+
+            def other():
+                try:
+                    with run_lock(out, "other thread"):
+                        pass
+                except UserError as err:
+                    errors.append(str(err))
+
+            t = threading.Thread(target=other)
+            t.start()
+            t.join()
+            seen.append(len(errors))
+
+    fit(cfg, "segmenter", SegmenterModule(cfg), DiffIceDataModule(cfg), 1, callbacks=[Probe()])
+    assert seen == [os.getpid(), 1]
+    assert (out / "last.ckpt").is_file() and not (out / LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "reader-study"])
+def test_evaluate_and_reader_study_into_a_held_run_are_refused(command, tmp_path, capsys, holder):
+    from tests._fake_run import make_fake_run
+
+    run = make_fake_run(tmp_path / "run", n=2)
+    before = sorted(p.name for p in run.iterdir())
+    proc = holder(run)
+    argv = {"evaluate": ["evaluate", str(run), "--no-images", "--no-wandb"],
+            "reader-study": ["reader-study", str(run), "--pairs", "1"]}[command]
+    code = main(argv)
+    err = _one_line(capsys)
+    assert code == 2 and len(err) == 1, err
+    assert f"{run}: in use by another run (pid {proc.pid} on " in err[0], err
+    assert sorted(p.name for p in run.iterdir()) == sorted([*before, LOCK_NAME])  # nothing written
+    proc.kill()
+    proc.wait(timeout=30)
+    assert main(argv) == 0  # the killed holder's lock is taken over
+    assert not (run / LOCK_NAME).exists()

@@ -1,12 +1,15 @@
 """One writer per run folder: an operating-system lock on ``{folder}/.lock``.
 
-Counterfactual runs, synthesis runs and downstream studies resume into their folder, so two of
-them started into the same folder would both compute every item. :func:`run_lock` takes an
+Counterfactual runs, synthesis runs, downstream studies and trainings resume into their folder, so
+two of them started into the same folder would both compute every item (``diffice evaluate`` and
+``reader-study`` lock the run they write into as well). :func:`run_lock` takes an
 exclusive ``fcntl.flock`` on ``{folder}/.lock`` for the whole run and writes who holds it (pid,
 host, command, start time) into that file for the refusal message. The kernel releases the lock
 when the process ends, however it ends (``kill -9`` included), so a killed run's lock is taken
-over by the next run, which says so; a lock still held by a leftover child of a dead process on
-this host (a forked worker) is taken over too.
+over by the next run, which says so. The flock is the only truth: a lock file no process holds is
+stale (whatever pid it names), and a lock some process holds is never broken, even when the pid it
+names has ended: a child that process forked (a DataLoader worker) holds the same open file and may
+still write, so the folder stays refused (the message says so) until that child ends too.
 
 A second run into a held folder stops with a :class:`~diffice.errors.UserError` naming the folder
 and the holder (exit status 2), or with ``wait=True`` waits until the folder is free. The lock is
@@ -80,13 +83,22 @@ def describe(holder: dict) -> str:
     return text
 
 
-def _stale(holder: dict) -> bool:
+def _ended(holder: dict) -> bool:
     """The recorded holder is a process of this host that has ended."""
     try:
         pid = int(holder.get("pid") or 0)
     except (TypeError, ValueError):
         return False
     return pid > 0 and holder.get("host") == socket.gethostname() and not _pid_alive(pid)
+
+
+def _held_by(holder: dict) -> str:
+    """Who holds a lock we could not take, for the refusal: the recorded holder, or, when it has
+    ended, the process it left behind (the flock is still held, so something of it still runs)."""
+    if _ended(holder):
+        return (f"{describe(holder)}, which has ended, but a process it started (a worker) still holds the lock "
+                "and may still write; end that process")
+    return describe(holder)
 
 
 def _open_locked(path: Path, wait: bool, what: str) -> tuple[int, dict, bool]:
@@ -104,20 +116,14 @@ def _open_locked(path: Path, wait: bool, what: str) -> tuple[int, dict, bool]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            # some live process holds the flock (the recorded holder, or a child it forked that
+            # outlived it): never broken, whatever the file says
             holder = read_holder(path)
-            if _stale(holder):  # a dead process's leftover child still holds the file: start a new one
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
-                print(f"note: {path.parent}: the run that held it ({describe(holder)}) has ended; taking it over",
-                      file=sys.stderr)
-                continue
             if not wait:
-                raise UserError(f"{path.parent}: in use by another run ({describe(holder)}); wait for it to finish, "
+                raise UserError(f"{path.parent}: in use by another run ({_held_by(holder)}); wait for it to finish, "
                                 f"add --wait to wait for it, or choose another output folder") from None
             if not announced:
-                print(f"{path.parent}: in use by {describe(holder)}; waiting for it to finish", file=sys.stderr)
+                print(f"{path.parent}: in use by {_held_by(holder)}; waiting for it to finish", file=sys.stderr)
                 announced = True
             time.sleep(POLL_SECONDS)
             continue
@@ -168,7 +174,7 @@ def run_lock(folder: str | os.PathLike, command: str, *, wait: bool = False) -> 
         created = created or remade
     except BaseException:
         if created:
-            _remove_if_empty(folder, path, top)
+            _remove_if_empty(folder, top)
         raise
     if previous.get("pid") and int(previous["pid"]) != os.getpid():
         print(f"note: {folder}: taking over from a run that ended without finishing ({describe(previous)})",
@@ -190,17 +196,15 @@ def run_lock(folder: str | os.PathLike, command: str, *, wait: bool = False) -> 
             pass
         os.close(fd)
         if created:
-            _remove_if_empty(folder, path, top)
+            _remove_if_empty(folder, top)
 
 
-def _remove_if_empty(folder: Path, path: Path, top: Path | None = None) -> None:
-    """Remove ``folder`` (and its parents up to ``top``, which this lock made) when nothing but the
-    lock is in it: a command that failed before writing leaves nothing behind."""
+def _remove_if_empty(folder: Path, top: Path | None = None) -> None:
+    """Remove ``folder`` (and its parents up to ``top``, which this lock made) when it is empty (our
+    lock file removed): a command that failed before writing leaves nothing behind."""
     try:
-        if path.exists() and read_holder(path).get("pid") not in (None, os.getpid()):
-            return
-        if path.exists():
-            path.unlink()
+        # the lock file is never removed here: ours is gone already, and one that is there belongs to
+        # another run (which may have taken it a moment ago and not yet written its pid)
         folder.rmdir()  # only when empty
         d = folder
         while top is not None and d != top and d.parent.is_dir():

@@ -343,7 +343,7 @@ def train_ddpm(cfg: DictConfig, datamodule=None, **trainer_overrides) -> Path:
     """
     from diffice.data import DiffIceDataModule
     from diffice.modules.common import LAST, run_dir
-    from diffice.modules.training import fit
+    from diffice.modules.training import fit, stage_lock
 
     size = cfg.ddpm.patch_size
     if size:
@@ -353,17 +353,18 @@ def train_ddpm(cfg: DictConfig, datamodule=None, **trainer_overrides) -> Path:
         if not cfg.unet.coord_channels:
             raise UserError("ddpm.patch_size: patch training needs unet.coord_channels=true (the UNet must know where "
                             "each patch lies in the frame)")
-    last = run_dir(cfg, "ddpm") / LAST
-    if last.exists():
-        ckpt = read_checkpoint(last, "ddpm")
-        check_compatible(last, ckpt, cfg)
-        del ckpt
-    dm = datamodule if datamodule is not None else DiffIceDataModule(cfg)
-    torch.manual_seed(int(cfg.seed))  # the initial weights are a function of the seed (as the judges')
-    module = DDPMModule(cfg)
-    if cfg.ddpm.init_ckpt and not last.exists():
-        module.start_from(str(cfg.ddpm.init_ckpt))
-    return fit(cfg, "ddpm", module, dm, int(cfg.ddpm.max_steps), **trainer_overrides)
+    with stage_lock(cfg, "ddpm"):  # one writer per run folder, from the resume check on
+        last = run_dir(cfg, "ddpm") / LAST
+        if last.exists():
+            ckpt = read_checkpoint(last, "ddpm")
+            check_compatible(last, ckpt, cfg)
+            del ckpt
+        dm = datamodule if datamodule is not None else DiffIceDataModule(cfg)
+        torch.manual_seed(int(cfg.seed))  # the initial weights are a function of the seed (as the judges')
+        module = DDPMModule(cfg)
+        if cfg.ddpm.init_ckpt and not last.exists():
+            module.start_from(str(cfg.ddpm.init_ckpt))
+        return fit(cfg, "ddpm", module, dm, int(cfg.ddpm.max_steps), **trainer_overrides)
 
 
 # ----------------------------------------------------------------------------- ddpm-check

@@ -62,15 +62,16 @@ def train_segmenter(cfg: DictConfig) -> Path:
     """Train the segmentation network s (Dice + cross-entropy); returns ``last.ckpt``."""
     from diffice.modules.common import load_checkpoint
     from diffice.modules.segmenter import SegmenterModule, evaluate_segmenter
-    from diffice.modules.training import fit
+    from diffice.modules.training import fit, stage_lock
 
-    dm = _setup(cfg)
-    last = fit(cfg, "segmenter", SegmenterModule(cfg), dm, int(cfg.segmenter.max_steps))
-    net = load_checkpoint(last, "segmenter").net
-    classes = list(cfg.data.classes)
-    _report(cfg, "segmenter", _eval_splits(dm, lambda dl: {f"dice_{k}": v for k, v in
-                                                         evaluate_segmenter(net, dl, classes).items()}), last)
-    return last
+    with stage_lock(cfg, "segmenter"):  # one writer per run folder
+        dm = _setup(cfg)
+        last = fit(cfg, "segmenter", SegmenterModule(cfg), dm, int(cfg.segmenter.max_steps))
+        net = load_checkpoint(last, "segmenter").net
+        classes = list(cfg.data.classes)
+        _report(cfg, "segmenter", _eval_splits(dm, lambda dl: {f"dice_{k}": v for k, v in
+                                                             evaluate_segmenter(net, dl, classes).items()}), last)
+        return last
 
 
 def train_classifier(cfg: DictConfig) -> Path:
@@ -78,20 +79,21 @@ def train_classifier(cfg: DictConfig) -> Path:
     from diffice.data import require_labels
     from diffice.modules.classifier import ClassifierModule, evaluate_classifier
     from diffice.modules.common import load_checkpoint
-    from diffice.modules.training import fit
+    from diffice.modules.training import fit, stage_lock
 
     dm = _setup(cfg)
     require_labels(dm.dataset("train"), "train", "the guide")
     calibrate = str(cfg.guide.calibrate)
     if calibrate not in CALIBRATE:
         raise UserError(f"guide.calibrate: '{calibrate}' is not one of {', '.join(CALIBRATE)}")
-    module = ClassifierModule(cfg)
-    last = fit(cfg, "classifier", module, dm, int(cfg.guide.max_steps))
-    guide = load_checkpoint(last, "classifier").guide
-    if calibrate != "none":
-        calibrate_guide(last, dm, CALIBRATE[calibrate], guide)
-    _report(cfg, "classifier", _eval_splits(dm, lambda dl: evaluate_classifier(guide, dl)), last)
-    return last
+    with stage_lock(cfg, "classifier"):  # fit, calibration and metrics.json: one writer
+        module = ClassifierModule(cfg)
+        last = fit(cfg, "classifier", module, dm, int(cfg.guide.max_steps))
+        guide = load_checkpoint(last, "classifier").guide
+        if calibrate != "none":
+            calibrate_guide(last, dm, CALIBRATE[calibrate], guide)
+        _report(cfg, "classifier", _eval_splits(dm, lambda dl: evaluate_classifier(guide, dl)), last)
+        return last
 
 
 # guide.calibrate: the splits whose frames choose the decision threshold (never the test split)
@@ -133,13 +135,14 @@ def train_oracle(cfg: DictConfig) -> Path:
     """Train the PCBM oracle (segmentation -> concepts -> QS_O); returns ``last.ckpt``."""
     from diffice.modules.common import load_checkpoint
     from diffice.modules.oracle import OracleModule, evaluate_oracle
-    from diffice.modules.training import fit
+    from diffice.modules.training import fit, stage_lock
 
     dm = _setup(cfg)
     if not list(cfg.data.concepts):
         raise UserError("data.concepts is empty: the oracle needs concept columns (qs_*); use a data set that has them")
-    last = fit(cfg, "oracle", OracleModule(cfg), dm, int(cfg.oracle.max_steps))
-    oracle = load_checkpoint(last, "oracle").oracle
-    concepts = list(cfg.data.concepts)
-    _report(cfg, "oracle", _eval_splits(dm, lambda dl: evaluate_oracle(oracle, dl, concepts, cfg.oracle.qs_target)[0]), last)
-    return last
+    with stage_lock(cfg, "oracle"):
+        last = fit(cfg, "oracle", OracleModule(cfg), dm, int(cfg.oracle.max_steps))
+        oracle = load_checkpoint(last, "oracle").oracle
+        concepts = list(cfg.data.concepts)
+        _report(cfg, "oracle", _eval_splits(dm, lambda dl: evaluate_oracle(oracle, dl, concepts, cfg.oracle.qs_target)[0]), last)
+        return last

@@ -157,13 +157,14 @@ def train_synthesis(cfg: DictConfig, datamodule=None, stage: str = "synthesis", 
     ``synthesis.max_steps``."""
     from diffice.data import DiffIceDataModule
     from diffice.modules.common import LAST, read_checkpoint, run_dir
-    from diffice.modules.training import fit
+    from diffice.modules.training import fit, stage_lock
 
-    last = run_dir(cfg, stage) / LAST
-    if last.exists():
-        check_compatible(last, read_checkpoint(last, "synthesis"), cfg, keys=SYNTH_ARCH_KEYS, what="synthesis model")
-    dm = datamodule if datamodule is not None else DiffIceDataModule(cfg)
-    torch.manual_seed(int(cfg.seed))
-    module = SynthesisModule(cfg)
-    steps = module.prealign_steps() + int(cfg.synthesis.max_steps)
-    return fit(cfg, stage, module, dm, steps, **trainer_overrides)
+    with stage_lock(cfg, stage):  # one writer per run folder, from the resume check on
+        last = run_dir(cfg, stage) / LAST
+        if last.exists():
+            check_compatible(last, read_checkpoint(last, "synthesis"), cfg, keys=SYNTH_ARCH_KEYS, what="synthesis model")
+        dm = datamodule if datamodule is not None else DiffIceDataModule(cfg)
+        torch.manual_seed(int(cfg.seed))
+        module = SynthesisModule(cfg)
+        steps = module.prealign_steps() + int(cfg.synthesis.max_steps)
+        return fit(cfg, stage, module, dm, steps, **trainer_overrides)

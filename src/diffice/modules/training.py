@@ -275,38 +275,62 @@ class SaveConfigOnStart(Callback):
             save_config(self.cfg, self.path)
 
 
+def stage_lock(cfg: DictConfig, stage: str):
+    """The lock of the training run folder ``{paths.runs}/{stage}`` (:func:`diffice.runlock.run_lock`):
+    a second training into a folder one holds is refused in one line naming the holder (exit 2).
+    Re-entrant: the ``train_*`` functions hold it around the whole stage, :func:`fit` takes it again."""
+    from diffice.runlock import run_lock
+
+    return run_lock(run_dir(cfg, stage), f"diffice train-{stage}")
+
+
 def fit(cfg: DictConfig, stage: str, module: DifficeModule, datamodule, max_steps: int, **overrides) -> Path:
     """Fit ``module``, resuming from ``{run}/last.ckpt`` when it exists; returns that path.
 
-    The resolved config is saved as ``{run}/config.yaml`` once training starts. A checkpoint
+    The run folder is locked (:func:`stage_lock`) throughout. The resolved config is saved as
+    ``{run}/config.yaml`` once training starts. A checkpoint
     of another kind in the folder is refused rather than overwritten; the checkpoint is read
     with the safe loader (and its weights checked) before Lightning resumes from it, and
     Lightning reads it through :class:`SafeCheckpointIO` as well. A run that fails before
     starting to train (a data error found at set-up) in a folder that did not exist (or was
-    empty) removes that folder again.
+    empty) removes what it wrote there again (the lock removes the folder it made).
     """
-    out = run_dir(cfg, stage)
-    last = out / LAST
-    fresh = not out.exists() or (out.is_dir() and not any(out.iterdir()))
-    ckpt_path, resume_step = None, None
-    if last.exists():
-        resume_step = int(read_checkpoint(last, module.kind).get("global_step", 0))
-        ckpt_path = str(last)
-    on_start = SaveConfigOnStart(cfg, out / "config.yaml")
-    callbacks = [*overrides.pop("callbacks", ()), on_start]
-    trainer = build_trainer(cfg, stage, max_steps, callbacks=callbacks, resume_step=resume_step, **overrides)
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        log_training_artifacts(trainer, cfg, module, last)
-    except Exception:
-        if fresh and not on_start.started and trainer.is_global_zero and not last.exists():
-            import shutil
+    from diffice.runlock import LOCK_NAME
 
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        finish_wandb()
+    out = run_dir(cfg, stage)
+    with stage_lock(cfg, stage):
+        last = out / LAST
+        fresh = not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir())
+        ckpt_path, resume_step = None, None
+        if last.exists():
+            resume_step = int(read_checkpoint(last, module.kind).get("global_step", 0))
+            ckpt_path = str(last)
+        on_start = SaveConfigOnStart(cfg, out / "config.yaml")
+        callbacks = [*overrides.pop("callbacks", ()), on_start]
+        trainer = build_trainer(cfg, stage, max_steps, callbacks=callbacks, resume_step=resume_step, **overrides)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            log_training_artifacts(trainer, cfg, module, last)
+        except Exception:
+            if fresh and not on_start.started and trainer.is_global_zero and not last.exists():
+                _empty(out, keep=LOCK_NAME)
+            raise
+        finally:
+            finish_wandb()
     return last
+
+
+def _empty(folder: Path, keep: str) -> None:
+    """Remove everything in ``folder`` but ``keep`` (the lock, which its holder removes)."""
+    import shutil
+
+    for p in folder.iterdir():
+        if p.name == keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def log_training_artifacts(trainer: L.Trainer, cfg: DictConfig, module: DifficeModule, last: Path) -> None:

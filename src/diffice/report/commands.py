@@ -14,6 +14,7 @@ from pathlib import Path
 
 from diffice.errors import UserError
 from diffice.io import atomic_write_text
+from diffice.runlock import run_lock
 
 
 def _diff(old, new, prefix: str = "") -> list[str]:
@@ -31,9 +32,6 @@ def _diff(old, new, prefix: str = "") -> list[str]:
 
 
 def evaluate_main(argv: list[str]) -> int:
-    from diffice.report.compute import compute_metrics, load_eval_nets, run_batch_size, run_concepts
-    from diffice.report.finalize import finalize_run, read_run_config
-    from diffice.report.records import load_records
     from diffice.report.tables import markdown_report
 
     p = argparse.ArgumentParser(prog="diffice evaluate",
@@ -53,22 +51,12 @@ def evaluate_main(argv: list[str]) -> int:
         raise UserError("evaluate: give at least one run folder")
     all_metrics, differ = [], False
     for run in runs:
-        cfg = read_run_config(run, overrides)
-        if ns.check:
-            old_path = Path(run) / "metrics.json"
-            if not old_path.is_file():
-                raise UserError(f"{old_path}: not found; run 'diffice evaluate {run}' without --check to write it")
-            records = load_records(run)
-            nets = None if ns.no_images else load_eval_nets(cfg, need_oracle=not all(r.get("qs_iters") for r in records))
-            metrics = compute_metrics(records, nets=nets, batch_size=run_batch_size(cfg), concepts=run_concepts(cfg))
-            diffs = _diff(json.loads(old_path.read_text()), json.loads(json.dumps(metrics)))
-            print(f"{run}: " + ("metrics.json reproduced" if not diffs else "differs:\n  " + "\n  ".join(diffs)))
-            differ |= bool(diffs)
+        if ns.check or not Path(run).is_dir():  # --check writes nothing (it reads a read-only run too)
+            metrics, diffs = _evaluate_run(run, overrides, ns)
         else:
-            out = finalize_run(run, cfg, nets=None if ns.no_images else "auto", log_wandb=not ns.no_wandb,
-                               frames=ns.frames)
-            metrics = out["metrics"]
-            print(f"{run}: wrote results.csv, metrics.json, metrics.md, report.html")
+            with run_lock(run, "diffice evaluate"):  # one writer of results.csv, metrics.*, report.html
+                metrics, diffs = _evaluate_run(run, overrides, ns)
+        differ |= diffs
         all_metrics.append(metrics)
     table = markdown_report(all_metrics)
     print()
@@ -78,9 +66,30 @@ def evaluate_main(argv: list[str]) -> int:
     return 1 if differ else 0
 
 
+def _evaluate_run(run: str, overrides: list[str], ns) -> tuple[dict, bool]:
+    """``diffice evaluate`` of one run folder (its lock held): its metrics, and whether ``--check`` found them changed."""
+    from diffice.report.compute import compute_metrics, load_eval_nets, run_batch_size, run_concepts
+    from diffice.report.finalize import finalize_run, read_run_config
+    from diffice.report.records import load_records
+
+    cfg = read_run_config(run, overrides)
+    if not ns.check:
+        out = finalize_run(run, cfg, nets=None if ns.no_images else "auto", log_wandb=not ns.no_wandb, frames=ns.frames)
+        print(f"{run}: wrote results.csv, metrics.json, metrics.md, report.html")
+        return out["metrics"], False
+    old_path = Path(run) / "metrics.json"
+    if not old_path.is_file():
+        raise UserError(f"{old_path}: not found; run 'diffice evaluate {run}' without --check to write it")
+    records = load_records(run)
+    nets = None if ns.no_images else load_eval_nets(cfg, need_oracle=not all(r.get("qs_iters") for r in records))
+    metrics = compute_metrics(records, nets=nets, batch_size=run_batch_size(cfg), concepts=run_concepts(cfg))
+    diffs = _diff(json.loads(old_path.read_text()), json.loads(json.dumps(metrics)))
+    print(f"{run}: " + ("metrics.json reproduced" if not diffs else "differs:\n  " + "\n  ".join(diffs)))
+    return metrics, bool(diffs)
+
+
 def reader_study_main(argv: list[str]) -> int:
-    from diffice.report.reader import make_study
-    from diffice.report.reader_synthesis import TASKS, is_synthesis_run, make_synthesis_study
+    from diffice.report.reader_synthesis import TASKS
 
     p = argparse.ArgumentParser(prog="diffice reader-study",
                                 description="Make a blinded reader-study page: from a counterfactual run, input / "
@@ -97,6 +106,16 @@ def reader_study_main(argv: list[str]) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing study of this run (and task)")
     ns = p.parse_intermixed_args(argv)
     run = ns.run_dir
+    if not run.is_dir():
+        raise UserError(f"{run}: run folder not found (give the folder of a counterfactual or a synthesis run)")
+    with run_lock(run, "diffice reader-study"):  # one writer: the study's page and key, or a run's frames
+        return _reader_study(run, ns)
+
+
+def _reader_study(run: Path, ns) -> int:
+    from diffice.report.reader import make_study
+    from diffice.report.reader_synthesis import is_synthesis_run, make_synthesis_study
+
     if is_synthesis_run(run):
         key = make_synthesis_study(run, task=ns.task or "real-vs-synthetic", count=ns.count, seed=ns.seed,
                                    single=ns.single, force=ns.force)
@@ -105,8 +124,6 @@ def reader_study_main(argv: list[str]) -> int:
               f"  page for the reader: {key['page']}\n  key (do not share): {key['key']}\n"
               f"  score with: diffice reader-score {run} ANSWERS.csv")
         return 0
-    if not run.is_dir():
-        raise UserError(f"{run}: run folder not found (give the folder of a counterfactual or a synthesis run)")
     if not (run / "frames").is_dir():
         raise UserError(f"{run}: neither a counterfactual run (no frames/) nor a synthesis run (run.json); "
                         "give the cf.out folder of 'diffice counterfactuals' or the --out folder of 'diffice synthesize'")
