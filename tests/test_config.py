@@ -113,3 +113,45 @@ def test_cli_help_and_unknown_command(capsys):
     assert main(["--help"]) == 0
     assert "counterfactuals" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
+
+
+# ----------------------------------------------------------------------------- trainer.* passthrough
+
+
+def test_any_lightning_trainer_argument_under_trainer_is_accepted(tmp_path):
+    from diffice.config import from_dict, to_dict, trainer_extras
+
+    f = tmp_path / "t.yaml"
+    f.write_text("trainer:\n  max_time: {minutes: 1}\n  limit_val_batches: 0.5\n")
+    cfg = load_config([f], ["trainer.accumulate_grad_batches=2", "trainer.deterministic=true"])
+    want = {"max_time": {"minutes": 1}, "limit_val_batches": 0.5, "accumulate_grad_batches": 2, "deterministic": True}
+    assert trainer_extras(cfg) == want
+    assert trainer_extras(from_dict(to_dict(cfg))) == want  # as a checkpoint stores and rebuilds it
+    assert trainer_extras(load_config([], ["trainer.max_time=00:00:00:30"])) == {"max_time": "00:00:00:30"}
+    assert trainer_extras(load_config([])) == {}
+    # diffice's own trainer keys keep their types; other sections stay closed
+    with pytest.raises(UserError, match=r"trainer.num_nodes"):
+        load_config([], ["trainer.num_nodes=many"])
+    with pytest.raises(UserError, match=r"unknown key 'data.accumulate_grad_batches'"):
+        load_config([], ["data.accumulate_grad_batches=2"])
+
+
+@pytest.mark.parametrize("word, says", [
+    ("trainer.acumulate_grad_batches=2", "unknown key 'trainer.acumulate_grad_batches' (neither a diffice trainer key "
+                                         "nor an argument of lightning.Trainer"),
+    ("trainer.max_steps=5", "key 'trainer.max_steps' is set by diffice; set the model's own max_steps"),
+    ("trainer.logger=true", "key 'trainer.logger' is set by diffice; set wandb.mode"),
+])
+def test_a_trainer_key_that_is_not_a_trainer_argument_is_one_line(word, says, capsys):
+    assert main(["config", word]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"override '{word.split('=')[0]}': " in err[0] and says in err[0], err
+    if "acumulate" in word:
+        assert "did you mean trainer.accumulate_grad_batches?" in err[0]
+
+
+def test_a_misspelled_trainer_key_in_a_file_names_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("trainer:\n  max_tme: 10\n")
+    with pytest.raises(UserError, match=rf"^{f}: unknown key 'trainer.max_tme' .*did you mean trainer.max_time\?$"):
+        load_config([f])

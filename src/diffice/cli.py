@@ -22,7 +22,7 @@ from diffice.errors import EXIT_USER_ERROR, UserError
 
 # name -> (module:function, one-line help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "config": ("diffice.config:cmd_config", "print the resolved config"),
+    "config": ("diffice.commands.data:cmd_config", "print the resolved config"),
     "phantoms": ("diffice.commands.data:cmd_phantoms", "write a synthetic phantom data set with ground truth"),
     "hc18-faults": ("diffice.commands.data:cmd_hc18_faults", "real HC18 heads with acquisition faults of known severity (SP/NSP pairs)"),
     "manifest": ("diffice.commands.data:cmd_manifest", "write a manifest CSV from your own folder of frames (SP/ and NSP/ or a labels CSV)"),

@@ -7,7 +7,8 @@ Merge order (later wins)::
 The schema below is the single source of truth for which keys exist and their types;
 ``configs/defaults.yaml`` mirrors it with a comment per key (a test keeps the two equal).
 An unknown key, a wrong type or a missing required value raises :class:`UserError` naming
-the file and the key.
+the file and the key. Under ``trainer`` a key beyond diffice's own is passed to ``lightning.Trainer``
+(:func:`trainer_extras`) when it is one of that Trainer's arguments, and refused otherwise.
 
 Conventions: image sizes are ``[height, width]``; paths in a config are relative to the
 working directory unless said otherwise; ``${paths.runs}`` interpolations are resolved at
@@ -24,8 +25,9 @@ from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from diffice.config_checks import check_ranges, check_trainer_args
 from diffice.errors import UserError
 
 # ----------------------------------------------------------------------------- schema
@@ -61,7 +63,7 @@ class DataConfig:
 
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig:  # any other trainer.KEY that is a lightning.Trainer argument goes to the Trainer as is
     accelerator: str = "auto"
     devices: Any = "auto"
     num_nodes: int = 1
@@ -312,8 +314,6 @@ def _describe(err: OmegaConfBaseException) -> str:
     msg = str(err).splitlines()[0] if str(err) else type(err).__name__
     if isinstance(err, ConfigKeyError):
         return f"unknown key '{key}'" if key else msg
-    if isinstance(err, ValidationError):
-        return f"key '{key}': {msg}" if key else msg
     return f"key '{key}': {msg}" if key else msg
 
 
@@ -332,11 +332,27 @@ def _read_yaml(path: Path) -> DictConfig:
     return OmegaConf.create(data)
 
 
-def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
+def _schema() -> DictConfig:
+    """The schema: an unknown key is an error, but under ``trainer`` (a Trainer argument, see :func:`_merge`)."""
+    cfg: DictConfig = OmegaConf.structured(Config)
+    OmegaConf.set_struct(cfg.trainer, False)
+    return cfg
+
+
+def trainer_extras(cfg: DictConfig) -> dict[str, Any]:
+    """The ``trainer.*`` keys that are not diffice's own: ``lightning.Trainer`` arguments, as plain values."""
+    t = OmegaConf.to_container(cfg.trainer, resolve=True)
+    return {k: v for k, v in t.items() if k not in TrainerConfig.__dataclass_fields__}  # type: ignore[union-attr]
+
+
+def _merge(base: DictConfig, other: DictConfig, source: str, check: bool = True) -> DictConfig:
     try:
-        return OmegaConf.merge(base, other)  # type: ignore[return-value]
+        cfg: DictConfig = OmegaConf.merge(base, other)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         raise UserError(f"{source}: {_describe(err)}") from err
+    if check and isinstance(other.get("trainer"), DictConfig):  # each other trainer.KEY: a lightning.Trainer argument
+        check_trainer_args([k for k in other.trainer if k not in TrainerConfig.__dataclass_fields__], source)
+    return cfg
 
 
 def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -359,7 +375,7 @@ def load_config(
     use_defaults_file: bool = True,
 ) -> DictConfig:
     """Build the resolved config: schema -> defaults.yaml -> files in order -> overrides."""
-    cfg: DictConfig = OmegaConf.structured(Config)
+    cfg = _schema()
     if use_defaults_file:
         defaults = configs_dir() / "defaults.yaml"
         if defaults.is_file():
@@ -386,8 +402,6 @@ def load_config(
     except OmegaConfBaseException as err:
         raise UserError(f"config: {_describe(err)}") from err
     OmegaConf.set_readonly(cfg, False)
-    from diffice.config_checks import check_ranges
-
     check_ranges(cfg)  # counts, limits, batch sizes: a nonsense value named before anything is written
     return cfg
 
@@ -420,8 +434,7 @@ def to_dict(cfg: DictConfig) -> dict:
 
 def from_dict(data: dict) -> DictConfig:
     """Rebuild a validated config from a plain dict (as stored in a checkpoint)."""
-    cfg = OmegaConf.structured(Config)
-    return _merge(cfg, OmegaConf.create(data), "stored config")
+    return _merge(_schema(), OmegaConf.create(data), "stored config", check=False)
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
@@ -429,13 +442,3 @@ def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
     from diffice.io import atomic_write_text
 
     return atomic_write_text(Path(path), to_yaml(cfg))
-
-
-def cmd_config(argv: Sequence[str]) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="diffice config", description="Print the resolved config.")
-    p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides, in order")
-    ns = p.parse_intermixed_args(argv)
-    print(to_yaml(config_from_args(ns.args)), end="")
-    return 0

@@ -81,3 +81,35 @@ def _nullable(cfg, key: str) -> bool:
         return bool(node._is_optional())
     except Exception:  # noqa: BLE001 - only the message's wording depends on it
         return False
+
+
+# Trainer arguments diffice sets itself: a `trainer.KEY` naming one is refused with where to set it.
+TRAINER_SET_BY_DIFFICE: dict[str, str] = {
+    "max_steps": "set the model's own max_steps (ddpm.max_steps, segmenter.max_steps, guide.max_steps, ...)",
+    "val_check_interval": "set trainer.val_every_n_steps", "check_val_every_n_epoch": "set trainer.val_every_n_steps",
+    "enable_progress_bar": "set trainer.progress_bar", "default_root_dir": "set paths.runs",
+    "logger": "set wandb.mode", "callbacks": "diffice adds its own", "plugins": "diffice adds its own",
+    "enable_checkpointing": "diffice writes last.ckpt itself (trainer.checkpoint_every_n_steps)",
+}
+
+
+def check_trainer_args(keys, source: str = "config") -> None:
+    """``trainer.KEY`` beyond diffice's own trainer keys goes to ``lightning.Trainer`` as is: each must
+    be one of its arguments (``inspect.signature(lightning.Trainer.__init__)``) that diffice does not set
+    itself. UserError ``{source}: unknown key 'trainer.KEY'`` otherwise, with the nearest argument."""
+    if not keys:
+        return
+    import difflib
+    import inspect
+
+    import lightning
+
+    params = [p for p in inspect.signature(lightning.Trainer.__init__).parameters if p != "self"]
+    for key in keys:
+        if key in TRAINER_SET_BY_DIFFICE:
+            raise UserError(f"{source}: key 'trainer.{key}' is set by diffice; {TRAINER_SET_BY_DIFFICE[key]}")
+        if key not in params:
+            near = difflib.get_close_matches(str(key), params, n=1)
+            hint = f"; did you mean trainer.{near[0]}?" if near else ""
+            raise UserError(f"{source}: unknown key 'trainer.{key}' (neither a diffice trainer key nor an argument "
+                            f"of lightning.Trainer {lightning.__version__}){hint}")

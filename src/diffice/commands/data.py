@@ -1,5 +1,5 @@
-"""``diffice phantoms`` (write a phantom data set), ``diffice manifest`` (a manifest from a folder of frames),
-``diffice data-check`` and ``diffice realism``."""
+"""``diffice config`` (print the resolved config), ``diffice phantoms`` (write a phantom data set),
+``diffice manifest`` (a manifest from a folder of frames), ``diffice data-check`` and ``diffice realism``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from diffice.config import config_from_args
+
+
+def cmd_config(argv: Sequence[str]) -> int:
+    from diffice.config import to_yaml
+
+    p = argparse.ArgumentParser(prog="diffice config", description="Print the resolved config.")
+    p.add_argument("args", nargs="*", help="config files (*.yaml) and key=value overrides, in order")
+    ns = p.parse_intermixed_args(argv)
+    print(to_yaml(config_from_args(ns.args)), end="")
+    return 0
 
 
 def cmd_phantoms(argv: Sequence[str]) -> int:

@@ -74,13 +74,16 @@ class ResumableSampler(DistributedSampler):
     ``iter()`` starts at the batch ``position()`` returns (the trainer's optimizer step: batches
     already trained) and yields ``(index, augmentation seed)`` pairs up to the end of that
     epoch, so a run resumed mid-epoch skips the batches it has trained and then goes on to the
-    next epoch's order, as an uninterrupted run does. It subclasses ``DistributedSampler`` so
+    next epoch's order, as an uninterrupted run does. With ``accumulate`` batches per optimizer step
+    (``trainer.accumulate_grad_batches``) a step is that many batches (the last step of an epoch may
+    have fewer: Lightning steps at the end of each epoch). It subclasses ``DistributedSampler`` so
     that Lightning does not replace it under DDP.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, position: Callable[[], int] = lambda: 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, accumulate: int = 1):
         self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
+        self.accumulate = max(1, int(accumulate))
         self.position = position
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.per_rank = self.n // self.num_replicas
@@ -104,9 +107,9 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         step = max(0, int(self.position()))
-        epoch, skip = divmod(step, self.batches)
+        epoch, skip = divmod(step, -(-self.batches // self.accumulate))  # optimizer steps per epoch
         perm, seeds = self.order(epoch)
-        start = skip * self.batch_size
+        start = skip * self.accumulate * self.batch_size
         return iter(list(zip(perm[start : len(self)], seeds[start : len(self)], strict=True)))
 
 
@@ -149,6 +152,7 @@ class DiffIceDataModule(L.LightningDataModule):
             position=(lambda: int(trainer.global_step)) if trainer is not None else (lambda: 0),
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
+            accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
         )
         nw = int(self.cfg.data.num_workers)
         return DataLoader(ds, batch_size=int(self.cfg.data.batch_size), sampler=sampler, drop_last=sampler.drop_last,

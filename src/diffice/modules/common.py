@@ -64,9 +64,12 @@ class DifficeModule(L.LightningModule):
         """Seed torch's generators from (seed, step, rank) before each step: the step's random
         draws (timesteps, noise, dropout) are a function of the step alone, so a run killed and
         resumed at any checkpoint trains exactly as an uninterrupted one (the data order comes
-        from ``ResumableSampler``; the other state from the checkpoint)."""
+        from ``ResumableSampler``; the other state from the checkpoint). Under gradient accumulation the
+        batches of one step draw apart (their place in the step joins the seed)."""
         rank = self.trainer.global_rank if self._trainer is not None else 0
-        torch.manual_seed((int(self.cfg.seed) * 1_000_003 + int(self.global_step) * 1009 + rank) % (2**63 - 1))
+        k = int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
+        micro = (batch_idx % k) * 7919 if k > 1 else 0
+        torch.manual_seed((int(self.cfg.seed) * 1_000_003 + int(self.global_step) * 1009 + rank + micro) % (2**63 - 1))
 
 
 def module_class(kind: str) -> type[DifficeModule]:

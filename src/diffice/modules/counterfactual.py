@@ -347,12 +347,12 @@ def load_brain_judge(cfg: DictConfig):
 
 
 def build_predict_trainer(cfg: DictConfig, out: Path, **overrides: Any) -> L.Trainer:
-    from diffice.modules.training import trainer_kwargs
+    from diffice.modules.training import make_trainer, trainer_kwargs
 
     kwargs = trainer_kwargs(cfg, out, [FrameWriter(out)])
     kwargs.update(inference_mode=False, logger=False)  # guidance differentiates w.r.t. images
     kwargs.update(overrides)
-    return L.Trainer(**kwargs)
+    return make_trainer(cfg, kwargs)
 
 
 def run_counterfactuals(

@@ -14,12 +14,13 @@ import lightning as L
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig
 
-from diffice.config import save_config, to_dict
+from diffice.config import save_config, to_dict, trainer_extras
 from diffice.errors import UserError
 from diffice.modules.common import LAST, DifficeModule, read_checkpoint, run_dir
 
@@ -233,11 +234,24 @@ def build_trainer(
         logger=build_logger(cfg, stage, out, resume_step),
     )
     kwargs.update(overrides)
-    return L.Trainer(**kwargs)
+    return make_trainer(cfg, kwargs)
+
+
+def make_trainer(cfg: DictConfig, kwargs: dict[str, Any]) -> L.Trainer:
+    """``lightning.Trainer(**kwargs)``; a passed-through ``trainer.*`` value Lightning refuses is one line."""
+    try:
+        return L.Trainer(**kwargs)
+    except (TypeError, ValueError, MisconfigurationException) as err:
+        extras = trainer_extras(cfg)
+        if not extras:
+            raise
+        shown = ", ".join(f"trainer.{k}={v!r}" for k, v in extras.items())
+        raise UserError(f"trainer: Lightning refused the Trainer arguments {shown} ({str(err).splitlines()[0]})") from err
 
 
 def trainer_kwargs(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> dict[str, Any]:
-    """Trainer arguments every diffice Trainer shares: devices, precision, progress bar, run folder.
+    """Trainer arguments every diffice Trainer shares: devices, precision, progress bar, run folder,
+    and every other ``trainer.*`` key (a ``lightning.Trainer`` argument, :func:`diffice.config.trainer_extras`).
 
     ``callbacks`` gets the rich progress bar appended when ``trainer.progress_bar`` is on.
     """
@@ -258,6 +272,7 @@ def trainer_kwargs(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> dic
         enable_model_summary=False,
         default_root_dir=str(out),
         callbacks=callbacks,
+        **trainer_extras(cfg),
     )
 
 
