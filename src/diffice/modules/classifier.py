@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from diffice.errors import UserError
-from diffice.modules.common import DifficeModule, checkpoint_config, load_checkpoint, log_image
+from diffice.modules.common import DifficeModule, as_config, checkpoint_config, load_checkpoint, log_image
 from diffice.nets.guide import Guide
 from diffice.nets.segmenter import build_segmenter
 
@@ -124,7 +124,7 @@ class ClassifierModule(DifficeModule):
     kind = "classifier"
 
     def __init__(self, cfg, *, load_pretrained: bool = True):
-        cfg = copy.deepcopy(cfg)
+        cfg = copy.deepcopy(as_config(cfg))
         if load_pretrained:
             seg_path = cfg.guide.segmenter_ckpt
             seg_cfg = checkpoint_config(seg_path, "segmenter")

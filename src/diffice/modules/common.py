@@ -44,13 +44,20 @@ class DifficeModule(L.LightningModule):
     Subclasses set ``kind`` and take ``(cfg, *, load_pretrained=True)``; ``load_pretrained``
     is False when the module is being rebuilt from its own checkpoint, so that no external
     weight file (e.g. a segmenter checkpoint that the classifier was built on) is needed then.
+    ``cfg`` may be the plain dict a checkpoint stores (:func:`as_config`).
+
+    The hyperparameters (``save_hyperparameters``) are ``{"cfg": <the resolved config as plain
+    dicts, lists, strings and numbers>, "load_pretrained": False}``, so Lightning's own
+    ``Kind.load_from_checkpoint(path)`` rebuilds the module from the file alone (and reads it with
+    ``weights_only=True``); :func:`load_checkpoint` does the same, and takes pack files too.
     """
 
     kind: ClassVar[str] = ""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig | dict):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = as_config(cfg)
+        self.save_hyperparameters({"cfg": to_dict(self.cfg), "load_pretrained": False}, logger=False)
 
     def input_checkpoints(self) -> dict[str, str]:
         """The checkpoints this model was built from, kind -> path (W&B lineage: the training run
@@ -58,7 +65,10 @@ class DifficeModule(L.LightningModule):
         return {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["diffice"] = {"kind": self.kind, "config": to_dict(self.cfg), "version": __version__}
+        config = to_dict(self.cfg)
+        checkpoint["diffice"] = {"kind": self.kind, "config": config, "version": __version__}
+        # the config as it is now (one object, stored once), never a file to load weights from
+        checkpoint["hyper_parameters"] = {"cfg": config, "load_pretrained": False}
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Seed torch's generators from (seed, step, rank) before each step: the step's random
@@ -70,6 +80,11 @@ class DifficeModule(L.LightningModule):
         k = int(self.trainer.accumulate_grad_batches) if self._trainer is not None else 1
         micro = (batch_idx % k) * 7919 if k > 1 else 0
         torch.manual_seed((int(self.cfg.seed) * 1_000_003 + int(self.global_step) * 1009 + rank + micro) % (2**63 - 1))
+
+
+def as_config(cfg: DictConfig | dict) -> DictConfig:
+    """``cfg`` itself, or the validated config of a plain dict (a checkpoint's hyperparameters)."""
+    return from_dict(cfg) if isinstance(cfg, dict) else cfg
 
 
 def module_class(kind: str) -> type[DifficeModule]:

@@ -34,8 +34,9 @@ class DDPMModule(DifficeModule):
 
     kind = "ddpm"
 
-    def __init__(self, cfg: DictConfig, *, load_pretrained: bool = True):
+    def __init__(self, cfg: DictConfig | dict, *, load_pretrained: bool = True):
         super().__init__(cfg)
+        cfg = self.cfg
         self.model = self.build_model(cfg)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
         self.diffusion = build_diffusion(cfg)

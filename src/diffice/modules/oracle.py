@@ -100,6 +100,7 @@ class OracleModule(DifficeModule):
 
     def __init__(self, cfg, *, load_pretrained: bool = True):
         super().__init__(cfg)
+        cfg = self.cfg
         if cfg.oracle.qs_target not in QS_TARGETS:
             raise UserError(f"oracle.qs_target: '{cfg.oracle.qs_target}' is not one of {', '.join(QS_TARGETS)}")
         self.concepts = list(cfg.data.concepts)

@@ -51,6 +51,7 @@ class SegmenterModule(DifficeModule):
 
     def __init__(self, cfg, *, load_pretrained: bool = True):
         super().__init__(cfg)
+        cfg = self.cfg
         self.classes = list(cfg.data.classes)
         self.net: nn.Module = build_segmenter(cfg, len(self.classes), load_pretrained=load_pretrained)
         self._dice: DiceCounter | None = None

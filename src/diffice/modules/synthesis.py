@@ -60,9 +60,9 @@ class SynthesisModule(DDPMModule):
 
     kind = "synthesis"
 
-    def __init__(self, cfg: DictConfig, *, load_pretrained: bool = True):
+    def __init__(self, cfg: DictConfig | dict, *, load_pretrained: bool = True):
         super().__init__(cfg, load_pretrained=load_pretrained)
-        self.num_classes = len(cfg.data.classes)
+        self.num_classes = len(self.cfg.data.classes)
 
     def build_model(self, cfg: DictConfig):
         return ConditionalUNet(cfg)
