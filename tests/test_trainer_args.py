@@ -104,11 +104,22 @@ def test_the_resumed_order_counts_accumulated_batches():
     assert order(4, 3) == order(10, 1)  # step 4 is the start of epoch 1
 
 
-@pytest.mark.slow
+class Runaway(Callback):
+    """Fails a run that trains far more batches than its steps need (instead of hanging)."""
+
+    def __init__(self, most: int):
+        self.most, self.seen = most, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen += 1
+        if self.seen > self.most:
+            raise AssertionError(f"{self.seen} batches trained by step {trainer.global_step}: the run does not end")
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_a_killed_and_resumed_run_with_accumulation_equals_the_uninterrupted_one(tiny_overrides, tmp_path):
-    """test_resume_exact's check with trainer.accumulate_grad_batches=2 (without the sampler counting
-    the accumulated batches, this run did not finish in 15 minutes on 2 busy cores; with it, ~3)."""
+    """test_resume_exact's check with trainer.accumulate_grad_batches=2. Without the sampler counting
+    the accumulated batches this run never ended (batches kept coming with the step stuck at 3)."""
     import torch
 
     from diffice.modules.common import read_checkpoint
@@ -120,12 +131,12 @@ def test_a_killed_and_resumed_run_with_accumulation_equals_the_uninterrupted_one
         c.trainer.accumulate_grad_batches = 2
         return c
 
-    train_ddpm(cfg(tmp_path / "a"), num_sanity_val_steps=0)
+    train_ddpm(cfg(tmp_path / "a"), callbacks=[Runaway(40)], num_sanity_val_steps=0)  # 7 steps: 14 batches
     cut = cfg(tmp_path / "b")
     with pytest.raises(RuntimeError, match="killed"):
-        train_ddpm(cut, callbacks=[Kill(5)], num_sanity_val_steps=0)
+        train_ddpm(cut, callbacks=[Kill(5), Runaway(40)], num_sanity_val_steps=0)
     assert read_checkpoint(tmp_path / "b/ddpm/last.ckpt", "ddpm")["global_step"] == 3
-    train_ddpm(cut, num_sanity_val_steps=0)
+    train_ddpm(cut, callbacks=[Runaway(40)], num_sanity_val_steps=0)
     a = read_checkpoint(tmp_path / "a/ddpm/last.ckpt", "ddpm")
     b = read_checkpoint(tmp_path / "b/ddpm/last.ckpt", "ddpm")
     assert a["global_step"] == b["global_step"] == 7
