@@ -70,6 +70,15 @@ class Guide(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predictor(self.predictor_input(x)).squeeze(1)
 
+    def evidence(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W): l's SP logit map before its global average (one value per cell of the last
+        stage), bilinearly upsampled to the frame, less the decision logit: below 0 where the guide
+        sees the frame as non-standard. Its mean over the cells, plus that logit, is ``forward``."""
+        cells = self.predictor.class_maps(self.predictor_input(x)).float()
+        up = torch.nn.functional.interpolate(cells, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        t = decision_threshold(self)
+        return up - float(torch.logit(torch.tensor(t).clamp(1e-6, 1 - 1e-6)))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled stage-5 features of l (B, 8F): SonoNet features when no official weights exist."""
         return self.predictor.features(self.predictor_input(x))
