@@ -261,3 +261,14 @@ def test_transfer_official_reads_the_frame_as_the_official_network_does():
     assert ours.adaptation[1].weight.abs().sum() > 0  # the one-logit head is new, not copied
     with pytest.raises(UserError, match="SonoNet-16 cannot start a SonoNet-32"):
         transfer_official(SonoNet(32, in_channels=3, num_classes=1, final_bn=False), official)
+
+
+def test_raw_channel_keeps_a_gain_change_the_standardisation_removes(segmenter):
+    g = Guide(segmenter, K, standardize_image=True, raw_channel=True).eval()
+    assert g.predictor.stages[0][0][0].in_channels == 2 + K
+    x = torch.rand(1, 1, 32, 40) * 0.5 - 0.5
+    with torch.no_grad():
+        a, b = g.predictor_input(x), g.predictor_input(x * 1.5)
+    torch.testing.assert_close(a[:, 0], b[:, 0], atol=1e-3, rtol=1e-4)   # the standardised frame: no change
+    assert (b[:, 1] - a[:, 1]).abs().mean() > 0.05                        # the frame as it is: changed
+    torch.testing.assert_close(a[:, 1:2], x)

@@ -72,6 +72,40 @@ def test_the_opened_layout_mask_drops_outlines_that_only_moved():
     assert torch.equal(opened(plain, 0), plain)
 
 
+def test_the_guide_mask_is_where_the_guides_evidence_is_below_its_decision():
+    def evidence(img):  # the guide sees a fault where the frame is bright
+        return torch.where(img > 0, -1.0, 1.0)
+
+    x = -torch.ones(1, 1, 12, 12)
+    x[0, 0, 3:6, 4:8] = 0.5
+    cf = torch.zeros_like(x)              # the dense result changed everything: the mask ignores it
+    m = change_mask(x, cf, SparseSettings(mask="guide", dilation=0), evidence=evidence)
+    assert int(m.sum()) == 12 and m[0, 0, 3:6, 4:8].eq(1).all()
+    assert torch.equal(change_mask(x, cf, SparseSettings(mask="guide", dilation=1), evidence=evidence), grow(m, 1))
+    with pytest.raises(UserError, match="cf.sparse=guide needs"):
+        change_mask(x, cf, SparseSettings(mask="guide"))
+
+
+def test_a_guides_evidence_map_averages_to_its_logit():
+    from diffice.nets.guide import Guide
+    from diffice.nets.segmenter import build_segmenter
+    from diffice.config import load_config
+
+    torch.manual_seed(0)
+    seg = build_segmenter(load_config([], ["segmenter.encoder=tu-mobilenetv3_small_050"]), 2)
+    g = Guide(seg, 2).eval()
+    g.threshold.fill_(0.3)
+    x = torch.rand(2, 1, 64, 80) * 2 - 1
+    with torch.no_grad():
+        cells = g.predictor.class_maps(g.predictor_input(x))
+        e = g.evidence(x)
+        logit = g(x)
+    assert e.shape == (2, 1, 64, 80) and cells.shape[-2:] == (4, 5)
+    torch.testing.assert_close(cells.mean(dim=(1, 2, 3)), logit)
+    # at a cell's centre the upsampled map is that cell's value, less the decision logit (0.3 -> -0.847)
+    torch.testing.assert_close(e[:, 0, 8, 8] + 0.0, (cells[:, 0, 0, 0] - torch.logit(torch.tensor(0.3))), atol=0.05, rtol=0)
+
+
 @pytest.mark.parametrize("mask", ["diff", "layout", "both"])
 @pytest.mark.parametrize("method", ["diff-ice", "diff-ice1"])
 def test_outside_the_mask_the_counterfactual_is_the_input_bit_for_bit(method, mask):

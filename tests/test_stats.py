@@ -131,6 +131,22 @@ def test_compare_two_runs_paired(tmp_path, capsys):
     assert "exact McNemar" in text and out.read_text() in text + "\n"
 
 
+def test_compare_per_group_of_the_frame_id(tmp_path, capsys):
+    n = 20
+    control = _cf_run(tmp_path / "control", [False] * n, [False] * n, method="control")
+    guided = _cf_run(tmp_path / "guided", [i < 10 for i in range(n)], [i < 10 for i in range(n)])
+    # ids phantom_00003, phantom_00005, ... phantom_00041 (frame i has index 3 + 2 i): the group is the tens digit
+    assert main(["compare", str(control), str(guided), "--by", r"_000(\d)\d$", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["group_sizes"] == {"0": 4, "1": 5, "2": 5, "3": 5, "4": 1}
+    closer = {g: {b["outcome"]: b for b in rows}["closer to the target (footprint)"] for g, rows in res["groups"].items()}
+    assert [closer[g]["b"] for g in "01234"] == [4, 5, 1, 0, 0] and all(closer[g]["a"] == 0 for g in "01234")
+    flipped = {b["outcome"]: b for b in res["groups"]["1"]}["flipped (guide calls the cf SP)"]
+    assert flipped["p_value"] == pytest.approx(2 * 0.5 ** 5)
+    assert main(["compare", str(control), str(guided), "--by", "_("]) == 2
+    assert "--by" in capsys.readouterr().err
+
+
 def test_compare_refuses_other_frames(tmp_path, capsys):
     a = make_fake_run(tmp_path / "a", n=3, first_index=0)
     b = make_fake_run(tmp_path / "b", n=3, first_index=10)

@@ -141,6 +141,7 @@ class GuideConfig:
     x0_prob: float = 0.0
     ddpm_ckpt: str = "${paths.runs}/ddpm/last.ckpt"
     pretrained: str | None = None
+    raw_channel: bool = False
     lr: float = 1e-3
     backbone_lr: float | None = None
     max_steps: int = 10000

@@ -177,6 +177,7 @@ class CounterfactualEngine:
         perceptual_l2: Callable[[Features, Features], torch.Tensor] | None = None,
         progress: Callable[[str], None] | None = None,
         segment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        evidence: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         settings.validate(getattr(diffusion, "num_timesteps", None))
         self.threshold = decision_threshold(guide)  # before any wrapper hides the guide's buffer
@@ -194,6 +195,10 @@ class CounterfactualEngine:
         self.segment = with_precision(segment, settings.autocast) if segment is not None else None
         if self.segment is not None and width is not None:
             self.segment = fixed(self.segment, width)
+        # the guide's evidence map, for cf.sparse=guide
+        self.evidence = with_precision(evidence, settings.autocast) if evidence is not None else None
+        if self.evidence is not None and width is not None:
+            self.evidence = fixed(self.evidence, width)
 
     # ------------------------------------------------------------------ public
 
@@ -261,7 +266,7 @@ class CounterfactualEngine:
         for k, opening in enumerate(s.opening if s.uses_layout else s.opening[:1]):  # only a layout mask is opened
             sel = torch.tensor(todo, device=x.device)
             dense = dense_all[sel]
-            mask = change_mask(x[sel], dense, s, self.segment, opening)
+            mask = change_mask(x[sel], dense, s, self.segment, opening, self.evidence)
             gens = frame_generators(self.s.seed, [indices[i] for i in todo], len(self.s.lambda_c) + k)  # streams of their own
             refined = inpaint(self, x[sel], dense, mask, [f[sel] for f in anchor], lam_all[sel], gens, s)
             p = self.prob_sp(refined).tolist()

@@ -21,6 +21,11 @@ the frame held to the input:
      of the list that still explains the guide's call (the last one is kept in any case);
    - ``both``: the union of the two (a fault the layout does not see, an echo blob inside the
      head, is still repaired where the low-passed change is large);
+   - ``guide``: where the guide itself sees the input as non-standard: its evidence map (the SP
+     logit before global pooling, one value per 16x16 px cell of a SonoNet, bilinearly upsampled;
+     :meth:`~diffice.nets.guide.Guide.evidence`) lies below its decision logit. A fault over the
+     whole frame (noise, gain, defocus) marks the whole frame, a local one (a shadow, a
+     reverberation ghost) its region — what a two-class layout cannot see on real frames;
 
    then grown by ``dilation`` pixels (a max filter), so the inpainting can blend its border.
 
@@ -48,7 +53,7 @@ from diffice.counterfactual.seeding import randn_frames
 from diffice.errors import UserError
 from diffice.metrics.target import grow, low_pass
 
-MASKS = ("none", "diff", "layout", "both")
+MASKS = ("none", "diff", "layout", "both", "guide")
 
 
 @dataclass
@@ -78,6 +83,11 @@ class SparseSettings:
         """The mask needs the guide's segmenter."""
         return self.mask in ("layout", "both")
 
+    @property
+    def uses_evidence(self) -> bool:
+        """The mask needs the guide's evidence map."""
+        return self.mask == "guide"
+
     def validate(self, num_timesteps: int | None = None) -> None:
         if self.mask not in MASKS:
             raise UserError(f"cf.sparse: '{self.mask}' is not one of {', '.join(MASKS)}")
@@ -105,9 +115,11 @@ def openings(value) -> tuple[int, ...]:
 
 
 def change_mask(x: torch.Tensor, cf: torch.Tensor, s: SparseSettings,
-                segment: Callable[[torch.Tensor], torch.Tensor] | None = None, opening: int | None = None) -> torch.Tensor:
+                segment: Callable[[torch.Tensor], torch.Tensor] | None = None, opening: int | None = None,
+                evidence: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(B,1,H,W) float 0/1: where the refinement may change the frame (step 1 of the module doc);
-    the layout change is opened by ``opening`` pixels (default: the first of ``s.opening``)."""
+    the layout change is opened by ``opening`` pixels (default: the first of ``s.opening``);
+    ``evidence(x)`` (B,1,H,W): the guide's SP evidence less its decision logit (``guide`` mask)."""
     if not s.on or s.mask not in MASKS:
         raise UserError(f"cf.sparse: '{s.mask}' makes no mask")
     m = torch.zeros_like(x[:, :1], dtype=torch.float32)
@@ -120,6 +132,11 @@ def change_mask(x: torch.Tensor, cf: torch.Tensor, s: SparseSettings,
         with torch.no_grad():
             changed = (segment(x).argmax(1, keepdim=True) != segment(cf).argmax(1, keepdim=True)).float()
         m = torch.maximum(m, opened(changed, s.opening[0] if opening is None else opening))
+    if s.uses_evidence:
+        if evidence is None:
+            raise UserError("cf.sparse=guide needs the guide's evidence map (a SonoNet guide)")
+        with torch.no_grad():
+            m = torch.maximum(m, (evidence(x).float() < 0).float())
     return grow(m, s.dilation)
 
 

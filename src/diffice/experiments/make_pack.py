@@ -119,6 +119,9 @@ def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, m
             "note": note,
             "models": models, "ddpm_check": check, "config": to_dict(cfg),
         }
+        if cfg.guide.pretrained:
+            prov["models"]["classifier"]["derived_from"] = _SONONET_SOURCE
+            atomic_write_text(tmp / "NOTICE", _notice(Path(str(cfg.guide.pretrained)).name))
         atomic_write_text(tmp / "PROVENANCE.json", json.dumps(prov, indent=1, default=str))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -133,6 +136,19 @@ def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, m
     for line in pack_summary(out):
         print(line)
     return out
+
+
+_SONONET_SOURCE = ("SonoNet-16 weights of Baumgartner et al., 'SonoNet: Real-Time Detection and Localisation of Fetal "
+                   "Standard Scan Planes in Freehand Ultrasound', IEEE TMI 2017 (the authors' release, Apache-2.0)")
+
+
+def _notice(weights: str) -> str:
+    """The NOTICE of a pack whose guide was fine-tuned from the authors' SonoNet weights (a derived work)."""
+    return (f"guide.ckpt in this folder is a derived work: its predictor l was initialised from {weights}, the\n"
+            f"{_SONONET_SOURCE},\nand then fine-tuned by diffice (`diffice train-classifier` with guide.pretrained; "
+            "PROVENANCE.json).\nThe original weights are licensed under the Apache License, Version 2.0 "
+            "(http://www.apache.org/licenses/LICENSE-2.0);\nthey are not part of this repository. The other files "
+            "of this pack owe nothing to them.\n")
 
 
 def _pack_synthesis_check(pack: Path, words: Sequence[str]) -> dict:

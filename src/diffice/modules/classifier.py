@@ -139,7 +139,7 @@ class ClassifierModule(DifficeModule):
         k = len(cfg.guide.segmenter_classes or cfg.data.classes)
         pretrained = cfg.guide.pretrained
         self.guide = Guide(segmenter, k, cfg.guide.sononet, cfg.guide.grad_through_segmenter,
-                           standardize_image=bool(pretrained))
+                           standardize_image=bool(pretrained), raw_channel=bool(cfg.guide.raw_channel))
         if pretrained and load_pretrained:
             from diffice.nets.sononet import SonoNet, transfer_official
 

@@ -164,7 +164,8 @@ class CounterfactualModule(L.LightningModule):
 
         l2 = self.perceptual_l2 or default_l2
         return CounterfactualEngine(self.diffusion, self.model, self.guide, self.perceptual, self.settings, l2,
-                                    segment=self.guide.segment if self.settings.sparse.uses_layout else None)
+                                    segment=self.guide.segment if self.settings.sparse.uses_layout else None,
+                                    evidence=self.guide.evidence if self.settings.sparse.uses_evidence else None)
 
     @torch.no_grad()
     def _judge(self, x: torch.Tensor) -> dict[str, Any]:

@@ -10,7 +10,9 @@ detached and only l's direct path from the image channel carries the gradient.
 
 Intensities: x is (B, 1, H, W) in [-1, 1]. A guide whose l starts from the authors' SonoNet-16
 (``standardize_image``; :func:`diffice.nets.sononet.transfer_official`) standardises the image
-channel per frame as the release does (zero mean, unit std, times 255) before l reads it.
+channel per frame as the release does (zero mean, unit std, times 255) before l reads it; with
+``raw_channel`` l also reads the frame as it is (a channel that starts at zero), so that a change of
+the overall gain, which the standardisation removes, stays visible.
 
 The guide calls a frame SP when sigma(f(x)) > ``threshold`` (a buffer saved with the checkpoint:
 0.5, or the training and validation frames' balanced-accuracy threshold when the guide was
@@ -31,13 +33,15 @@ class Guide(nn.Module):
     """``guide(x) -> (B,)`` SP logit; ``guide.segment(x) -> (B, K, H, W)`` probabilities."""
 
     def __init__(self, segmenter: nn.Module, num_classes: int, sononet: int = 16,
-                 grad_through_segmenter: bool = True, standardize_image: bool = False):
+                 grad_through_segmenter: bool = True, standardize_image: bool = False, raw_channel: bool = False):
         super().__init__()
         self.segmenter = segmenter
         self.num_classes = num_classes
         self.grad_through_segmenter = grad_through_segmenter
         self.standardize_image = standardize_image
-        self.predictor = SonoNet(features=sononet, in_channels=1 + num_classes, num_classes=1, final_bn=False)
+        self.raw_channel = raw_channel
+        channels = 1 + int(raw_channel) + num_classes
+        self.predictor = SonoNet(features=sononet, in_channels=channels, num_classes=1, final_bn=False)
         self.register_buffer("threshold", torch.tensor(0.5))
         self.freeze_segmenter()
 
@@ -65,10 +69,20 @@ class Guide(nn.Module):
         probs = self.segment(x)
         if not self.grad_through_segmenter:
             probs = probs.detach()
-        return torch.cat([standardize(x) if self.standardize_image else x, probs], dim=1)
+        first = [standardize(x), x] if self.raw_channel else [standardize(x) if self.standardize_image else x]
+        return torch.cat([*first, probs], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predictor(self.predictor_input(x)).squeeze(1)
+
+    def evidence(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W): l's SP logit map before its global average (one value per cell of the last
+        stage), bilinearly upsampled to the frame, less the decision logit: below 0 where the guide
+        sees the frame as non-standard. Its mean over the cells, plus that logit, is ``forward``."""
+        cells = self.predictor.class_maps(self.predictor_input(x)).float()
+        up = torch.nn.functional.interpolate(cells, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        t = decision_threshold(self)
+        return up - float(torch.logit(torch.tensor(t).clamp(1e-6, 1 - 1e-6)))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled stage-5 features of l (B, 8F): SonoNet features when no official weights exist."""

@@ -68,9 +68,30 @@ def _finite(*keys):
     return lambda r: all(math.isfinite(num(r.get(k))) for k in keys)
 
 
-def compare_runs(run_a, run_b) -> dict:
-    """Paired outcomes of two runs; see the module docstring."""
+def compare_runs(run_a, run_b, group: str | None = None) -> dict:
+    """Paired outcomes of two runs; see the module docstring. ``group``: a regular expression whose
+    first group, searched in each frame's id, names the frame's group (e.g. ``_([a-z]+)$``, the fault of
+    an hc18-faults frame); the result then also holds ``groups``: the yes/no outcomes per group."""
     pairs, notes = _pairs(run_a, run_b)
+    res = _compare_pairs(pairs, notes)
+    res.update({"a": str(run_a), "b": str(run_b)})
+    if group:
+        import re
+
+        try:
+            rx = re.compile(group)
+        except re.error as err:
+            raise UserError(f"--by {group!r}: not a regular expression ({err})") from None
+        named: dict[str, list] = {}
+        for a, b in pairs:
+            m = rx.search(str(a["id"]))
+            named.setdefault(m.group(1) if m and m.groups() else "(no match)", []).append((a, b))
+        res["groups"] = {k: _compare_pairs(v, [])["binary"] for k, v in sorted(named.items())}
+        res["group_sizes"] = {k: len(v) for k, v in sorted(named.items())}
+    return res
+
+
+def _compare_pairs(pairs, notes) -> dict:
     nsp = lambda r: num(r["p_input"]) <= guide_threshold([r])  # noqa: E731  (each run's own guide)
     binary = [
         _binary(pairs, "flipped (guide calls the cf SP)", nsp, lambda r: num(r["p_cf"]) > guide_threshold([r])),
@@ -102,7 +123,7 @@ def compare_runs(run_a, run_b) -> dict:
     numbers += [_number(pairs, f"Dice {k} (input vs cf)", lambda r, k=k: num((r.get("anatomy_dice") or {}).get(k)))
                 for k in structures]
     method = lambda r: str(r.get("method", "?"))  # noqa: E731
-    return {"a": str(run_a), "b": str(run_b), "method_a": method(pairs[0][0]), "method_b": method(pairs[0][1]),
+    return {"method_a": method(pairs[0][0]), "method_b": method(pairs[0][1]),
             "n_frames": len(pairs), "binary": [b for b in binary if b], "numbers": [x for x in numbers if x],
             "notes": notes}
 
@@ -118,6 +139,13 @@ def compare_markdown(res: dict) -> str:
     for x in res["numbers"]:
         lines.append(f"| {x['quantity']} | {x['n']} | {x['mean_a']:.3f} | {x['mean_b']:.3f} | {fmt_interval(x, 3)} "
                      f"| {fmt_p(x['p_value'])} |")
+    if res.get("groups"):
+        lines += ["", "Per group (the frame id's group; yes/no outcomes, exact McNemar within the group):", "",
+                  "| group | frames | outcome | n | A | B | only A | only B | p |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, rows in res["groups"].items():
+            for b in rows:
+                lines.append(f"| {name} | {res['group_sizes'][name]} | {b['outcome']} | {b['n']} | {b['a']} | {b['b']} "
+                             f"| {b['a_only']} | {b['b_only']} | {fmt_p(b['p_value'])} |")
     if res["notes"]:
         lines += [""] + [f"Note: {n}." for n in res["notes"]]
     lines += ["", "A difference is significant at 95 % where p < 0.05 (one test per row, not corrected for the "
@@ -137,8 +165,10 @@ def compare_main(argv: list[str]) -> int:
     p.add_argument("run_b", help="run folder B (e.g. the guided run)")
     p.add_argument("--out", type=Path, help="also write the table here (markdown) and beside it the numbers (.json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--by", metavar="REGEX", help="also compare per group: the first group of REGEX searched in each "
+                                                 "frame's id (e.g. '_([a-z]+)$': the fault of an hc18-faults frame)")
     ns = p.parse_args(argv)
-    res = compare_runs(ns.run_a, ns.run_b)
+    res = compare_runs(ns.run_a, ns.run_b, ns.by)
     text = compare_markdown(res)
     if ns.out:
         atomic_write_text(ns.out, text)
