@@ -95,3 +95,14 @@ def test_pack_file_round_trip(tiny_overrides, tmp_path):
         assert torch.equal(a.half().float(), b.float()), k
     for a, b in zip(packed.model.parameters(), packed.ema_model.parameters(), strict=True):
         assert torch.equal(a, b)  # the pack's trained weights are its EMA weights
+
+
+def test_a_tensor_beyond_float16_stays_float32_in_a_pack():
+    import torch
+
+    from diffice.modules.pack import pack_state
+
+    state = {"a.weight": torch.ones(3), "bn.running_var": torch.tensor([1.0, 2.0e6])}
+    out = pack_state("classifier", state)
+    assert out["a.weight"].dtype == torch.float16 and out["bn.running_var"].dtype == torch.float32
+    assert float(out["bn.running_var"][1]) == 2.0e6

@@ -35,17 +35,19 @@ EMA_KINDS = ("ddpm", "synthesis")  # packed as their EMA weights only
 
 
 def pack_state(kind: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors a pack keeps of a module's state dict, floating ones as float16."""
+    """The tensors a pack keeps of a module's state dict, floating ones as float16 — except a tensor
+    with values beyond float16's range, kept in float32 (a batch norm's running variance after an
+    input standardised to ×255, as the SonoNet release's first layer sees; a few hundred bytes)."""
     if kind in EMA_KINDS:
         state = {k: v for k, v in state.items() if not k.startswith("model.")}
     out = {}
     for k, v in state.items():
         v = v.detach().cpu()
         if v.is_floating_point():
+            if not torch.isfinite(v).all():
+                raise UserError(f"{k}: holds a NaN or infinite value; this model cannot be packed")
             half = v.to(torch.float16)
-            if not torch.isfinite(half).all():
-                raise UserError(f"{k}: values beyond float16's range; this model cannot be packed in fp16")
-            v = half
+            v = half if torch.isfinite(half).all() else v.float()
         out[k] = v.contiguous().clone()
     return out
 
