@@ -39,7 +39,8 @@ def test_hc18_pack_is_small_and_documented():
 def test_hc18_pack_loads_with_the_current_code():
     for name, kind in FILES.items():
         raw = torch.load(PACK / name, map_location="cpu", weights_only=True)
-        assert all(v.dtype != torch.float32 for v in raw["state_dict"].values())
+        # fp16, except a tensor beyond fp16's range (the SonoNet release's first batch-norm variance)
+        assert all(v.dtype != torch.float32 or v.abs().max() > 65504 for v in raw["state_dict"].values())
         from_dict(raw["diffice"]["config"])
         load_checkpoint(PACK / name, kind)
     words = pack_words(PACK)
