@@ -87,9 +87,9 @@ def test_the_guide_mask_is_where_the_guides_evidence_is_below_its_decision():
 
 
 def test_a_guides_evidence_map_averages_to_its_logit():
+    from diffice.config import load_config
     from diffice.nets.guide import Guide
     from diffice.nets.segmenter import build_segmenter
-    from diffice.config import load_config
 
     torch.manual_seed(0)
     seg = build_segmenter(load_config([], ["segmenter.encoder=tu-mobilenetv3_small_050"]), 2)

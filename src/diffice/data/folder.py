@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from diffice.data.datasets import SPLIT_NAMES, patient_splits
-from diffice.data.sources import IMAGE_SUFFIXES, _parse_float, _read_mask_raw, load_image
+from diffice.data.sources import IMAGE_SUFFIXES, _parse_float, _read_mask_raw, load_image, read_table
 from diffice.errors import UserError
 from diffice.io import atomic_write_text
 
@@ -170,13 +170,7 @@ def _from_labels(folder: Path, labels: Path) -> tuple[list[Frame], dict[Path, st
     """The frames a labels CSV lists (and the patient column's values, where given)."""
     if not labels.is_file():
         raise UserError(f"{labels}: labels CSV not found")
-    try:
-        with open(labels, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [(c or "").strip() for c in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"{labels}: not a readable CSV ({err})") from err
+    columns, rows = read_table(labels)
     missing = [c for c in ("image", "label") if c not in columns]
     if missing:
         raise UserError(f"{labels}: missing column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'}); "

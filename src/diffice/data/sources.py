@@ -200,6 +200,19 @@ def _parse_float(value: str, where: str) -> float:
     return x
 
 
+def read_table(path: Path) -> tuple[list[str], list[dict]]:
+    """(column names, rows) of a CSV file a user wrote (a spreadsheet's BOM allowed; names stripped);
+    a file that is not a readable CSV is a UserError naming it."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [(c or "").strip() for c in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{path}: not a readable CSV ({err})") from err
+    return columns, rows
+
+
 def read_manifest(csv_path: str | Path) -> list[Record]:
     """Read a manifest CSV (DESIGN.md): required ``image``; optional ``label``, ``patient``,
     ``split``, ``mask``, ``qs_*``, ``target``, ``id``, ``plane``, ``ga`` (weeks), ``pixel_mm`` (the image
@@ -212,13 +225,7 @@ def read_manifest(csv_path: str | Path) -> list[Record]:
                     "1327317, CC BY 4.0, expected in ../shared/data/hc18)")
         raise UserError(f"{csv_path}: manifest CSV not found (set data.manifest){hint}")
     base = csv_path.parent
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"{csv_path}: not a readable CSV ({err})") from err
+    columns, rows = read_table(csv_path)
     if "image" not in columns:
         raise UserError(f"{csv_path}: missing required column 'image' (found: {', '.join(columns) or 'none'})")
     records = []

@@ -20,7 +20,6 @@ Every error a user can cause (a missing file, a bad column, an empty set) is a
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -196,18 +195,12 @@ def load_manifest(path: str | Path, split: str | None = None, size: Sequence[int
     (as in ``diffice.data.phantom.PLANES``, TT / TV / TC or 0 / 1 / 2; empty = unknown),
     ``anomaly`` (empty = normal), ``severity`` (a number), ``origin`` (real | synthetic, default real).
     """
-    from diffice.data.sources import parse_plane
+    from diffice.data.sources import parse_plane, read_table
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: manifest CSV not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [(c or "").strip() for c in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"{path}: not a readable CSV ({err})") from err
+    columns, rows = read_table(path)
     if "image" not in columns:
         raise UserError(f"{path}: missing required column 'image' (found: {', '.join(columns) or 'none'})")
     want = split.strip().lower() if split else None
