@@ -106,8 +106,7 @@ class DDPMModule(DifficeModule):
 
     def start_from(self, path: str) -> None:
         """``ddpm.init_ckpt``: the model and its EMA start from that DDPM's EMA weights (a new run only)."""
-        check_compatible(path, read_checkpoint(path, "ddpm"), self.cfg)
-        source = load_ddpm(path)
+        source = load_ddpm(path, self.cfg, keys=ARCH_KEYS)  # the same architecture, the file read once
         self.model.load_state_dict(source.ema_model.state_dict())
         self.ema_model.load_state_dict(source.ema_model.state_dict())
         print(f"ddpm: starts from the EMA weights of {path} ({source.trained_steps} steps)")
@@ -313,12 +312,13 @@ def check_compatible(path: str | os.PathLike, ckpt: dict, cfg: DictConfig, keys:
             )
 
 
-def load_ddpm(path: str | os.PathLike, cfg: DictConfig | None = None, map_location: str | torch.device = "cpu") -> DDPMModule:
-    """A trained DDPM (eval mode) from its checkpoint, read once; with ``cfg``, its frame size
-    must match ``cfg.data.image_size``. ``.trained_steps`` is the checkpoint's global step."""
+def load_ddpm(path: str | os.PathLike, cfg: DictConfig | None = None, map_location: str | torch.device = "cpu",
+              keys: Sequence[str] = ("data.image_size",)) -> DDPMModule:
+    """A trained DDPM (eval mode) from its checkpoint, read once; with ``cfg``, its ``keys`` (default: the
+    frame size) must match ``cfg``'s. ``.trained_steps`` is the checkpoint's global step."""
     ckpt = read_checkpoint(path, "ddpm")
     stored = _stored(ckpt)
-    check_compatible(path, ckpt, cfg if cfg is not None else stored, keys=("data.image_size",))
+    check_compatible(path, ckpt, cfg if cfg is not None else stored, keys=keys)
     module = DDPMModule(stored, load_pretrained=False)
     from diffice.modules.pack import unpack_state
 
