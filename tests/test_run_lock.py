@@ -163,24 +163,31 @@ def test_a_live_child_of_a_dead_holder_keeps_the_folder(tmp_path, capsys):
         proc.stdout.close()
 
 
+def _lock_from_another_thread(out: Path) -> list[str]:
+    """The errors of one attempt to take ``out``'s lock from a new thread (empty: it got the lock)."""
+    errors: list[str] = []
+
+    def other():
+        try:
+            with run_lock(out, "other thread"):
+                pass
+        except UserError as err:
+            errors.append(str(err))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    return errors
+
+
 def test_two_threads_exclude_each_other_and_one_thread_may_nest(tmp_path):
     out = tmp_path / "run"
-    errors = []
     with run_lock(out, "outer"):
         with run_lock(out, "nested"):
             pass
         assert (out / LOCK_NAME).exists()  # still held after the nested block
 
-        def other():
-            try:
-                with run_lock(out, "other thread"):
-                    pass
-            except UserError as err:
-                errors.append(str(err))
-
-        t = threading.Thread(target=other)
-        t.start()
-        t.join()
+        errors = _lock_from_another_thread(out)
     assert len(errors) == 1 and "in use by another run" in errors[0]
     assert not out.exists()  # the lock made the folder and the run left nothing in it
 
@@ -250,19 +257,7 @@ def test_fit_holds_the_run_folders_lock_while_training(tmp_path):
     class Probe(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             seen.append(read_holder(out / LOCK_NAME).get("pid"))
-            errors = []
-
-            def other():
-                try:
-                    with run_lock(out, "other thread"):
-                        pass
-                except UserError as err:
-                    errors.append(str(err))
-
-            t = threading.Thread(target=other)
-            t.start()
-            t.join()
-            seen.append(len(errors))
+            seen.append(len(_lock_from_another_thread(out)))
 
     fit(cfg, "segmenter", SegmenterModule(cfg), DiffIceDataModule(cfg), 1, callbacks=[Probe()])
     assert seen == [os.getpid(), 1]
