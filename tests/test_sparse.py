@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffice.counterfactual import CFSettings, CounterfactualEngine, SparseSettings
-from diffice.counterfactual.sparse import change_mask, grow, opened, paste
+from diffice.counterfactual.sparse import change_mask, grow, opened, paste, sector
 from diffice.errors import UserError
 from tests.cf_fakes import FakeDenoiser, FakeFeatures, FakeGuide, frame, tiny_diffusion
 
@@ -177,6 +177,31 @@ def test_the_refinement_does_not_depend_on_the_batch():
         assert torch.allclose(a.cf, b.cf, atol=1e-5) and a.nfe == b.nfe
 
 
+def test_the_raised_mask_keeps_the_share_of_the_sector_where_the_guide_s_evidence_rose_most():
+    x = -torch.ones(2, 1, 20, 24)
+    x[:, :, :, 8:] = 0.0                       # the imaged sector: right of column 8 (its blurred edge included)
+    cf = x.clone()
+    cf[0, 0, 2:6, 12:16] = 0.8                 # frame 0: the change that raised the evidence
+    cf[1, 0, 10:14, 16:20] = 0.8               # frame 1: elsewhere
+
+    def evidence(img):                         # a stand-in guide: evidence = brightness
+        return img.clone()
+
+    inside = int(sector(x[:1]).sum())
+    assert 320 <= inside <= 400 and not sector(x)[:, :, :, :4].any()
+    share = 16 / inside                        # exactly the 16 pixels of the block
+    m = change_mask(x, cf, SparseSettings(mask="raised", share=share, dilation=0), evidence=evidence)
+    assert m[0, 0, 2:6, 12:16].eq(1).all() and m[1, 0, 10:14, 16:20].eq(1).all()
+    assert m.flatten(1).sum(1).tolist() == [16.0, 16.0]
+    alone = change_mask(x[1:], cf[1:], SparseSettings(mask="raised", share=share, dilation=0), evidence=evidence)
+    assert torch.equal(alone[0], m[1])         # the cut is per frame: no batch effect
+    wider = change_mask(x, cf, SparseSettings(mask="raised", share=0.5, dilation=0), evidence=evidence)
+    assert wider[:, :, :, :4].eq(0).all()      # ties at zero gain are kept, but never outside the sector
+    assert (wider.flatten(1).sum(1) >= inside / 2).all()
+    with pytest.raises(UserError, match="cf.sparse=raised needs the guide's evidence map"):
+        change_mask(x, cf, SparseSettings(mask="raised"))
+
+
 def test_sparse_settings_are_validated():
     with pytest.raises(UserError, match="cf.sparse: 'box'"):
         make_engine(sparse=SparseSettings(mask="box"))
@@ -188,6 +213,8 @@ def test_sparse_settings_are_validated():
         make_engine(sparse=SparseSettings(mask="layout", opening=()))
     with pytest.raises(UserError, match="cf.sparse_threshold"):
         make_engine(sparse=SparseSettings(mask="diff", threshold=0.0))
+    with pytest.raises(UserError, match="cf.sparse_share"):
+        make_engine(sparse=SparseSettings(mask="raised", share=0.0))
     with pytest.raises(UserError, match="cf.sparse applies to diff-ice and diff-ice1"):
         make_engine("dime")
     make_engine("dime", SparseSettings())  # off: any method

@@ -196,6 +196,7 @@ class CounterfactualConfig:
     sparse_opening: Any = 0  # a pixel count or a list of them, sparsest first
     sparse_tau: int = 10
     sparse_guided: bool = True
+    sparse_share: float = 0.25
     batch_size: int = 10
     net_batch: int | None = 10
     autocast: str = "none"
