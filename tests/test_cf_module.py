@@ -14,7 +14,7 @@ from diffice.config import load_config
 from diffice.counterfactual.outputs import RUN_KIND, method_config
 from diffice.errors import UserError
 from diffice.modules.counterfactual import CounterfactualModule, FrameWriter, _check_size, run_counterfactuals
-from diffice.runfolder import check_run_folder, read_records
+from diffice.runfolder import check_run_folder, read_records, read_stamp
 from tests.cf_fakes import CONCEPTS, FakeDataModule, LoggingWriter, fake_components
 from tests.conftest import ROOT
 
@@ -113,6 +113,22 @@ def test_out_folder_of_another_configuration_is_refused(cfg):
     same = cfg.copy()
     same.cf.batch_size = 1  # outputs do not depend on batch size: the same run
     check_run_folder(same.cf.out, RUN_KIND, method_config(OmegaConf.to_container(same, resolve=True)))
+
+
+def test_the_trainer_precision_is_stamped_and_a_true_half_precision_is_refused(cfg):
+    out, _ = run_counterfactuals(cfg, fake_components(), FakeDataModule(2))
+    assert read_stamp(out)["settings"]["precision"] == "32-true"
+    mixed = cfg.copy()
+    mixed.trainer.precision = "bf16-mixed"  # a resumed run cannot mix precisions
+    with pytest.raises(UserError, match=r"other settings \(precision: '32-true' there, 'bf16-mixed' now\)"):
+        run_counterfactuals(mixed, fake_components(), FakeDataModule(2))
+    for value in ("16-true", "bf16-true", "64-true"):  # the networks' weights cast: refused before anything is written
+        bad = cfg.copy()
+        bad.trainer.precision = value
+        bad.cf.out = str(Path(cfg.cf.out).parent / f"cf-{value}")
+        with pytest.raises(UserError, match=rf"^trainer.precision: '{value}' is not one of 32-true, bf16-mixed, 16-mixed"):
+            run_counterfactuals(bad, fake_components(), FakeDataModule(2))
+        assert not Path(bad.cf.out).exists()
 
 
 def test_input_set_without_nsp_frames_is_refused(cfg):
