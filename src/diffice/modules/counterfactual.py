@@ -398,13 +398,11 @@ def _run_locked(cfg: DictConfig, out: Path, components, datamodule, **trainer_ov
     todo = [pos for pos, idx in zip(positions, indices, strict=True) if not is_finished(out, idx)]
     rank_zero = True
     if todo:
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(ds, todo),
-            batch_size=int(cfg.cf.batch_size),
-            shuffle=False,
-            num_workers=int(cfg.data.num_workers),
-        )
+        from diffice.data import loader_options
+
         trainer = build_predict_trainer(cfg, out, **trainer_overrides)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, todo), batch_size=int(cfg.cf.batch_size),
+                                             shuffle=False, **loader_options(cfg, trainer))
         trainer.predict(module, dataloaders=loader, return_predictions=False)
         trainer.strategy.barrier("diffice.counterfactuals.done")
         rank_zero = trainer.is_global_zero
