@@ -131,6 +131,22 @@ def test_the_trainer_precision_is_stamped_and_a_true_half_precision_is_refused(c
         assert not Path(bad.cf.out).exists()
 
 
+def test_trainer_deterministic_reaches_the_predict_trainer_and_keeps_the_cpus_bits(cfg, tmp_path):
+    out, _ = run_counterfactuals(cfg, fake_components(), FakeDataModule(2))
+    det = cfg.copy()
+    det.trainer.deterministic = True  # any lightning.Trainer argument passes through
+    det.cf.out = str(tmp_path / "deterministic")
+    try:
+        run_counterfactuals(det, fake_components(), FakeDataModule(2))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for index in (100, 101):
+        for name in ("cf.png", "iter1.png"):
+            a, b = (Path(o) / "frames" / f"{index:06d}" / name for o in (out, det.cf.out))
+            assert a.read_bytes() == b.read_bytes()
+
+
 def test_input_set_without_nsp_frames_is_refused(cfg):
     with pytest.raises(UserError, match="no NSP frame"):
         run_counterfactuals(cfg, fake_components(), FakeDataModule(3, labels=[1, 1, 1]))
