@@ -14,7 +14,7 @@ from diffice.config import load_config
 from diffice.counterfactual.outputs import RUN_KIND, method_config
 from diffice.errors import UserError
 from diffice.modules.counterfactual import CounterfactualModule, FrameWriter, _check_size, run_counterfactuals
-from diffice.runfolder import check_run_folder, read_records
+from diffice.runfolder import check_run_folder, read_records, read_stamp
 from tests.cf_fakes import CONCEPTS, FakeDataModule, LoggingWriter, fake_components
 from tests.conftest import ROOT
 
@@ -113,6 +113,38 @@ def test_out_folder_of_another_configuration_is_refused(cfg):
     same = cfg.copy()
     same.cf.batch_size = 1  # outputs do not depend on batch size: the same run
     check_run_folder(same.cf.out, RUN_KIND, method_config(OmegaConf.to_container(same, resolve=True)))
+
+
+def test_the_trainer_precision_is_stamped_and_a_true_half_precision_is_refused(cfg):
+    out, _ = run_counterfactuals(cfg, fake_components(), FakeDataModule(2))
+    assert read_stamp(out)["settings"]["precision"] == "32-true"
+    mixed = cfg.copy()
+    mixed.trainer.precision = "bf16-mixed"  # a resumed run cannot mix precisions
+    with pytest.raises(UserError, match=r"other settings \(precision: '32-true' there, 'bf16-mixed' now\)"):
+        run_counterfactuals(mixed, fake_components(), FakeDataModule(2))
+    for value in ("16-true", "bf16-true", "64-true"):  # the networks' weights cast: refused before anything is written
+        bad = cfg.copy()
+        bad.trainer.precision = value
+        bad.cf.out = str(Path(cfg.cf.out).parent / f"cf-{value}")
+        with pytest.raises(UserError, match=rf"^trainer.precision: '{value}' is not one of 32-true, bf16-mixed, 16-mixed"):
+            run_counterfactuals(bad, fake_components(), FakeDataModule(2))
+        assert not Path(bad.cf.out).exists()
+
+
+def test_trainer_deterministic_reaches_the_predict_trainer_and_keeps_the_cpus_bits(cfg, tmp_path):
+    out, _ = run_counterfactuals(cfg, fake_components(), FakeDataModule(2))
+    det = cfg.copy()
+    det.trainer.deterministic = True  # any lightning.Trainer argument passes through
+    det.cf.out = str(tmp_path / "deterministic")
+    try:
+        run_counterfactuals(det, fake_components(), FakeDataModule(2))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for index in (100, 101):
+        for name in ("cf.png", "iter1.png"):
+            a, b = (Path(o) / "frames" / f"{index:06d}" / name for o in (out, det.cf.out))
+            assert a.read_bytes() == b.read_bytes()
 
 
 def test_input_set_without_nsp_frames_is_refused(cfg):

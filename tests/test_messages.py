@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffice.cli import main
 from diffice.config import load_config
@@ -105,3 +106,20 @@ def test_a_bad_option_is_one_line_not_the_usage(argv, capsys):
     assert main(argv) == 2
     (err,) = _err(capsys)
     assert "usage:" not in err and "--help" in err
+
+
+class _Unreadable(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i):
+        raise UserError(f"frames/{i}.png: unreadable image; check the file")
+
+
+def test_a_user_error_in_a_dataloader_worker_stays_one_line():
+    """With worker processes (the default on a GPU) torch re-raises a worker's error with its
+    traceback; the UserError keeps the worker's own line."""
+    loader = torch.utils.data.DataLoader(_Unreadable(), batch_size=1, num_workers=1)
+    with pytest.raises(UserError) as err:
+        next(iter(loader))
+    assert str(err.value) == "frames/0.png: unreadable image; check the file"

@@ -52,6 +52,45 @@ def test_sampler_order_is_a_function_of_the_step():
     assert not ranks[0] & ranks[1]
 
 
+def _fake_trainer(device: str, devices: int = 1, step: int = 0):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), num_devices=devices,
+                           global_step=step, world_size=1, global_rank=0, accumulate_grad_batches=1)
+
+
+def test_loading_options_follow_the_device_and_leave_the_cpu_as_it_was(tiny_overrides, monkeypatch):
+    from diffice.data import loader_options
+
+    cfg = load_config([ROOT / "configs/preset/tiny.yaml"], tiny_overrides)
+    assert cfg.data.num_workers is None  # the default: chosen by device
+    cpu = {"num_workers": 0, "persistent_workers": False, "pin_memory": False}
+    assert loader_options(cfg) == cpu and loader_options(cfg, _fake_trainer("cpu", 4)) == cpu
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert loader_options(cfg, _fake_trainer("cuda:0")) == {"num_workers": 4, "persistent_workers": True, "pin_memory": True}
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert loader_options(cfg, _fake_trainer("cuda:0", devices=4))["num_workers"] == 1  # the CPUs shared by 4 processes
+    cfg.data.num_workers = 0  # a number given is kept
+    assert loader_options(cfg, _fake_trainer("cuda:0")) == {"num_workers": 0, "persistent_workers": False, "pin_memory": True}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_worker_processes_change_neither_the_training_order_nor_its_augmentations(tiny_overrides):
+    """The training batches (frames and augmentations) from a mid-epoch step are the same with two
+    worker processes as without: order and augmentation seeds are the sampler's (seed, step)."""
+    from diffice.data import DiffIceDataModule
+
+    batches = {}
+    for workers in (0, 2):
+        cfg = load_config([ROOT / "configs/preset/tiny.yaml"], [*tiny_overrides, f"data.num_workers={workers}"])
+        dm = DiffIceDataModule(cfg)
+        dm.trainer = _fake_trainer("cpu", step=1)
+        batches[workers] = [b for _, b in zip(range(3), dm.train_dataloader(), strict=False)]
+    assert len(batches[0]) == 3
+    for a, b in zip(batches[0], batches[2], strict=True):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+
+
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_overrides, tmp_path):
     whole = _cfg(tiny_overrides, tmp_path / "a")
     train_ddpm(whole, num_sanity_val_steps=0)

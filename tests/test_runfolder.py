@@ -91,3 +91,35 @@ def test_keys_without_effect_do_not_refuse_a_counterfactual_folder(tmp_path):
     write_stamp(tmp_path, RUN_KIND, {"seed": 0, "cf": {**base["cf"], "sparse": "layout"}})
     with pytest.raises(UserError, match=r"cf.sparse_tau: 10 there, 5 now"):
         check_run_folder(tmp_path, RUN_KIND, {"seed": 0, "cf": {**base["cf"], "sparse": "layout", "sparse_tau": 5}})
+
+
+def test_a_counterfactual_folder_is_tied_to_its_precision_an_older_stamp_to_its_config(tmp_path):
+    import yaml
+
+    from diffice.counterfactual.outputs import RUN_KIND, method_config
+
+    def settings(precision, autocast="none"):
+        return method_config({"seed": 0, "trainer": {"precision": precision}, "cf": {"tau": 5, "autocast": autocast}})
+
+    write_stamp(tmp_path, RUN_KIND, settings("32-true"))
+    check_run_folder(tmp_path, RUN_KIND, settings(32))  # Lightning's short name: the same precision
+    with pytest.raises(UserError, match=r"precision: '32-true' there, 'bf16-mixed' now"):
+        check_run_folder(tmp_path, RUN_KIND, settings("bf16"))
+
+    def older(precision, autocast):  # an older diffice stamped no precision; the folder's config.yaml has it
+        stamp = settings(precision, autocast)
+        del stamp["precision"]
+        write_stamp(tmp_path, RUN_KIND, stamp)
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({"trainer": {"precision": precision}, "cf": {"autocast": autocast}}))
+
+    older("bf16-mixed", "bf16")  # its guidance's networks ran in bf16, as they do now: it goes on
+    check_run_folder(tmp_path, RUN_KIND, settings("bf16-mixed", "bf16"))
+    with pytest.raises(UserError, match=r"precision: 'bf16-mixed' there, '32-true' now"):
+        check_run_folder(tmp_path, RUN_KIND, settings("32-true", "bf16"))
+    older("bf16-mixed", "none")  # its guidance ran under the autocast, which no run does now
+    with pytest.raises(UserError, match=r"precision: 'bf16-mixed, guidance under autocast \(an older diffice\)' there"):
+        check_run_folder(tmp_path, RUN_KIND, settings("bf16-mixed"))
+    older("32-true", "none")
+    check_run_folder(tmp_path, RUN_KIND, settings("32-true"))
+    (tmp_path / "config.yaml").unlink()  # no config.yaml: a run of the precision's default
+    check_run_folder(tmp_path, RUN_KIND, settings("32-true"))

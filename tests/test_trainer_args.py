@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback, Timer
 
 from diffice.config import load_config
@@ -40,7 +41,11 @@ def test_trainer_keys_reach_the_trainer(tmp_path):
 
     cfg = _cfg(tmp_path, "trainer.accumulate_grad_batches=2", "trainer.max_time=00:00:00:30",
                "trainer.limit_val_batches=0.5", "trainer.deterministic=true")
-    trainer = build_trainer(cfg, "segmenter", 10)
+    try:
+        trainer = build_trainer(cfg, "segmenter", 10)
+        assert torch.are_deterministic_algorithms_enabled()  # trainer.deterministic reached the Trainer
+    finally:
+        torch.use_deterministic_algorithms(False)  # a process-wide switch Lightning set
     assert trainer.accumulate_grad_batches == 2
     assert trainer.limit_val_batches == 0.5
     timer = [c for c in trainer.callbacks if isinstance(c, Timer)]

@@ -57,7 +57,7 @@ class DataConfig:
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
     split_seed: int = 0
     batch_size: int = 16
-    num_workers: int = 0
+    num_workers: int | None = None
     augment: bool = True
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
 

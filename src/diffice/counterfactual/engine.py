@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from diffice.counterfactual.seeding import frame_generators, randn_frames
 from diffice.counterfactual.settings import X0_METHODS, CFSettings
 from diffice.counterfactual.sparse import change_mask, inpaint
-from diffice.nets.autocast import with_precision
+from diffice.nets.autocast import float32_call, no_autocast, with_precision
 from diffice.nets.fixed_batch import FixedBatch, fixed
 from diffice.nets.guide import decision_threshold
 
@@ -165,6 +165,11 @@ class CounterfactualEngine:
     (forward and backward) runs on exactly that many frames (:mod:`diffice.nets.fixed_batch`):
     the λc search's retries and adaptive stopping shrink the set of frames, but not the calls'
     shape, so a frame's result does not depend on its batch, the batch size or the device count.
+
+    Precision: the guide's side (guide, perceptual network, segmenter, evidence map, the loss and its
+    gradient; for ``diff-ice1-xt`` the denoiser too) runs with autocast switched off, so under a
+    caller's autocast (Lightning's ``trainer.precision``) only the denoiser's forwards without
+    gradient take the reduced precision; ``settings.autocast=bf16`` runs every network in bf16.
     """
 
     def __init__(
@@ -183,6 +188,10 @@ class CounterfactualEngine:
         self.threshold = decision_threshold(guide)  # before any wrapper hides the guide's buffer
         width = settings.net_batch
         model, guide, perceptual = (with_precision(f, settings.autocast) for f in (model, guide, perceptual))
+        # the guide's side (guide, perceptual network, segmenter, evidence) in float32 (or cf.autocast's bf16)
+        # whatever autocast the caller runs under (Lightning's trainer.precision): only the denoiser's
+        # forwards without gradient run at the trainer's precision
+        guide, perceptual = float32_call(guide), float32_call(perceptual)
         if width is not None:
             model, guide, perceptual = FixedBatch(model, width), fixed(guide, width), fixed(perceptual, width)
         self.diffusion = diffusion
@@ -192,11 +201,11 @@ class CounterfactualEngine:
         self.loss = GuidanceLoss(guide, perceptual, settings.lambda_p, perceptual_l2)
         self.progress = progress
         # the guide's segmenter (class probabilities), for cf.sparse=layout
-        self.segment = with_precision(segment, settings.autocast) if segment is not None else None
+        self.segment = float32_call(with_precision(segment, settings.autocast)) if segment is not None else None
         if self.segment is not None and width is not None:
             self.segment = fixed(self.segment, width)
         # the guide's evidence map, for cf.sparse=guide
-        self.evidence = with_precision(evidence, settings.autocast) if evidence is not None else None
+        self.evidence = float32_call(with_precision(evidence, settings.autocast)) if evidence is not None else None
         if self.evidence is not None and width is not None:
             self.evidence = fixed(self.evidence, width)
 
@@ -376,9 +385,10 @@ class CounterfactualEngine:
     # ------------------------------------------------------------------ steps
 
     def grad_x0(self, x0: torch.Tensor, anchor: Features, lam: torch.Tensor) -> torch.Tensor:
-        """∇ of the summed per-frame loss (eq. 4) w.r.t. a detached clean estimate x0."""
+        """∇ of the summed per-frame loss (eq. 4) w.r.t. a detached clean estimate x0, float32 under any
+        autocast the caller runs in (the networks at ``cf.autocast``'s precision)."""
         x0 = x0.detach().float().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), no_autocast(x0):
             loss = self.loss(x0, anchor, lam).sum()
             (g,) = torch.autograd.grad(loss, x0)
         return g
@@ -391,9 +401,10 @@ class CounterfactualEngine:
         return guided_sample(out, g, t, randn_frames(gens, x_t.shape[1:], x_t)), 1
 
     def _step_xt(self, x_t, t, anchor, lam, gens):
-        """Diff-ICE1-xt step: g = ∇_{x_t} L(x̂0|t(x_t)), backpropagating through the denoiser."""
-        x_in = x_t.detach().requires_grad_(True)
-        with torch.enable_grad():
+        """Diff-ICE1-xt step: g = ∇_{x_t} L(x̂0|t(x_t)), backpropagating through the denoiser (float32
+        under any autocast the caller runs in, as :meth:`grad_x0`)."""
+        x_in = x_t.detach().float().requires_grad_(True)
+        with torch.enable_grad(), no_autocast(x_in):
             out = self.diffusion.p_mean_variance(self.model, x_in, t, clip_denoised=self.s.clip_denoised)
             loss = self.loss(out["pred_xstart"].float(), anchor, lam).sum()
             (g,) = torch.autograd.grad(loss, x_in)

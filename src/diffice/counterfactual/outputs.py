@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from diffice.counterfactual.settings import precision_name
+from diffice.errors import UserError
 from diffice.runfolder import write_rows_csv
 from diffice.runfolder.stamp import RunKind
 
@@ -58,8 +60,10 @@ _IGNORED = {"cf": {"batch_size", "limit", "ids", "out"}, "data": {"batch_size", 
 
 
 def method_config(cfg: dict) -> dict:
-    """The part of a resolved config (as a dict) that determines the counterfactuals."""
-    rel: dict[str, Any] = {"seed": cfg.get("seed")}
+    """The part of a resolved config (as a dict) that determines the counterfactuals: ``seed``,
+    ``cf``, ``data``, ``features`` (less the keys above) and ``trainer.precision`` (as ``precision``)."""
+    precision = (cfg.get("trainer") or {}).get("precision", "32-true")
+    rel: dict[str, Any] = {"seed": cfg.get("seed"), "precision": precision_name(precision)}
     for section in ("cf", "data", "features"):
         sec = dict(cfg.get(section) or {})
         for key in _IGNORED.get(section, ()):
@@ -82,20 +86,49 @@ def _effective(settings: dict) -> dict:
     return out
 
 
-def _config_yaml_settings(path: Path) -> dict:
-    """The settings of a run folder an older diffice stamped only with its ``config.yaml``."""
+def _read_yaml(path: Path) -> dict:
     import yaml
 
     try:
-        stored = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ValueError(str(err).splitlines()[0]) from err
-    return method_config(stored)
+
+
+def _older_precision(stored: dict) -> str:
+    """The precision of a run an older diffice made (before the precision was stamped): its config's
+    ``trainer.precision``. It ran the whole predict step under the mixed ones' autocast, so without
+    ``cf.autocast=bf16`` its guidance ran in reduced precision: a value no run of this diffice has."""
+    name = precision_name((stored.get("trainer") or {}).get("precision", "32-true"))
+    if name != "32-true" and (stored.get("cf") or {}).get("autocast", "none") == "none":
+        return f"{name}, guidance under autocast (an older diffice)"
+    return name
+
+
+def _config_yaml_settings(path: Path) -> dict:
+    """The settings of a run folder an older diffice stamped only with its ``config.yaml``."""
+    stored = _read_yaml(path)
+    return {**method_config(stored), "precision": _older_precision(stored)}
+
+
+def _unstamped(out: Path, settings: dict) -> dict:
+    """A stamp without ``precision`` (an older diffice): the precision of the folder's ``config.yaml``,
+    written with the stamp (32-true when that file is gone)."""
+    if "precision" in settings:
+        return settings
+    path = out / "config.yaml"
+    try:
+        stored = _read_yaml(path) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                        f"{RUN_KIND.fix}") from err
+    return {**settings, "precision": _older_precision(stored)}
 
 
 RUN_KIND = RunKind("counterfactuals", "counterfactual run", items=("frames",), fix="set cf.out to a new folder or delete it",
                    legacy=("config.yaml", _config_yaml_settings),
                    added=(("cf.lambda_search", "restart"), ("cf.retry_iterations", 1), ("cf.sparse", "none"),
                           ("cf.sparse_threshold", 0.1), ("cf.sparse_sigma", 2.0), ("cf.sparse_dilation", 2),
-                          ("cf.sparse_tau", 10), ("cf.sparse_guided", True), ("cf.sparse_opening", 0)),
-                   canonical=_effective)
+                          ("cf.sparse_tau", 10), ("cf.sparse_guided", True), ("cf.sparse_opening", 0),
+                          ("precision", "32-true")),
+                   canonical=_effective, unstamped=_unstamped)

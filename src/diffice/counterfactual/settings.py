@@ -15,6 +15,27 @@ LAMBDA_SEARCH = ("restart", "continue")
 NOISE_CONVENTIONS = ("diffice", "dime")
 GRAD_AT = ("current", "previous")
 X0_METHODS = ("diff-ice", "diff-ice1")
+# trainer.precision values a counterfactual run takes (Lightning's short names resolved): under the
+# mixed ones Lightning's autocast reaches the denoiser's forwards without gradient and the judges,
+# while the guidance runs in float32 (or bf16 for its networks with cf.autocast=bf16)
+PRECISIONS_CF = {"32-true": "32-true", "32": "32-true", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
+                 "16-mixed": "16-mixed", "16": "16-mixed"}
+
+
+def precision_name(value) -> str:
+    """``trainer.precision`` as Lightning's full name (``32`` -> ``32-true``); other values as they are."""
+    return PRECISIONS_CF.get(str(value), str(value))
+
+
+def check_precision(value) -> str:
+    """``trainer.precision`` for a counterfactual run, or a one-line error naming the key: a "-true"
+    precision other than 32 casts the frozen networks' weights (and the images) to another dtype,
+    which the predict step (float32 images, float32 guidance) does not take."""
+    name = precision_name(value)
+    if name not in PRECISIONS_CF.values():
+        raise UserError(f"trainer.precision: '{value}' is not one of 32-true, bf16-mixed, 16-mixed for counterfactuals "
+                        f"(their guidance gradient is float32; cf.autocast=bf16 runs its networks in bf16)")
+    return name
 
 
 @dataclass
@@ -110,4 +131,5 @@ class CFSettings:
             raise UserError(f"cf.net_batch: {self.net_batch} must be at least 1 (or null)")
 
 
-__all__ = ["GRAD_AT", "LAMBDA_SEARCH", "METHODS", "NOISE_CONVENTIONS", "X0_METHODS", "CFSettings"]
+__all__ = ["GRAD_AT", "LAMBDA_SEARCH", "METHODS", "NOISE_CONVENTIONS", "PRECISIONS_CF", "X0_METHODS", "CFSettings",
+           "check_precision", "precision_name"]

@@ -4,11 +4,12 @@ Public API::
 
     DiffIceDataModule(cfg)              # setup(), train/val/test_dataloader(), dataset(split, label, augment)
     build_source(cfg)                   # the full data set named by cfg.data
+    loader_options(cfg, trainer)        # DataLoader workers and pinning for the trainer's device
     require_labels(dataset, split)      # UserError unless the split holds SP and NSP frames
     render_frame(index, size, seed, ...)  # one phantom frame with mask, concepts, label and target
 """
 
-from diffice.data.datamodule import DiffIceDataModule, build_source
+from diffice.data.datamodule import DiffIceDataModule, build_source, loader_options
 from diffice.data.datasets import FrameDataset, require_labels, select
 from diffice.data.phantom import CLASSES, CONCEPTS, render_frame
 
@@ -18,6 +19,7 @@ __all__ = [
     "DiffIceDataModule",
     "FrameDataset",
     "build_source",
+    "loader_options",
     "render_frame",
     "require_labels",
     "select",

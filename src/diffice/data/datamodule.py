@@ -7,12 +7,17 @@
 * ``manifest`` — the CSV ``data.manifest`` (DESIGN.md contract);
 * ``hc18`` — the HC18 challenge layout under ``data.root``;
 * ``fpdb`` — FETAL_PLANES_DB under ``data.root``.
+
+Loading (:func:`loader_options`): ``data.num_workers`` worker processes, or with ``null`` (the
+default) none on the CPU and a few per device on a GPU; pinned memory on CUDA only.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -63,6 +68,28 @@ def build_source(cfg: DictConfig) -> FrameSource:
         root = root_path(d.root, "fpdb")
         return RecordSource("fpdb", fpdb_records(root), carve_validation=True, origin=str(root), **common)
     raise UserError(f"data.source '{d.source}' is not one of {', '.join(SOURCES)}")
+
+
+GPU_WORKERS = 4  # worker processes per device when data.num_workers is null and the frames go to a GPU
+
+
+def loader_options(cfg: DictConfig, trainer: Any = None) -> dict[str, Any]:
+    """DataLoader workers and pinning for the device ``trainer`` computes on (no trainer: the CPU).
+
+    ``data.num_workers`` when set. ``null``: on the CPU none (the training process makes each batch
+    between its steps, on the cores it computes with); on a GPU ``min(4, CPUs per device process)``
+    workers, so that the next batches are made while the GPU computes. ``pin_memory`` on CUDA only.
+    Workers change neither the training order nor its augmentations: both come from
+    :class:`ResumableSampler` (seed, step), which runs in the training process."""
+    strategy = getattr(trainer, "strategy", None)
+    device = getattr(getattr(strategy, "root_device", None), "type", "cpu")
+    cuda = device == "cuda"
+    workers = cfg.data.num_workers
+    if workers is None:
+        per_device = (os.cpu_count() or 1) // max(1, int(getattr(trainer, "num_devices", 1) or 1))
+        workers = min(GPU_WORKERS, max(1, per_device)) if cuda else 0
+    workers = int(workers)
+    return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": cuda}
 
 
 class ResumableSampler(DistributedSampler):
@@ -132,13 +159,12 @@ class DiffIceDataModule(L.LightningDataModule):
         return FrameDataset(self.source, idx, list(self.cfg.data.image_size), augment=augment, split=split, label=label)
 
     def loader(self, ds: FrameDataset, shuffle: bool) -> DataLoader:
-        """A DataLoader of ``ds`` at ``data.batch_size`` with ``data.num_workers`` workers."""
+        """A DataLoader of ``ds`` at ``data.batch_size``, workers and pinning by :func:`loader_options`."""
         if len(ds) == 0:
             raise UserError(f"data ({self.source.name}): split '{ds.split}' is empty; check data.split_fractions and the data set size")
         bs = int(self.cfg.data.batch_size)
-        nw = int(self.cfg.data.num_workers)
-        return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=nw, drop_last=shuffle and len(ds) >= bs,
-                          persistent_workers=nw > 0, pin_memory=False)
+        return DataLoader(ds, batch_size=bs, shuffle=shuffle, drop_last=shuffle and len(ds) >= bs,
+                          **loader_options(self.cfg, self.trainer))
 
     def train_dataloader(self) -> DataLoader:
         """The training order is :class:`ResumableSampler`'s: a function of (seed, step), so a
@@ -154,9 +180,8 @@ class DiffIceDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
         )
-        nw = int(self.cfg.data.num_workers)
         return DataLoader(ds, batch_size=int(self.cfg.data.batch_size), sampler=sampler, drop_last=sampler.drop_last,
-                          num_workers=nw, persistent_workers=nw > 0, pin_memory=False)
+                          **loader_options(self.cfg, trainer))
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.dataset("val"), shuffle=False)

@@ -49,12 +49,12 @@ def redraw_if_changed(out: Path, kind, settings: dict) -> None:
     arguments), is deleted and drawn again instead of refused; a folder of another kind still is."""
     import shutil
 
-    from diffice.runfolder import read_stamp, settings_difference
+    from diffice.runfolder import read_stamp, settings_difference, stamped_settings
 
     stamp = read_stamp(out)
     if stamp is None or stamp.get("kind") != kind.name:
         return
-    diff = settings_difference(kind, settings, stamp["settings"])
+    diff = settings_difference(kind, settings, stamped_settings(out, kind, stamp))
     if diff:
         print(f"{out}: an earlier demo made it with other settings ({diff}); drawing it again")
         shutil.rmtree(out)

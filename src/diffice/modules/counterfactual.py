@@ -5,7 +5,10 @@ at most ``cf.limit``), skips frames already finished in ``cf.out`` (their ``reco
 exists), predicts the rest with :class:`CounterfactualModule` under a Trainer built from
 ``cfg.trainer`` (``inference_mode=False``: guidance needs gradients), and writes
 ``results.csv``. Under DDP Lightning's unrepeated predict sampler gives each frame to exactly
-one process, which writes it; ``predict_step`` makes no collective call.
+one process, which writes it; ``predict_step`` makes no collective call. Under
+``trainer.precision=bf16-mixed`` / ``16-mixed`` Lightning's autocast reaches the denoiser's forwards
+without gradient and the judges; the engine computes the guidance in float32 (its networks in bf16
+with ``cf.autocast=bf16``); the precision is part of the run folder's stamp.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from diffice.config import save_config, to_dict
 from diffice.counterfactual.check import SCORED
 from diffice.counterfactual.engine import CounterfactualEngine, FrameResult
 from diffice.counterfactual.outputs import RUN_KIND, method_config, write_results_csv
-from diffice.counterfactual.settings import CFSettings
+from diffice.counterfactual.settings import CFSettings, check_precision
 from diffice.errors import UserError
 from diffice.io import overlay, to_uint8
 from diffice.metrics.biometry import biometry_fields
@@ -369,6 +372,7 @@ def run_counterfactuals(
     """
     settings = CFSettings.from_config(cfg)
     settings.validate()
+    check_precision(cfg.trainer.precision)
     out = Path(cfg.cf.out)
     from diffice.runlock import run_lock
 
@@ -394,13 +398,11 @@ def _run_locked(cfg: DictConfig, out: Path, components, datamodule, **trainer_ov
     todo = [pos for pos, idx in zip(positions, indices, strict=True) if not is_finished(out, idx)]
     rank_zero = True
     if todo:
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(ds, todo),
-            batch_size=int(cfg.cf.batch_size),
-            shuffle=False,
-            num_workers=int(cfg.data.num_workers),
-        )
+        from diffice.data import loader_options
+
         trainer = build_predict_trainer(cfg, out, **trainer_overrides)
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, todo), batch_size=int(cfg.cf.batch_size),
+                                             shuffle=False, **loader_options(cfg, trainer))
         trainer.predict(module, dataloaders=loader, return_predictions=False)
         trainer.strategy.barrier("diffice.counterfactuals.done")
         rank_zero = trainer.is_global_zero

@@ -232,6 +232,37 @@ def _network(net: Net, missing: str) -> nn.Module:
     return net if isinstance(net, nn.Module) else net()
 
 
+def build_perceptual(cfg, guide: nn.Module | None = None, *, ddpm: Net = None) -> nn.Module:
+    """The frozen perceptual network ``cfg.features.perceptual`` (module docstring); ``guide`` and
+    ``ddpm`` as for :func:`load_feature_nets`."""
+    fc = cfg.features
+    name = fc.perceptual
+    if name == "ddpm":
+        return _DDPMEncoder(_freeze(_network(ddpm, "features.perceptual=ddpm needs the DDPM (cf.ddpm_ckpt)")))
+    if name == "segmenter":
+        return _SegmenterEncoder(_guide_segmenter(cfg, guide))
+    if name == "sononet":
+        weights = fc.perceptual_weights or fc.sononet_weights
+        if not weights:
+            raise UserError(
+                "features.perceptual=sononet needs the official weights: set features.perceptual_weights "
+                "(or features.sononet_weights) to SonoNet16.npz, or use features.perceptual=segmenter"
+            )
+        return _SonoNetMaps(_official_sononet(weights, "features.perceptual_weights"))
+    if name == "resnet50":
+        if not fc.perceptual_weights:
+            raise UserError(
+                "features.perceptual=resnet50 needs features.perceptual_weights: a PyTorch state dict "
+                "for timm's resnet50 (e.g. converted RadImageNet weights); nothing is downloaded"
+            )
+        import timm
+
+        net = timm.create_model("resnet50", pretrained=False, features_only=True)
+        _load_state(net, fc.perceptual_weights, "features.perceptual_weights")
+        return _TimmMaps(net)
+    raise UserError(f"features.perceptual: unknown network '{name}' (choose one of {', '.join(PERCEPTUAL_CHOICES)})")
+
+
 def load_feature_nets(cfg, guide: nn.Module | None = None, *, ddpm: Net = None, oracle: Net = None,
                       need_perceptual: bool = True) -> FeatureNets:
     """Build the frozen feature networks of ``cfg.features`` (see the module docstring).
@@ -243,31 +274,8 @@ def load_feature_nets(cfg, guide: nn.Module | None = None, *, ddpm: Net = None, 
     name = fc.perceptual
     if not need_perceptual:
         perceptual: nn.Module = _Unavailable("no perceptual network was built")
-    elif name == "ddpm":
-        perceptual = _DDPMEncoder(_freeze(_network(ddpm, "features.perceptual=ddpm needs the DDPM (cf.ddpm_ckpt)")))
-    elif name == "segmenter":
-        perceptual = _SegmenterEncoder(_guide_segmenter(cfg, guide))
-    elif name == "sononet":
-        weights = fc.perceptual_weights or fc.sononet_weights
-        if not weights:
-            raise UserError(
-                "features.perceptual=sononet needs the official weights: set features.perceptual_weights "
-                "(or features.sononet_weights) to SonoNet16.npz, or use features.perceptual=segmenter"
-            )
-        perceptual = _SonoNetMaps(_official_sononet(weights, "features.perceptual_weights"))
-    elif name == "resnet50":
-        if not fc.perceptual_weights:
-            raise UserError(
-                "features.perceptual=resnet50 needs features.perceptual_weights: a PyTorch state dict "
-                "for timm's resnet50 (e.g. converted RadImageNet weights); nothing is downloaded"
-            )
-        import timm
-
-        net = timm.create_model("resnet50", pretrained=False, features_only=True)
-        _load_state(net, fc.perceptual_weights, "features.perceptual_weights")
-        perceptual = _TimmMaps(net)
     else:
-        raise UserError(f"features.perceptual: unknown network '{name}' (choose one of {', '.join(PERCEPTUAL_CHOICES)})")
+        perceptual = build_perceptual(cfg, guide, ddpm=ddpm)
 
     inception = fc.inception_weights or shipped_inception_path()
     fid: nn.Module

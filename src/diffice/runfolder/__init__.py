@@ -25,10 +25,11 @@ from diffice.runfolder.stamp import (
     first_difference,
     read_stamp,
     settings_difference,
+    stamped_settings,
     write_stamp,
 )
 
 __all__ = [
     "RECORD", "STAMP", "RunKind", "check_run_folder", "claim_run_folder", "first_difference", "frame_dir", "is_finished", "json_safe",
-    "read_record", "read_records", "read_stamp", "remove_unfinished", "settings_difference", "write_frame", "write_rows_csv", "write_stamp",
+    "read_record", "read_records", "read_stamp", "remove_unfinished", "settings_difference", "stamped_settings", "write_frame", "write_rows_csv", "write_stamp",
 ]

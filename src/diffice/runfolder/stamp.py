@@ -14,7 +14,9 @@ the rest for all of them:
 
 A folder written by an older diffice holds its kind's old stamp instead (``config.yaml``,
 ``synthesis-run.json``, ``study.json``): its settings are read from there, and the folder is
-stamped when the run goes on.
+stamped when the run goes on. A setting an older stamp lacks but the folder records elsewhere
+(a counterfactual run's ``trainer.precision``, in its ``config.yaml``) is read from there
+(``RunKind.unstamped``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class RunKind:
     # settings -> the settings that matter (a key without effect under the others removed), applied to
     # both sides of a comparison
     canonical: Callable[[dict], dict] | None = None
+    # (folder, a stamp's settings) -> those settings with what an older diffice left out of its stamp
+    # read from the folder itself (before ``added``)
+    unstamped: Callable[[Path, dict], dict] | None = None
 
 
 def with_added(settings: dict, added: tuple[tuple[str, Any], ...]) -> dict:
@@ -104,13 +109,18 @@ def _legacy(out: Path, kind: RunKind) -> dict | None:
         raise UserError(f"{out / name}: unreadable ({cause}); {kind.fix}") from err
 
 
+def stamped_settings(out: str | Path, kind: RunKind, stamp: dict) -> dict:
+    """The settings of ``out``'s ``stamp``, with what an older diffice did not stamp read from the folder."""
+    return kind.unstamped(Path(out), stamp["settings"]) if kind.unstamped is not None else stamp["settings"]
+
+
 def check_run_folder(out: str | Path, kind: RunKind, settings: dict) -> None:
     """Refuse ``out`` when it holds a run of another kind or other settings, or items but no stamp."""
     out = Path(out)
     stamp = read_stamp(out)
     if stamp is not None and stamp["kind"] != kind.name:
         raise UserError(f"{out}: holds a run of kind '{stamp['kind']}', not a {kind.noun}; {kind.fix}")
-    there = stamp["settings"] if stamp is not None else _legacy(out, kind)
+    there = stamped_settings(out, kind, stamp) if stamp is not None else _legacy(out, kind)
     if there is None:
         found = [i for i in kind.items if (out / i).is_file() or ((out / i).is_dir() and any((out / i).iterdir()))]
         if found:
