@@ -128,3 +128,21 @@ def test_wandb_settings_offline():
     assert wandb.Settings(mode="offline")._offline is True and wandb.Settings(mode="online")._offline is False, (
         f"wandb.Settings._offline no longer says whether a run is offline; diffice reads it in {where}")
     _api(wandb.sdk.wandb_run.Run, "offline", where)
+
+
+def test_lightning_takes_the_training_loader_as_resumable():
+    """Lightning warns on a mid-epoch resume unless every training loader is ``_Stateful`` (its
+    private protocol, checked in ``training_epoch_loop``); ``data/datamodule.py::ResumableLoader``
+    is one, so an exact resume is not reported as unreliable."""
+    from lightning.pytorch.loops import training_epoch_loop
+    from torch.utils.data import TensorDataset
+
+    from diffice.data.datamodule import ResumableLoader
+
+    used_in = "data/datamodule.py::ResumableLoader"
+    stateful = getattr(training_epoch_loop, "_Stateful", None)
+    assert stateful is not None, f"lightning's training_epoch_loop no longer uses _Stateful; check {used_in}"
+    _calls(training_epoch_loop._TrainingEpochLoop, "_Stateful", used_in, "the _Stateful check of a resumed loader")
+    import torch
+
+    assert isinstance(ResumableLoader(TensorDataset(torch.zeros(2))), stateful)

@@ -140,6 +140,19 @@ class ResumableSampler(DistributedSampler):
         return iter(list(zip(perm[start : len(self)], seeds[start : len(self)], strict=True)))
 
 
+class ResumableLoader(DataLoader):
+    """The training DataLoader, which tells Lightning it resumes exactly: its position is
+    :class:`ResumableSampler`'s, a function of the trainer's step, so it has no state of its own
+    to save (without these two methods Lightning warns on every mid-epoch resume that the loader
+    "is not resumable")."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+
 class DiffIceDataModule(L.LightningDataModule):
     """Train / val / test loaders over the configured data; ``dataset(split, label, augment)``
     gives any view (split in train | val | test | all, label in SP | NSP | None)."""
@@ -180,8 +193,8 @@ class DiffIceDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             accumulate=trainer.accumulate_grad_batches if trainer is not None else 1,
         )
-        return DataLoader(ds, batch_size=int(self.cfg.data.batch_size), sampler=sampler, drop_last=sampler.drop_last,
-                          **loader_options(self.cfg, trainer))
+        return ResumableLoader(ds, batch_size=int(self.cfg.data.batch_size), sampler=sampler, drop_last=sampler.drop_last,
+                               **loader_options(self.cfg, trainer))
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.dataset("val"), shuffle=False)
