@@ -15,7 +15,8 @@ from torch import nn
 
 from diffice.io import to_uint8
 from diffice.modules.common import DifficeModule, log_image
-from diffice.nets.segmenter import DiceCounter, build_segmenter, dice_ce_loss
+from diffice.nets.dice import DiceCounter
+from diffice.nets.segmenter import build_segmenter, dice_ce_loss
 
 # Overlay colours (RGB) per class index; background (0) is left uncoloured.
 PALETTE = np.array(
@@ -74,7 +75,7 @@ class SegmenterModule(DifficeModule):
         loss, _ = dice_ce_loss(logits, batch["mask"])
         pred = logits.argmax(dim=1)
         assert self._dice is not None
-        self._dice.update(pred.cpu(), batch["mask"].cpu())
+        self._dice.update(pred.cpu(), batch["mask"].cpu(), valid=batch["mask"].cpu() >= 0)
         self.log("val/loss", loss, batch_size=logits.shape[0])
         if batch_idx == 0:
             k = min(6, logits.shape[0])
@@ -92,8 +93,9 @@ class SegmenterModule(DifficeModule):
 
 
 def dice_report(classes: list[str], dice: torch.Tensor) -> dict[str, float]:
-    """{class: Dice} for classes seen in prediction or truth, plus ``mean`` over foreground."""
-    out = {c: float(d) for c, d in zip(classes, dice, strict=True) if not math.isnan(float(d))}
+    """{class: Dice} for classes seen in prediction or truth, plus ``mean`` over foreground
+    (each Dice rounded to float32, as the segmenter has always reported it)."""
+    out = {c: float(d) for c, d in zip(classes, dice.float(), strict=True) if not math.isnan(float(d))}
     fg = [v for c, v in out.items() if c != classes[0]]
     if fg:
         out["mean"] = float(np.mean(fg))
@@ -108,5 +110,5 @@ def evaluate_segmenter(net: nn.Module, loader, classes: list[str]) -> dict[str, 
     device = next(net.parameters()).device
     for batch in loader:
         pred = net(batch["image"].to(device)).argmax(dim=1).cpu()
-        counter.update(pred, batch["mask"])
+        counter.update(pred, batch["mask"], valid=batch["mask"] >= 0)
     return dice_report(classes, counter.compute())

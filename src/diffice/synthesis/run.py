@@ -166,15 +166,9 @@ def write_layout_job(out: Path, syn: Synthesizer, job: LayoutJob, drawn: dict) -
 
 def layout_dice(pred: torch.Tensor, layout: torch.Tensor, classes: list[str]) -> list[dict]:
     """Per sample {class: Dice or None} for the structures (classes >= 1) the layout requests."""
-    d = S.layout_dice(pred, layout, len(classes))
-    out = []
-    for i in range(d.shape[0]):
-        row = {}
-        for c in range(1, len(classes)):
-            asked = bool((layout[i] == c).any())
-            row[classes[c]] = float(d[i, c]) if asked and not math.isnan(float(d[i, c])) else (0.0 if asked else None)
-        out.append(row)
-    return out
+    d = S.layout_dice(pred, layout, len(classes))  # a requested class has a Dice (0 when the sample lacks it)
+    return [{classes[c]: float(d[i, c]) if bool((layout[i] == c).any()) else None for c in range(1, len(classes))}
+            for i in range(d.shape[0])]
 
 
 def run_layouts(out: Path, syn: Synthesizer, jobs: list[LayoutJob], count: int, batch_size: int, progress: bool = True) -> list[dict]:
