@@ -1,4 +1,5 @@
-"""The one Dice (nets.dice): its conventions, and that it gives the numbers the helpers it replaced gave."""
+"""The one Dice (nets.dice) and the one PSNR (metrics.psnr): their conventions, and that they give the
+numbers the helpers they replaced gave."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffice.metrics.psnr import PSNR_CAP, psnr
 from diffice.nets.dice import DiceCounter, dice, dice_counts, dice_or_none
 
 
@@ -59,3 +61,27 @@ def test_dice_counter_pools_frames_and_keeps_their_counts():
     empty = DiceCounter(2)
     empty.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long))
     assert empty.compute()[0] == 1.0 and math.isnan(empty.compute()[1])
+
+
+def test_psnr_known_answer_cap_and_empty_region():
+    x = torch.zeros(3, 1, 4, 4)
+    y = x.clone()
+    y[1] += 0.2  # mse 0.04 -> 10 log10(4 / 0.04) = 20 dB
+    y[2] += 1e-4  # far below a grey level: above the cap, so at it
+    assert psnr(x, y) == [PSNR_CAP, pytest.approx(20.0), PSNR_CAP]
+    where = torch.zeros(3, 4, 4, dtype=torch.bool)
+    where[1, 0, 0] = True
+    out = psnr(x, y, where)
+    assert math.isnan(out[0]) and out[1] == pytest.approx(20.0) and math.isnan(out[2])  # nothing to compare: NaN
+    # grey levels in [0, 1] with peak 1 give the same number (synthesis measured it so)
+    mse01 = float((((y[1] + 1) / 2 - (x[1] + 1) / 2) ** 2).mean())
+    assert psnr(x, y)[1] == pytest.approx(10 * math.log10(1 / mse01), abs=1e-5)
+
+
+def test_psnr_equals_the_locality_formula_bit_for_bit():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 1, 16, 20, generator=g, dtype=torch.float64) * 2 - 1
+    cf = x + 0.05 * torch.randn(1, 1, 16, 20, generator=g, dtype=torch.float64)
+    outside = torch.rand(1, 1, 16, 20, generator=g) > 0.3
+    mse = float(((cf - x) ** 2)[outside].mean())
+    assert psnr(x, cf, outside)[0] == min(PSNR_CAP, 10 * math.log10(4.0 / mse))

@@ -6,7 +6,7 @@ anatomy in place, no guide can make a counterfactual of it. :func:`ddpm_check` r
 that unguided pass (:func:`~diffice.counterfactual.engine.reconstruct`, same noising
 convention and per-frame seeds as the engine) on standard-plane frames and scores, per
 anatomical class, the segmenter's Dice between the input and its reconstruction (pixels
-pooled over all frames), plus the PSNR of the reconstruction (images in [-1, 1], peak 2).
+pooled over all frames), plus the PSNR of the reconstruction (:func:`diffice.metrics.psnr.psnr`).
 
 Plain tensors and modules: used by the command, by DDPM validation and by tests alike.
 """
@@ -25,12 +25,6 @@ from diffice.nets.dice import DiceCounter, dice_or_none
 
 # which mask classes are scored (the others, e.g. background and fp, are not anatomy to keep)
 SCORED = ("head", "bone", "th", "csp")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-frame PSNR in dB of images in [-1, 1] (peak-to-peak 2). (B,) float32."""
-    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1)
-    return 10.0 * torch.log10(4.0 / mse.clamp_min(1e-12))
 
 
 @torch.no_grad()
@@ -56,6 +50,7 @@ def ddpm_check(
     official SonoNet-16 on real frames) adds ``"sononet"``: how often it calls inputs and their
     reconstructions a brain plane (rates with intervals, and the exact McNemar p of the pairs).
     """
+    from diffice.metrics.psnr import psnr  # (diffice.metrics brings torchmetrics: imported when used)
     from diffice.metrics.stats import mcnemar, rate_interval, ratio_interval
 
     dice = DiceCounter(len(classes))
@@ -65,7 +60,7 @@ def ddpm_check(
     for x, indices in batches:
         gens = frame_generators(seed, [int(i) for i in indices])
         rec = reconstruct(diffusion, model, x, tau, gens, convention, clip_denoised).float().clamp(-1, 1)
-        psnrs += psnr(x, rec).tolist()
+        psnrs += psnr(x, rec)
         if segment is not None:
             dice.update(segment(x).argmax(1), segment(rec).argmax(1))
         if judge is not None:

@@ -208,6 +208,7 @@ def run_edits(out: Path, syn: Synthesizer, jobs: list[EditJob], batch_size: int,
         changed = torch.stack([torch.from_numpy(changed_region(j)) for j in chunk])
         psnr, ssim = M.psnr_ssim_outside(edited.cpu(), src.cpu(), changed)
         held_psnr, _ = M.psnr_ssim_outside(edited.cpu(), src.cpu(), ~known[:, 0])
+        exact = [bool(k.any() and (e == f)[k].all()) for e, f, k in zip(edited.cpu(), src.cpu(), known, strict=True)]
         judged = syn.judge(edited) if syn.judge is not None else None
         judged_src = syn.judge(src) if syn.judge is not None else None
         for i, job in enumerate(chunk):
@@ -215,7 +216,7 @@ def run_edits(out: Path, syn: Synthesizer, jobs: list[EditJob], batch_size: int,
             rec = {"index": job.index, "name": job.name, "id": job.id, "edit": job.spec, "plane": job.plane,
                    "ga": None if math.isnan(job.ga) else job.ga,
                    "repaint": bool(s.repaint), "changed_pixels": int(ch.sum()), "psnr_outside": psnr[i], "ssim_outside": ssim[i],
-                   "psnr_held": held_psnr[i], "held_exact": held_psnr[i] == math.inf, "held_pixels": int(known[i].sum()),
+                   "psnr_held": held_psnr[i], "held_exact": exact[i], "held_pixels": int(known[i].sum()),
                    "seconds": seconds, "seed_id": ids[i]}
             images = {"source.png": to_uint8(job.source), "layout_before.png": colour_layout(job.before),
                       "layout_after.png": colour_layout(job.after), "layout_after_classes.png": layout_png(job.after),
