@@ -13,38 +13,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffice.io import to_uint8
+from diffice.io import make_grid, overlay, to_uint8
 from diffice.modules.common import DifficeModule, log_image
 from diffice.nets.dice import DiceCounter
 from diffice.nets.segmenter import build_segmenter, dice_ce_loss
 
-# Overlay colours (RGB) per class index; background (0) is left uncoloured.
-PALETTE = np.array(
-    [[0, 0, 0], [64, 160, 255], [255, 255, 255], [255, 80, 80], [80, 255, 120], [255, 200, 40],
-     [200, 80, 255], [40, 220, 220], [255, 120, 200], [160, 160, 60]],
-    dtype=np.uint8,
-)
-
-
-def overlay(image: torch.Tensor, classes: torch.Tensor, alpha: float = 0.45) -> np.ndarray:
-    """HxWx3 uint8: a grey frame ((1,H,W) or (H,W) in [-1,1]) with class indices (H,W) coloured
-    on top (background and -1 left as they are)."""
-    grey = to_uint8(image)
-    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    cls = classes.detach().cpu().numpy().astype(np.int64)
-    colour = PALETTE[np.clip(cls, 0, len(PALETTE) - 1) % len(PALETTE)].astype(np.float32)
-    on = (cls > 0)[..., None]
-    out = np.where(on, (1 - alpha) * rgb + alpha * colour, rgb)
-    return np.clip(out, 0, 255).astype(np.uint8)
-
 
 def overlay_grid(images: torch.Tensor, rows: list[torch.Tensor]) -> np.ndarray:
     """Columns = frames; first row the frame, then one overlay row per class map tensor (B,H,W)."""
-    n = images.shape[0]
-    lines = [np.concatenate([np.repeat(to_uint8(images[i])[..., None], 3, axis=2) for i in range(n)], axis=1)]
-    for r in rows:
-        lines.append(np.concatenate([overlay(images[i], r[i]) for i in range(n)], axis=1))
-    return np.concatenate(lines, axis=0)
+    grey = [to_uint8(im) for im in images]
+    return make_grid([overlay(g, np.zeros(g.shape, np.int64)) for g in grey]
+                     + [overlay(g, r[i].cpu().numpy()) for r in rows for i, g in enumerate(grey)], ncol=len(grey))
 
 
 class SegmenterModule(DifficeModule):
