@@ -86,6 +86,17 @@ def test_bad_overrides():
         load_config(["missing.yaml"])
 
 
+def test_a_key_with_no_value_is_named_in_one_line(monkeypatch):
+    import diffice.config as C
+
+    monkeypatch.setattr(C, "_schema", lambda: OmegaConf.create({"data": {"root": "???", "size": 3}, "seed": "???"}))
+    with pytest.raises(UserError, match=r"^config: required key 'data.root' has no value; set it with data.root=\.\.\.$"):
+        C.load_config([], use_defaults_file=False)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=r"^config: .*nowhere"):  # an interpolation of no key: one line too
+        load_config([], ["paths.runs=${nowhere}"])
+
+
 def test_split_args():
     assert split_args(["a.yaml", "x=1", "b.yml"]) == (["a.yaml", "b.yml"], ["x=1"])
     with pytest.raises(UserError, match="argument 'oops'"):

@@ -17,17 +17,11 @@ from PIL import Image
 from diffice.config import load_config
 from diffice.downstream import FrameSet, load_manifest, load_synthesis_run, run_study, write_table
 from diffice.downstream.frames import concat
-from diffice.downstream.metrics import (
-    accuracy,
-    auroc,
-    balanced_accuracy,
-    format_mean_sd,
-    mean_sd,
-    per_anomaly_auroc,
-)
+from diffice.downstream.metrics import format_mean_sd, mean_sd, per_anomaly_auroc
 from diffice.downstream.study import group_weights, read_rows
 from diffice.downstream.train import build_model, predict, train_classifier
 from diffice.errors import UserError
+from diffice.metrics.classification import accuracy, auroc, balanced_accuracy
 
 SIZE = (32, 40)
 MODELS = ["test_resnet", "test_vit"]
@@ -88,6 +82,8 @@ def test_auroc_perfect_inverted_tied_and_exact():
     rng = np.random.default_rng(0)
     s, y = np.round(rng.random(200), 1), rng.integers(0, 2, 200)  # many ties
     assert auroc(s, y) == pytest.approx(float(binary_auroc(torch.tensor(s), torch.tensor(y))), abs=1e-6)
+    # the guide's report gives tensors: the same exact number (torchmetrics rounds in float32)
+    assert auroc(torch.tensor(s, dtype=torch.float32), torch.tensor(y)) == auroc(s.astype(np.float32), y)
 
 
 def test_accuracy_balanced_per_anomaly_and_spread():

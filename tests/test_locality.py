@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffice.metrics.locality import PSNR_CAP, change_locality, footprint
+from diffice.metrics.locality import change_locality, footprint
+from diffice.metrics.psnr import PSNR_CAP
 from diffice.report.intervals import run_intervals
 from diffice.report.tables import locality_rows
 

@@ -124,6 +124,13 @@ def test_emd_of_a_shift_by_k_bins_is_k(k):
     assert realism.emd_1d(p, q) == pytest.approx(k)
     assert realism.emd_1d(q, p) == pytest.approx(k)
     assert realism.emd_1d(p, p) == 0.0
+    assert realism.emd_1d(p, q) == pytest.approx(float(np.abs(np.cumsum(p) - np.cumsum(q)).sum()), rel=1e-12)
+
+
+def test_ks_critical_is_exact_and_emd_of_an_empty_histogram_is_nan():
+    assert realism.ks_critical(64) == pytest.approx(0.16693, abs=1e-5)  # the asymptotic 1.36 / 8 = 0.170
+    assert realism.ks_critical(1_000_000) == pytest.approx(1.3581 / 1000, rel=1e-3)  # large n: the asymptotic law
+    assert math.isnan(realism.emd_1d(np.zeros(4), np.full(4, 0.25)))
 
 
 def test_histogram_and_imaged_area_ignore_black_padding():

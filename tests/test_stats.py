@@ -10,6 +10,7 @@ import pytest
 from diffice.cli import main
 from diffice.metrics.kid import FRECHET_MIN_N, frechet_shown, kernel_distance
 from diffice.metrics.stats import (
+    clopper_pearson,
     fmt_interval,
     mcnemar,
     mean_interval,
@@ -30,6 +31,18 @@ def test_rate_interval_known_cases(k, n, low, high):
     assert iv["value"] == pytest.approx(k / n) and iv["n"] == n and iv["k"] == k
     assert (iv["low"], iv["high"]) == pytest.approx((low, high), abs=1e-5)
     assert iv["method"] == "Clopper-Pearson"
+
+
+def test_clopper_pearson_is_the_beta_quantiles_and_exact_at_the_ends():
+    from scipy.stats import beta
+
+    for n in (1, 2, 7, 40, 500):
+        for k in sorted({0, 1, n // 2, n - 1, n}):
+            lo, hi = clopper_pearson(k, n)
+            assert (lo == 0.0) == (k == 0) and (hi == 1.0) == (k == n)  # the fixed ends exactly
+            old_lo = 0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1)
+            old_hi = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
+            assert (lo, hi) == pytest.approx((old_lo, old_hi), rel=1e-8, abs=1e-12)  # within evaluate --check's 1e-6
 
 
 def test_rate_interval_empty_and_bad():
@@ -58,6 +71,8 @@ def test_seed_interval_is_student_t():
     # mean 0.6, sd 0.1, t(0.975, 2) = 4.3027
     assert iv["value"] == pytest.approx(0.6)
     assert iv["high"] - iv["value"] == pytest.approx(4.3027 * 0.1 / np.sqrt(3), rel=1e-4)
+    same = seed_interval([1.0, 1.0, 1.0])  # seeds that agree: a point, not NaN (scipy's zero scale)
+    assert same["low"] == same["high"] == same["value"] == 1.0
 
 
 def test_mcnemar_exact():

@@ -357,19 +357,6 @@ def _merge(base: DictConfig, other: DictConfig, source: str, check: bool = True)
     return cfg
 
 
-def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
-    out = []
-    for key in cfg:
-        full = f"{prefix}{key}"
-        if OmegaConf.is_missing(cfg, key):
-            out.append(full)
-            continue
-        value = cfg._get_node(key)
-        if isinstance(value, DictConfig):
-            out.extend(_missing(value, full + "."))
-    return out
-
-
 def load_config(
     files: Sequence[str | os.PathLike | dict | DictConfig] = (),
     overrides: Sequence[str] = (),
@@ -396,10 +383,10 @@ def load_config(
         except OmegaConfBaseException as err:
             raise UserError(f"override '{item}': {_describe(err)}") from err
         cfg = _merge(cfg, dot, f"override '{key}'")
-    missing = _missing(cfg)
-    if missing:
-        raise UserError(f"config: required key '{missing[0]}' has no value; set it with {missing[0]}=...")
     try:
+        missing = sorted(OmegaConf.missing_keys(cfg))  # a schema key without a default ('???' in a file changes nothing)
+        if missing:
+            raise UserError(f"config: required key '{missing[0]}' has no value; set it with {missing[0]}=...")
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
         raise UserError(f"config: {_describe(err)}") from err

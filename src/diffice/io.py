@@ -105,39 +105,37 @@ def to_uint8(x) -> np.ndarray:
 
 
 def make_grid(frames: Sequence[np.ndarray], ncol: int | None = None, pad: int = 2) -> np.ndarray:
-    """Tile HxW uint8 frames into one uint8 image, row-major, with ``pad`` white pixels between."""
+    """Tile HxW (grey) or HxWx3 (RGB) uint8 frames into one image of the same kind, row-major, with
+    ``pad`` white pixels between and around them (torchvision's ``make_grid``; one frame comes back
+    as it is). ``ncol`` by default makes the grid about square."""
+    import torch
+    from torchvision.utils import make_grid as tile
+
     if not frames:
         raise ValueError("make_grid needs at least one frame")
     h, w = frames[0].shape[:2]
     ncol = ncol or min(len(frames), max(1, math.ceil(math.sqrt(len(frames) * h / w))))
-    nrow = math.ceil(len(frames) / ncol)
-    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=np.uint8)
-    for i, f in enumerate(frames):
-        r, c = divmod(i, ncol)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = f
-    return grid
+    t = torch.from_numpy(np.stack(frames))
+    grid = tile(t[:, None] if t.dim() == 3 else t.permute(0, 3, 1, 2), nrow=ncol, padding=pad, pad_value=255)
+    return grid[0].numpy() if t.dim() == 3 else np.ascontiguousarray(grid.permute(1, 2, 0).numpy())
 
 
-# colours (RGB) of mask classes 1..K-1 in overlays; class 0 (background) is left grey
-PALETTE = np.array(
-    [
-        [0, 0, 0],
-        [230, 159, 0],
-        [86, 180, 233],
-        [0, 158, 115],
-        [240, 228, 66],
-        [213, 94, 0],
-        [204, 121, 167],
-        [0, 114, 178],
-    ],
-    dtype=np.float32,
-)
+# colours (RGB) of mask classes 1, 2, ... in overlays and layout pictures (Okabe-Ito: told apart
+# with any colour vision); class 0 (background) and -1 (unknown) are not coloured
+PALETTE = [(230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (213, 94, 0), (204, 121, 167), (0, 114, 178)]
 
 
 def overlay(grey: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Colour overlay: ``grey`` uint8 (H, W), ``classes`` int (H, W) -> uint8 (H, W, 3)."""
-    rgb = np.repeat(grey.astype(np.float32)[..., None], 3, axis=2)
-    colours = PALETTE[np.clip(classes, 0, None) % len(PALETTE)]
-    mask = (classes > 0)[..., None]
-    rgb = np.where(mask, (1 - alpha) * rgb + alpha * colours, rgb)
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+    """Colour overlay: ``grey`` uint8 (H, W), ``classes`` int (H, W) -> uint8 (H, W, 3): class c >= 1 in
+    ``PALETTE[(c - 1) % 7]`` over the grey at opacity ``alpha`` (torchvision's ``draw_segmentation_masks``)."""
+    import torch
+    from torchvision.utils import draw_segmentation_masks
+
+    grey, cls = np.asarray(grey, dtype=np.uint8), torch.as_tensor(np.asarray(classes, dtype=np.int64))
+    present = [int(c) for c in torch.unique(cls) if c > 0]
+    if not present:
+        return np.repeat(grey[..., None], 3, axis=2)
+    image = torch.from_numpy(np.ascontiguousarray(grey)).repeat(3, 1, 1)
+    out = draw_segmentation_masks(image, torch.stack([cls == c for c in present]), alpha=alpha,
+                                  colors=[PALETTE[(c - 1) % len(PALETTE)] for c in present])
+    return np.ascontiguousarray(out.permute(1, 2, 0).numpy())

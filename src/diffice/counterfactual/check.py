@@ -6,7 +6,7 @@ anatomy in place, no guide can make a counterfactual of it. :func:`ddpm_check` r
 that unguided pass (:func:`~diffice.counterfactual.engine.reconstruct`, same noising
 convention and per-frame seeds as the engine) on standard-plane frames and scores, per
 anatomical class, the segmenter's Dice between the input and its reconstruction (pixels
-pooled over all frames), plus the PSNR of the reconstruction (images in [-1, 1], peak 2).
+pooled over all frames), plus the PSNR of the reconstruction (:func:`diffice.metrics.psnr.psnr`).
 
 Plain tensors and modules: used by the command, by DDPM validation and by tests alike.
 """
@@ -21,47 +21,10 @@ import torch
 
 from diffice.counterfactual.engine import reconstruct
 from diffice.counterfactual.seeding import frame_generators
+from diffice.nets.dice import DiceCounter, dice_or_none
 
 # which mask classes are scored (the others, e.g. background and fp, are not anatomy to keep)
 SCORED = ("head", "bone", "th", "csp")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-frame PSNR in dB of images in [-1, 1] (peak-to-peak 2). (B,) float32."""
-    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1)
-    return 10.0 * torch.log10(4.0 / mse.clamp_min(1e-12))
-
-
-class DiceBetween:
-    """Pooled hard Dice between two label maps, per class: 2|A∩B| / (|A|+|B|)."""
-
-    def __init__(self, classes: Sequence[str]):
-        self.classes = list(classes)
-        self.inter = np.zeros(len(self.classes))
-        self.total = np.zeros(len(self.classes))
-        self.frames: list[tuple[np.ndarray, np.ndarray]] = []  # per frame (2|A∩B|, |A|+|B|) per class
-
-    def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        a, b = a.cpu(), b.cpu()
-        for i in range(len(a)):
-            inter = np.array([float(((a[i] == c) & (b[i] == c)).sum()) for c in range(len(self.classes))])
-            total = np.array([float((a[i] == c).sum() + (b[i] == c).sum()) for c in range(len(self.classes))])
-            self.inter += inter
-            self.total += total
-            self.frames.append((2 * inter, total))
-
-    def intervals(self) -> dict[str, dict]:
-        """95 % bootstrap interval (over frames) of each class's pooled Dice."""
-        from diffice.metrics.stats import ratio_interval
-
-        return {name: ratio_interval([f[0][c] for f in self.frames], [f[1][c] for f in self.frames])
-                for c, name in enumerate(self.classes)}
-
-    def compute(self) -> dict[str, float | None]:
-        out: dict[str, float | None] = {}
-        for c, name in enumerate(self.classes):
-            out[name] = float(2 * self.inter[c] / self.total[c]) if self.total[c] > 0 else None
-        return out
 
 
 @torch.no_grad()
@@ -87,14 +50,17 @@ def ddpm_check(
     official SonoNet-16 on real frames) adds ``"sononet"``: how often it calls inputs and their
     reconstructions a brain plane (rates with intervals, and the exact McNemar p of the pairs).
     """
-    dice = DiceBetween(classes)
+    from diffice.metrics.psnr import psnr  # (diffice.metrics brings torchmetrics: imported when used)
+    from diffice.metrics.stats import mcnemar, rate_interval, ratio_interval
+
+    dice = DiceCounter(len(classes))
     psnrs: list[float] = []
     examples: list[tuple[torch.Tensor, torch.Tensor]] = []
     calls: list[tuple[bool, bool]] = []
     for x, indices in batches:
         gens = frame_generators(seed, [int(i) for i in indices])
         rec = reconstruct(diffusion, model, x, tau, gens, convention, clip_denoised).float().clamp(-1, 1)
-        psnrs += psnr(x, rec).tolist()
+        psnrs += psnr(x, rec)
         if segment is not None:
             dice.update(segment(x).argmax(1), segment(rec).argmax(1))
         if judge is not None:
@@ -102,20 +68,19 @@ def ddpm_check(
         for a, b in zip(x, rec):
             if len(examples) < keep:
                 examples.append((a.detach().cpu(), b.detach().cpu()))
-    scores = dice.compute() if segment is not None else {}
-    intervals = dice.intervals() if segment is not None else {}
+    pooled = dice.compute()  # NaN everywhere without a segmenter
+    scored = [(c, name) for c, name in enumerate(classes) if name in SCORED]
     out = {
         "frames": len(psnrs),
         "tau": int(tau),
         "convention": convention,
         "psnr": float(np.mean(psnrs)) if psnrs else math.nan,
-        "dice": {name: scores.get(name) for name in classes if name in SCORED},
-        "dice_intervals": {name: intervals[name] for name in classes if name in SCORED and name in intervals},
+        "dice": {name: dice_or_none(pooled[c]) for c, name in scored},
+        "dice_intervals": {name: ratio_interval([f[0][c] for f in dice.frames], [f[1][c] for f in dice.frames])
+                           for c, name in scored if segment is not None},  # bootstrap over frames
         "examples": examples,
     }
     if judge is not None:
-        from diffice.metrics.stats import mcnemar, rate_interval
-
         a, b = [c for c, _ in calls], [r for _, r in calls]
         out["sononet"] = {"input": rate_interval(sum(a), len(a)), "reconstruction": rate_interval(sum(b), len(b)),
                           "difference": (sum(b) - sum(a)) / len(a) if a else None,

@@ -6,8 +6,8 @@ Beside ``counterfactual/`` and ``synthesis/``, on plain tensors and timm network
   and id), read from a manifest CSV or a synthesis run folder;
 * :mod:`~diffice.downstream.train` — a timm classifier trained from scratch (never downloaded
   weights) by a plain, seeded torch loop, and batched prediction;
-* :mod:`~diffice.downstream.metrics` — accuracy, balanced accuracy, AUROC (exact, with ties),
-  per-anomaly AUROC, mean ± sd over seeds;
+* :mod:`~diffice.downstream.metrics` — per-anomaly AUROC, mean ± sd over seeds (accuracy, balanced
+  accuracy and exact AUROC are :mod:`diffice.metrics.classification`'s);
 * :mod:`~diffice.downstream.study` — :func:`run_study` (model × seed × condition rows, resumable
   ``rows.csv``, the run-folder stamp of its settings);
 * :mod:`~diffice.downstream.rows` — reading ``rows.csv`` back, row by row checked;

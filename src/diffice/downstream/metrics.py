@@ -1,7 +1,5 @@
-"""The study's numbers: accuracy, balanced accuracy, AUROC, per-anomaly AUROC, mean ± sd over seeds.
-
-AUROC is exact: the Mann-Whitney statistic with average ranks, so tied scores count one half
-(a constant scorer gives 0.5); it is NaN when either class is empty.
+"""The study's numbers beyond accuracy, balanced accuracy and AUROC (those are
+:mod:`diffice.metrics.classification`, exact, with ties): per-anomaly AUROC, mean ± sd over seeds.
 """
 
 from __future__ import annotations
@@ -11,40 +9,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-
-def accuracy(y_true, y_pred) -> float:
-    y_true, y_pred = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
-    if len(y_true) == 0:
-        return math.nan
-    return float(np.mean(y_true == y_pred))
-
-
-def balanced_accuracy(y_true, y_pred) -> float:
-    """The mean over the classes present in ``y_true`` of the fraction of that class predicted right."""
-    y_true, y_pred = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
-    classes = np.unique(y_true)
-    if len(classes) == 0:
-        return math.nan
-    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
-
-
-def auroc(scores, labels) -> float:
-    """Area under the ROC curve of ``scores`` (higher = more likely positive) for binary ``labels``
-    (1 positive, 0 negative): P(score of a positive > score of a negative) + P(tie) / 2."""
-    from scipy.stats import rankdata
-
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels).reshape(-1).astype(bool)
-    if len(s) != len(y):
-        raise ValueError(f"auroc: {len(s)} scores and {len(y)} labels")
-    n1 = int(y.sum())
-    n0 = len(y) - n1
-    if n1 == 0 or n0 == 0:
-        return math.nan
-    if not np.isfinite(s).all():
-        raise ValueError("auroc: scores must be finite")
-    ranks = rankdata(s)  # average ranks: ties share their mean rank
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+from diffice.metrics.classification import auroc
 
 
 def per_anomaly_auroc(scores, anomaly: Sequence[str]) -> dict[str, float]:

@@ -55,12 +55,13 @@ from typing import Any
 import numpy as np
 
 from diffice.downstream.frames import FrameSet, concat
-from diffice.downstream.metrics import accuracy, auroc, balanced_accuracy, per_anomaly_auroc
+from diffice.downstream.metrics import per_anomaly_auroc
 from diffice.downstream.recipes import RECIPE_KEYS, check_recipes, check_training, model_recipe
 from diffice.downstream.rows import PER_ANOMALY, REAL, ROWS, SYNTH, UNITS, UPPER, read_rows
 from diffice.downstream.rows import number as _num
 from diffice.downstream.table import SUMMARY, summarize, write_table
 from diffice.errors import UserError
+from diffice.metrics.classification import accuracy, auroc, balanced_accuracy
 from diffice.runfolder.stamp import RunKind
 
 SETS = ("real_train", "real_test", "abnormal_test", "synth_normal", "synth_abnormal")

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from diffice.data.anomalies import ellipse_perimeter
+from diffice.nets.dice import dice, dice_or_none
 
 MIN_PIXELS = 20  # a head smaller than this is no head: HC is NaN
 
@@ -58,9 +59,7 @@ def relative_error(value: float, reference: float) -> float:
 
 def head_dice(a: np.ndarray, b: np.ndarray) -> float | None:
     """Dice of the head regions (every non-background class) of two class maps; None if both empty."""
-    pa, pb = np.asarray(a) > 0, np.asarray(b) > 0
-    total = int(pa.sum() + pb.sum())
-    return float(2 * (pa & pb).sum() / total) if total else None
+    return dice_or_none(dice(np.asarray(a) > 0, np.asarray(b) > 0, 2)[1])
 
 
 def biometry_fields(seg_input: np.ndarray, seg_cf: np.ndarray, seg_target: np.ndarray | None,

@@ -9,9 +9,8 @@ input x and the counterfactual x_c (images in [-1, 1]):
 - with a ground-truth target (phantom, hc18-faults): ``in_footprint``, the share of the squared
   change inside the fault's footprint (where the low-passed input and target differ by more than
   δ = 0.1 at σ = width / 40, dilated by 3 px: :func:`footprint`), and ``psnr_outside``, the PSNR
-  of x_c to x outside it (peak-to-peak 2), at most ``PSNR_CAP`` = 60 dB: a frame that changed
-  nothing outside (the sparse refinement can leave it bit for bit) counts as 60 dB, not as an
-  infinity a mean cannot take (one grey level of change everywhere is 48 dB).
+  of x_c to x outside it (:func:`diffice.metrics.psnr.psnr`: at most 60 dB, which a frame that
+  changed nothing outside gets, as the sparse refinement can leave it bit for bit).
 """
 
 from __future__ import annotations
@@ -22,12 +21,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from diffice.metrics.psnr import psnr
 from diffice.metrics.target import grow, low_pass
 
 GREY_LEVEL = 2.0 / 255.0  # one grey level in [-1, 1] units
 CHANGED = 2 * GREY_LEVEL
 FOOTPRINT_DILATION = 3
-PSNR_CAP = 60.0
 
 
 def footprint(x: torch.Tensor, target: torch.Tensor, sigma: float | None = None, delta: float = 0.1,
@@ -54,9 +53,7 @@ def change_locality(x: torch.Tensor, cf: torch.Tensor, seg: np.ndarray | None = 
     if target is not None:
         fp = footprint(x, target.double().reshape(1, 1, *target.shape[-2:]))
         inside = float((d2 * fp).sum())
-        outside = ~fp
         out["footprint_fraction"] = float(fp.double().mean())
         out["in_footprint"] = inside / total if total > 0 else None
-        mse_out = float(d2[outside].mean()) if bool(outside.any()) else 0.0
-        out["psnr_outside"] = min(PSNR_CAP, 10 * math.log10(4.0 / mse_out)) if mse_out > 0 else PSNR_CAP
+        out["psnr_outside"] = psnr(x, cf, ~fp)[0]
     return out

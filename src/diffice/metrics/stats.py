@@ -39,13 +39,12 @@ def _finite(values: Sequence) -> np.ndarray:
 
 
 def clopper_pearson(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
-    """Exact two-sided interval of a binomial proportion k / n (n >= 1)."""
-    from scipy.stats import beta
+    """Exact two-sided interval of a binomial proportion k / n (n >= 1): scipy's
+    ``binomtest(k, n).proportion_ci(level, "exact")`` (0 for k = 0 and 1 for k = n exactly)."""
+    from scipy.stats import binomtest
 
-    alpha = 1.0 - level
-    lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
-    return lo, hi
+    ci = binomtest(int(k), int(n)).proportion_ci(level, "exact")
+    return float(ci.low), float(ci.high)
 
 
 def rate_interval(k: int, n: int, level: float = LEVEL) -> dict:
@@ -114,8 +113,8 @@ def seed_interval(values: Sequence, level: float = LEVEL) -> dict:
     out = {"value": float(a.mean()) if n else None, "low": None, "high": None, "n": n, "method": SEED_METHOD}
     if n < 2:
         return out
-    half = float(t.ppf(0.5 + level / 2, n - 1) * a.std(ddof=1) / math.sqrt(n))
-    out["low"], out["high"] = out["value"] - half, out["value"] + half
+    se = a.std(ddof=1) / math.sqrt(n)  # scipy gives NaN for a zero scale: seeds that all agree give a point
+    out["low"], out["high"] = (float(v) for v in (t.interval(level, n - 1, loc=a.mean(), scale=se) if se > 0 else (a.mean(),) * 2))
     return out
 
 

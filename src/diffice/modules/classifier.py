@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from diffice.errors import UserError
+from diffice.metrics.classification import accuracy, auroc, balanced_accuracy
 from diffice.modules.common import DifficeModule, as_config, checkpoint_config, load_checkpoint, log_image
 from diffice.nets.guide import Guide
 from diffice.nets.segmenter import build_segmenter
@@ -47,8 +48,6 @@ from diffice.nets.segmenter import build_segmenter
 def binary_report(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> dict[str, float]:
     """Balanced accuracy, AUROC, sensitivity, specificity and counts, SP when p > ``threshold``
     (the guide's decision rule; no probability lies exactly on a threshold between two of them)."""
-    from torchmetrics.functional.classification import binary_auroc
-
     keep = labels >= 0
     p, y = probs[keep].float(), labels[keep].long()
     pred = (p > float(threshold)).long()
@@ -56,16 +55,12 @@ def binary_report(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 
     tn = int(((pred == 0) & (y == 0)).sum())
     fp = int(((pred == 1) & (y == 0)).sum())
     fn = int(((pred == 0) & (y == 1)).sum())
-    sens = tp / (tp + fn) if tp + fn else math.nan
-    spec = tn / (tn + fp) if tn + fp else math.nan
-    both = [v for v in (sens, spec) if not math.isnan(v)]
-    auroc = float(binary_auroc(p, y)) if 0 < int(y.sum()) < len(y) else math.nan
     return {
-        "balanced_accuracy": float(np.mean(both)) if both else math.nan,
-        "auroc": auroc,
-        "sensitivity": sens,
-        "specificity": spec,
-        "accuracy": (tp + tn) / max(1, len(y)),
+        "balanced_accuracy": balanced_accuracy(y, pred),
+        "auroc": auroc(p, y),
+        "sensitivity": tp / (tp + fn) if tp + fn else math.nan,
+        "specificity": tn / (tn + fp) if tn + fp else math.nan,
+        "accuracy": accuracy(y, pred),
         "tp": tp, "tn": tn, "fp": fp, "fn": fn, "n_sp": tp + fn, "n_nsp": tn + fp,
     }
 

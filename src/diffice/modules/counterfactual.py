@@ -39,6 +39,7 @@ from diffice.metrics.locality import change_locality
 from diffice.metrics.target import sector_l1, target_l1
 from diffice.metrics.texture import hf_energy
 from diffice.modules.cf_inputs import reference_hf_threshold, select_inputs
+from diffice.nets.dice import dice, dice_or_none
 from diffice.nets.fixed_batch import fixed
 from diffice.runfolder import (
     check_run_folder,
@@ -181,14 +182,8 @@ class CounterfactualModule(L.LightningModule):
 
     def _anatomy_dice(self, a: np.ndarray, b: np.ndarray) -> dict[str, float | None]:
         """Per structure, the guide's segmentation Dice between input and counterfactual (does the anatomy stay?)."""
-        out: dict[str, float | None] = {}
-        for c, name in enumerate(self.classes):
-            if name not in SCORED:
-                continue
-            pa, pb = a == c, b == c
-            total = int(pa.sum() + pb.sum())
-            out[name] = float(2 * (pa & pb).sum() / total) if total else None
-        return out
+        d = dice(a, b, len(self.classes))
+        return {name: dice_or_none(d[c]) for c, name in enumerate(self.classes) if name in SCORED}
 
     def _named(self, row: np.ndarray) -> dict[str, float]:
         return {name: float(v) for name, v in zip(self.concepts, row, strict=False)}

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from diffice.errors import UserError
+from diffice.metrics.classification import balanced_accuracy
 from diffice.modules.common import DifficeModule, log_image
 from diffice.nets.pcbm import PCBM
 from diffice.nets.segmenter import dice_ce_loss
@@ -181,10 +182,8 @@ def oracle_report(v: dict[str, torch.Tensor], concepts: list[str], mode: str) ->
     rep["ece_qs_o"] = curves["qs_o"]["ece"]
     lab = v["label"]
     if bool((lab >= 0).any()):
-        pred = (v["qs_o"] >= 0.5).long()
         k = lab >= 0
-        sens = [float((pred[k & (lab == c)] == c).float().mean()) for c in (0, 1) if bool((k & (lab == c)).any())]
-        rep["qs_o_balanced_accuracy"] = float(np.mean(sens))
+        rep["qs_o_balanced_accuracy"] = balanced_accuracy(lab[k], (v["qs_o"][k] >= 0.5).long())
     return rep, curves
 
 

@@ -13,37 +13,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffice.io import to_uint8
+from diffice.io import make_grid, overlay, to_uint8
 from diffice.modules.common import DifficeModule, log_image
-from diffice.nets.segmenter import DiceCounter, build_segmenter, dice_ce_loss
-
-# Overlay colours (RGB) per class index; background (0) is left uncoloured.
-PALETTE = np.array(
-    [[0, 0, 0], [64, 160, 255], [255, 255, 255], [255, 80, 80], [80, 255, 120], [255, 200, 40],
-     [200, 80, 255], [40, 220, 220], [255, 120, 200], [160, 160, 60]],
-    dtype=np.uint8,
-)
-
-
-def overlay(image: torch.Tensor, classes: torch.Tensor, alpha: float = 0.45) -> np.ndarray:
-    """HxWx3 uint8: a grey frame ((1,H,W) or (H,W) in [-1,1]) with class indices (H,W) coloured
-    on top (background and -1 left as they are)."""
-    grey = to_uint8(image)
-    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    cls = classes.detach().cpu().numpy().astype(np.int64)
-    colour = PALETTE[np.clip(cls, 0, len(PALETTE) - 1) % len(PALETTE)].astype(np.float32)
-    on = (cls > 0)[..., None]
-    out = np.where(on, (1 - alpha) * rgb + alpha * colour, rgb)
-    return np.clip(out, 0, 255).astype(np.uint8)
+from diffice.nets.dice import DiceCounter
+from diffice.nets.segmenter import build_segmenter, dice_ce_loss
 
 
 def overlay_grid(images: torch.Tensor, rows: list[torch.Tensor]) -> np.ndarray:
     """Columns = frames; first row the frame, then one overlay row per class map tensor (B,H,W)."""
-    n = images.shape[0]
-    lines = [np.concatenate([np.repeat(to_uint8(images[i])[..., None], 3, axis=2) for i in range(n)], axis=1)]
-    for r in rows:
-        lines.append(np.concatenate([overlay(images[i], r[i]) for i in range(n)], axis=1))
-    return np.concatenate(lines, axis=0)
+    grey = [to_uint8(im) for im in images]
+    return make_grid([overlay(g, np.zeros(g.shape, np.int64)) for g in grey]
+                     + [overlay(g, r[i].cpu().numpy()) for r in rows for i, g in enumerate(grey)], ncol=len(grey))
 
 
 class SegmenterModule(DifficeModule):
@@ -74,7 +54,7 @@ class SegmenterModule(DifficeModule):
         loss, _ = dice_ce_loss(logits, batch["mask"])
         pred = logits.argmax(dim=1)
         assert self._dice is not None
-        self._dice.update(pred.cpu(), batch["mask"].cpu())
+        self._dice.update(pred.cpu(), batch["mask"].cpu(), valid=batch["mask"].cpu() >= 0)
         self.log("val/loss", loss, batch_size=logits.shape[0])
         if batch_idx == 0:
             k = min(6, logits.shape[0])
@@ -92,8 +72,9 @@ class SegmenterModule(DifficeModule):
 
 
 def dice_report(classes: list[str], dice: torch.Tensor) -> dict[str, float]:
-    """{class: Dice} for classes seen in prediction or truth, plus ``mean`` over foreground."""
-    out = {c: float(d) for c, d in zip(classes, dice, strict=True) if not math.isnan(float(d))}
+    """{class: Dice} for classes seen in prediction or truth, plus ``mean`` over foreground
+    (each Dice rounded to float32, as the segmenter has always reported it)."""
+    out = {c: float(d) for c, d in zip(classes, dice.float(), strict=True) if not math.isnan(float(d))}
     fg = [v for c, v in out.items() if c != classes[0]]
     if fg:
         out["mean"] = float(np.mean(fg))
@@ -108,5 +89,5 @@ def evaluate_segmenter(net: nn.Module, loader, classes: list[str]) -> dict[str, 
     device = next(net.parameters()).device
     for batch in loader:
         pred = net(batch["image"].to(device)).argmax(dim=1).cpu()
-        counter.update(pred, batch["mask"])
+        counter.update(pred, batch["mask"], valid=batch["mask"] >= 0)
     return dice_report(classes, counter.compute())

@@ -10,7 +10,8 @@ Intensities: input (B, 1, H, W) in [-1, 1]; output logits (B, K, H, W) at the in
 Any H, W works: the input is padded (with -1, i.e. black) to the encoder's stride and the
 logits are cropped back.
 
-Loss (:func:`dice_ce_loss`): cross-entropy + soft Dice, pixels labelled -1 ignored.
+Loss (:func:`dice_ce_loss`): cross-entropy + soft Dice, pixels labelled -1 ignored (the hard Dice
+that scores a segmentation is :mod:`diffice.nets.dice`).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def build_segmenter(cfg, num_classes: int, load_pretrained: bool = True, *, sect
     return net
 
 
-# ----------------------------------------------------------------------------- loss and metric
+# ----------------------------------------------------------------------------- loss
 
 
 def dice_ce_loss(logits: torch.Tensor, mask: torch.Tensor, eps: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,28 +144,6 @@ def dice_ce_loss(logits: torch.Tensor, mask: torch.Tensor, eps: float = 1.0) -> 
     denom = ((probs + onehot) * v).sum(dim=(0, 2, 3))
     dice = (2 * inter + eps) / (denom + eps)
     return ce + (1.0 - dice.mean()), dice.detach()
-
-
-class DiceCounter:
-    """Accumulates hard per-class Dice = 2|P∩G| / (|P|+|G|) over batches (pixels -1 ignored)."""
-
-    def __init__(self, num_classes: int):
-        self.k = num_classes
-        self.inter = torch.zeros(num_classes, dtype=torch.float64)
-        self.total = torch.zeros(num_classes, dtype=torch.float64)
-
-    def update(self, pred: torch.Tensor, mask: torch.Tensor) -> None:
-        valid = mask >= 0
-        for c in range(self.k):
-            p = (pred == c) & valid
-            g = (mask == c)
-            self.inter[c] += float((p & g).sum())
-            self.total[c] += float(p.sum() + g.sum())
-
-    def compute(self) -> torch.Tensor:
-        """Per-class Dice; NaN for a class absent from both prediction and truth."""
-        out = 2 * self.inter / self.total
-        return out.float()
 
 
 def load_segmenter_checkpoint(path: str | os.PathLike) -> nn.Module:

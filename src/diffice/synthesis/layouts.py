@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from diffice.data import anomalies as AN
 from diffice.errors import UserError
-from diffice.io import PALETTE
+from diffice.io import overlay, to_uint8
 
 UNSPECIFIED = 255
 
@@ -202,18 +202,12 @@ def grown(region: np.ndarray, dilation: int) -> np.ndarray:
 
 
 def colour_layout(layout: np.ndarray) -> np.ndarray:
-    """RGB uint8 picture of a layout: class colours on dark grey, unspecified pixels mid grey."""
-    rgb = np.full((*layout.shape, 3), 40, dtype=np.uint8)
-    rgb[layout == -1] = 128
-    for c in range(1, int(layout.max()) + 1 if layout.size else 1):
-        rgb[layout == c] = PALETTE[c % len(PALETTE)].astype(np.uint8)
-    return rgb
+    """RGB uint8 picture of a layout: class colours (``io.PALETTE``) on dark grey, unspecified pixels mid grey."""
+    return overlay(np.where(layout == -1, 128, 40).astype(np.uint8), layout, alpha=1.0)
 
 
 def overlay_classes(frame, classes: np.ndarray) -> np.ndarray:
     """A frame (tensor in [-1, 1]) with its class map in colour."""
-    from diffice.io import overlay, to_uint8
-
     return overlay(to_uint8(frame), classes)
 
 

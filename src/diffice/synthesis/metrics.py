@@ -10,7 +10,8 @@
 * **Edits**: PSNR and SSIM (grey levels in [0, 1]) outside the edited region (pixels whose class
   did not change, so the ``synthesis.edit_dilation`` ring that RePaint generates to blend the
   edit in counts) against the source frame; the PSNR of the held region alone (outside the
-  dilated edit, infinite for RePaint by construction, finite for the regenerating control); and the fraction of changed pixels the judge
+  dilated edit: RePaint pastes it, so it equals the source and reaches the 60 dB cap of
+  :mod:`diffice.metrics.psnr`; lower for the regenerating control); and the fraction of changed pixels the judge
   labels with the requested class (did the edit happen?).
 * **Realism**: FID (Inception-v3) and FSD (the oracle's backbone, or official SonoNet-16
   weights when configured) between samples and real frames of the same planes.
@@ -71,21 +72,14 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def psnr_ssim_outside(edited: torch.Tensor, source: torch.Tensor, region: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-frame PSNR (dB) and mean SSIM outside ``region`` (B, H, W) bool; frames in [-1, 1]."""
-    a, b = (edited.float() + 1) / 2, (source.float() + 1) / 2
+    """Per-frame PSNR (dB, :func:`diffice.metrics.psnr.psnr`: at most 60) and mean SSIM outside
+    ``region`` (B, H, W) bool; frames in [-1, 1]; NaN for both where nothing lies outside."""
+    from diffice.metrics.psnr import psnr
+
     outside = ~region.bool()
-    smap = ssim_map(a, b)[:, 0]
-    psnr, ss = [], []
-    for i in range(a.shape[0]):
-        m = outside[i]
-        if not m.any():
-            psnr.append(math.nan)
-            ss.append(math.nan)
-            continue
-        mse = float(((a[i, 0] - b[i, 0]) ** 2)[m].mean())
-        psnr.append(math.inf if mse == 0 else 10 * math.log10(1.0 / mse))
-        ss.append(float(smap[i][m].mean()))
-    return psnr, ss
+    smap = ssim_map((edited.float() + 1) / 2, (source.float() + 1) / 2)[:, 0]
+    ss = [float(smap[i][m].mean()) if bool(m.any()) else math.nan for i, m in enumerate(outside)]
+    return psnr(edited, source, outside), ss
 
 
 def diversity(samples: torch.Tensor) -> dict[str, float]:

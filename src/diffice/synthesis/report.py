@@ -77,7 +77,7 @@ def summary_html(metrics: dict, classes: list[str]) -> str:
                        ("seconds_per_sample", "seconds per sample"), ("edits", "edits"),
                        ("edit_psnr_outside_mean", "edit PSNR outside (dB, mean of finite)"), ("edit_psnr_outside_min", "edit PSNR outside (min)"),
                        ("edit_psnr_outside_at_least_30", "edits with PSNR outside ≥ 30 dB"),
-                       ("edit_psnr_held_min", "edit PSNR in the held region (min; RePaint pastes it: ∞ by construction)"),
+                       ("edit_psnr_held_min", "edit PSNR in the held region (min; RePaint pastes it: the 60 dB cap by construction)"),
                        ("edit_held_exact", "edits whose held region equals the source exactly"), ("edit_ssim_outside_mean", "edit SSIM outside"),
                        ("edit_accuracy", "edited pixels the judge labels as requested"),
                        ("edit_accuracy_source", "… the same pixels in the source frame")):

@@ -166,15 +166,9 @@ def write_layout_job(out: Path, syn: Synthesizer, job: LayoutJob, drawn: dict) -
 
 def layout_dice(pred: torch.Tensor, layout: torch.Tensor, classes: list[str]) -> list[dict]:
     """Per sample {class: Dice or None} for the structures (classes >= 1) the layout requests."""
-    d = S.layout_dice(pred, layout, len(classes))
-    out = []
-    for i in range(d.shape[0]):
-        row = {}
-        for c in range(1, len(classes)):
-            asked = bool((layout[i] == c).any())
-            row[classes[c]] = float(d[i, c]) if asked and not math.isnan(float(d[i, c])) else (0.0 if asked else None)
-        out.append(row)
-    return out
+    d = S.layout_dice(pred, layout, len(classes))  # a requested class has a Dice (0 when the sample lacks it)
+    return [{classes[c]: float(d[i, c]) if bool((layout[i] == c).any()) else None for c in range(1, len(classes))}
+            for i in range(d.shape[0])]
 
 
 def run_layouts(out: Path, syn: Synthesizer, jobs: list[LayoutJob], count: int, batch_size: int, progress: bool = True) -> list[dict]:
@@ -214,6 +208,7 @@ def run_edits(out: Path, syn: Synthesizer, jobs: list[EditJob], batch_size: int,
         changed = torch.stack([torch.from_numpy(changed_region(j)) for j in chunk])
         psnr, ssim = M.psnr_ssim_outside(edited.cpu(), src.cpu(), changed)
         held_psnr, _ = M.psnr_ssim_outside(edited.cpu(), src.cpu(), ~known[:, 0])
+        exact = [bool(k.any() and (e == f)[k].all()) for e, f, k in zip(edited.cpu(), src.cpu(), known, strict=True)]
         judged = syn.judge(edited) if syn.judge is not None else None
         judged_src = syn.judge(src) if syn.judge is not None else None
         for i, job in enumerate(chunk):
@@ -221,7 +216,7 @@ def run_edits(out: Path, syn: Synthesizer, jobs: list[EditJob], batch_size: int,
             rec = {"index": job.index, "name": job.name, "id": job.id, "edit": job.spec, "plane": job.plane,
                    "ga": None if math.isnan(job.ga) else job.ga,
                    "repaint": bool(s.repaint), "changed_pixels": int(ch.sum()), "psnr_outside": psnr[i], "ssim_outside": ssim[i],
-                   "psnr_held": held_psnr[i], "held_exact": held_psnr[i] == math.inf, "held_pixels": int(known[i].sum()),
+                   "psnr_held": held_psnr[i], "held_exact": exact[i], "held_pixels": int(known[i].sum()),
                    "seconds": seconds, "seed_id": ids[i]}
             images = {"source.png": to_uint8(job.source), "layout_before.png": colour_layout(job.before),
                       "layout_after.png": colour_layout(job.after), "layout_after_classes.png": layout_png(job.after),

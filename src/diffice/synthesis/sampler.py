@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from diffice.diffusion import GaussianDiffusion, generators_for
 from diffice.nets.conditional import Conditioned, one_hot_layout
+from diffice.nets.dice import dice
 
 Segment = Callable[[torch.Tensor], torch.Tensor]  # (B,1,H,W) in [-1,1] -> class indices (B,H,W)
 
@@ -64,17 +65,9 @@ def _noise(gens: Sequence[torch.Generator], shape, device) -> torch.Tensor:
 
 
 def layout_dice(pred: torch.Tensor, layout: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-sample per-class hard Dice (B, C) over specified pixels (layout >= 0); NaN where the
-    class is in neither the request nor the prediction."""
-    known = layout >= 0
-    out = torch.full((layout.shape[0], num_classes), math.nan)
-    for c in range(num_classes):
-        p = (pred == c) & known
-        g = (layout == c) & known
-        inter = (p & g).sum(dim=(1, 2)).float()
-        denom = (p.sum(dim=(1, 2)) + g.sum(dim=(1, 2))).float()
-        out[:, c] = torch.where(denom > 0, 2 * inter / denom.clamp(min=1), torch.tensor(math.nan)).cpu()
-    return out
+    """Per-sample per-class hard Dice (B, C) float32 over specified pixels (layout >= 0); NaN where the
+    class is in neither the request nor the prediction (:func:`diffice.nets.dice.dice`)."""
+    return dice(pred, layout, num_classes, valid=layout >= 0).float()
 
 
 def requested_dice(pred: torch.Tensor, layout: torch.Tensor, num_classes: int) -> torch.Tensor:

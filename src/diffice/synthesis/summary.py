@@ -44,15 +44,15 @@ def summarize(syn, layout_recs: list[dict], edit_recs: list[dict], realism: dict
         if kept:
             m["kept_stage2"] = sum(1 for k in kept if k and k > 0)
     if edit_recs:
-        # (a record's inf was written as null: only an empty region or exact equality give inf / None)
+        # (null in a record: nothing outside the edit, or, in runs before the 60 dB cap, an exact frame)
         ps = [r["psnr_outside"] for r in edit_recs if r["psnr_outside"] is not None]
         finite = [p for p in ps if math.isfinite(p)]
         m["edits"] = len(edit_recs)
-        m["edit_psnr_outside_mean"] = float(np.mean(finite)) if finite else (math.inf if ps else None)
+        m["edit_psnr_outside_mean"] = float(np.mean(finite)) if finite else None
         m["edit_psnr_outside_min"] = float(min(ps)) if ps else None
         m["edit_psnr_outside_at_least_30"] = sum(1 for p in ps if p >= 30)
         held = [r["psnr_held"] for r in edit_recs if r.get("psnr_held") is not None]
-        m["edit_psnr_held_min"] = float(min(held)) if held else None  # inf (null in JSON) when every held region is exact
+        m["edit_psnr_held_min"] = float(min(held)) if held else None  # 60 dB (the cap) when every held region is exact
         m["edit_held_exact"] = sum(1 for r in edit_recs if r.get("held_exact"))
         m["edit_ssim_outside_mean"] = float(np.mean([r["ssim_outside"] for r in edit_recs if r["ssim_outside"] is not None]))
         acc = [r["edit_accuracy"] for r in edit_recs if r.get("edit_accuracy") is not None]
