@@ -14,16 +14,15 @@ in a 128x160 frame has |cos| ≈ 0.006. 1 torch thread.
 """
 import argparse
 import collections
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from diffice.metrics.stats import fmt_interval, mean_interval
 from diffice.metrics.target import low_pass
 from diffice.modules.common import load_checkpoint
+from diffice.report.records import grey_tensor, load_records
 
 torch.set_num_threads(1)
 ap = argparse.ArgumentParser()
@@ -42,7 +41,7 @@ guide = load_checkpoint(ckpt, "classifier").guide.eval()
 
 
 def frame(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(Image.open(path).convert("L")).astype(np.float32) / 127.5 - 1)[None, None]
+    return grey_tensor(path)[None]
 
 
 def cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,10 +52,13 @@ def cos(a: torch.Tensor, b: torch.Tensor) -> float:
 cols = ["cos(grad, target - x)", *[f"cos(G{s:g} * grad, target - x)" for s in args.sigmas],
         "cos(cf - control, target - control)", "p(x)", "p(midway)", "p(target)"]
 rows = collections.defaultdict(list)
-for d in sorted(p for p in (run / "frames").iterdir() if (p / "target.png").is_file()):
+for rec in load_records(run):
+    d = rec["_dir"]
+    if not (d / "target.png").is_file():
+        continue
     x, t, cf = frame(d / "input.png"), frame(d / "target.png"), frame(d / "cf.png")
     c0 = frame(control / "frames" / d.name / "cf.png")
-    kind = str(json.loads((d / "record.json").read_text())["id"]).split("_")[-1]
+    kind = str(rec["id"]).split("_")[-1]
     xx = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(guide(xx).sum(), xx)
     with torch.no_grad():

@@ -56,10 +56,9 @@ import torch
 
 from diffice.counterfactual.seeding import randn_frames
 from diffice.errors import UserError
-from diffice.metrics.target import grow, low_pass
+from diffice.metrics.target import grow, imaged_sector, low_pass
 
 MASKS = ("none", "diff", "layout", "both", "guide", "raised")
-SECTOR_BLACK = -0.95  # the imaged sector: the low-passed frame above this (metrics.target.sector_l1's rule)
 
 
 @dataclass
@@ -154,7 +153,7 @@ def change_mask(x: torch.Tensor, cf: torch.Tensor, s: SparseSettings,
 
 def sector(x: torch.Tensor) -> torch.Tensor:
     """(B,1,H,W) bool: the imaged sector, where the low-passed frame is brighter than black."""
-    return low_pass(x[:, :1].float(), 2.0) > SECTOR_BLACK
+    return imaged_sector(x[:, :1].float(), 2.0)
 
 
 def top_share(score: torch.Tensor, inside: torch.Tensor, share: float) -> torch.Tensor:

@@ -25,6 +25,7 @@ from torchmetrics import Metric
 
 SIGMA_PER_WIDTH = 1.0 / 40.0
 SECTOR_SIGMA_PER_WIDTH = 3.0 / 80.0  # whole-frame closeness: 3 px at 64x80, clearly coarser than speckle
+SECTOR_BLACK = -0.95  # the imaged sector: where the low-passed frame is brighter than this
 
 
 def low_pass(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
@@ -70,7 +71,13 @@ def target_l1(
     return torch.where(n > 0, out, torch.full_like(out, float("nan")))
 
 
-def sector_l1(x: torch.Tensor, target: torch.Tensor, sigma: float | None = None, black: float = -0.95) -> torch.Tensor:
+def imaged_sector(x: torch.Tensor, sigma: float, black: float = SECTOR_BLACK) -> torch.Tensor:
+    """(B,1,H,W) bool: the imaged sector of (B,1,H,W) frames, where the frame low-passed at σ
+    (pixels) is brighter than ``black``; computed in ``x``'s dtype."""
+    return low_pass(x, sigma) > black
+
+
+def sector_l1(x: torch.Tensor, target: torch.Tensor, sigma: float | None = None, black: float = SECTOR_BLACK) -> torch.Tensor:
     """Per-sample anatomy-scale L1 of (B,1,H,W) images to ``target`` over the whole imaged sector
     (where the low-passed target is brighter than ``black``), not only the fault's footprint: a
     counterfactual that repairs the fault but loses the midline elsewhere is farther here. σ
@@ -79,7 +86,7 @@ def sector_l1(x: torch.Tensor, target: torch.Tensor, sigma: float | None = None,
     sigma = float(sigma if sigma is not None else x.shape[-1] * SECTOR_SIGMA_PER_WIDTH)
     t = low_pass(target.double(), sigma)
     d = (low_pass(x.double(), sigma) - t).abs()
-    m = (t > black).double()
+    m = (t > black).double()  # imaged_sector(target, sigma, black), from the low-pass already taken
     n = m.flatten(1).sum(1)
     out = (d * m).flatten(1).sum(1) / n.clamp_min(1)
     return torch.where(n > 0, out, torch.full_like(out, float("nan")))
