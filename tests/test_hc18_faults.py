@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,21 @@ def test_written_benchmark_keeps_pairs_together_and_loads(tmp_path, capsys):
     # pixel size at the model's frame size (the resize stretches: rows and columns differ) and the annotated HC
     assert item["pixel_mm"].tolist() == pytest.approx([0.2 * 54 / 32, 0.2 * 80 / 48])
     assert float(item["hc_mm"]) == pytest.approx(float(rows[1]["hc_mm"]))
+    # GA by Hadlock from the annotated HC, read as the frame's gestational age
+    hc = float(rows[1]["hc_mm"]) / 10
+    assert float(rows[1]["ga"]) == pytest.approx(8.96 + 0.540 * hc + 0.0003 * hc**3, abs=0.01)
+    assert float(item["ga"]) == pytest.approx(float(rows[1]["ga"]))
+    # an HC that gives no fetal age (9.5 weeks, below the loader's 10) is written blank: unknown
+    assert F._ga_text(10.0) == "" and F._ga_text(float("nan")) == ""
+
+
+def test_hadlock_ga_and_hc_are_inverse():
+    from diffice.data.anomalies import HADLOCK_GA_RANGE, ga_weeks, hc_mm
+
+    for ga in (14.0, 20.0, 30.5, 40.0):
+        assert ga_weeks(hc_mm(ga)) == pytest.approx(ga, abs=1e-6)
+    assert ga_weeks(175.0) == pytest.approx(8.96 + 0.540 * 17.5 + 0.0003 * 17.5**3)  # the formula, HC in cm
+    assert HADLOCK_GA_RANGE == (14.0, 42.0) and math.isnan(ga_weeks(0.0)) and math.isnan(ga_weeks(math.nan))
 
 
 def test_missing_hc18_is_one_line_and_writes_nothing(tmp_path, capsys):
@@ -125,5 +141,7 @@ def test_real_hc18_frames(tmp_path):
     assert main(["hc18-faults", "--root", str(HC18), "--out", str(out), "--limit", "5"]) == 0
     rows = list(csv.DictReader(open(out / "manifest.csv")))
     assert len(rows) == 10 and rows[0]["hc_mm"] == "44.30"
+    # GA by Hadlock from the HC: 44.3 mm is about 11.4 weeks (below the regression's 14-week fit range)
+    assert rows[0]["ga"] == rows[1]["ga"] == "11.38"
     with Image.open(out / rows[1]["image"]) as im:
         assert im.size == (400, 270)

@@ -97,9 +97,22 @@ def anomaly(name: str, severity: float | None = None, where: str = "--anomaly") 
 # ----------------------------------------------------------------------------- scale
 
 
+HADLOCK_GA_RANGE = (14.0, 42.0)  # weeks: the range Hadlock's HC regression was fitted on; outside it, an extrapolation
+
+
+def ga_weeks(hc_mm: float) -> float:
+    """Gestational age in weeks of a head circumference in mm by Hadlock's regression
+    GA = 8.96 + 0.540 HC + 0.0003 HC^3 (HC in cm; Radiology 1984), NaN for a missing or non-positive HC.
+    Fitted on :data:`HADLOCK_GA_RANGE`: a value outside it is an extrapolation."""
+    hc = float(hc_mm) / 10.0
+    if not math.isfinite(hc) or hc <= 0:
+        return math.nan
+    return 8.96 + 0.540 * hc + 0.0003 * hc**3
+
+
 def hc_mm(ga_weeks: float) -> float:
-    """Mean head circumference in mm at a gestational age, from Hadlock's (1982) regression
-    GA = 8.96 + 0.540 HC + 0.0003 HC^3 (HC in cm), solved for HC."""
+    """Mean head circumference in mm at a gestational age, from Hadlock's regression
+    (:func:`ga_weeks`) solved for HC."""
     lo, hi = 5.0, 45.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)

@@ -38,7 +38,9 @@ Each HC18 frame gives two rows that share its fetus (so a split never separates 
 frame (``label`` SP, every concept 1) and its faulted twin (``label`` NSP, the degraded concept
 1 − s, ``target`` = the clean frame). The fault and its severity are drawn from a generator seeded
 by (seed, frame number): the set is the same on every machine. The head mask is HC18's ellipse
-outline, filled; ``hc_mm`` and ``pixel_mm`` (at the written size) come from the challenge's CSV.
+outline, filled; ``hc_mm`` and ``pixel_mm`` (at the written size) come from the challenge's CSV, ``ga``
+(weeks) from ``hc_mm`` by Hadlock's regression (:func:`diffice.data.anomalies.ga_weeks`; 154 of the 999
+heads are below its 14-week fit range, where the value is an extrapolation).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from diffice.data.anomalies import ga_weeks
 from diffice.errors import UserError
 
 FAULTS = ("defocus", "shadow", "noise", "gain", "reverberation")
@@ -58,7 +61,7 @@ CONCEPTS = ("qs_focus", "qs_skull", "qs_snr", "qs_gain", "qs_artifact")
 DEGRADES = dict(zip(FAULTS, CONCEPTS))
 SEVERITY_RANGE = (0.5, 1.0)
 COLUMNS = ["image", "id", "label", "patient", "split", "mask", "target", *CONCEPTS, "fault", "severity",
-           "hc_mm", "pixel_mm", "source"]
+           "hc_mm", "pixel_mm", "ga", "source"]
 CSV_NAME = "training_set_pixel_size_and_HC.csv"
 
 
@@ -188,6 +191,12 @@ def draw_fault(seed: int, number: int) -> tuple[str, float, np.random.Generator]
     return fault, float(rng.uniform(*SEVERITY_RANGE)), rng
 
 
+def _ga_text(hc_mm: float) -> str:
+    """Hadlock's GA of ``hc_mm`` for the manifest; blank (unknown) where it is no fetal age (outside 10-45 weeks)."""
+    ga = ga_weeks(hc_mm)
+    return f"{ga:.2f}" if math.isfinite(ga) and 10.0 <= ga <= 45.0 else ""
+
+
 def read_hc_csv(root: Path) -> dict[str, tuple[float, float]]:
     """``{image stem: (pixel size mm, head circumference mm)}`` from the challenge's CSV."""
     path = root / CSV_NAME
@@ -246,7 +255,8 @@ def write_hc18_faults(root: str | Path, out: str | Path, *, size: tuple[int, int
         save_png(out / "images" / f"{rec.id}_{fault}.png", fault_u8)
         save_png(out / "masks" / f"{rec.id}.png", mask_u8)
         common = {"patient": rec.patient, "split": splits[number], "mask": f"masks/{rec.id}.png",
-                  "hc_mm": f"{hc_mm:.2f}", "pixel_mm": f"{pixel_mm * img.shape[1] / w:.5f}", "source": rec.id}
+                  "hc_mm": f"{hc_mm:.2f}", "pixel_mm": f"{pixel_mm * img.shape[1] / w:.5f}",
+                  "ga": _ga_text(hc_mm), "source": rec.id}
         rows.append({"image": f"images/{rec.id}.png", "id": rec.id, "label": "SP", "target": "",
                      **{c: "1" for c in CONCEPTS}, "fault": "", "severity": "", **common})
         rows.append({"image": f"images/{rec.id}_{fault}.png", "id": f"{rec.id}_{fault}", "label": "NSP",
