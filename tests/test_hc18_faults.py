@@ -145,3 +145,39 @@ def test_real_hc18_frames(tmp_path):
     assert rows[0]["ga"] == rows[1]["ga"] == "11.38"
     with Image.open(out / rows[1]["image"]) as im:
         assert im.size == (400, 270)
+
+
+def test_data_labelled_keeps_n_annotated_training_images(tmp_path, capsys):
+    """data.labelled=N: N training images keep mask, HC and GA (a frame and its faulted twin together);
+    val and test keep theirs; the draw is seeded; a bad N is one line naming the key."""
+    from diffice.config import load_config
+    from diffice.data.datamodule import DiffIceDataModule
+    from diffice.errors import UserError
+
+    root = _fake_hc18(tmp_path / "hc18", n=20)
+    out = tmp_path / "set"
+    assert main(["hc18-faults", "--root", str(root), "--out", str(out), "--size", "54", "80"]) == 0
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    train_masks = {r["mask"] for r in rows if r["split"] == "train"}
+    assert len(train_masks) >= 4
+
+    def items(extra):
+        cfg = load_config([Path(__file__).resolve().parents[1] / "configs/data/hc18-faults.yaml"],
+                          [f"data.manifest={out / 'manifest.csv'}", "data.image_size=[16,24]", *extra])
+        dm = DiffIceDataModule(cfg)
+        return {s: [dm.dataset(s)[i] for i in range(len(dm.dataset(s)))] for s in ("train", "test")}
+
+    full = items([])
+    part = items(["data.labelled=3"])
+    labelled = [it for it in part["train"] if bool(it["has_mask"])]
+    assert all(bool(it["has_mask"]) for it in full["train"])
+    mask_of = {r["id"]: r["mask"] for r in rows}
+    assert len(labelled) == 6 and len({mask_of[it["id"]] for it in labelled}) == 3  # 3 images, each with its faulted twin
+    for it in part["train"]:
+        if not bool(it["has_mask"]):
+            assert math.isnan(float(it["hc_mm"])) and math.isnan(float(it["ga"])) and int(it["mask"].max()) == -1
+    assert all(bool(it["has_mask"]) for it in part["test"]) and len(part["test"]) == len(full["test"])
+    again = items(["data.labelled=3"])
+    assert [it["id"] for it in again["train"] if bool(it["has_mask"])] == [it["id"] for it in labelled]
+    with pytest.raises(UserError, match=r"data.labelled=999: .* annotated training images"):
+        items(["data.labelled=999"])

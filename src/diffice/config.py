@@ -56,6 +56,8 @@ class DataConfig:
     concepts: list[str] = field(default_factory=lambda: ["qs_th", "qs_csp", "qs_fp", "qs_bone"])
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
     split_seed: int = 0
+    labelled: int | None = None
+    labelled_seed: int = 0
     batch_size: int = 16
     num_workers: int | None = None
     augment: bool = True

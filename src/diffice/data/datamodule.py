@@ -47,26 +47,30 @@ def build_source(cfg: DictConfig) -> FrameSource:
         "split_fractions": list(d.split_fractions),
         "split_seed": int(d.split_seed),
     }
+    labelled = {"labelled": None if d.get("labelled") is None else int(d.labelled), "labelled_seed": int(d.get("labelled_seed", 0))}
     if len(d.image_size) != 2 or min(d.image_size) < 8:
         raise UserError(f"data.image_size must be [height, width] of at least 8 pixels, got {list(d.image_size)}")
     if d.source == "phantom":
         if d.root:
             root = root_path(d.root, "phantom")
             csv = root / "manifest.csv" if root.is_dir() else root
-            return RecordSource("phantom", read_manifest(csv), origin=str(csv), **common)
+            return RecordSource("phantom", read_manifest(csv), origin=str(csv), **common, **labelled)
+        if labelled["labelled"] is not None:
+            raise UserError("data.labelled: the on-the-fly phantom has no annotation files to withhold; write it first "
+                            "(diffice phantoms) and set data.root, or use a manifest")
         p = d.phantom
         return PhantomSource(int(p.count), list(d.image_size), int(p.seed), float(p.sp_fraction),
                              int(p.frames_per_patient), **common)
     if d.source == "manifest":
         if not d.manifest:
             raise UserError("data.manifest is required for data.source=manifest; set data.manifest=PATH/manifest.csv")
-        return RecordSource("manifest", read_manifest(Path(d.manifest)), origin=str(d.manifest), **common)
+        return RecordSource("manifest", read_manifest(Path(d.manifest)), origin=str(d.manifest), **common, **labelled)
     if d.source == "hc18":
         root = root_path(d.root, "hc18")
-        return RecordSource("hc18", hc18_records(root), origin=str(root), **common)
+        return RecordSource("hc18", hc18_records(root), origin=str(root), **common, **labelled)
     if d.source == "fpdb":
         root = root_path(d.root, "fpdb")
-        return RecordSource("fpdb", fpdb_records(root), carve_validation=True, origin=str(root), **common)
+        return RecordSource("fpdb", fpdb_records(root), carve_validation=True, origin=str(root), **common, **labelled)
     raise UserError(f"data.source '{d.source}' is not one of {', '.join(SOURCES)}")
 
 

@@ -192,7 +192,7 @@ class RecordSource(FrameSource):
 
     def __init__(self, name: str, records: list[Record], concepts: list[str], classes: list[str],
                  split_fractions: list[float], split_seed: int, carve_validation: bool = False,
-                 origin: str = "data set"):
+                 origin: str = "data set", labelled: int | None = None, labelled_seed: int = 0):
         if not records:
             raise UserError(f"{origin}: the data set is empty (no frames); check data.root / data.manifest")
         self.name = name
@@ -215,6 +215,11 @@ class RecordSource(FrameSource):
         if carve_validation:
             splits = carve_val(self.patients, splits, self.labels, split_fractions, split_seed)
         self.splits = splits
+        self.labelled = None
+        if labelled is not None:
+            self.labelled = keep_labelled(records, splits, int(labelled), int(labelled_seed), origin)
+            self.ga = np.array([r.ga for r in records], dtype=np.float32)
+            self.hc_mm = np.array([r.hc_mm for r in records], dtype=np.float64)
 
     def load(self, index: int) -> dict:
         r = self.records[index]
@@ -227,6 +232,23 @@ class RecordSource(FrameSource):
                 raise UserError(f"{r.target}: target is {target.shape[1]}x{target.shape[0]} (WxH) but its image is {image.shape[1]}x{image.shape[0]}")
         concepts = np.array([r.concepts.get(c, math.nan) for c in self.concepts], dtype=np.float32)
         return {"image": image, "target": target, "mask": mask, "concepts": concepts}
+
+
+def keep_labelled(records: list[Record], splits: np.ndarray, n: int, seed: int, origin: str) -> set[str]:
+    """``data.labelled``: only ``n`` annotated training images keep their annotation (mask, HC and the GA
+    derived from it); every other training record loses it, in place. An annotated image is a mask file:
+    frames that share one (a clean frame and its faulted twin) are labelled together. The images are a
+    seeded draw (``data.labelled_seed``) in the order of their first frame; val and test keep theirs.
+    Returns the kept mask paths (as text)."""
+    masks = list(dict.fromkeys(str(r.mask) for r, s in zip(records, splits) if s == "train" and r.mask is not None))
+    if n < 1 or n > len(masks):
+        raise UserError(f"data.labelled={n}: {origin} has {len(masks)} annotated training images; choose 1 to {len(masks)} (null = all)")
+    order = np.random.default_rng([int(seed), 11]).permutation(len(masks))
+    kept = {masks[i] for i in order[:n]}
+    for r, s in zip(records, splits):
+        if s == "train" and str(r.mask) not in kept:
+            r.mask, r.hc_mm, r.ga = None, math.nan, math.nan
+    return kept
 
 
 # ----------------------------------------------------------------------------- split view
