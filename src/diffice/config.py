@@ -213,6 +213,7 @@ class CounterfactualConfig:
 class SynthesisConfig:
     lr: float = 1.0e-4
     max_steps: int = 200000
+    init_ckpt: str | None = None
     drop_condition: float = 0.1
     drop_structure: float = 0.1
     drop_meta: float = 0.1
@@ -246,6 +247,7 @@ class SynthesisConfig:
     anchor_factor: int = 8
     anchor_until: float = 0.0
     split: str = "test"
+    label: str | None = None
     out: str = "${paths.runs}/synthesis-samples"
 
 

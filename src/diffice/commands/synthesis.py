@@ -57,6 +57,13 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     p.add_argument("--source-layout", help="with --edit: the frame's own layout (default: segmented by synthesis.segmenter_ckpt)")
     p.add_argument("--plane", default="", help="trans-thalamic | trans-ventricular | trans-cerebellar (TT / TV / TC); default unknown")
     p.add_argument("--ga", default="", help="gestational age in weeks; default unknown")
+    p.add_argument("--hc", default=None, help="synthesise a real head of this circumference in mm: a filled ellipse layout (class head) "
+                   "drawn by the options below; without --hc, --ga alone (no --layout) draws Hadlock's mean HC for that age")
+    p.add_argument("--pixel-mm", default=None, help="with --hc/--ga: ROW,COLUMN mm per pixel at the model's frame size (default: "
+                   "the head as large in pixels as the data set's median training head)")
+    p.add_argument("--centre", default="0.5,0.5", help="with --hc/--ga: the head's centre, Y,X as fractions of the frame (default 0.5,0.5)")
+    p.add_argument("--angle", default="0", help="with --hc/--ga: the major axis in degrees from the horizontal (default 0)")
+    p.add_argument("--aspect", default=None, help="with --hc/--ga: minor / major axis (default 0.79, HC18's median head)")
     p.add_argument("--count", default=None, help="samples per layout (default synthesis.count)")
     p.add_argument("--anomaly", default="",
                    help="edit the layout(s) into this anomaly (comma-separated names, or 'all'): with --layout the edited layout is "
@@ -76,9 +83,11 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
     p.add_argument("--wait", action="store_true", help="if another run writes into --out, wait for it to finish "
                    "(default: stop with a message naming it)")
     ns = p.parse_intermixed_args(argv)
-    modes = sum(bool(x) for x in (ns.test, ns.edit, ns.layout and not ns.edit))
+    head = ns.hc is not None or (str(ns.ga).strip() != "" and not (ns.test or ns.edit or ns.layout))
+    modes = sum(bool(x) for x in (ns.test, ns.edit, ns.layout and not ns.edit, head))
     if modes != 1:
-        raise UserError("give exactly one of --layout MASK.png, --edit FRAME.png --layout EDITED.png, or --test")
+        raise UserError("give exactly one of --layout MASK.png, --hc MM (or --ga WEEKS alone), --edit FRAME.png --layout EDITED.png, "
+                        "or --test")
     specs = anomaly_specs(ns.anomaly, option_number(ns.severity, "--severity", float))
     if ns.edit and not ns.layout and not specs:
         raise UserError("--edit FRAME.png needs --layout EDITED_MASK.png (the layout the frame should have) or --anomaly NAME")
@@ -110,6 +119,8 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
         syn = R.Synthesizer(cfg, ns.ckpt, device, need_steer=not ns.edit, need_judge=True)
         classes = syn.classes
         layout = read_layout(ns.layout, syn.classes, syn.size) if ns.layout else None
+        if head:
+            layout, ga, name = _head_layout(ns, cfg, syn, ga)
         if layout is not None and specs:  # --layout MASK --anomaly NAME: synthesise the abnormal layout
             layout = _anomaly_layout(layout, specs[0], syn.classes, ga, ns.layout)
         if ns.edit:  # every check of an edit comes before anything is written
@@ -117,7 +128,7 @@ def cmd_synthesize(argv: Sequence[str]) -> int:
             m = R.synthesize(out, cfg, syn, edits=[job], edit_batch=1, report=report, wait=ns.wait,
                              what="diffice synthesize --edit")
         else:
-            job = LayoutJob(0, Path(ns.layout).stem, layout, plane, ga if not math.isnan(ga) else math.nan)
+            job = LayoutJob(0, name if head else Path(ns.layout).stem, layout, plane, ga if not math.isnan(ga) else math.nan)
             m = R.synthesize(out, cfg, syn, layouts=[job], count=count or int(cfg.synthesis.count), report=report,
                              wait=ns.wait, what="diffice synthesize --layout")
     for line in summary_lines(m, classes, out, report):
@@ -178,6 +189,46 @@ def _edit_job(ns, cfg, syn, layout, specs: list[str], plane: int, ga: float, dev
         raise UserError(f"{ns.layout}: the edited layout equals the frame's own layout; nothing to edit")
     return EditJob("000000-0", 0, Path(ns.edit).stem, f"layout {Path(ns.layout).name}", src.astype(np.float32), before,
                      layout, plane, ga)
+
+
+def _head_layout(ns, cfg, syn, ga: float):
+    """(layout, GA, name) of ``--hc`` / ``--ga``: the filled head ellipse; GA from the HC by Hadlock when not given
+    (the condition the hc18 models were trained with), HC from the GA when only that is given."""
+    import math
+
+    from diffice.data.anomalies import HADLOCK_GA_RANGE, ga_weeks, hc_mm
+    from diffice.errors import UserError
+    from diffice.synthesis.jobs import head_pixel_mm
+    from diffice.synthesis.layouts import HC18_ASPECT, head_layout
+
+    hc = option_number(ns.hc, "--hc")
+    if hc is None:
+        hc = hc_mm(ga)
+    elif hc <= 0:
+        raise UserError(f"--hc {ns.hc}: a head circumference is a positive number of mm")
+    if math.isnan(ga):
+        ga = ga_weeks(hc)
+    lo, hi = HADLOCK_GA_RANGE
+    if not lo <= ga <= hi:
+        print(f"note: GA {ga:.1f} weeks lies outside {lo:g}-{hi:g} weeks, the range Hadlock's HC regression was fitted on")
+    centre = _pair(ns.centre, "--centre")
+    if not all(0.0 <= c <= 1.0 for c in centre):
+        raise UserError(f"--centre {ns.centre}: Y,X are fractions of the frame, 0 to 1")
+    px = _pair(ns.pixel_mm, "--pixel-mm") if ns.pixel_mm else head_pixel_mm(cfg, syn.size, hc)
+    if min(px) <= 0:
+        raise UserError(f"--pixel-mm {ns.pixel_mm}: mm per pixel must be positive")
+    aspect = option_number(ns.aspect, "--aspect") if ns.aspect is not None else HC18_ASPECT
+    layout = head_layout(syn.size, px, hc, syn.classes, centre=centre, angle=option_number(ns.angle, "--angle"), aspect=aspect)
+    return layout, ga, f"head_hc{hc:.0f}mm"
+
+
+def _pair(value: str, option: str) -> tuple[float, float]:
+    from diffice.errors import UserError
+
+    parts = str(value).split(",")
+    if len(parts) != 2:
+        raise UserError(f"{option} {value}: expected two numbers, A,B")
+    return option_number(parts[0], option), option_number(parts[1], option)
 
 
 def _anomaly_layout(layout, spec: str, classes: list[str], ga: float, where: str):

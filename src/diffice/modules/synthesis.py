@@ -67,6 +67,17 @@ class SynthesisModule(DDPMModule):
     def build_model(self, cfg: DictConfig):
         return ConditionalUNet(cfg)
 
+    def start_from(self, path: str) -> None:
+        """``synthesis.init_ckpt``: the model and its EMA start from that synthesis model's EMA weights
+        (a new run only; the same architecture)."""
+        from diffice.nets.weights import read_checkpoint
+
+        check_compatible(path, read_checkpoint(path, "synthesis"), self.cfg, keys=SYNTH_ARCH_KEYS, what="synthesis.init_ckpt")
+        source = load_synthesis(path)
+        self.model.load_state_dict(source.ema_model.state_dict())
+        self.ema_model.load_state_dict(source.ema_model.state_dict())
+        print(f"synthesis: starts from the EMA weights of {path} ({source.trained_steps} steps)")
+
     def prealign_steps(self) -> int:
         return int(self.cfg.synthesis.prealign_steps) if self.cfg.synthesis.prealign else 0
 
@@ -166,5 +177,7 @@ def train_synthesis(cfg: DictConfig, datamodule=None, stage: str = "synthesis", 
         dm = datamodule if datamodule is not None else DiffIceDataModule(cfg)
         torch.manual_seed(int(cfg.seed))
         module = SynthesisModule(cfg)
+        if cfg.synthesis.init_ckpt and not last.exists():
+            module.start_from(str(cfg.synthesis.init_ckpt))
         steps = module.prealign_steps() + int(cfg.synthesis.max_steps)
         return fit(cfg, stage, module, dm, steps, **trainer_overrides)

@@ -101,16 +101,44 @@ def change_within(rec: dict) -> bool | None:
     return bool(math.isfinite(got) and math.isfinite(want) and abs(got - want) <= float(rec["tolerance"]))
 
 
+def head_pixel_mm(cfg: DictConfig, size, hc_mm: float, frames: int = 128) -> tuple[float, float]:
+    """The pixel size (row, column mm at ``size``) at which a head of ``hc_mm`` is as large in pixels as the
+    data set's training heads are at the median (HC over pixel size, evenly spread ``frames``): sonographers
+    zoom to the head (HC and pixel size correlate 0.82 in HC18's training split), so a fixed pixel size would
+    draw a large head off the frame. UserError when the data set has no frame with both known."""
+    from diffice.data import DiffIceDataModule
+
+    data_cfg = cfg.copy()
+    data_cfg.data.image_size = [int(size[0]), int(size[1])]
+    dm = DiffIceDataModule(data_cfg)
+    ds = dm.dataset("train")
+    pos = np.unique(np.linspace(0, len(ds) - 1, min(frames, len(ds))).round().astype(int)) if len(ds) else []
+    ratios = []
+    for p in pos:
+        item = ds[int(p)]
+        px, hc = item["pixel_mm"].numpy(), float(item["hc_mm"])
+        if np.isfinite(px).all() and math.isfinite(hc) and hc > 0:
+            ratios.append(hc / px)
+    if not ratios:
+        raise UserError("--pixel-mm: the data set (data.*) gives no training frame with a pixel size and an HC; "
+                        "give --pixel-mm ROW,COLUMN (mm per pixel at the model's frame size)")
+    k = np.median(np.array(ratios), axis=0)
+    return float(hc_mm / k[0]), float(hc_mm / k[1])
+
+
 def test_jobs(cfg: DictConfig, syn, limit: int | None, edits: list[str]) -> tuple[list[LayoutJob], list[EditJob], object]:
     """Layouts of the ``synthesis.split`` frames (evenly spread, at most ``limit``) and their edits."""
     from diffice.data import DiffIceDataModule
 
+    label = cfg.synthesis.label
+    if label is not None and str(label).upper() not in ("SP", "NSP"):
+        raise UserError(f"synthesis.label={label}: expected SP, NSP or null (all frames)")
     data_cfg = cfg.copy()
     data_cfg.data.image_size = list(syn.size)
     data_cfg.data.classes = syn.classes
     dm = DiffIceDataModule(data_cfg)
     dm.setup()
-    ds = dm.dataset(str(cfg.synthesis.split))
+    ds = dm.dataset(str(cfg.synthesis.split), label=cfg.synthesis.label)
     n = len(ds)
     if n == 0:
         raise UserError(f"synthesis.split={cfg.synthesis.split}: no frames in that split")

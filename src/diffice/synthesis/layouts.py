@@ -13,6 +13,8 @@ frame's layout into an edited one, written ``op:class[:amount]``:
 ``grow:C:N``         class C grows by N pixels into its neighbours (not into background)
 ``shrink:C:N``       class C shrinks by N pixels (the surrounding class fills in)
 ``shift:C:DY,DX``    class C moves by (DY, DX) pixels inside the head
+``scale:C:F``        class C, with everything it encloses, scaled by F (0.5-2) about its centre:
+                     a head's circumference times F (``scale:head:1.15``: a 15 % larger head)
 ``anomaly:NAME[:S]`` the anomaly NAME at severity S (default its default): absent_csp,
                      banana_cerebellum, enlarged_cm, microcephaly, lemon
                      (:mod:`diffice.data.anomalies` says what each imitates and measures)
@@ -183,7 +185,63 @@ def _shift(layout, c, arg, where):
     return layout
 
 
-OPERATORS = {"remove": _remove, "grow": _grow, "shrink": _shrink, "shift": _shift}
+def _scale(layout, c, arg, where):
+    try:
+        f = float(arg)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{where}: expected scale:CLASS:FACTOR, a number such as 1.15") from err
+    if not 0.5 <= f <= 2.0:
+        raise UserError(f"{where}: factor {f:g} is outside 0.5..2")
+    region = ndimage.binary_fill_holes(layout == c)  # the structure with everything it encloses
+    if not region.any():
+        return layout
+    cy, cx = ndimage.center_of_mass(region)
+    inside = np.where(region, layout, -2)
+    # nearest-neighbour resampling about the centre: output pixel p takes input pixel centre + (p - centre) / f
+    moved = ndimage.affine_transform(inside, np.eye(2) / f, offset=(np.array([cy, cx]) * (1 - 1 / f)), order=0, cval=-2)
+    fill = _surrounding(layout, region, c)
+    layout[region] = fill
+    layout[moved != -2] = moved[moved != -2]
+    return layout
+
+
+OPERATORS = {"remove": _remove, "grow": _grow, "shrink": _shrink, "shift": _shift, "scale": _scale}
+
+
+# ----------------------------------------------------------------------------- real-head layouts
+
+HC18_ASPECT = 0.79  # median minor/major axis ratio of the annotated HC18 training heads (hc18-faults, every 3rd frame)
+
+
+def head_layout(size, pixel_mm, hc_mm: float, classes: list[str], *, centre=(0.5, 0.5), angle: float = 0.0,
+                aspect: float = HC18_ASPECT, where: str = "--hc") -> np.ndarray:
+    """A real-head layout: the filled ellipse (class ``head``) whose perimeter is ``hc_mm``.
+
+    ``size`` (H, W) pixels; ``pixel_mm`` (row, column) mm per pixel at that size (a resized frame has
+    rectangular pixels); ``centre`` as fractions of (H, W); ``angle`` of the major axis in degrees
+    from the horizontal; ``aspect`` minor / major axis. The perimeter is Ramanujan's, as
+    :mod:`diffice.metrics.biometry` measures it. UserError naming ``where`` for a head that does not fit.
+    """
+    h, w = int(size[0]), int(size[1])
+    head = class_index("head", classes, where)
+    if not (hc_mm > 0 and 0.2 <= aspect <= 1.0):
+        raise UserError(f"{where}: a head needs HC > 0 mm and an aspect in 0.2..1 (got HC {hc_mm:g} mm, aspect {aspect:g})")
+    a = float(hc_mm) / AN.ellipse_perimeter(1.0, float(aspect))  # semi-major axis in mm
+    b = a * float(aspect)
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    dy = (yy - float(centre[0]) * (h - 1)) * float(pixel_mm[0])
+    dx = (xx - float(centre[1]) * (w - 1)) * float(pixel_mm[1])
+    t = np.radians(float(angle))
+    u = dx * np.cos(t) - dy * np.sin(t)  # along the major axis (angle counter-clockwise on the screen)
+    v = dx * np.sin(t) + dy * np.cos(t)
+    inside = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    edge = inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any()
+    if edge or inside.sum() < 20:
+        raise UserError(f"{where}: a head of HC {hc_mm:g} mm at {float(pixel_mm[0]):.3g} x {float(pixel_mm[1]):.3g} mm per pixel "
+                        f"does not fit inside the {w}x{h} frame (choose another HC, --pixel-mm or --centre)")
+    layout = np.zeros((h, w), dtype=np.int64)
+    layout[inside] = head
+    return layout
 
 
 def edited_region(before: np.ndarray, after: np.ndarray, dilation: int = 0) -> np.ndarray:
