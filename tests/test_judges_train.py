@@ -148,3 +148,20 @@ def test_guide_from_official_sononet_weights(runs, tmp_path, sononet_dir):
     assert (w - w0).abs().max() < 0.05 * w0.abs().max()  # fine-tuned from the official weights, not from scratch
     opt = ClassifierModule.configure_optimizers(module)
     assert sorted(g["lr"] for g in opt.param_groups) == [1e-4, 1e-3]
+
+
+def test_guide_init_ckpt_continues_a_guide_with_its_own_segmenter(runs, tmp_path, capsys):
+    """guide.init_ckpt: a new run starts from that guide's s and l (no segmenter run needed); another
+    architecture is one line naming the key."""
+    base = runs / "classifier" / "last.ckpt"
+    out = tmp_path / "runs"  # no segmenter folder here: s comes from the guide
+    ov = [*_overrides(out), "guide.max_steps=1", "guide.lr=1e-12", f"guide.init_ckpt={base}"]
+    assert main(["train-classifier", TINY, *ov]) == 0
+    assert "starts from the weights of" in capsys.readouterr().out
+    theirs = dict(load_checkpoint(base, "classifier").guide.named_parameters())
+    ours = dict(load_checkpoint(out / "classifier" / "last.ckpt", "classifier").guide.named_parameters())
+    assert set(ours) == set(theirs)  # the weights (a train step moves BatchNorm statistics, not these at lr 1e-12)
+    assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-5) for k in theirs)
+    assert main(["train-classifier", TINY, *_overrides(tmp_path / "other"), "guide.sononet=32", f"guide.init_ckpt={base}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "guide.init_ckpt has another architecture" in err[0]

@@ -146,6 +146,7 @@ class GuideConfig:
     raw_channel: bool = False
     lr: float = 1e-3
     backbone_lr: float | None = None
+    init_ckpt: str | None = None
     max_steps: int = 10000
     calibrate: str = "train+val"
 

@@ -120,7 +120,13 @@ class ClassifierModule(DifficeModule):
 
     def __init__(self, cfg, *, load_pretrained: bool = True):
         cfg = copy.deepcopy(as_config(cfg))
-        if load_pretrained:
+        init = cfg.guide.init_ckpt if load_pretrained else None
+        if init:  # a guide continued: its own s and l (the segmenter's config from the guide's)
+            init_cfg = checkpoint_config(init, "classifier")
+            cfg.segmenter = copy.deepcopy(init_cfg.segmenter)
+            cfg.guide.segmenter_classes = list(init_cfg.guide.segmenter_classes or init_cfg.data.classes)
+            segmenter = build_segmenter(cfg, len(cfg.guide.segmenter_classes), load_pretrained=False)
+        elif load_pretrained:
             seg_path = cfg.guide.segmenter_ckpt
             seg_cfg = checkpoint_config(seg_path, "segmenter")
             # this module's config describes the segmenter it contains
@@ -135,7 +141,9 @@ class ClassifierModule(DifficeModule):
         pretrained = cfg.guide.pretrained
         self.guide = Guide(segmenter, k, cfg.guide.sononet, cfg.guide.grad_through_segmenter,
                            standardize_image=bool(pretrained), raw_channel=bool(cfg.guide.raw_channel))
-        if pretrained and load_pretrained:
+        if init:
+            self._start_from(str(init))
+        elif pretrained and load_pretrained:
             from diffice.nets.sononet import SonoNet, transfer_official
 
             transfer_official(self.guide.predictor, SonoNet.from_official(pretrained, features=cfg.guide.sononet))
@@ -144,12 +152,24 @@ class ClassifierModule(DifficeModule):
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._x0 = None  # (denoiser, diffusion, tau) for guide.x0_prob, not part of the state dict
 
+    def _start_from(self, path: str) -> None:
+        """``guide.init_ckpt``: s and l start from that guide's weights (the same architecture)."""
+        source = load_checkpoint(path, "classifier").guide.state_dict()
+        ours = self.guide.state_dict()
+        bad = sorted(k for k in ours if k not in source or source[k].shape != ours[k].shape)
+        if bad or set(source) - set(ours):
+            raise UserError(f"{path}: guide.init_ckpt has another architecture than this config's guide "
+                            f"(first difference: {(bad or sorted(set(source) - set(ours)))[0]}); match guide.sononet, guide.raw_channel, guide.pretrained")
+        self.guide.load_state_dict(source)
+        print(f"guide: starts from the weights of {path}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.guide(x)
 
     def input_checkpoints(self) -> dict[str, str]:
         """The frozen segmenter (and, with ``guide.x0_prob``, the DDPM of its x̂0 estimates)."""
-        out = {"segmenter": str(self.cfg.guide.segmenter_ckpt)} if self.cfg.guide.segmenter_ckpt else {}
+        seg = self.cfg.guide.init_ckpt or self.cfg.guide.segmenter_ckpt
+        out = {"segmenter": str(seg)} if seg else {}
         if float(self.cfg.guide.x0_prob) > 0 and self.cfg.guide.ddpm_ckpt:
             out["ddpm"] = str(self.cfg.guide.ddpm_ckpt)
         return out
