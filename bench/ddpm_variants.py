@@ -2,17 +2,17 @@
 
 Each variant is a set of ``key=value`` overrides of ``configs/preset/hc18.yaml``. For each, in one run on
 one machine, 1 torch thread:
-1. quality at equal CPU time: the variant is trained from scratch (``paths.runs`` = OUT/NAME) for ``--budget``
-   minutes of training wall time on one thread (``trainer.max_time``, Lightning's Timer: start-up excluded,
-   and kept across a kill and resume), then ``diffice ddpm-check`` on the first ``--count`` clean test frames
-   at the preset's tau with the official SonoNet-16: head Dice and the brain-plane call rate of the
-   reconstructions against the frames' own (the issue's targets: Dice >= 0.95, rate within 0.05);
-2. speed, from the same training: optimizer steps done in the budget, seconds per step, and training
-   images (whole frames or patches) per CPU-second.
-A variant whose folder holds ``trained.json`` is not trained again, one with ``check/ddpm_check.json`` not
-checked again (resumable: kill and rerun). Results: OUT/variants.md (a row each, written as each finishes).
-Another CPU-heavy job on the machine slows every variant alike only if it runs throughout: say so beside
-the numbers.
+1. speed in CPU time, so another job on the machine does not change it: two short trainings of the real
+   command (``diffice train-ddpm``; the second resumes the first), the training process's own CPU seconds
+   from ``getrusage``; their difference over the difference in steps is the CPU-seconds per step
+   (start-up cancels), and training images (whole frames or patches) per CPU-second;
+2. quality at equal CPU time: the variant is trained from scratch (``paths.runs`` = OUT/NAME) for
+   ``--budget`` CPU-minutes (max_steps = budget / CPU-seconds per step), then ``diffice ddpm-check`` on the
+   first ``--count`` clean test frames at the preset's tau with the official SonoNet-16: head Dice and the
+   brain-plane call rate of the reconstructions against the frames' own (the issue's targets: Dice >= 0.95,
+   rate within 0.05).
+A variant's speed is measured once (``speed.json``), its training resumes where a kill left it, and a
+variant with ``check/ddpm_check.json`` is not checked again (resumable: kill and rerun). Results: OUT/variants.md (a row each, written as each finishes).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/ddpm_variants.py --out runs/ddpm-variants --budget 20 --count 64
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -45,36 +46,45 @@ def run(args: list[str]) -> None:
     subprocess.run([*DIFFICE, *args], check=True, env=env, cwd=ROOT)
 
 
-def steps_of(ckpt: Path) -> int:
-    import torch
+def cpu_seconds(args: list[str]) -> float:
+    """CPU seconds (user + system) of one ``diffice`` run in a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run(args)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
-    return int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+
+def cpu_per_step(overrides: list[str], folder: Path, short: int = 10, long: int = 50) -> float:
+    """CPU-seconds per training step: a run of ``short`` steps, then the same folder resumed to ``long``."""
+    base = ["train-ddpm", PRESET, f"paths.runs={folder}", *COMMON, *overrides]
+    first = cpu_seconds([*base, f"ddpm.max_steps={short}"])
+    second = cpu_seconds([*base, f"ddpm.max_steps={long}"])
+    return max(1e-3, (second - first) / (long - 2 * short))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/ddpm-variants")
-    ap.add_argument("--budget", type=float, default=20.0, help="minutes of training (one thread) per variant")
+    ap.add_argument("--budget", type=float, default=20.0, help="CPU-minutes of training per variant")
     ap.add_argument("--count", type=int, default=64, help="clean test frames for ddpm-check")
     ap.add_argument("--only", nargs="*", default=None, help="variant names (substrings) to run")
     args = ap.parse_args()
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    rows = ["| variant | s / step | images / CPU-s | steps in budget | head Dice [95 %] | SonoNet brain: recon vs frames (n) |",
+    rows = ["| variant | CPU-s / step | images / CPU-s | steps in budget | head Dice [95 %] | SonoNet brain: recon vs frames (n) |",
             "|---|---|---|---|---|---|"]
     for name, ov in VARIANTS.items():
         if args.only and not any(o in name for o in args.only):
             continue
         slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
         runs = out / slug / "runs"
-        done = out / slug / "trained.json"
-        if not done.is_file():
-            minutes = int(round(args.budget))
-            run(["train-ddpm", PRESET, f"paths.runs={runs}", "ddpm.max_steps=10000000",
-                 f"trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00", *COMMON, *ov])
-            done.write_text(json.dumps({"steps": steps_of(runs / "ddpm" / "last.ckpt"), "budget_minutes": minutes}))
-        steps = json.loads(done.read_text())["steps"]
-        sps = args.budget * 60 / steps
+        speed = out / slug / "speed.json"
+        if not speed.is_file():
+            speed.parent.mkdir(parents=True, exist_ok=True)
+            speed.write_text(json.dumps({"cpu_seconds_per_step": cpu_per_step(ov, out / slug / "timing")}))
+        sps = json.loads(speed.read_text())["cpu_seconds_per_step"]
+        steps = max(1, int(args.budget * 60 / sps))
+        run(["train-ddpm", PRESET, f"paths.runs={runs}", f"ddpm.max_steps={steps}", *COMMON, *ov])  # resumes; done: no-op
         batch = next((int(o.split("=")[1]) for o in ov if o.startswith("data.batch_size=")), 16)
         check = out / slug / "check"
         if not (check / "ddpm_check.json").is_file():
