@@ -187,27 +187,25 @@ class CounterfactualEngine:
         settings.validate(getattr(diffusion, "num_timesteps", None))
         self.threshold = decision_threshold(guide)  # before any wrapper hides the guide's buffer
         width = settings.net_batch
-        model, guide, perceptual = (with_precision(f, settings.autocast) for f in (model, guide, perceptual))
-        # the guide's side (guide, perceptual network, segmenter, evidence) in float32 (or cf.autocast's bf16)
-        # whatever autocast the caller runs under (Lightning's trainer.precision): only the denoiser's
-        # forwards without gradient run at the trainer's precision
-        guide, perceptual = float32_call(guide), float32_call(perceptual)
+
+        def guide_side(fn):
+            """A network of the guide's side (guide, perceptual network, segmenter, evidence): float32 (or
+            cf.autocast's bf16) whatever autocast the caller runs under (Lightning's trainer.precision), at
+            cf.net_batch items a call. Only the denoiser's forwards without gradient run at the trainer's precision."""
+            return None if fn is None else fixed(float32_call(with_precision(fn, settings.autocast)), width)
+
+        model = with_precision(model, settings.autocast)
         if width is not None:
-            model, guide, perceptual = FixedBatch(model, width), fixed(guide, width), fixed(perceptual, width)
+            model = FixedBatch(model, width)
+        guide = guide_side(guide)
         self.diffusion = diffusion
         self.model = model
         self.guide = guide
         self.s = settings
-        self.loss = GuidanceLoss(guide, perceptual, settings.lambda_p, perceptual_l2)
+        self.loss = GuidanceLoss(guide, guide_side(perceptual), settings.lambda_p, perceptual_l2)
         self.progress = progress
-        # the guide's segmenter (class probabilities), for cf.sparse=layout
-        self.segment = float32_call(with_precision(segment, settings.autocast)) if segment is not None else None
-        if self.segment is not None and width is not None:
-            self.segment = fixed(self.segment, width)
-        # the guide's evidence map, for cf.sparse=guide
-        self.evidence = float32_call(with_precision(evidence, settings.autocast)) if evidence is not None else None
-        if self.evidence is not None and width is not None:
-            self.evidence = fixed(self.evidence, width)
+        self.segment = guide_side(segment)  # the guide's segmenter (class probabilities), for cf.sparse=layout
+        self.evidence = guide_side(evidence)  # the guide's evidence map, for cf.sparse=guide / raised
 
     # ------------------------------------------------------------------ public
 
