@@ -34,8 +34,8 @@ COMMON = ["trainer.progress_bar=false", "wandb.mode=disabled", "ddpm.sample_ever
 # name -> overrides; every variant runs bf16 autocast (the preset's precision)
 VARIANTS = {
     "full frames, t < 250 (the pack's recipe)": [],
-    "full frames, t < 120": ["ddpm.train_max_t=0.12"],
     "patches 64x80 + coordinates, t < 120": ["ddpm.train_max_t=0.12", "ddpm.patch_size=[64,80]", "unet.coord_channels=true"],
+    "full frames, t < 120": ["ddpm.train_max_t=0.12"],
     "patches 64x80, batch 32, wider (48), t < 120": ["ddpm.train_max_t=0.12", "ddpm.patch_size=[64,80]", "unet.coord_channels=true",
                                                      "data.batch_size=32", "unet.model_channels=48", "unet.num_head_channels=48"],
 }
