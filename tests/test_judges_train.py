@@ -165,3 +165,27 @@ def test_guide_init_ckpt_continues_a_guide_with_its_own_segmenter(runs, tmp_path
     assert main(["train-classifier", TINY, *_overrides(tmp_path / "other"), "guide.sononet=32", f"guide.init_ckpt={base}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "guide.init_ckpt has another architecture" in err[0]
+
+
+def test_validation_metrics_of_three_processes_are_the_pooled_ones_of_one(runs, monkeypatch):
+    """DDP: every judge's validation metrics are computed once over every process's frames (each frame once,
+    though the sampler pads the last round by repeating frames), so several processes log what one logs."""
+    import lightning as L
+
+    from diffice.config import load_config
+    from diffice.data import DiffIceDataModule
+
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    # 4 validation frames dealt to 3 processes: 2 each, two frames repeated
+    dm = DiffIceDataModule(load_config([TINY], _overrides(runs)))
+    assert len(dm.dataset("val")) == 4
+    opts = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_checkpointing": False,
+            "enable_model_summary": False}
+    for kind in ("segmenter", "classifier", "oracle"):
+        module = load_checkpoint(runs / kind / "last.ckpt", kind)
+        one = L.Trainer(devices=1, **opts).validate(module, datamodule=dm, verbose=False)[0]
+        two = L.Trainer(devices=3, strategy="ddp_spawn", **opts).validate(module, datamodule=dm, verbose=False)[0]
+        keys = [k for k in one if k != "val/loss"]
+        assert keys and set(keys) <= set(two), (kind, sorted(one), sorted(two))
+        for k in keys:
+            assert two[k] == pytest.approx(one[k], abs=1e-5), (kind, k)

@@ -240,18 +240,19 @@ class ClassifierModule(DifficeModule):
 
     def validation_step(self, batch, batch_idx):
         logits = self.guide(batch["image"])
-        self.log("val/loss", self._loss(logits, batch["label"]), batch_size=logits.shape[0])
-        self._val.append((torch.sigmoid(logits).detach().cpu(), batch["label"].detach().cpu()))
+        self.log("val/loss", self._loss(logits, batch["label"]), batch_size=logits.shape[0], sync_dist=True)
+        self._val.append((torch.sigmoid(logits).detach().float(), batch["label"].detach(), batch["index"].detach()))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        probs = torch.cat([p for p, _ in self._val])
-        labels = torch.cat([y for _, y in self._val])
-        rep = binary_report(probs, labels)
+        # the frames of every process pooled (each once): the metrics one process would log, the same on every rank
+        pooled = self.pool_frames({"p": torch.cat([p for p, _, _ in self._val]), "y": torch.cat([y for _, y, _ in self._val])},
+                                  torch.cat([i for _, _, i in self._val]))
+        rep = binary_report(pooled["p"].cpu(), pooled["y"].cpu())
         for key in ("balanced_accuracy", "auroc", "sensitivity", "specificity"):
             if not math.isnan(rep[key]):
-                self.log(f"val/{key}", rep[key], prog_bar=key == "balanced_accuracy", sync_dist=True)
+                self.log(f"val/{key}", rep[key], prog_bar=key == "balanced_accuracy")
         log_image(self, "val/confusion", confusion_image(rep), caption="rows: truth NSP/SP; columns: prediction")
 
     def configure_optimizers(self):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig
 
@@ -58,6 +59,19 @@ class DifficeModule(L.LightningModule):
         super().__init__()
         self.cfg = as_config(cfg)
         self.save_hyperparameters({"cfg": to_dict(self.cfg), "load_pretrained": False}, logger=False)
+
+    def pool_frames(self, values: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-frame validation outputs (first dimension: frames) of every process, each frame once, in the
+        order of its data-set index: what one process sees. Lightning's DistributedSampler deals the
+        frames out in turn and pads the last round by repeating frames, so the gathered rows are
+        deduplicated by ``index``. One process: ``values`` as they are (already in index order)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return values
+        gathered = self.all_gather({k: v.to(self.device) for k, v in {**values, "index": index}.items()})  # NCCL: on the device
+        flat = {k: v.reshape(-1, *v.shape[2:]).cpu() for k, v in gathered.items()}
+        _, first = np.unique(flat.pop("index").numpy(), return_index=True)
+        keep = torch.from_numpy(first)
+        return {k: v[keep] for k, v in flat.items()}
 
     def input_checkpoints(self) -> dict[str, str]:
         """The checkpoints this model was built from, kind -> path (W&B lineage: the training run

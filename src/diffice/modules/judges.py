@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from diffice.errors import UserError
+from diffice.runlock import other_rank
 
 
 def _setup(cfg: DictConfig):
@@ -67,6 +68,8 @@ def train_segmenter(cfg: DictConfig) -> Path:
     with stage_lock(cfg, "segmenter"):  # one writer per run folder
         dm = _setup(cfg)
         last = fit(cfg, "segmenter", SegmenterModule(cfg), dm, int(cfg.segmenter.max_steps))
+        if other_rank():  # DDP: rank zero alone evaluates and writes metrics.json
+            return last
         net = load_checkpoint(last, "segmenter").net
         classes = list(cfg.data.classes)
         _report(cfg, "segmenter", _eval_splits(dm, lambda dl: {f"dice_{k}": v for k, v in
@@ -89,6 +92,8 @@ def train_classifier(cfg: DictConfig) -> Path:
     with stage_lock(cfg, "classifier"):  # fit, calibration and metrics.json: one writer
         module = ClassifierModule(cfg)
         last = fit(cfg, "classifier", module, dm, int(cfg.guide.max_steps))
+        if other_rank():  # DDP: rank zero alone calibrates (rewriting the checkpoint) and writes metrics.json
+            return last
         guide = load_checkpoint(last, "classifier").guide
         if calibrate != "none":
             calibrate_guide(last, dm, CALIBRATE[calibrate], guide)
@@ -142,6 +147,8 @@ def train_oracle(cfg: DictConfig) -> Path:
         raise UserError("data.concepts is empty: the oracle needs concept columns (qs_*); use a data set that has them")
     with stage_lock(cfg, "oracle"):
         last = fit(cfg, "oracle", OracleModule(cfg), dm, int(cfg.oracle.max_steps))
+        if other_rank():  # DDP: rank zero alone evaluates and writes metrics.json
+            return last
         oracle = load_checkpoint(last, "oracle").oracle
         concepts = list(cfg.data.concepts)
         _report(cfg, "oracle", _eval_splits(dm, lambda dl: evaluate_oracle(oracle, dl, concepts, cfg.oracle.qs_target)[0]), last)

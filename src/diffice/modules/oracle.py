@@ -138,25 +138,27 @@ class OracleModule(DifficeModule):
 
     def validation_step(self, batch, batch_idx):
         loss, parts = self._losses(batch)
-        self.log("val/loss", loss, batch_size=batch["image"].shape[0])
+        self.log("val/loss", loss, batch_size=batch["image"].shape[0], sync_dist=True)
         out = parts["out"]
         self._val.append(
             {
-                "concepts": out["concepts"].detach().cpu(),
-                "qs_o": out["qs_o"].detach().cpu(),
-                "c_target": batch["concepts"].detach().cpu().float(),
-                "label": batch["label"].detach().cpu(),
+                "concepts": out["concepts"].detach().float(),
+                "qs_o": out["qs_o"].detach().float(),
+                "c_target": batch["concepts"].detach().float(),
+                "label": batch["label"].detach(),
+                "index": batch["index"].detach(),
             }
         )
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        rep, curves = oracle_report({k: torch.cat([v[k] for v in self._val]) for k in self._val[0]}, self.concepts,
-                                    self.cfg.oracle.qs_target)
+        cat = {k: torch.cat([v[k] for v in self._val]) for k in self._val[0]}
+        pooled = self.pool_frames({k: v for k, v in cat.items() if k != "index"}, cat["index"])  # every process's frames, once
+        rep, curves = oracle_report({k: v.cpu() for k, v in pooled.items()}, self.concepts, self.cfg.oracle.qs_target)
         for k, v in rep.items():
             if not math.isnan(v):
-                self.log(f"val/{k}", v, sync_dist=True)
+                self.log(f"val/{k}", v)
         log_image(self, "val/reliability", reliability_image(curves), caption="mean target per prediction bin")
 
     def configure_optimizers(self):

@@ -15,7 +15,7 @@ from torch import nn
 
 from diffice.io import make_grid, overlay, to_uint8
 from diffice.modules.common import DifficeModule, log_image
-from diffice.nets.dice import DiceCounter
+from diffice.nets.dice import DiceCounter, dice_counts
 from diffice.nets.segmenter import build_segmenter, dice_ce_loss
 
 
@@ -34,7 +34,7 @@ class SegmenterModule(DifficeModule):
         cfg = self.cfg
         self.classes = list(cfg.data.classes)
         self.net: nn.Module = build_segmenter(cfg, len(self.classes), load_pretrained=load_pretrained)
-        self._dice: DiceCounter | None = None
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -47,25 +47,30 @@ class SegmenterModule(DifficeModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._dice = DiceCounter(len(self.classes))
+        self._val = []
 
     def validation_step(self, batch, batch_idx):
         logits = self.net(batch["image"])
         loss, _ = dice_ce_loss(logits, batch["mask"])
         pred = logits.argmax(dim=1)
-        assert self._dice is not None
-        self._dice.update(pred.cpu(), batch["mask"].cpu(), valid=batch["mask"].cpu() >= 0)
-        self.log("val/loss", loss, batch_size=logits.shape[0])
+        inter2, total = dice_counts(pred, batch["mask"], len(self.classes), valid=batch["mask"] >= 0)
+        self._val.append((inter2, total, batch["index"].detach()))
+        self.log("val/loss", loss, batch_size=logits.shape[0], sync_dist=True)
         if batch_idx == 0:
             k = min(6, logits.shape[0])
             grid = overlay_grid(batch["image"][:k].cpu(), [batch["mask"][:k].cpu(), pred[:k].cpu()])
             log_image(self, "val/overlay", grid, caption="frame / truth / prediction")
 
     def on_validation_epoch_end(self) -> None:
-        if self._dice is None:
+        if not self._val:
             return
-        for name, value in dice_report(self.classes, self._dice.compute()).items():
-            self.log(f"val/dice_{name}", value, sync_dist=True)
+        # each frame's counts from every process, once: the pooled Dice one process would log, on every rank
+        pooled = self.pool_frames({"inter2": torch.cat([a for a, _, _ in self._val]), "total": torch.cat([b for _, b, _ in self._val])},
+                                  torch.cat([i for _, _, i in self._val]))
+        counter = DiceCounter(len(self.classes))
+        counter.frames = list(zip(pooled["inter2"].cpu().numpy(), pooled["total"].cpu().numpy(), strict=True))
+        for name, value in dice_report(self.classes, counter.compute()).items():
+            self.log(f"val/dice_{name}", value)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.net.parameters(), lr=self.cfg.segmenter.lr, weight_decay=1e-4)
