@@ -107,7 +107,7 @@ counterfactuals: $(STAMP) ## Diff-ICE counterfactuals for the test NSP frames, m
 sample: $(STAMP) ## 16 frames from the trained DDPM into runs/samples
 	$(DIFFICE) sample runs/ddpm/last.ckpt --count 16 --out runs/samples $(ARGS)
 
-experiment: $(STAMP) ## an experiment: EXP=table1|table2|ablation|synthesis_ablation|anomaly_fidelity|fetalflex_downstream PRESET=tiny|demo|paper
+experiment: $(STAMP) ## an experiment: EXP=table1|table2|ablation|synthesis_ablation|anomaly_fidelity|fetalflex_downstream|hc18_downstream PRESET=tiny|demo|paper|hc18
 	$(DIFFICE) experiment experiments/$(EXP).yaml --preset $(PRESET) $(ARGS)
 
 bench: $(STAMP) ## run the benchmarks in bench/ (results to bench/RESULTS.md)

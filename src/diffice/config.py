@@ -286,6 +286,20 @@ class DownstreamConfig:
 
 
 @dataclass
+class SegDownstreamConfig:
+    labelled: list[Any] = field(default_factory=lambda: [50, 100, "all"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    synthetic: str = "${paths.runs}/synthesis-hc18/labelled-{n}-seed-{seed}"
+    synthetic_limit: int | None = None
+    synthetic_share: float = 0.5
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 1.0e-3
+    augment: bool = True
+    test_limit: int | None = None
+
+
+@dataclass
 class Config:
     name: str = "diffice"
     seed: int = 0
@@ -303,6 +317,7 @@ class Config:
     cf: CounterfactualConfig = field(default_factory=CounterfactualConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    seg_downstream: SegDownstreamConfig = field(default_factory=SegDownstreamConfig)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -28,12 +28,15 @@ AT_LEAST: dict[str, int] = {
     "downstream.steps": 1, "downstream.batch_size": 1, "downstream.real_train_limit": 1,
     "downstream.synth_normal_count": 1, "downstream.synth_abnormal_count": 1, "downstream.abnormal_test_count": 1,
     "downstream.synth_layouts": 1, "downstream.synth_per_layout": 1, "downstream.synth_edit_frames": 1,
+    "seg_downstream.steps": 1, "seg_downstream.batch_size": 1, "seg_downstream.synthetic_limit": 1,
+    "seg_downstream.test_limit": 1,
 }
 # key -> (low, high) inclusive, for fractions
 WITHIN: dict[str, tuple[float, float]] = {
     "data.phantom.sp_fraction": (0.0, 1.0), "ddpm.train_max_t": (0.0, 1.0), "ddpm.full_frame_prob": (0.0, 1.0),
     "synthesis.drop_condition": (0.0, 1.0), "synthesis.drop_structure": (0.0, 1.0), "synthesis.drop_meta": (0.0, 1.0),
     "synthesis.dice_target": (0.0, 1.0), "synthesis.edit_start": (0.0, 1.0),
+    "seg_downstream.synthetic_share": (0.0, 1.0),
 }
 # lists of whole numbers that must all be at least 1
 POSITIVE_LISTS = ("data.image_size", "ddpm.patch_size")

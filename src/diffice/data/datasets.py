@@ -141,6 +141,10 @@ class FrameSource:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def has_mask(self, index: int) -> bool:
+        """Whether frame ``index`` has an annotation (its item's ``has_mask``)."""
+        return self.load(index)["mask"] is not None
+
     def load(self, index: int) -> dict:
         """Raw frame: image / target float32 HxW in [0, 1] (target None if absent), mask int64
         HxW or None, concepts float32 (C,)."""
@@ -170,6 +174,9 @@ class PhantomSource(FrameSource):
         frames = [ph.sample_frame(i, self.seed, self.sp_fraction, self.fpp) for i in range(count)]
         self.planes = np.array([ph.plane_of(f["faults"]) for f in frames], dtype=np.int64)
         self.ga = np.array([ph.ga_weeks(self.seed, f["patient"]) for f in frames], dtype=np.float32)
+
+    def has_mask(self, index: int) -> bool:
+        return True  # the phantom renders every frame's anatomy
 
     def render(self, index: int) -> dict:
         return ph.render_frame(index, self.size, self.seed, self.sp_fraction, self.fpp)
@@ -220,6 +227,9 @@ class RecordSource(FrameSource):
             self.labelled = keep_labelled(records, splits, int(labelled), int(labelled_seed), origin)
             self.ga = np.array([r.ga for r in records], dtype=np.float32)
             self.hc_mm = np.array([r.hc_mm for r in records], dtype=np.float64)
+
+    def has_mask(self, index: int) -> bool:
+        return self.records[index].mask is not None  # without reading the frame (data.labelled removes masks)
 
     def load(self, index: int) -> dict:
         r = self.records[index]

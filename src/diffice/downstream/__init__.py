@@ -14,6 +14,16 @@ Beside ``counterfactual/`` and ``synthesis/``, on plain tensors and timm network
 * :mod:`~diffice.downstream.table` — ``summary.csv`` and :func:`write_table` (``table.md``).
 
 The ``kind: downstream`` experiment that makes the frame sets is :mod:`diffice.experiments.downstream`.
+
+The head-measurement study on real labels (the project's segmenter on N real labelled heads, with
+and without synthetic image–mask pairs; ``kind: segmentation_downstream``,
+:mod:`diffice.experiments.seg_downstream`):
+
+* :mod:`~diffice.downstream.seg_train` — the segmenter by a seeded torch loop with the ``data.augment``
+  transforms, its masks, per-frame head Dice and HC error;
+* :mod:`~diffice.downstream.seg_study` — :func:`~diffice.downstream.seg_study.run_seg_study` (N × seed
+  × arm trainings, resumable per-frame ``rows.csv``) and the synthetic folders of each draw;
+* :mod:`~diffice.downstream.seg_table` — per-arm means and paired differences (``summary.csv``, ``table.md``).
 """
 
 from diffice.downstream.frames import FrameSet, load_manifest, load_synthesis_run

@@ -3,8 +3,9 @@
 A :class:`FrameSet` is plain arrays: ``images`` uint8 (N, H, W), ``plane`` int64 (N,) (index into
 ``diffice.data.phantom.PLANES``: 0 trans-thalamic, 1 trans-ventricular, 2 trans-cerebellar, -1
 unknown), ``anomaly`` (name per frame, '' = normal), ``origin`` ('real' | 'synthetic'), ``ids``,
-``severity`` float (N,) (NaN unknown) and, for synthetic edits, ``source`` (the uint8 frame the
-edit started from, or None).
+``severity`` float (N,) (NaN unknown), for synthetic edits ``source`` (the uint8 frame the
+edit started from, or None) and, for a segmentation study, ``masks`` (int16 (N, H, W) class
+indices, -1 unknown, or None: a frame's head annotation or a synthetic sample's layout).
 
 Readers:
 
@@ -12,7 +13,9 @@ Readers:
   ``id``, ``split``, ``plane`` (TT / TV / TC, the full names or 0 / 1 / 2), ``anomaly`` (empty =
   normal), ``severity``, ``origin`` (default real);
 * :func:`load_synthesis_run` — a synthesis run folder (``docs/architecture.md``): the samples of
-  ``layouts/*/`` or the edited frames of ``edits/*/``, plane and anomaly from each ``record.json``.
+  ``layouts/*/`` or the edited frames of ``edits/*/``, plane and anomaly from each ``record.json``;
+  with ``mask_classes`` each sample carries its layout (``layout_classes.png``) as its mask: the
+  synthetic image–mask pairs of the head-measurement study.
 
 Every error a user can cause (a missing file, a bad column, an empty set) is a
 :class:`~diffice.errors.UserError` naming the file.
@@ -44,6 +47,7 @@ class FrameSet:
     ids: list[str]
     severity: np.ndarray | None = None
     source: np.ndarray | None = None
+    masks: np.ndarray | None = None
     meta: dict = field(default_factory=dict)  # free-form: where the set was read from
 
     def __post_init__(self):
@@ -62,6 +66,11 @@ class FrameSet:
             self.source = np.asarray(self.source)
             if self.source.shape != self.images.shape or self.source.dtype != np.uint8:
                 raise ValueError("FrameSet.source must be uint8 with the images' shape")
+        if self.masks is not None:
+            self.masks = np.asarray(self.masks)
+            if self.masks.shape != self.images.shape or not np.issubdtype(self.masks.dtype, np.integer):
+                raise ValueError("FrameSet.masks must be integer class indices with the images' shape")
+            self.masks = self.masks.astype(np.int16, copy=False)
         lengths = {len(self.plane), len(self.anomaly), len(self.origin), len(self.ids), len(self.severity)}
         if lengths != {n}:
             raise ValueError(f"FrameSet fields have different lengths ({n} images; {sorted(lengths)})")
@@ -95,18 +104,20 @@ class FrameSet:
         return FrameSet(
             images=self.images[idx], plane=self.plane[idx], anomaly=[self.anomaly[i] for i in idx],
             origin=[self.origin[i] for i in idx], ids=[self.ids[i] for i in idx], severity=self.severity[idx],
-            source=None if self.source is None else self.source[idx], meta=dict(self.meta),
+            source=None if self.source is None else self.source[idx],
+            masks=None if self.masks is None else self.masks[idx], meta=dict(self.meta),
         )
 
     def resized(self, size: Sequence[int]) -> FrameSet:
-        """The same frames at ``size`` = (height, width) (cv2.INTER_AREA; itself if already that size)."""
+        """The same frames at ``size`` = (height, width) (cv2.INTER_AREA; masks nearest; itself if already that size)."""
         size = (int(size[0]), int(size[1]))
         if size == self.size:
             return self
         return FrameSet(
             images=resize_frames(self.images, size), plane=self.plane, anomaly=list(self.anomaly),
             origin=list(self.origin), ids=list(self.ids), severity=self.severity,
-            source=None if self.source is None else resize_frames(self.source, size), meta=dict(self.meta),
+            source=None if self.source is None else resize_frames(self.source, size),
+            masks=None if self.masks is None else resize_masks(self.masks, size), meta=dict(self.meta),
         )
 
     def digest(self) -> str:
@@ -118,6 +129,8 @@ class FrameSet:
         h.update("\0".join(self.anomaly).encode())
         h.update("\0".join(self.origin).encode())
         h.update("\0".join(self.ids).encode())
+        if self.masks is not None:
+            h.update(np.ascontiguousarray(self.masks, dtype="<i2").tobytes())
         return h.hexdigest()[:16]
 
     @staticmethod
@@ -126,7 +139,7 @@ class FrameSet:
 
 
 def concat(sets: Sequence[FrameSet]) -> FrameSet:
-    """One FrameSet of ``sets`` in order (all of one frame size; ``source`` kept only if all have it)."""
+    """One FrameSet of ``sets`` in order (all of one frame size; ``source`` and ``masks`` kept only if all have them)."""
     sets = [s for s in sets if len(s)]
     if not sets:
         return FrameSet.empty()
@@ -136,6 +149,9 @@ def concat(sets: Sequence[FrameSet]) -> FrameSet:
     source = None
     if all(s.source is not None for s in sets):
         source = np.concatenate([s.source for s in sets])
+    masks = None
+    if all(s.masks is not None for s in sets):
+        masks = np.concatenate([s.masks for s in sets])
     return FrameSet(
         images=np.concatenate([s.images for s in sets]),
         plane=np.concatenate([s.plane for s in sets]),
@@ -144,6 +160,7 @@ def concat(sets: Sequence[FrameSet]) -> FrameSet:
         ids=[i for s in sets for i in s.ids],
         severity=np.concatenate([s.severity for s in sets]),
         source=source,
+        masks=masks,
     )
 
 
@@ -155,6 +172,17 @@ def resize_frames(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
     out = np.empty((len(images), h, w), np.uint8)
     for i, im in enumerate(images):
         out[i] = cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def resize_masks(masks: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """int16 class maps (N, H, W) -> (N, size[0], size[1]) by nearest neighbour (classes stay classes)."""
+    import cv2
+
+    h, w = int(size[0]), int(size[1])
+    out = np.empty((len(masks), h, w), np.int16)
+    for i, m in enumerate(masks):
+        out[i] = cv2.resize(np.asarray(m, np.int16), (w, h), interpolation=cv2.INTER_NEAREST)
     return out
 
 
@@ -236,6 +264,7 @@ def load_manifest(path: str | Path, split: str | None = None, size: Sequence[int
 # ----------------------------------------------------------------------------- synthesis run folder
 
 KINDS = ("layouts", "edits")
+LAYOUT_CLASSES = "layout_classes.png"  # a layout folder's class-index PNG (255 = unspecified)
 _SAMPLE = re.compile(r"^sample_(\d+)\.png$")
 
 
@@ -281,7 +310,8 @@ def _need(path: Path) -> Path:
     return path
 
 
-def load_synthesis_run(run_dir: str | Path, kind: str, size: Sequence[int] | None = None) -> FrameSet:
+def load_synthesis_run(run_dir: str | Path, kind: str, size: Sequence[int] | None = None, *,
+                       mask_classes: int | None = None) -> FrameSet:
     """The synthetic frames of a synthesis run folder, resized to ``size`` = (H, W) if given.
 
     ``kind`` 'layouts': every ``layouts/*/sample_*.png`` (as many as the record's ``samples``),
@@ -291,7 +321,11 @@ def load_synthesis_run(run_dir: str | Path, kind: str, size: Sequence[int] | Non
     ``anomaly`` field, or when that is absent its ``edit`` (every edit is then abnormal); the
     unedited ``source.png`` is kept in ``FrameSet.source`` for pairing. Folders without a
     ``record.json`` are unfinished and skipped.
+    ``mask_classes`` (layouts only): the number of classes; every sample then carries its folder's
+    ``layout_classes.png`` (class indices, 255 = unspecified -> -1) as its mask, resized with it.
     """
+    from diffice.data.sources import load_mask
+
     run_dir = Path(run_dir)
     if kind not in KINDS:
         raise UserError(f"{run_dir}: kind '{kind}' is not one of {', '.join(KINDS)}")
@@ -300,7 +334,9 @@ def load_synthesis_run(run_dir: str | Path, kind: str, size: Sequence[int] | Non
         raise UserError(f"{run_dir}: synthesis run folder not found")
     if not root.is_dir():
         raise UserError(f"{root}: not found; the synthesis run has no {kind}")
-    frames, sources, paths = [], [], []
+    if mask_classes is not None and kind != "layouts":
+        raise ValueError("load_synthesis_run: masks come with layouts only")
+    frames, sources, paths, masks = [], [], [], []
     planes, anomalies, ids, severities = [], [], [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         rec = _record(folder)
@@ -316,8 +352,18 @@ def load_synthesis_run(run_dir: str | Path, kind: str, size: Sequence[int] | Non
             else:
                 files = sorted((p for p in folder.iterdir() if _SAMPLE.match(p.name)),
                                key=lambda p: int(_SAMPLE.match(p.name).group(1)))
+            layout = None
             for f in files:
-                frames.append(read_frame(f, size))
+                if mask_classes is None:
+                    frames.append(read_frame(f, size))
+                else:  # the sample and the layout it was drawn from, read at the sample's size, resized together
+                    frame = read_frame(f, None)
+                    if layout is None:
+                        layout = load_mask(_need(folder / LAYOUT_CLASSES), "index", frame.shape, int(mask_classes))
+                    pair = FrameSet(frame[None], [plane], [anomaly], ["synthetic"], [f.stem], masks=layout[None])
+                    pair = pair if size is None else pair.resized(size)
+                    frames.append(pair.images[0])
+                    masks.append(pair.masks[0])
                 paths.append(f)
                 planes.append(plane)
                 severities.append(severity)
@@ -338,4 +384,5 @@ def load_synthesis_run(run_dir: str | Path, kind: str, size: Sequence[int] | Non
     images = _stack(frames, root, paths)
     source = _stack(sources, root, paths) if sources else None
     return FrameSet(images, np.array(planes), anomalies, ["synthetic"] * len(frames), ids,
-                    severity=np.array(severities), source=source, meta={"path": str(run_dir), "kind": kind})
+                    severity=np.array(severities), source=source, masks=np.stack(masks) if masks else None,
+                    meta={"path": str(run_dir), "kind": kind})

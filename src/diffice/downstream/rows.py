@@ -5,7 +5,9 @@ a tool): a last line without its newline, a row with fewer or more cells than th
 column missing, a cell that should be a number and is not. Such a row is not a finished row: it
 is left out, named in one note on stderr, and the study trains it again (the rewritten file no
 longer holds it); :func:`read_rows_checked` gives the damaged rows to callers that cannot redo
-them (``write_table`` from the file alone refuses them, naming the file and row).
+them (``write_table`` from the file alone refuses them, naming the file and row). Another study
+(the head-measurement study, :mod:`~diffice.downstream.seg_study`) reads its own rows with its
+own ``check``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import csv
 import io
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from diffice.errors import UserError
@@ -80,8 +83,12 @@ def row_problem(row: dict, header: list[str]) -> str | None:
     return None
 
 
-def read_rows_checked(out: str | Path) -> tuple[list[dict], list[tuple[int, str]]]:
-    """``(finished rows, [(line, problem)] of the damaged ones)`` of ``out/rows.csv`` ([] when absent)."""
+RowCheck = Callable[[dict, list[str]], "str | None"]  # (row, header) -> why it is not a finished row, or None
+
+
+def read_rows_checked(out: str | Path, check: RowCheck = row_problem) -> tuple[list[dict], list[tuple[int, str]]]:
+    """``(finished rows, [(line, problem)] of the damaged ones)`` of ``out/rows.csv`` ([] when absent);
+    ``check(row, header)`` says why a row is not finished (default: a classifier study's row)."""
     path = Path(out) / ROWS
     if not path.is_file():
         return [], []
@@ -96,7 +103,7 @@ def read_rows_checked(out: str | Path) -> tuple[list[dict], list[tuple[int, str]
         last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
         for row in reader:
             line = reader.line_num
-            problem = row_problem(row, header)
+            problem = check(row, header)
             if problem is None and line == last_line and not text.endswith("\n"):
                 problem = "the file ends inside it (no newline)"
             if problem:
@@ -108,10 +115,10 @@ def read_rows_checked(out: str | Path) -> tuple[list[dict], list[tuple[int, str]
     return rows, damaged
 
 
-def read_rows(out: str | Path) -> list[dict]:
+def read_rows(out: str | Path, check: RowCheck = row_problem) -> list[dict]:
     """The finished rows of ``out/rows.csv`` (values as strings); a damaged row is left out (to be
     redone) with one note on stderr naming the file and its line."""
-    rows, damaged = read_rows_checked(out)
+    rows, damaged = read_rows_checked(out, check)
     if damaged:
         lines = ", ".join(str(n) for n, _ in damaged)
         print(f"note: {Path(out) / ROWS}: line{'s' * (len(damaged) > 1)} {lines} damaged ({damaged[0][1]}); "

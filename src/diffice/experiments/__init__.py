@@ -3,7 +3,7 @@ the commands. The commands parse arguments and call into it.
 
     spec        experiment files (experiments/*.yaml), preset files, row folders, W&B groups, tau mapping
     runner      the one runner: rows resolved at the start, models trained, rows run by kind, table.md
-    counterfactual, synthesis, downstream
+    counterfactual, synthesis, downstream, seg_downstream
                 the kinds of experiment (a row's run and the table of the rows), and the pipelines
                 the commands share: a counterfactual run with its report, a synthesis test run
     stages      the four models (and the synthesis model) trained, resumed or skipped

@@ -60,13 +60,15 @@ class Kind:
 
 
 def _kinds() -> dict[str, Kind]:
-    from diffice.experiments import counterfactual, downstream, synthesis
+    from diffice.experiments import counterfactual, downstream, seg_downstream, synthesis
 
     return {
         "counterfactuals": Kind("counterfactuals", counterfactual.run_row, counterfactual.table, out_key="cf.out", maps_tau=True),
         "synthesis": Kind("synthesis", synthesis.run_row, synthesis.table, out_key="synthesis.out"),
         "downstream": Kind("downstream", downstream.run_row, downstream.table, trains_models=False, takes_pack=False,
                            per_preset=True),
+        "segmentation_downstream": Kind("segmentation_downstream", seg_downstream.run_row, seg_downstream.table,
+                                        trains_models=False, takes_pack=False, per_preset=True),
     }
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from diffice.errors import UserError
 
-KINDS = ("counterfactuals", "synthesis", "downstream")
+KINDS = ("counterfactuals", "synthesis", "downstream", "segmentation_downstream")
 OPTIONS = ("description", "tau_scale", "name", "kind", "realism", "edits_only", "presets", "paired")
 
 
@@ -76,7 +76,7 @@ def read_experiment(path: str | Path) -> tuple[dict, dict, dict]:
         if not (isinstance(pair, list) and len(pair) == 2 and all(str(x) in runs for x in pair)):
             raise UserError(f"{path}: paired: each entry must be [ROW_A, ROW_B], two labels under runs (got {pair})")
     if options.get("kind", KINDS[0]) not in KINDS:
-        raise UserError(f"{path}: kind '{options['kind']}' is not counterfactuals, synthesis or downstream")
+        raise UserError(f"{path}: kind '{options['kind']}' is not one of {', '.join(KINDS)}")
     for label, layer in runs.items():
         if layer is not None and not isinstance(layer, dict):
             raise UserError(f"{path}: runs.{label} must be a mapping of config keys")
