@@ -167,7 +167,7 @@ def test_guide_init_ckpt_continues_a_guide_with_its_own_segmenter(runs, tmp_path
     assert len(err) == 1 and "guide.init_ckpt has another architecture" in err[0]
 
 
-def test_validation_metrics_of_three_processes_are_the_pooled_ones_of_one(runs, monkeypatch):
+def test_validation_metrics_of_three_processes_are_the_pooled_ones_of_one(runs, monkeypatch, tmp_path):
     """DDP: every judge's validation metrics are computed once over every process's frames (each frame once,
     though the sampler pads the last round by repeating frames), so several processes log what one logs."""
     import lightning as L
@@ -179,7 +179,7 @@ def test_validation_metrics_of_three_processes_are_the_pooled_ones_of_one(runs, 
     # 4 validation frames dealt to 3 processes: 2 each, two frames repeated
     dm = DiffIceDataModule(load_config([TINY], _overrides(runs)))
     assert len(dm.dataset("val")) == 4
-    opts = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_checkpointing": False,
+    opts = {"accelerator": "cpu", "logger": False, "default_root_dir": str(tmp_path), "enable_progress_bar": False, "enable_checkpointing": False,
             "enable_model_summary": False}
     for kind in ("segmenter", "classifier", "oracle"):
         module = load_checkpoint(runs / kind / "last.ckpt", kind)

@@ -6,14 +6,12 @@ Merge order (later wins)::
 
 The schema below is the single source of truth for which keys exist and their types;
 ``configs/defaults.yaml`` mirrors it with a comment per key (a test keeps the two equal).
-An unknown key, a wrong type or a missing required value raises :class:`UserError` naming
-the file and the key. Under ``trainer`` a key beyond diffice's own is passed to ``lightning.Trainer``
-(:func:`trainer_extras`) when it is one of that Trainer's arguments, and refused otherwise.
+An unknown key, a wrong type or a missing required value raises :class:`UserError` naming the file
+and the key. A ``trainer`` key beyond diffice's own goes to ``lightning.Trainer`` (:func:`trainer_extras`)
+when it is one of that Trainer's arguments, and is refused otherwise.
 
-Conventions: image sizes are ``[height, width]``; paths in a config are relative to the
-working directory unless said otherwise; ``${paths.runs}`` interpolations are resolved at
-load time.
-"""
+Conventions: image sizes are ``[height, width]``; paths are relative to the working directory
+unless said otherwise; ``${paths.runs}`` interpolations are resolved at load time."""
 
 from __future__ import annotations
 
@@ -30,9 +28,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from diffice.config_checks import check_ranges, check_trainer_args
 from diffice.errors import UserError
 
+
 # ----------------------------------------------------------------------------- schema
-
-
 @dataclass
 class PathsConfig:
     runs: str = "runs"
