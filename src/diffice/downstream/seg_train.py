@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffice.downstream.train import WARMUP_FRACTION
+from diffice.downstream.train import WARMUP_FRACTION, draw_indices, weights_tensor
 from diffice.errors import UserError
 
 GRAD_CLIP = 1.0  # gradient norm clipping (trainer.gradient_clip_val's default)
@@ -72,9 +72,7 @@ def train_segmenter(cfg, num_classes: int, images: np.ndarray, masks: np.ndarray
     if n == 0 or images.dtype != np.uint8 or images.ndim != 3 or masks.shape != images.shape:
         raise ValueError(f"train_segmenter: uint8 frames (N, H, W) and masks of their shape, got {images.dtype} "
                          f"{images.shape} and {masks.shape}")
-    weights = None if sample_weights is None else torch.as_tensor(np.asarray(sample_weights), dtype=torch.float64)
-    if weights is not None and (len(weights) != n or not torch.isfinite(weights).all() or float(weights.sum()) <= 0):
-        raise ValueError("train_segmenter: sample_weights must be finite, non-negative, one per frame, not all 0")
+    weights = weights_tensor(sample_weights, n, "train_segmenter")
     dev = resolve_device(device)
     torch.manual_seed(int(seed))  # the initial weights follow the seed
     gen = torch.Generator().manual_seed(int(seed))  # batches and augmentation
@@ -85,10 +83,7 @@ def train_segmenter(cfg, num_classes: int, images: np.ndarray, masks: np.ndarray
     tf = build_transform(list(images.shape[1:]), True) if augment else None
     bs = int(batch_size)
     for step in range(int(steps)):
-        if weights is None:
-            idx = torch.randint(n, (bs,), generator=gen)
-        else:
-            idx = torch.multinomial(weights, bs, replacement=True, generator=gen)
+        idx = draw_indices(n, bs, weights, gen)
         seeds = torch.randint(0, 2**31 - 1, (bs,), generator=gen).numpy() if augment else None
         x, y = _batch(images, masks, idx.numpy(), seeds, tf)
         loss, _ = dice_ce_loss(net(x.to(dev)), y.to(dev))

@@ -161,6 +161,23 @@ def _as_uint8_tensor(images) -> torch.Tensor:
     return t
 
 
+def weights_tensor(sample_weights, n: int, who: str) -> torch.Tensor | None:
+    """``sample_weights`` (one per frame) as float64, checked; None for uniform draws."""
+    if sample_weights is None:
+        return None
+    weights = torch.as_tensor(np.asarray(sample_weights), dtype=torch.float64)
+    if len(weights) != n or not torch.isfinite(weights).all() or float(weights.sum()) <= 0:
+        raise ValueError(f"{who}: sample_weights must be finite, non-negative, one per frame, not all 0")
+    return weights
+
+
+def draw_indices(n: int, bs: int, weights: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    """One step's ``bs`` frame indices from ``gen``: uniform, or by ``weights`` with replacement."""
+    if weights is None:
+        return torch.randint(n, (bs,), generator=gen)
+    return torch.multinomial(weights, bs, replacement=True, generator=gen)
+
+
 def train_classifier(
     model_name: str,
     images,
@@ -209,9 +226,7 @@ def train_classifier(
     dev = resolve_device(device)
     if sample_weights is None and balanced:
         sample_weights = class_balanced_weights(y.numpy())
-    weights = None if sample_weights is None else torch.as_tensor(np.asarray(sample_weights), dtype=torch.float64)
-    if weights is not None and (len(weights) != n or not torch.isfinite(weights).all() or float(weights.sum()) <= 0):
-        raise ValueError("train_classifier: sample_weights must be finite, non-negative, one per frame, not all 0")
+    weights = weights_tensor(sample_weights, n, "train_classifier")
 
     torch.manual_seed(int(seed))  # the initial weights (and dropout) follow the seed
     gen = torch.Generator().manual_seed(int(seed))  # batches and augmentation
@@ -222,11 +237,7 @@ def train_classifier(
     imgs_dev, y_dev = imgs.to(dev), y.to(dev)
     bs = int(batch_size)
     for step in range(int(steps)):
-        if weights is None:
-            idx = torch.randint(n, (bs,), generator=gen)
-        else:
-            idx = torch.multinomial(weights, bs, replacement=True, generator=gen)
-        idx = idx.to(dev)
+        idx = draw_indices(n, bs, weights, gen).to(dev)
         x = to_input(imgs_dev[idx])
         if augment_frames:
             x = augment(x, gen, flips)
