@@ -100,14 +100,19 @@ def anomaly(name: str, severity: float | None = None, where: str = "--anomaly") 
 HADLOCK_GA_RANGE = (14.0, 42.0)  # weeks: the range Hadlock's HC regression was fitted on; outside it, an extrapolation
 
 
+def _hadlock(hc_cm: float) -> float:
+    """Hadlock's regression GA (weeks) = 8.96 + 0.540 HC + 0.0003 HC^3, HC in cm (Radiology 1984)."""
+    return 8.96 + 0.540 * hc_cm + 0.0003 * hc_cm**3
+
+
 def ga_weeks(hc_mm: float) -> float:
-    """Gestational age in weeks of a head circumference in mm by Hadlock's regression
-    GA = 8.96 + 0.540 HC + 0.0003 HC^3 (HC in cm; Radiology 1984), NaN for a missing or non-positive HC.
-    Fitted on :data:`HADLOCK_GA_RANGE`: a value outside it is an extrapolation."""
+    """Gestational age in weeks of a head circumference in mm by Hadlock's regression (:func:`_hadlock`),
+    NaN for a missing or non-positive HC. Fitted on :data:`HADLOCK_GA_RANGE`: a value outside it is an
+    extrapolation."""
     hc = float(hc_mm) / 10.0
     if not math.isfinite(hc) or hc <= 0:
         return math.nan
-    return 8.96 + 0.540 * hc + 0.0003 * hc**3
+    return _hadlock(hc)
 
 
 def hc_mm(ga_weeks: float) -> float:
@@ -116,7 +121,7 @@ def hc_mm(ga_weeks: float) -> float:
     lo, hi = 5.0, 45.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if 8.96 + 0.540 * mid + 0.0003 * mid**3 < ga_weeks:
+        if _hadlock(mid) < ga_weeks:
             lo = mid
         else:
             hi = mid

@@ -210,9 +210,7 @@ class RecordSource(FrameSource):
         self.patients = [r.patient or f"row{i}" for i, r in enumerate(records)]
         self.ids = [r.id for r in records]
         self.planes = np.array([r.plane for r in records], dtype=np.int64)
-        self.ga = np.array([r.ga for r in records], dtype=np.float32)
         self.pixel_mm = np.array([r.pixel_mm for r in records], dtype=np.float64)
-        self.hc_mm = np.array([r.hc_mm for r in records], dtype=np.float64)
         given = np.array([r.split for r in records], dtype=object)
         missing = np.array([s is None for s in given])
         splits = given.copy()
@@ -222,11 +220,10 @@ class RecordSource(FrameSource):
         if carve_validation:
             splits = carve_val(self.patients, splits, self.labels, split_fractions, split_seed)
         self.splits = splits
-        self.labelled = None
         if labelled is not None:
-            self.labelled = keep_labelled(records, splits, int(labelled), int(labelled_seed), origin)
-            self.ga = np.array([r.ga for r in records], dtype=np.float32)
-            self.hc_mm = np.array([r.hc_mm for r in records], dtype=np.float64)
+            keep_labelled(records, splits, int(labelled), int(labelled_seed), origin)
+        self.ga = np.array([r.ga for r in records], dtype=np.float32)  # after data.labelled, which withholds some
+        self.hc_mm = np.array([r.hc_mm for r in records], dtype=np.float64)
 
     def has_mask(self, index: int) -> bool:
         return self.records[index].mask is not None  # without reading the frame (data.labelled removes masks)
@@ -244,12 +241,11 @@ class RecordSource(FrameSource):
         return {"image": image, "target": target, "mask": mask, "concepts": concepts}
 
 
-def keep_labelled(records: list[Record], splits: np.ndarray, n: int, seed: int, origin: str) -> set[str]:
+def keep_labelled(records: list[Record], splits: np.ndarray, n: int, seed: int, origin: str) -> None:
     """``data.labelled``: only ``n`` annotated training images keep their annotation (mask, HC and the GA
     derived from it); every other training record loses it, in place. An annotated image is a mask file:
     frames that share one (a clean frame and its faulted twin) are labelled together. The images are a
-    seeded draw (``data.labelled_seed``) in the order of their first frame; val and test keep theirs.
-    Returns the kept mask paths (as text)."""
+    seeded draw (``data.labelled_seed``) in the order of their first frame; val and test keep theirs."""
     masks = list(dict.fromkeys(str(r.mask) for r, s in zip(records, splits) if s == "train" and r.mask is not None))
     if n < 1 or n > len(masks):
         raise UserError(f"data.labelled={n}: {origin} has {len(masks)} annotated training images; choose 1 to {len(masks)} (null = all)")
@@ -258,7 +254,6 @@ def keep_labelled(records: list[Record], splits: np.ndarray, n: int, seed: int, 
     for r, s in zip(records, splits):
         if s == "train" and str(r.mask) not in kept:
             r.mask, r.hc_mm, r.ga = None, math.nan, math.nan
-    return kept
 
 
 # ----------------------------------------------------------------------------- split view

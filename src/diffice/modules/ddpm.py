@@ -105,11 +105,16 @@ class DDPMModule(DifficeModule):
         return crops, partial(self.model, coords=coords)
 
     def start_from(self, path: str) -> None:
-        """``ddpm.init_ckpt``: the model and its EMA start from that DDPM's EMA weights (a new run only)."""
-        source = load_ddpm(path, self.cfg, keys=ARCH_KEYS)  # the same architecture, the file read once
+        """``ddpm.init_ckpt`` (``synthesis.init_ckpt``): the model and its EMA start from that model's EMA
+        weights (a new run only; the same architecture, checked by :meth:`load_init`)."""
+        source = self.load_init(path)
         self.model.load_state_dict(source.ema_model.state_dict())
         self.ema_model.load_state_dict(source.ema_model.state_dict())
-        print(f"ddpm: starts from the EMA weights of {path} ({source.trained_steps} steps)")
+        print(f"{self.kind}: starts from the EMA weights of {path} ({source.trained_steps} steps)")
+
+    def load_init(self, path: str) -> DDPMModule:
+        """The model :meth:`start_from` copies, refused in one line unless its architecture is this config's."""
+        return load_ddpm(path, self.cfg, keys=ARCH_KEYS)  # the same architecture, the file read once
 
     def max_train_t(self) -> int:
         """Training draws t from 0 .. this - 1: all T steps unless ``ddpm.train_max_t`` < 1.

@@ -67,16 +67,12 @@ class SynthesisModule(DDPMModule):
     def build_model(self, cfg: DictConfig):
         return ConditionalUNet(cfg)
 
-    def start_from(self, path: str) -> None:
-        """``synthesis.init_ckpt``: the model and its EMA start from that synthesis model's EMA weights
-        (a new run only; the same architecture)."""
+    def load_init(self, path: str) -> SynthesisModule:
+        """``synthesis.init_ckpt``'s model for :meth:`start_from`: a synthesis model of this architecture."""
         from diffice.nets.weights import read_checkpoint
 
         check_compatible(path, read_checkpoint(path, "synthesis"), self.cfg, keys=SYNTH_ARCH_KEYS, what="synthesis.init_ckpt")
-        source = load_synthesis(path)
-        self.model.load_state_dict(source.ema_model.state_dict())
-        self.ema_model.load_state_dict(source.ema_model.state_dict())
-        print(f"synthesis: starts from the EMA weights of {path} ({source.trained_steps} steps)")
+        return load_synthesis(path)
 
     def prealign_steps(self) -> int:
         return int(self.cfg.synthesis.prealign_steps) if self.cfg.synthesis.prealign else 0

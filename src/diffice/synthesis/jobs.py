@@ -138,7 +138,7 @@ def test_jobs(cfg: DictConfig, syn, limit: int | None, edits: list[str]) -> tupl
     data_cfg.data.classes = syn.classes
     dm = DiffIceDataModule(data_cfg)
     dm.setup()
-    ds = dm.dataset(str(cfg.synthesis.split), label=cfg.synthesis.label)
+    ds = dm.dataset(str(cfg.synthesis.split), label=label)
     n = len(ds)
     if n == 0:
         raise UserError(f"synthesis.split={cfg.synthesis.split}: no frames in that split")
