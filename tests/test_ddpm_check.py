@@ -74,6 +74,14 @@ def test_ddpm_check_scores_structures_and_sees_damage():
     assert res["frames"] == 4 and res["tau"] == 6 and len(res["examples"]) == 2
     assert set(res["dice"]) == {"head", "bone"} and res["dice"]["bone"] is None
     assert 0.0 <= res["dice"]["head"] < 1.0  # a random denoiser damages the frames
+    assert [f["index"] for f in res["per_frame"]] == [0, 1, 2, 3]  # per frame, for paired comparisons
+    assert sum(f["psnr"] for f in res["per_frame"]) / 4 == pytest.approx(res["psnr"])
+    judged = ddpm_check(d, FakeDenoiser(), seg, [(x, [5, 6, 7, 8])], tau=6, classes=["background", "head", "bone"],
+                        judge=lambda img: {"brain": img.mean((1, 2, 3)) > 0})
+    calls = [(f["brain_input"], f["brain_reconstruction"]) for f in judged["per_frame"]]
+    assert [f["index"] for f in judged["per_frame"]] == [5, 6, 7, 8]
+    assert [a for a, _ in calls] == (x.mean((1, 2, 3)) > 0).tolist()
+    assert sum(b for _, b in calls) / 4 == pytest.approx(judged["sononet"]["reconstruction"]["value"])
     iv = res["dice_intervals"]["head"]  # the pooled Dice with its bootstrap interval over the 4 frames
     assert iv["value"] == pytest.approx(res["dice"]["head"]) and iv["low"] <= iv["value"] <= iv["high"] and iv["n"] == 4
     # the same check with tau=1 and no noise left to remove scores close to the input

@@ -253,7 +253,18 @@ def test_init_ckpt_starts_a_new_run_from_ema_weights(tiny_overrides, tmp_path):
     rec = Record()
     train_ddpm(cfg, SynthData(), callbacks=[rec], num_sanity_val_steps=0)
     assert all(torch.equal(rec.ema[k], v) for k, v in source.ema_model.state_dict().items())
-    # a coordinate-channel UNet cannot start from a grey one
-    bad = _cfg(tiny_overrides, f"paths.runs={tmp_path / 'third'}", f"ddpm.init_ckpt={first}", "unet.coord_channels=true")
+    # patch training continued from a whole-frame DDPM: the coordinate inputs join at zero weight, so the
+    # widened UNet computes what the source did on whole frames
+    wide = _cfg(tiny_overrides, "ddpm.max_steps=1", f"paths.runs={tmp_path / 'third'}", f"ddpm.init_ckpt={first}",
+                "unet.coord_channels=true", "ddpm.patch_size=[16,20]", "ddpm.lr=0")
+    rec = Record()
+    widened = train_ddpm(wide, SynthData(), callbacks=[rec], num_sanity_val_steps=0)
+    w = rec.ema["net.conv_in.weight"]
+    assert w.shape[1] == source.ema_model.net.conv_in.weight.shape[1] + 2 and not w[:, -2:].any()
+    x, t = torch.randn(2, 1, 32, 40, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 7])
+    with torch.no_grad():
+        assert torch.allclose(load_ddpm(widened).ema_model(x, t), source.ema_model(x, t), atol=1e-5)
+    # ... but a grey UNet cannot start from a coordinate-channel one
+    bad = _cfg(tiny_overrides, f"paths.runs={tmp_path / 'fourth'}", f"ddpm.init_ckpt={widened}")
     with pytest.raises(UserError, match="unet.coord_channels"):
         train_ddpm(bad, SynthData())

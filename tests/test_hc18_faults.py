@@ -119,6 +119,24 @@ def test_written_benchmark_keeps_pairs_together_and_loads(tmp_path, capsys):
     assert F._ga_text(10.0) == "" and F._ga_text(float("nan")) == ""
 
 
+def test_more_faulted_twins_of_training_frames_keep_the_one_draw_set(tmp_path):
+    root = _fake_hc18(tmp_path / "hc18", n=10)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["hc18-faults", "--root", str(root), "--out", str(one), "--size", "27", "40"]) == 0
+    assert main(["hc18-faults", "--root", str(root), "--out", str(two), "--size", "27", "40", "--train-draws", "2"]) == 0
+    rows1, rows2 = (list(csv.DictReader(open(o / "manifest.csv"))) for o in (one, two))
+    train = {r["source"] for r in rows1 if r["split"] == "train"}
+    assert train and len(rows2) == len(rows1) + len(train)
+    assert [r for r in rows2 if not r["id"].endswith("_1")] == rows1  # the first draw is the one-draw set's
+    for r in rows1:
+        assert (one / r["image"]).read_bytes() == (two / r["image"]).read_bytes()
+    extra = [r for r in rows2 if r["id"].endswith("_1")]
+    assert {r["source"] for r in extra} == train and all(r["label"] == "NSP" and r["split"] == "train" for r in extra)
+    assert len({(r["fault"], r["severity"]) for r in extra} | {(r["fault"], r["severity"]) for r in rows1 if r["label"] == "NSP"}) \
+        == len(extra) + len(rows1) // 2  # every draw its own severity
+    assert main(["hc18-faults", "--root", str(root), "--out", str(tmp_path / "bad"), "--train-draws", "0"]) == 2
+
+
 def test_hadlock_ga_and_hc_are_inverse():
     from diffice.data.anomalies import HADLOCK_GA_RANGE, ga_weeks, hc_mm
 

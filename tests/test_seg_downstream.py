@@ -210,6 +210,20 @@ def test_the_synthetic_arm_has_the_pairs_and_the_control_does_not(tmp_path):
     assert len(rows) == 8 * 6 and all(r["head_found"] == 1 for r in rows)
 
 
+def test_the_augmentation_only_arm_alone_and_its_rows_kept_for_the_synthetic_run(tmp_path):
+    train, synth = study_inputs()
+    cfg, test, out = study_cfg(tmp_path, "seg_downstream.synthetic=null"), head_test(), tmp_path / "s"
+    first = Recording()
+    res = run_seg_study(cfg, test, train, {}, out, progress=False, train_fn=first)
+    assert len(first.calls) == len(LABELS) * len(SEEDS) == res["trained"] and res["skipped"] == 0
+    assert {r["arm"] for r in numeric_rows(res["rows"])} == {REAL} and "synthetic pairs" not in res["table"]
+    both = Recording()  # the folders come later: only the synthetic arm trains, beside the kept rows
+    res = run_seg_study(study_cfg(tmp_path), test, train, synth, out, progress=False, train_fn=both)
+    assert (res["trained"], res["skipped"]) == (4, 4) 
+    assert [len(c["images"]) for c in both.calls] == [len(train[(n, s)]) + 4 for n in LABELS for s in SEEDS]
+    assert "+ synthetic pairs" in res["table"]
+
+
 def test_rows_resume_after_a_kill_without_loss_or_duplicates(tmp_path):
     train, synth = study_inputs()
     cfg, test, out = study_cfg(tmp_path), head_test(), tmp_path / "s"

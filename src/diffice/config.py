@@ -286,7 +286,7 @@ class DownstreamConfig:
 class SegDownstreamConfig:
     labelled: list[Any] = field(default_factory=lambda: [50, 100, "all"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    synthetic: str = "${paths.runs}/synthesis-hc18/labelled-{n}-seed-{seed}"
+    synthetic: str | None = "${paths.runs}/synthesis-hc18/labelled-{n}-seed-{seed}"
     synthetic_limit: int | None = None
     synthetic_share: float = 0.5
     steps: int = 600

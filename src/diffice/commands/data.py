@@ -71,6 +71,9 @@ def cmd_hc18_faults(argv: Sequence[str]) -> int:
                    help="frame size written (default 270 400: half of HC18's 540x800; models resize to data.image_size)")
     p.add_argument("--seed", type=int, default=0, help="seed of the faults and severities (default 0)")
     p.add_argument("--limit", type=int, default=None, help="only the first N HC18 frames (default all 999)")
+    p.add_argument("--train-draws", type=int, default=1, metavar="K",
+                   help="faulted twins of each training-split frame, each its own draw of fault and severity (default 1; "
+                   "the first is the one K = 1 writes, validation and test frames keep one)")
     p.add_argument("--if-missing", action="store_true",
                    help="do nothing when OUT/manifest.csv exists already (make demo-hc18 writes the set once)")
     ns = p.parse_args(argv)
@@ -80,10 +83,11 @@ def cmd_hc18_faults(argv: Sequence[str]) -> int:
     from diffice.data.hc18_faults import write_hc18_faults
     from diffice.errors import UserError
 
-    if min(ns.size) < 16 or (ns.limit is not None and ns.limit < 1):
-        raise UserError("--size must be at least 16 16 and --limit at least 1")
-    path = write_hc18_faults(ns.root, ns.out, size=tuple(ns.size), seed=ns.seed, limit=ns.limit)
-    print(f"wrote hc18-faults ({ns.size[0]}x{ns.size[1]}, seed {ns.seed}): {path}")
+    if min(ns.size) < 16 or (ns.limit is not None and ns.limit < 1) or ns.train_draws < 1:
+        raise UserError("--size must be at least 16 16, --limit and --train-draws at least 1")
+    path = write_hc18_faults(ns.root, ns.out, size=tuple(ns.size), seed=ns.seed, limit=ns.limit, train_draws=ns.train_draws)
+    print(f"wrote hc18-faults ({ns.size[0]}x{ns.size[1]}, seed {ns.seed}"
+          + (f", {ns.train_draws} faulted twins per training frame" if ns.train_draws > 1 else "") + f"): {path}")
     return 0
 
 

@@ -57,7 +57,9 @@ def ddpm_check(
     psnrs: list[float] = []
     examples: list[tuple[torch.Tensor, torch.Tensor]] = []
     calls: list[tuple[bool, bool]] = []
+    seen: list[int] = []
     for x, indices in batches:
+        seen += [int(i) for i in indices]
         gens = frame_generators(seed, [int(i) for i in indices])
         rec = reconstruct(diffusion, model, x, tau, gens, convention, clip_denoised).float().clamp(-1, 1)
         psnrs += psnr(x, rec)
@@ -79,6 +81,9 @@ def ddpm_check(
         "dice_intervals": {name: ratio_interval([f[0][c] for f in dice.frames], [f[1][c] for f in dice.frames])
                            for c, name in scored if segment is not None},  # bootstrap over frames
         "examples": examples,
+        # per frame (data-set index): what a paired comparison of two DDPMs on the same frames needs
+        "per_frame": [{"index": i, "psnr": p, **({"brain_input": c[0], "brain_reconstruction": c[1]} if calls else {})}
+                      for i, p, c in zip(seen, psnrs, calls or [None] * len(seen))],
     }
     if judge is not None:
         a, b = [c for c, _ in calls], [r for _, r in calls]

@@ -184,9 +184,10 @@ def apply_fault(img: np.ndarray, fault: str, s: float, head: np.ndarray, rng: np
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def draw_fault(seed: int, number: int) -> tuple[str, float, np.random.Generator]:
-    """The fault, severity and generator of HC18 frame ``number`` (its place in name order)."""
-    rng = np.random.default_rng([int(seed), 7, int(number)])
+def draw_fault(seed: int, number: int, draw: int = 0) -> tuple[str, float, np.random.Generator]:
+    """The fault, severity and generator of HC18 frame ``number`` (its place in name order); ``draw`` > 0:
+    that frame's further faulted twins (``train_draws``)."""
+    rng = np.random.default_rng([int(seed), 7, int(number)] + ([int(draw)] if draw else []))
     fault = FAULTS[int(rng.integers(len(FAULTS)))]
     return fault, float(rng.uniform(*SEVERITY_RANGE)), rng
 
@@ -214,8 +215,10 @@ def read_hc_csv(root: Path) -> dict[str, tuple[float, float]]:
 
 def write_hc18_faults(root: str | Path, out: str | Path, *, size: tuple[int, int] = (270, 400), seed: int = 0,
                       fractions=(0.7, 0.1, 0.2), split_seed: int = 0, limit: int | None = None,
-                      progress: bool = True) -> Path:
-    """Write the benchmark into ``out`` (``images/``, ``masks/``, ``manifest.csv`` last); returns the manifest."""
+                      train_draws: int = 1, progress: bool = True) -> Path:
+    """Write the benchmark into ``out`` (``images/``, ``masks/``, ``manifest.csv`` last); returns the manifest.
+    ``train_draws`` > 1: each training-split frame gets that many faulted twins (``{id}_{fault}``, then
+    ``{id}_{fault}_{k}``), each its own draw; the first is the K = 1 set's, so validation and test do not change."""
     from PIL import Image
 
     from diffice.data.datasets import patient_splits
@@ -244,24 +247,24 @@ def write_hc18_faults(root: str | Path, out: str | Path, *, size: tuple[int, int
         if rec.mask is None:
             raise UserError(f"{rec.image}: no annotation beside it ({rec.id}_Annotation.png)")
         head = load_mask(rec.mask, "outline", img.shape, 2).astype(bool)
-        fault, sev, rng = draw_fault(seed, number)
-        faulted = apply_fault(img, fault, sev, head, rng)
         pixel_mm, hc_mm = table.get(rec.id, (math.nan, math.nan))
         small = lambda a: np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))  # noqa: E731
         clean_u8 = small((img * 255).round().astype(np.uint8))
-        fault_u8 = small((faulted * 255).round().astype(np.uint8))
         mask_u8 = np.asarray(Image.fromarray(head.astype(np.uint8)).resize((w, h), Image.NEAREST))
         save_png(out / "images" / f"{rec.id}.png", clean_u8)
-        save_png(out / "images" / f"{rec.id}_{fault}.png", fault_u8)
         save_png(out / "masks" / f"{rec.id}.png", mask_u8)
         common = {"patient": rec.patient, "split": splits[number], "mask": f"masks/{rec.id}.png",
                   "hc_mm": f"{hc_mm:.2f}", "pixel_mm": f"{pixel_mm * img.shape[1] / w:.5f}",
                   "ga": _ga_text(hc_mm), "source": rec.id}
         rows.append({"image": f"images/{rec.id}.png", "id": rec.id, "label": "SP", "target": "",
                      **{c: "1" for c in CONCEPTS}, "fault": "", "severity": "", **common})
-        rows.append({"image": f"images/{rec.id}_{fault}.png", "id": f"{rec.id}_{fault}", "label": "NSP",
-                     "target": f"images/{rec.id}.png", **{c: "1" for c in CONCEPTS}, DEGRADES[fault]: f"{1 - sev:.4f}",
-                     "fault": fault, "severity": f"{sev:.4f}", **common})
+        for draw in range(int(train_draws) if splits[number] == "train" else 1):
+            fault, sev, rng = draw_fault(seed, number, draw)
+            name = f"{rec.id}_{fault}" + (f"_{draw}" if draw else "")
+            save_png(out / "images" / f"{name}.png", small((apply_fault(img, fault, sev, head, rng) * 255).round().astype(np.uint8)))
+            rows.append({"image": f"images/{name}.png", "id": name, "label": "NSP",
+                         "target": f"images/{rec.id}.png", **{c: "1" for c in CONCEPTS}, DEGRADES[fault]: f"{1 - sev:.4f}",
+                         "fault": fault, "severity": f"{sev:.4f}", **common})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

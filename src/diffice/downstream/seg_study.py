@@ -107,7 +107,7 @@ def study_settings(cfg) -> dict:
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"seg_downstream.seeds: {seeds} must list each seed once (and at least one)")
     seg = OmegaConf.to_container(cfg.segmenter, resolve=True)
-    return {"labels": labels_of(sd["labelled"]), "seeds": seeds, "synthetic": str(sd["synthetic"]),
+    return {"labels": labels_of(sd["labelled"]), "seeds": seeds, "synthetic": None if sd["synthetic"] is None else str(sd["synthetic"]),
             **{k: sd[k] for k in SETTING_KEYS}, "segmenter": {k: seg.get(k) for k in SEGMENTER_KEYS},
             "classes": [str(c) for c in cfg.data.classes], "image_size": [int(v) for v in cfg.data.image_size]}
 
@@ -248,7 +248,8 @@ def _run(cfg, test: HeadTest, train: dict, synthetic: dict, out: Path, progress:
     st = study_settings(cfg)
     size = st["image_size"]
     device = resolve_device(str(cfg.trainer.accelerator))
-    for name, sets in (("train", train), ("synthetic", synthetic)):
+    arms = ARMS if st["synthetic"] is not None else (REAL,)  # synthetic: null: augmentation only (its rows stay valid)
+    for name, sets in (("train", train), ("synthetic", synthetic))[:len(arms)]:
         for lab in st["labels"]:
             for s in st["seeds"]:
                 fs = sets.get((lab, s))
@@ -270,7 +271,7 @@ def _run(cfg, test: HeadTest, train: dict, synthetic: dict, out: Path, progress:
     todo = []
     for lab in st["labels"]:
         for seed in st["seeds"]:
-            for arm in ARMS:
+            for arm in arms:
                 data = _training_set(st, train[(lab, seed)], synthetic[(lab, seed)] if arm == SYNTH else None, seed)
                 if (lab, seed, arm) in done:
                     there = by_key[(lab, seed, arm)][0]["train_digest"]
@@ -303,4 +304,4 @@ def _run(cfg, test: HeadTest, train: dict, synthetic: dict, out: Path, progress:
     mine = [r for r in rows if str(r["labelled"]) in st["labels"] and int(number(r["seed"])) in st["seeds"]]
     res = write_outputs(out, mine, st, test)
     return {**res, "out": str(out), "trained": len(todo),
-            "skipped": len(st["labels"]) * len(st["seeds"]) * len(ARMS) - len(todo)}
+            "skipped": len(st["labels"]) * len(st["seeds"]) * len(arms) - len(todo)}

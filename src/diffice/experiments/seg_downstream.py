@@ -85,7 +85,11 @@ def run_row(exp, row) -> str:
 
     cfg = row.cfg
     st = study_settings(cfg)
-    synthetic = read_synthetic(st["synthetic"], st["labels"], st["seeds"], st["image_size"], len(st["classes"]))
+    if st["synthetic"] is None:
+        synthetic = {}
+        print("[seg-downstream] seg_downstream.synthetic: null: the augmentation-only arm alone")
+    else:
+        synthetic = read_synthetic(st["synthetic"], st["labels"], st["seeds"], st["image_size"], len(st["classes"]))
     for (lab, seed), s in synthetic.items():
         print(f"[seg-downstream] N={lab}, seed {seed}: {len(s)} synthetic pairs from {s.meta.get('path')}")
     train, test = real_sets(cfg, st["labels"], st["seeds"])

@@ -108,13 +108,18 @@ class DDPMModule(DifficeModule):
         """``ddpm.init_ckpt`` (``synthesis.init_ckpt``): the model and its EMA start from that model's EMA
         weights (a new run only; the same architecture, checked by :meth:`load_init`)."""
         source = self.load_init(path)
-        self.model.load_state_dict(source.ema_model.state_dict())
-        self.ema_model.load_state_dict(source.ema_model.state_dict())
-        print(f"{self.kind}: starts from the EMA weights of {path} ({source.trained_steps} steps)")
+        state = source.ema_model.state_dict()
+        added = _add_coord_inputs(state, self.model.state_dict())
+        self.model.load_state_dict(state)
+        self.ema_model.load_state_dict(state)
+        print(f"{self.kind}: starts from the EMA weights of {path} ({source.trained_steps} steps)"
+              + ("; its input layer gains the two coordinate channels at zero weight" if added else ""))
 
     def load_init(self, path: str) -> DDPMModule:
-        """The model :meth:`start_from` copies, refused in one line unless its architecture is this config's."""
-        return load_ddpm(path, self.cfg, keys=ARCH_KEYS)  # the same architecture, the file read once
+        """The model :meth:`start_from` copies, refused in one line unless its architecture is this config's
+        (a whole-frame DDPM may start a ``unet.coord_channels`` one: patch training continued from it)."""
+        keys = [k for k in ARCH_KEYS if k != "unet.coord_channels" or not self.cfg.unet.coord_channels]
+        return load_ddpm(path, self.cfg, keys=keys)  # the file read once
 
     def max_train_t(self) -> int:
         """Training draws t from 0 .. this - 1: all T steps unless ``ddpm.train_max_t`` < 1.
@@ -296,6 +301,17 @@ def _get(d: dict, dotted: str):
             return _OLD_DEFAULTS[dotted]
         raise
     return d
+
+
+def _add_coord_inputs(state: dict, target: dict) -> bool:
+    """Widen ``state``'s input convolution in place to ``target``'s two more (coordinate) input channels,
+    at zero weight: the widened network computes what the source did until training moves them."""
+    key = next(k for k in target if k.endswith("conv_in.weight"))
+    have, want = state[key], target[key]
+    if have.shape == want.shape:
+        return False
+    state[key] = torch.cat([have, have.new_zeros(have.shape[0], want.shape[1] - have.shape[1], *have.shape[2:])], 1)
+    return True
 
 
 def check_compatible(path: str | os.PathLike, ckpt: dict, cfg: DictConfig, keys: Sequence[str] = ARCH_KEYS,
