@@ -219,7 +219,7 @@ def test_the_augmentation_only_arm_alone_and_its_rows_kept_for_the_synthetic_run
     assert {r["arm"] for r in numeric_rows(res["rows"])} == {REAL} and "synthetic pairs" not in res["table"]
     both = Recording()  # the folders come later: only the synthetic arm trains, beside the kept rows
     res = run_seg_study(study_cfg(tmp_path), test, train, synth, out, progress=False, train_fn=both)
-    assert (res["trained"], res["skipped"]) == (4, 4) 
+    assert (res["trained"], res["skipped"]) == (4, 4)
     assert [len(c["images"]) for c in both.calls] == [len(train[(n, s)]) + 4 for n in LABELS for s in SEEDS]
     assert "+ synthetic pairs" in res["table"]
 
