@@ -153,6 +153,23 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_over
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+def test_a_failed_checkpoint_save_keeps_the_previous_file_and_is_one_line(tmp_path, monkeypatch):
+    from diffice.modules.training import AtomicCheckpointIO
+
+    io, final = AtomicCheckpointIO(), tmp_path / "run" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, final)
+    assert io.load_checkpoint(final)["global_step"] == 1
+
+    def full(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("diffice.modules.training.os.replace", full)
+    with pytest.raises(UserError, match=r"last.ckpt: cannot write the checkpoint \(No space left on device\); the previous checkpoint is kept"):
+        io.save_checkpoint({"global_step": 2}, final)
+    assert sorted(p.name for p in final.parent.iterdir()) == ["last.ckpt"]  # no partial file left
+    assert io.load_checkpoint(final)["global_step"] == 1
+
+
 def test_bf16_mixed_on_cpu(tiny_overrides):
     cfg = _cfg(tiny_overrides, "ddpm.max_steps=2", "trainer.precision=bf16-mixed", "ddpm.sample_every_n_steps=2",
                "ddpm.sample_count=2", "diffusion.timestep_respacing='4'", "trainer.val_every_n_steps=2")

@@ -22,7 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from diffice.data.datasets import (
     FrameDataset,
@@ -96,7 +96,7 @@ def loader_options(cfg: DictConfig, trainer: Any = None) -> dict[str, Any]:
     return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": cuda}
 
 
-class ResumableSampler(DistributedSampler):
+class ResumableSampler(Sampler):
     """The training order as a function of (seed, batch position) alone, so that a resumed run
     continues exactly where the killed one stopped.
 
@@ -107,8 +107,8 @@ class ResumableSampler(DistributedSampler):
     epoch, so a run resumed mid-epoch skips the batches it has trained and then goes on to the
     next epoch's order, as an uninterrupted run does. With ``accumulate`` batches per optimizer step
     (``trainer.accumulate_grad_batches``) a step is that many batches (the last step of an epoch may
-    have fewer: Lightning steps at the end of each epoch). It subclasses ``DistributedSampler`` so
-    that Lightning does not replace it under DDP.
+    have fewer: Lightning steps at the end of each epoch). Training Trainers run with
+    ``use_distributed_sampler=False`` so that Lightning keeps it under DDP.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, position: Callable[[], int] = lambda: 0,
@@ -180,8 +180,13 @@ class DiffIceDataModule(L.LightningDataModule):
         if len(ds) == 0:
             raise UserError(f"data ({self.source.name}): split '{ds.split}' is empty; check data.split_fractions and the data set size")
         bs = int(self.cfg.data.batch_size)
-        return DataLoader(ds, batch_size=bs, shuffle=shuffle, drop_last=shuffle and len(ds) >= bs,
-                          **loader_options(self.cfg, self.trainer))
+        trainer, sampler = self.trainer, None
+        if trainer is not None and trainer.world_size > 1 and not shuffle:
+            # as Lightning would (training Trainers do not let it: use_distributed_sampler=False): the frames
+            # dealt out in turn, the last round padded by repeats (DifficeModule.pool_frames drops them)
+            sampler = DistributedSampler(ds, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+        return DataLoader(ds, batch_size=bs, shuffle=shuffle, drop_last=shuffle and len(ds) >= bs, sampler=sampler,
+                          **loader_options(self.cfg, trainer))
 
     def train_dataloader(self) -> DataLoader:
         """The training order is :class:`ResumableSampler`'s: a function of (seed, step), so a

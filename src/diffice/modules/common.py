@@ -73,6 +73,19 @@ class DifficeModule(L.LightningModule):
         keep = torch.from_numpy(first)
         return {k: v[keep] for k, v in flat.items()}
 
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        """Stop training with one line when the loss is NaN or infinite: before its backward pass, so neither
+        the weights nor ``last.ckpt`` see it. Every process agrees (one all-reduce), so a NaN on one rank
+        ends them all instead of leaving the others waiting for its gradients."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            section = "guide" if self.kind == "classifier" else self.kind
+            where = self.trainer.default_root_dir if self._trainer is not None else "the run folder"
+            raise UserError(f"{self.kind}: loss became {float(loss.detach())} at step {self.global_step} (on some process); "
+                            f"the last good checkpoint is kept in {where} (lower {section}.lr or check the data)")
+
     def input_checkpoints(self) -> dict[str, str]:
         """The checkpoints this model was built from, kind -> path (W&B lineage: the training run
         declares them as used artifacts). None by default."""

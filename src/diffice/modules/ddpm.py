@@ -67,12 +67,6 @@ class DDPMModule(DifficeModule):
         t = torch.randint(0, self.max_train_t(), (x0.shape[0],), device=x0.device)
         losses = self.diffusion.training_losses(model, x0, t, vb_weight=float(self.cfg.diffusion.vb_weight))
         loss = losses["loss"].mean()
-        if not torch.isfinite(loss):
-            # raised before the optimizer step, so neither the weights nor last.ckpt see the NaN
-            raise UserError(
-                f"ddpm: loss became {float(loss.detach())} at step {self.global_step}; the last good checkpoint is kept in "
-                f"{self.trainer.default_root_dir if self._trainer else 'the run folder'} (lower ddpm.lr or check the data)"
-            )
         bs = x0.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/mse", losses["mse"].mean(), batch_size=bs)
@@ -159,7 +153,7 @@ class DDPMModule(DifficeModule):
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         # here rather than in on_train_batch_end, which runs after callbacks (and so after
-        # AtomicCheckpoint has saved this step): the saved EMA must include this step's update
+        # ModelCheckpoint has saved this step): the saved EMA must include this step's update
         self.update_ema()
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

@@ -1,10 +1,9 @@
-"""Training a diffice model: a Trainer built from config, atomic resumable checkpointing that
-reads back with the safe loader, a NaN guard, the W&B (or CSV) logger whose history survives a
+"""Training a diffice model: a Trainer built from config, Lightning's checkpointing of ``last.ckpt``
+through an atomic I/O that reads back with the safe loader, the W&B (or CSV) logger whose history survives a
 resume, and :func:`fit`, which resumes from ``{paths.runs}/{stage}/last.ckpt``."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig
@@ -25,22 +24,30 @@ from diffice.errors import UserError
 from diffice.modules.common import LAST, DifficeModule, read_checkpoint, run_dir
 
 
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, made safe: a file is serialised in memory and written with
-    plain Python I/O into the path given (no detour through a temporary file elsewhere; a full
-    disk is an ``OSError``, not a C++ stream error), and read with
-    diffice's safe loader (``weights_only=True``, kind-agnostic), so that resuming a run
-    (``trainer.fit(ckpt_path=...)``) cannot run code from the file either."""
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, atomic and safe: a file is serialised in memory, written beside its
+    final name and renamed into place (a run killed while saving keeps the previous complete
+    checkpoint); a save that fails (a full or read-only disk) removes its partial file and ends the
+    run with one line naming the checkpoint and the cause. Files are read with diffice's safe loader
+    (``weights_only=True``, kind-agnostic), so resuming a run (``trainer.fit(ckpt_path=...)``) cannot run
+    code from the file either."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         import io
 
-        path = Path(path)
+        final = Path(path)
+        tmp = final.with_name(f".{final.name}.tmp")
         buf = io.BytesIO()
         torch.save(checkpoint, buf)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as f:
-            f.write(buf.getbuffer())
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as f:
+                f.write(buf.getbuffer())
+            os.replace(tmp, final)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            kept = "the previous checkpoint is kept" if final.exists() else "no checkpoint was written"
+            raise UserError(f"{final}: cannot write the checkpoint ({err.strerror or err}); {kept}") from err
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         from diffice.nets.weights import torch_load
@@ -48,62 +55,18 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return torch_load(Path(path), f"{path}: checkpoint not found", "checkpoint")
 
 
-class AtomicCheckpoint(Callback):
-    """Save ``last.ckpt`` every N optimizer steps and at the end of training, atomically.
-
-    The file is written beside its final name and renamed into place, so a run killed while
-    saving keeps the previous complete checkpoint and resumes from it. A save that fails (a
-    full or read-only disk) removes its partial file and ends the run with one line naming
-    the checkpoint and the cause.
-    """
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` keeping only ``last.ckpt`` (every N optimizer steps), which also
+    saves the final step when N does not divide it (Lightning's own ``on_train_end`` saves only a run
+    that never saved)."""
 
     def __init__(self, dirpath: Path, every_n_steps: int):
-        self.dirpath = Path(dirpath)
-        self.every = max(1, int(every_n_steps))
-        self._last_saved = -1
-
-    def save(self, trainer: L.Trainer) -> None:
-        if trainer.global_step == self._last_saved:
-            return
-        final = self.dirpath / LAST
-        tmp = self.dirpath / f".{LAST}.tmp"
-        try:
-            trainer.save_checkpoint(tmp)
-            if trainer.is_global_zero:
-                os.replace(tmp, final)
-        except BaseException as err:
-            if trainer.is_global_zero:
-                tmp.unlink(missing_ok=True)
-            if isinstance(err, OSError):
-                kept = "the previous checkpoint is kept" if final.exists() else "no checkpoint was written"
-                raise UserError(f"{final}: cannot write the checkpoint ({err.strerror or err}); {kept}") from err
-            raise
-        trainer.strategy.barrier("diffice.atomic_checkpoint")
-        self._last_saved = trainer.global_step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step > 0 and trainer.global_step % self.every == 0:
-            self.save(trainer)
+        super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=max(1, int(every_n_steps)),
+                         enable_version_counter=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.save(trainer)
-
-
-class NaNGuard(Callback):
-    """Stop training with a clear message when the loss becomes NaN or infinite.
-
-    The last good checkpoint is left untouched (nothing is saved after the bad step).
-    Modules report their loss as ``outputs['loss']`` from ``training_step``.
-    """
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss)):
-            raise UserError(
-                f"{pl_module.kind}: loss became {float(loss)} at step {trainer.global_step}; "
-                f"the last good checkpoint is kept in {trainer.default_root_dir} "
-                "(lower the learning rate or check the data)"
-            )
+        if self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def _keep_csv_history(metrics_csv: Path, resume_step: int | None) -> Path | None:
@@ -222,14 +185,14 @@ def build_trainer(
     out = run_dir(cfg, stage)
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.trainer
-    # NaNGuard first: a NaN step must stop training before AtomicCheckpoint could save its weights
-    cbs: list[Callback] = [NaNGuard(), AtomicCheckpoint(out, t.checkpoint_every_n_steps), *callbacks]
+    cbs: list[Callback] = [LastCheckpoint(out, t.checkpoint_every_n_steps), *callbacks]
     kwargs = trainer_kwargs(cfg, out, cbs)
     kwargs.update(
         max_steps=max_steps,
         gradient_clip_val=t.gradient_clip_val or None,
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=None,
+        use_distributed_sampler=False,  # the datamodule shards: ResumableSampler's order, resumed by step
         val_check_interval=t.val_every_n_steps,
         logger=build_logger(cfg, stage, out, resume_step),
     )
@@ -266,8 +229,7 @@ def trainer_kwargs(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> dic
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
-        enable_checkpointing=False,
-        plugins=[SafeCheckpointIO()],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=bool(t.progress_bar),
         enable_model_summary=False,
         default_root_dir=str(out),
@@ -306,7 +268,7 @@ def fit(cfg: DictConfig, stage: str, module: DifficeModule, datamodule, max_step
     ``{run}/config.yaml`` once training starts. A checkpoint
     of another kind in the folder is refused rather than overwritten; the checkpoint is read
     with the safe loader (and its weights checked) before Lightning resumes from it, and
-    Lightning reads it through :class:`SafeCheckpointIO` as well. A run that fails before
+    Lightning reads it through :class:`AtomicCheckpointIO` as well. A run that fails before
     starting to train (a data error found at set-up) in a folder that did not exist (or was
     empty) removes what it wrote there again (the lock removes the folder it made).
     """
