@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning as L
 import pytest
 import torch
@@ -149,6 +151,28 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_over
         train_ddpm(cfg, SynthData(poison_after=3), num_sanity_val_steps=0)
     assert "last good checkpoint" in str(info.value)
     ckpt = read_checkpoint(cfg.paths.runs + "/ddpm/last.ckpt", "ddpm")
+    assert ckpt["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_nan_on_one_of_two_ddp_processes_ends_both_with_one_line(tmp_path):
+    """strategy=ddp (Lightning's subprocess launcher, gloo): rank 1's data turn NaN at step 2; every
+    process stops there with its line (none waits for the other's gradients until the 30-minute timeout)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/ddp_nan.py"), str(tmp_path / "runs")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("rank ")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert sorted(lines) == sorted([
+        f"rank 1: ddpm: loss became nan at step 2; the last good checkpoint is kept in {tmp_path / 'runs' / 'ddpm'} "
+        "(lower ddpm.lr or check the data)",
+        f"rank 0: ddpm: loss became NaN or infinite on another process at step 2; the last good checkpoint is kept in "
+        f"{tmp_path / 'runs' / 'ddpm'} (lower ddpm.lr or check the data)"]), proc.stderr[-2000:]
+    ckpt = read_checkpoint(tmp_path / "runs" / "ddpm" / "last.ckpt", "ddpm")
     assert ckpt["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 

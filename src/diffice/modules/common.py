@@ -77,14 +77,16 @@ class DifficeModule(L.LightningModule):
         """Stop training with one line when the loss is NaN or infinite: before its backward pass, so neither
         the weights nor ``last.ckpt`` see it. Every process agrees (one all-reduce), so a NaN on one rank
         ends them all instead of leaving the others waiting for its gradients."""
-        bad = not bool(torch.isfinite(loss.detach()))
+        mine = not bool(torch.isfinite(loss.detach()))
+        bad = mine
         if self._trainer is not None and self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+            bad = self.trainer.strategy.reduce_boolean_decision(mine, all=False)
         if bad:
             section = "guide" if self.kind == "classifier" else self.kind
             where = self.trainer.default_root_dir if self._trainer is not None else "the run folder"
-            raise UserError(f"{self.kind}: loss became {float(loss.detach())} at step {self.global_step} (on some process); "
-                            f"the last good checkpoint is kept in {where} (lower {section}.lr or check the data)")
+            what = f"loss became {float(loss.detach())}" if mine else "loss became NaN or infinite on another process"
+            raise UserError(f"{self.kind}: {what} at step {self.global_step}; the last good checkpoint is kept in {where} "
+                            f"(lower {section}.lr or check the data)")
 
     def input_checkpoints(self) -> dict[str, str]:
         """The checkpoints this model was built from, kind -> path (W&B lineage: the training run
