@@ -551,3 +551,22 @@ def test_downstream_experiment_end_to_end(runs, tmp_path):
     mtime = (root / "phantom" / "study" / "rows.csv").stat().st_mtime
     assert main(["experiment", exp, "--preset", "tiny", *ov]) == 0
     assert (root / "phantom" / "study" / "rows.csv").stat().st_mtime == mtime  # nothing retrained
+
+
+def test_synthesis_with_prealignment_trains_on_two_ddp_processes(tmp_path):
+    """strategy=ddp (Lightning's subprocess launcher, gloo on the CPU): pre-alignment trains only its own
+    net, then freezes it, so DDP must expect unused parameters (without: 'parameters that were not used
+    in producing the loss' at the second step)."""
+    import os
+    import subprocess
+    import sys
+
+    from diffice.nets.weights import read_checkpoint
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    args = [*_overrides(tmp_path), "synthesis.prealign_steps=2", "synthesis.max_steps=1", "trainer.devices=2",
+            "trainer.strategy=ddp", "trainer.val_every_n_steps=100"]
+    proc = subprocess.run([sys.executable, "-m", "diffice.cli", "train-synthesis", TINY, *args], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_checkpoint(tmp_path / "synthesis" / "last.ckpt", "synthesis")["global_step"] == 3

@@ -172,4 +172,8 @@ def train_synthesis(cfg: DictConfig, datamodule=None, stage: str = "synthesis", 
         if cfg.synthesis.init_ckpt and not last.exists():
             module.start_from(str(cfg.synthesis.init_ckpt))
         steps = module.prealign_steps() + int(cfg.synthesis.max_steps)
+        strategy = str(cfg.trainer.strategy)
+        if module.prealign_steps() and strategy in ("ddp", "ddp_spawn") and "strategy" not in trainer_overrides:
+            # pre-alignment trains the pre-alignment net alone, then freezes it: DDP must expect unused parameters
+            trainer_overrides["strategy"] = f"{strategy}_find_unused_parameters_true"
         return fit(cfg, stage, module, dm, steps, **trainer_overrides)
