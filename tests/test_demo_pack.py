@@ -106,3 +106,30 @@ def test_a_tensor_beyond_float16_stays_float32_in_a_pack():
     out = pack_state("classifier", state)
     assert out["a.weight"].dtype == torch.float16 and out["bn.running_var"].dtype == torch.float32
     assert float(out["bn.running_var"][1]) == 2.0e6
+
+
+@pytest.mark.slow  # two runs of about a minute each on 2 cores
+def test_a_counterfactual_run_on_two_ddp_processes_writes_what_one_process_writes(tmp_path):
+    """strategy=ddp (Lightning's subprocess launcher, gloo on the CPU), through the command: the same
+    results.csv and metrics.json as one process but for the timings, and a report; rank zero alone reports
+    (no metric waits for the finished ranks)."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    words = [DEMO, *pack_words(PACK), "cf.limit=4", "cf.iterations=1", "cf.batch_size=2", "wandb.mode=disabled",
+             "trainer.progress_bar=false", "trainer.accelerator=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    timing = ("seconds", "batch_seconds_mean", "batch_seconds_std", "peak_memory_gb", "total_hours")
+    found = {}
+    for name, extra in (("one", []), ("ddp", ["trainer.devices=2", "trainer.strategy=ddp"])):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "diffice.cli", "counterfactuals", *words, f"cf.out={out}", *extra],
+                              env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (out / "report.html").is_file()
+        rows = [{k: v for k, v in r.items() if k not in timing} for r in csv.DictReader(open(out / "results.csv"))]
+        metrics = {k: v for k, v in json.loads((out / "metrics.json").read_text()).items() if k not in timing}
+        found[name] = (rows, metrics)
+    assert len(found["one"][0]) == 4 and found["ddp"] == found["one"]

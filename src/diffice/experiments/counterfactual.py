@@ -98,8 +98,9 @@ def counterfactuals(cfg: DictConfig, *, wait: bool = False, report: bool = True)
 # ----------------------------------------------------------------------------- the experiment kind
 
 
-def run_row(exp, row) -> dict:
-    """``kind: counterfactuals``: the row's run into its folder (finished frames kept); its metrics.json."""
+def run_row(exp, row) -> dict | None:
+    """``kind: counterfactuals``: the row's run into its folder (finished frames kept); its metrics.json
+    (None on a non-zero DDP process)."""
     import json
 
     from diffice.config import save_config
@@ -111,7 +112,8 @@ def run_row(exp, row) -> dict:
           f"lambda_c {list(cfg.cf.lambda_c)}, lambda_p {cfg.cf.lambda_p}")
     row.out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, row.out.parent / f".{slug(row.label)}.yaml")  # the row's resolved config, beside its folder
-    counterfactuals(cfg, wait=exp.wait)
+    if counterfactuals(cfg, wait=exp.wait) is None:
+        return None  # a non-zero DDP process: rank zero reports the row
     metrics_path = row.out / "metrics.json"
     if not metrics_path.is_file():
         raise UserError(f"{metrics_path}: the run wrote no metrics")

@@ -121,7 +121,11 @@ def run_experiment(exp: Experiment) -> Path:
         from diffice.experiments.stages import train_models
 
         train_models(exp.train_cfg)
+    from diffice.runlock import other_rank
+
     results = [(row, exp.kind.run(exp, Row(row.label, copy.deepcopy(row.cfg), row.out))) for row in exp.rows]
+    if other_rank():  # DDP: the other processes computed their share of every row; rank zero writes the table
+        return exp.out_root / "table.md"
     return write_experiment_table(exp, exp.kind.table(exp, results))
 
 

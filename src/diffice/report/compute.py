@@ -45,6 +45,9 @@ from diffice.report.records import (
 Features = Callable[[torch.Tensor], torch.Tensor]
 
 # The paper's Table 1 / Table 2 columns, in order: key in metrics.json -> column title.
+# the report's metrics are computed from a run's records on one process (rank zero under DDP): nothing to gather
+# (with a DDP process group still up, a syncing compute() would wait for ranks that have finished)
+LOCAL = {"sync_on_compute": False}
 TABLE_COLUMNS = {
     "fid": "FID ↓", "fsd": "FSD ↓", "sonosim": "SonoSim ↑", "mqd": "MQD ↑",
     "bkl": "BKL ↓", "mad": "MAD ↑", "fr": "FR ↑",
@@ -95,7 +98,7 @@ def _f(x) -> float | None:
 
 
 def _efficiency(records: list[dict], batch_size: int, notes: list[str]) -> dict:
-    eff = Efficiency()
+    eff = Efficiency(**LOCAL)
     if all(r.get("batch_id") is not None and r.get("batch_seconds") is not None for r in records):
         groups: dict[str, list[dict]] = {}
         for r in records:
@@ -136,7 +139,7 @@ class _ImageMetrics:
 
     def __init__(self, nets: EvalNets):
         self.nets = {key: [[], []] for key, fn in (("fid", nets.fid), ("sononet", nets.sononet)) if fn is not None}
-        self.sim = SonoSim() if nets.sononet is not None else None
+        self.sim = SonoSim(**LOCAL) if nets.sononet is not None else None
         self.cos: list[float] = []  # per-pair cosines (SonoSim's terms), for its interval
         # frames with a clean ground-truth target (real-data benchmarks): targets, their inputs, their outputs
         self.with_target = {key: [[], [], []] for key in self.nets}
@@ -244,17 +247,17 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
 
     # ---- final counterfactual: validity, oracle, target (records)
     threshold = guide_threshold(records)
-    val = Validity(threshold=threshold)
+    val = Validity(threshold=threshold, **LOCAL)
     val.update(p_in, [num(r["p_cf"]) for r in records])
-    orc = OracleQuality(num_concepts=len(names))
+    orc = OracleQuality(num_concepts=len(names), **LOCAL)
     orc.update(q_in, [num(r["qs_cf"]) for r in records], c_in, _concept_matrix(records, "concepts_cf", names))
-    tgt = TargetDistance()
+    tgt = TargetDistance(**LOCAL)
     tgt.update([num(r["target_l1_input"]) for r in records], [num(r["target_l1_cf"]) for r in records])
 
     # ---- per-iteration validity and oracle, from records where they carry the scores
     iters = list(range(1, n_iter + 1)) if n_iter > 1 else []
-    it_val = {k: Validity(threshold=threshold) for k in iters}
-    it_orc = {k: OracleQuality(num_concepts=len(names)) for k in iters}
+    it_val = {k: Validity(threshold=threshold, **LOCAL) for k in iters}
+    it_orc = {k: OracleQuality(num_concepts=len(names), **LOCAL) for k in iters}
     need_oracle_images = bool(iters) and not all(r.get("qs_iters") for r in records)
     for k in iters:
         it_val[k].update(p_in, [iter_value(r.get("p_iters"), k) for r in records])
@@ -289,7 +292,7 @@ def _compute_metrics(records: list[dict], nets: EvalNets | None, batch_size: int
     t = tgt.compute()
     out.update(target_l1_input=_f(t["target_l1_input"]), target_l1_cf=_f(t["target_l1_cf"]),
                n_closer_to_target=int(t["n_closer"]), n_target=int(t["n_target"]))
-    sec = TargetDistance()
+    sec = TargetDistance(**LOCAL)
     sec.update([num(r.get("target_sector_l1_input")) for r in records], [num(r.get("target_sector_l1_cf")) for r in records])
     ts = sec.compute()
     out.update(target_sector_l1_input=_f(ts["target_l1_input"]), target_sector_l1_cf=_f(ts["target_l1_cf"]),
@@ -348,7 +351,7 @@ def _iteration_batch_seconds(records: list[dict], k: int) -> dict:
         groups[str(r["batch_id"])] = groups.get(str(r["batch_id"]), 0.0) + num(secs[k - 1])
     if not groups:
         return {"batch_seconds_mean": None, "batch_seconds_std": None}
-    eff = Efficiency()
+    eff = Efficiency(**LOCAL)
     for seconds in groups.values():
         eff.update(seconds)
     e = eff.compute()
