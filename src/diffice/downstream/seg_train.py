@@ -59,12 +59,13 @@ def _batch(images: np.ndarray, masks: np.ndarray, idx: np.ndarray, seeds: np.nda
 def train_segmenter(cfg, num_classes: int, images: np.ndarray, masks: np.ndarray, *, steps: int, batch_size: int,
                     lr: float, seed: int, device: str | torch.device = "cpu", weight_decay: float = WEIGHT_DECAY,
                     warmup: float = WARMUP_FRACTION, augment: bool = True, sample_weights: np.ndarray | None = None,
-                    on_step: Callable[[int], None] | None = None) -> nn.Module:
+                    precision: str = "32-true", on_step: Callable[[int], None] | None = None) -> nn.Module:
     """Train ``cfg.segmenter``'s network on uint8 frames (N, H, W) and their class maps (N, H, W)
     (-1 = unknown); returns it in eval mode on ``device``. ``sample_weights``: how often each frame
-    is drawn (None: uniformly); ``on_step(k)`` after optimizer step k (1-based)."""
+    is drawn (None: uniformly); ``precision``: :func:`diffice.downstream.train.fabric`; ``on_step(k)``
+    after optimizer step k (1-based)."""
     from diffice.data.transforms import build_transform
-    from diffice.downstream.train import lr_factor, resolve_device
+    from diffice.downstream.train import fabric, fabric_step, lr_factor
     from diffice.nets.segmenter import build_segmenter, dice_ce_loss
 
     images, masks = np.asarray(images), np.asarray(masks)
@@ -73,28 +74,25 @@ def train_segmenter(cfg, num_classes: int, images: np.ndarray, masks: np.ndarray
         raise ValueError(f"train_segmenter: uint8 frames (N, H, W) and masks of their shape, got {images.dtype} "
                          f"{images.shape} and {masks.shape}")
     weights = weights_tensor(sample_weights, n, "train_segmenter")
-    dev = resolve_device(device)
+    fab = fabric(device, precision)
     torch.manual_seed(int(seed))  # the initial weights follow the seed
     gen = torch.Generator().manual_seed(int(seed))  # batches and augmentation
-    net = build_segmenter(cfg, int(num_classes)).to(dev)
+    net = build_segmenter(cfg, int(num_classes))
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=float(lr), weight_decay=float(weight_decay))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, int(steps), "cosine", float(warmup)))
+    run, opt_f = fab.setup(net, opt)
     tf = build_transform(list(images.shape[1:]), True) if augment else None
     bs = int(batch_size)
     for step in range(int(steps)):
         idx = draw_indices(n, bs, weights, gen)
         seeds = torch.randint(0, 2**31 - 1, (bs,), generator=gen).numpy() if augment else None
         x, y = _batch(images, masks, idx.numpy(), seeds, tf)
-        loss, _ = dice_ce_loss(net(x.to(dev)), y.to(dev))
+        loss, _ = dice_ce_loss(run(fab.to_device(x)), fab.to_device(y))
         if not torch.isfinite(loss):
             raise UserError(f"segmenter: the training loss became {float(loss)} at step {step + 1}; "
                             f"lower seg_downstream.lr ({lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
-        opt.step()
-        sched.step()
+        fabric_step(fab, run, opt_f, sched, loss, GRAD_CLIP)
         if on_step is not None:
             on_step(step + 1)
     return net.eval()

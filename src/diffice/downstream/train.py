@@ -49,6 +49,26 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return torch.device(name)
 
 
+def fabric(device: str | torch.device | None, precision: str = "32-true"):
+    """Lightning Fabric on ``device`` (:func:`resolve_device`) at ``precision`` (a ``trainer.precision``
+    value) for the downstream loops: they keep their own seeded draws and schedule; Fabric places the
+    model, autocasts and scales. The studies train at the default, float32."""
+    from lightning.fabric import Fabric
+
+    dev = resolve_device(device)
+    return Fabric(accelerator=dev.type, devices=[dev.index or 0] if dev.type == "cuda" else 1, precision=precision)
+
+
+def fabric_step(fab, model, opt, sched, loss: torch.Tensor, grad_clip: float) -> None:
+    """One optimizer step of a downstream loop: backward, gradient-norm clip (``grad_clip`` > 0), step, schedule."""
+    opt.zero_grad(set_to_none=True)
+    fab.backward(loss)
+    if grad_clip:
+        fab.clip_gradients(model, opt, max_norm=float(grad_clip), error_if_nonfinite=False)
+    opt.step()
+    sched.step()
+
+
 def _patch_size(default: int, size: Sequence[int]) -> int:
     h, w = int(size[0]), int(size[1])
     for p in (default, 16, 8, 4, 2, 1):
@@ -201,6 +221,7 @@ def train_classifier(
     label_smoothing: float = 0.0,
     scale: float = 1.0,
     model_kwargs: dict | None = None,
+    precision: str = "32-true",
     on_step: Callable[[int], None] | None = None,
 ) -> nn.Module:
     """Train ``model_name`` from scratch on uint8 frames (N, H, W) with int labels in [0, K).
@@ -208,7 +229,7 @@ def train_classifier(
     Returns the trained network in eval mode on ``device``. ``sample_weights`` (per frame) set how
     often each frame is drawn; ``balanced`` (when no weights are given) draws every class equally.
     ``warmup``: the warm-up's fraction of the steps; ``flips``: random horizontal flips (with
-    ``augment_frames``); ``scale`` / ``model_kwargs``: see :func:`build_model`.
+    ``augment_frames``); ``scale`` / ``model_kwargs``: see :func:`build_model`; ``precision``: :func:`fabric`.
     ``on_step(k)`` is called after optimizer step k (1-based).
     """
     imgs = _as_uint8_tensor(images)
@@ -223,34 +244,30 @@ def train_classifier(
 
         imgs = torch.from_numpy(resize_frames(imgs.numpy(), image_size))
     size = tuple(imgs.shape[1:])
-    dev = resolve_device(device)
+    fab = fabric(device, precision)
     if sample_weights is None and balanced:
         sample_weights = class_balanced_weights(y.numpy())
     weights = weights_tensor(sample_weights, n, "train_classifier")
 
     torch.manual_seed(int(seed))  # the initial weights (and dropout) follow the seed
     gen = torch.Generator().manual_seed(int(seed))  # batches and augmentation
-    model = build_model(model_name, num_classes, size, scale=scale, model_kwargs=model_kwargs).to(dev)
+    model = build_model(model_name, num_classes, size, scale=scale, model_kwargs=model_kwargs)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=float(lr), weight_decay=float(weight_decay))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, int(steps), schedule, warmup))
-    imgs_dev, y_dev = imgs.to(dev), y.to(dev)
+    run, opt_f = fab.setup(model, opt)
+    imgs_dev, y_dev = fab.to_device(imgs), fab.to_device(y)
     bs = int(batch_size)
     for step in range(int(steps)):
-        idx = draw_indices(n, bs, weights, gen).to(dev)
+        idx = fab.to_device(draw_indices(n, bs, weights, gen))
         x = to_input(imgs_dev[idx])
         if augment_frames:
             x = augment(x, gen, flips)
-        loss = F.cross_entropy(model(x), y_dev[idx], label_smoothing=float(label_smoothing))
+        loss = F.cross_entropy(run(x), y_dev[idx], label_smoothing=float(label_smoothing))
         if not torch.isfinite(loss):
             raise UserError(f"{model_name}: the training loss became {float(loss)} at step {step + 1}; "
                             f"lower downstream.lr ({lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
-        opt.step()
-        sched.step()
+        fabric_step(fab, run, opt_f, sched, loss, grad_clip)
         if on_step is not None:
             on_step(step + 1)
     model.eval()
