@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from diffice.downstream.train import WARMUP_FRACTION, draw_indices, weights_tensor
-from diffice.errors import UserError
 
 GRAD_CLIP = 1.0  # gradient norm clipping (trainer.gradient_clip_val's default)
 WEIGHT_DECAY = 1e-4  # AdamW weight decay (the segmenter's, modules/segmenter.py)
@@ -89,12 +88,8 @@ def train_segmenter(cfg, num_classes: int, images: np.ndarray, masks: np.ndarray
         seeds = torch.randint(0, 2**31 - 1, (bs,), generator=gen).numpy() if augment else None
         x, y = _batch(images, masks, idx.numpy(), seeds, tf)
         loss, _ = dice_ce_loss(run(fab.to_device(x)), fab.to_device(y))
-        if not torch.isfinite(loss):
-            raise UserError(f"segmenter: the training loss became {float(loss)} at step {step + 1}; "
-                            f"lower seg_downstream.lr ({lr})")
-        fabric_step(fab, run, opt_f, sched, loss, GRAD_CLIP)
-        if on_step is not None:
-            on_step(step + 1)
+        fabric_step(fab, run, opt_f, sched, loss, GRAD_CLIP, step=step, who="segmenter", lr_key=f"seg_downstream.lr ({lr})",
+                    on_step=on_step)
     return net.eval()
 
 

@@ -59,14 +59,20 @@ def fabric(device: str | torch.device | None, precision: str = "32-true"):
     return Fabric(accelerator=dev.type, devices=[dev.index or 0] if dev.type == "cuda" else 1, precision=precision)
 
 
-def fabric_step(fab, model, opt, sched, loss: torch.Tensor, grad_clip: float) -> None:
-    """One optimizer step of a downstream loop: backward, gradient-norm clip (``grad_clip`` > 0), step, schedule."""
+def fabric_step(fab, model, opt, sched, loss: torch.Tensor, grad_clip: float, *, step: int, who: str, lr_key: str,
+                on_step: Callable[[int], None] | None) -> None:
+    """Optimizer step ``step`` (0-based) of a downstream loop: a non-finite ``loss`` is one line naming ``who``
+    and ``lr_key``; then backward, gradient-norm clip (``grad_clip`` > 0), step, schedule, ``on_step(step + 1)``."""
+    if not torch.isfinite(loss):
+        raise UserError(f"{who}: the training loss became {float(loss)} at step {step + 1}; lower {lr_key}")
     opt.zero_grad(set_to_none=True)
     fab.backward(loss)
     if grad_clip:
         fab.clip_gradients(model, opt, max_norm=float(grad_clip), error_if_nonfinite=False)
     opt.step()
     sched.step()
+    if on_step is not None:
+        on_step(step + 1)
 
 
 def _patch_size(default: int, size: Sequence[int]) -> int:
@@ -264,12 +270,8 @@ def train_classifier(
         if augment_frames:
             x = augment(x, gen, flips)
         loss = F.cross_entropy(run(x), y_dev[idx], label_smoothing=float(label_smoothing))
-        if not torch.isfinite(loss):
-            raise UserError(f"{model_name}: the training loss became {float(loss)} at step {step + 1}; "
-                            f"lower downstream.lr ({lr})")
-        fabric_step(fab, run, opt_f, sched, loss, grad_clip)
-        if on_step is not None:
-            on_step(step + 1)
+        fabric_step(fab, run, opt_f, sched, loss, grad_clip, step=step, who=model_name, lr_key=f"downstream.lr ({lr})",
+                    on_step=on_step)
     model.eval()
     return model
 
