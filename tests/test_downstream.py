@@ -404,3 +404,19 @@ def test_abnormal_frames_of_training_patients(tmp_path):
     assert all(splits[i] == "train" for i in index) and all(r["patient"] == f"p{i // fpp:05d}" for r, i in zip(rows, index))
     with pytest.raises(UserError, match="split must be"):
         write_anomalies(cfg, tmp_path / "x", 2, 0, split="training")
+
+
+def test_a_non_finite_downstream_loss_is_one_line_naming_the_key():
+    from diffice.downstream.train import fabric, fabric_step
+
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW(net.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)
+    fab = fabric("cpu")
+    run, opt_f = fab.setup(net, opt)
+    with pytest.raises(UserError, match=r"^resnet18: the training loss became nan at step 3; lower downstream.lr \(0.1\)$"):
+        fabric_step(fab, run, opt_f, sched, torch.tensor(float("nan")), 1.0, step=2, who="resnet18",
+                    lr_key="downstream.lr (0.1)", on_step=None)
+    steps = []
+    fabric_step(fab, run, opt_f, sched, run(torch.ones(1, 2)).sum(), 1.0, step=2, who="resnet18", lr_key="x", on_step=steps.append)
+    assert steps == [3]
