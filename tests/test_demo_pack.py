@@ -133,3 +133,28 @@ def test_a_counterfactual_run_on_two_ddp_processes_writes_what_one_process_write
         metrics = {k: v for k, v in json.loads((out / "metrics.json").read_text()).items() if k not in timing}
         found[name] = (rows, metrics)
     assert len(found["one"][0]) == 4 and found["ddp"] == found["one"]
+
+
+def test_a_pack_keeps_the_models_of_an_earlier_pack_that_runs_does_not_hold(tiny_overrides, tmp_path, one_thread):
+    """demo-models --keep PACK: a campaign across sessions (whose run folders do not survive) replaces one
+    model at a time; the others are PACK's files byte for byte, with their provenance."""
+    tiny = str(ROOT / "configs/preset/tiny.yaml")
+    steps = ["ddpm.max_steps=1", "segmenter.max_steps=1", "guide.max_steps=1", "oracle.max_steps=1", "ddpm.sample_every_n_steps=0",
+             "segmenter.encoder=tu-mobilenetv3_small_050", "oracle.encoder=tu-mobilenetv3_small_050"]
+    first, second, r2 = tmp_path / "first", tmp_path / "second", tmp_path / "r2"
+    base = [t for t in tiny_overrides if not t.startswith("paths.runs=")]
+    assert main(["demo-models", "--preset", tiny, "--runs", str(tmp_path / "r1"), "--out", str(first), "--no-synthesis",
+                 "--max-mb", "100", *base, *steps]) == 0
+    # the next session: only a longer DDPM in its run folder
+    assert main(["train-ddpm", tiny, *base, *steps, "ddpm.max_steps=2", f"paths.runs={r2}"]) == 0
+    assert main(["demo-models", "--preset", tiny, "--runs", str(r2), "--out", str(second), "--no-synthesis", "--keep", str(first),
+                 "--max-mb", "100", *base, *steps, "ddpm.max_steps=2"]) == 0
+    assert not (r2 / "segmenter").exists() and not (r2 / "classifier").exists() and not (r2 / "oracle").exists()
+    for name in ("guide.ckpt", "oracle.ckpt"):
+        assert (second / name).read_bytes() == (first / name).read_bytes()
+    assert (second / "ddpm.ckpt").read_bytes() != (first / "ddpm.ckpt").read_bytes()
+    p1, p2 = (json.loads((p / "PROVENANCE.json").read_text())["models"] for p in (first, second))
+    assert p2["ddpm"]["trained_steps"] == 2 and "kept_from" not in p2["ddpm"]
+    assert {k: v for k, v in p2["oracle"].items() if k != "kept_from"} == p1["oracle"] and str(first) in p2["oracle"]["kept_from"]
+    assert main(["demo-models", "--preset", tiny, "--runs", str(tmp_path / "r3"), "--out", str(tmp_path / "third"),
+                 "--no-synthesis", "--keep", str(tmp_path / "nothing"), *base, *steps]) == 2

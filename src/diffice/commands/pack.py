@@ -24,10 +24,13 @@ def cmd_demo_models(argv: Sequence[str]) -> int:
     p.add_argument("--note", default="", help="free text recorded in PROVENANCE.json (e.g. how long stages trained before a resume)")
     p.add_argument("--no-synthesis", action="store_true",
                    help="a counterfactual pack without the synthesis model (e.g. --preset hc18: no layouts to synthesise)")
+    p.add_argument("--keep", default=None, metavar="PACK",
+                   help="an earlier pack whose files stand in for the stages --runs has no checkpoint of (their "
+                   "provenance kept): a campaign that spans sessions replaces one model at a time (may be --out itself)")
     ns = p.parse_intermixed_args(list(argv))
 
     from diffice.experiments.make_pack import make_pack
 
     make_pack(ns.args, preset=ns.preset, runs=ns.runs, out=ns.out, max_mb=ns.max_mb, note=ns.note,
-              command="diffice demo-models " + " ".join(argv), synthesis=not ns.no_synthesis)
+              command="diffice demo-models " + " ".join(argv), synthesis=not ns.no_synthesis, keep=ns.keep)
     return 0

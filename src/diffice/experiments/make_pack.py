@@ -53,11 +53,32 @@ def _stage_seconds(run: Path) -> float | None:
         return None
 
 
+def _kept_stages(cfg, keep: Path | None, synthesis: bool) -> tuple[set[str], dict]:
+    """With ``--keep PACK``: the stages whose run folder holds no checkpoint and whose file PACK has (taken
+    from it as they are; the segmenter too when the guide is), and PACK's PROVENANCE entries of them."""
+    from diffice.modules.common import LAST, run_dir
+    from diffice.modules.pack import PACK_FILES
+
+    if keep is None:
+        return set(), {}
+    try:
+        entries = json.loads((keep / "PROVENANCE.json").read_text())["models"]
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"{keep / 'PROVENANCE.json'}: not a readable pack provenance ({err}); --keep names a model pack") from err
+    kept = {stage for name, (kind, stage) in PACK_FILES.items() if (kind != "synthesis" or synthesis)
+            and not (run_dir(cfg, stage) / LAST).exists() and (keep / name).is_file() and kind in entries}
+    if "classifier" in kept and not (run_dir(cfg, "segmenter") / LAST).exists():
+        kept.add("segmenter")  # the packed guide carries its own segmenter
+    return kept, entries
+
+
 def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, max_mb: float, note: str = "",
-              command: str = "", synthesis: bool = True) -> Path:
+              command: str = "", synthesis: bool = True, keep: str | Path | None = None) -> Path:
     """Train the models of ``preset`` into ``runs`` and write the pack into ``out`` (replacing it
     only once the new one is complete); ``command``: the command line recorded in PROVENANCE.json;
-    ``synthesis=False``: a counterfactual pack without the synthesis model (e.g. the hc18 preset)."""
+    ``synthesis=False``: a counterfactual pack without the synthesis model (e.g. the hc18 preset);
+    ``keep``: an earlier pack whose files (and provenance entries) stand in for the stages ``runs`` has
+    no checkpoint of, so that a campaign across sessions replaces one model of a pack at a time."""
     import datetime
     import shutil
 
@@ -72,7 +93,9 @@ def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, m
     words = pipeline_group([preset, f"paths.runs={runs}", *args], "demo-models")
     cfg = config_from_args(words)
     t0 = time.perf_counter()
-    times = train_models(cfg, synthesis=synthesis)
+    keep = Path(keep) if keep else None
+    kept, kept_entries = _kept_stages(cfg, keep, synthesis)
+    times = train_models(cfg, synthesis=synthesis, skip=kept)
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -83,6 +106,10 @@ def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, m
             if kind == "synthesis" and not synthesis:
                 continue
             run = run_dir(cfg, stage)
+            if stage in kept:
+                shutil.copyfile(keep / name, tmp / name)
+                models[kind] = {**kept_entries[kind], "kept_from": f"{keep} (created {_created(keep)})"}
+                continue
             facts = write_pack_file(run / LAST, tmp / name, kind)
             # trained by this command: its wall time; trained before: the last (re)start's segment only
             facts["train_seconds"] = times.get(stage) or None
@@ -93,12 +120,13 @@ def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, m
                 pass
             models[kind] = facts
         seg_run = run_dir(cfg, "segmenter")
-        try:
-            models["classifier"]["segmenter_test"] = json.loads((seg_run / "metrics.json").read_text()).get("test")
-        except (OSError, ValueError):
-            pass
-        models["classifier"]["segmenter_train_seconds"] = times.get("segmenter") or None
-        models["classifier"]["segmenter_last_segment_seconds"] = _stage_seconds(seg_run)
+        if "classifier" not in kept and "segmenter" not in kept:
+            try:
+                models["classifier"]["segmenter_test"] = json.loads((seg_run / "metrics.json").read_text()).get("test")
+            except (OSError, ValueError):
+                pass
+            models["classifier"]["segmenter_train_seconds"] = times.get("segmenter") or None
+            models["classifier"]["segmenter_last_segment_seconds"] = _stage_seconds(seg_run)
         total = sum(m["bytes"] for m in models.values())
         if total > max_mb * 1e6:
             raise UserError(f"{out}: the pack would be {total / 1e6:.1f} MB, over --max-mb {max_mb:g}; "
@@ -136,6 +164,13 @@ def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, m
     for line in pack_summary(out):
         print(line)
     return out
+
+
+def _created(pack: Path) -> str:
+    try:
+        return str(json.loads((pack / "PROVENANCE.json").read_text()).get("created", "?"))
+    except (OSError, ValueError):
+        return "?"
 
 
 _SONONET_SOURCE = ("SonoNet-16 weights of Baumgartner et al., 'SonoNet: Real-Time Detection and Localisation of Fetal "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -80,13 +80,18 @@ def trained_steps(ckpt: Path) -> int | None:
         return None
 
 
-def train_models(cfg: DictConfig, *, log: Callable[[str], None] = print, synthesis: bool = False) -> dict[str, float]:
+def train_models(cfg: DictConfig, *, log: Callable[[str], None] = print, synthesis: bool = False,
+                 skip: Collection[str] = ()) -> dict[str, float]:
     """Train (or resume, or skip when finished) the four models (and the synthesis model) of the
-    resolved config ``cfg``; returns seconds per stage. Every stage gets its own copy of ``cfg``."""
+    resolved config ``cfg``; returns seconds per stage. Every stage gets its own copy of ``cfg``.
+    ``skip``: stages not to train at all (a model pack keeps them from an earlier pack)."""
     from diffice.modules.common import LAST, run_dir
 
     times: dict[str, float] = {}
     for stage, (train, section) in {**TRAIN_STAGES, **(SYNTHESIS_STAGE if synthesis else {})}.items():
+        if stage in skip:
+            log(f"[{stage}] not trained: kept from the earlier pack")
+            continue
         want = wanted_steps(cfg, section)
         have = trained_steps(run_dir(cfg, stage) / LAST)
         if have is not None and have >= want:
