@@ -7,6 +7,8 @@ a run failing (or silently changing) later.
 * ``argparse.ArgumentParser.error``, patched while a command runs (``cli.py::main``)
 * wandb ``Run._log_artifact(..., use_after_commit=True)`` (``tracking/artifacts.py::use_artifact``)
 * wandb ``Settings._offline`` (``tracking/runs.py::is_offline``)
+* lightning ``ModelCheckpoint._last_global_step_saved``, ``._save_last_checkpoint``, ``._monitor_candidates``
+  (``modules/training.py::LastCheckpoint``: the final step saved when every_n_train_steps does not divide it)
 """
 
 from __future__ import annotations
@@ -146,3 +148,17 @@ def test_lightning_takes_the_training_loader_as_resumable():
     import torch
 
     assert isinstance(ResumableLoader(TensorDataset(torch.zeros(2))), stateful)
+
+
+def test_model_checkpoint_last_checkpoint_internals(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    where = "modules/training.py::LastCheckpoint"
+    _api(ModelCheckpoint, "_save_last_checkpoint", where, ("self", "trainer", "monitor_candidates"))
+    _api(ModelCheckpoint, "_monitor_candidates", where, ("self", "trainer"))
+    _calls(ModelCheckpoint, "self._last_global_step_saved = trainer.global_step", where, "ModelCheckpoint._last_global_step_saved")
+
+    from diffice.modules.training import LastCheckpoint
+
+    cb = LastCheckpoint(tmp_path, 3)
+    assert cb._last_global_step_saved == 0 and cb.save_top_k == 0 and cb.save_last is True  # nothing saved yet
