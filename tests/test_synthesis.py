@@ -553,6 +553,7 @@ def test_downstream_experiment_end_to_end(runs, tmp_path):
     assert (root / "phantom" / "study" / "rows.csv").stat().st_mtime == mtime  # nothing retrained
 
 
+@pytest.mark.slow  # two processes started from the command (~30 s on 2 cores)
 def test_synthesis_with_prealignment_trains_on_two_ddp_processes(tmp_path):
     """strategy=ddp (Lightning's subprocess launcher, gloo on the CPU): pre-alignment trains only its own
     net, then freezes it, so DDP must expect unused parameters (without: 'parameters that were not used
