@@ -177,6 +177,26 @@ def test_a_nan_on_one_of_two_ddp_processes_ends_both_with_one_line(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow  # two processes (~30 s)
+def test_a_failed_checkpoint_write_on_process_zero_ends_both_ddp_processes(tmp_path):
+    """strategy=ddp: rank zero alone writes checkpoints; its third write fails (a full disk), and the other
+    process, waiting in the save's barrier, stops too, each with one line; the second checkpoint is kept."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/ddp_nan.py"), str(tmp_path / "runs"), "disk-full"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    last = tmp_path / "runs" / "ddpm" / "last.ckpt"
+    lines = sorted(ln for ln in proc.stderr.splitlines() if ln.startswith("rank "))
+    assert proc.returncode == 2 and lines == [
+        f"rank 0: {last}: cannot write the checkpoint (No space left on device); the previous checkpoint is kept",
+        f"rank 1: {last}: process 0 could not write the checkpoint; see its line"], proc.stderr[-2000:]
+    assert read_checkpoint(last, "ddpm")["global_step"] == 2
+    assert sorted(p.name for p in last.parent.iterdir()) == ["config.yaml", "last.ckpt", "logs"]  # no partial file
+
+
 def test_a_failed_checkpoint_save_keeps_the_previous_file_and_is_one_line(tmp_path, monkeypatch):
     from diffice.modules.training import AtomicCheckpointIO
 

@@ -1,6 +1,7 @@
 """Run by tests/test_ddpm_training.py as a script: a 2-process ``strategy=ddp`` (gloo, CPU) DDPM training
-whose data turn NaN at step 2 on rank 1 only. Lightning's subprocess launcher starts rank 1 by running this
-file again (LOCAL_RANK set). Usage: ddp_nan.py RUNS_FOLDER."""
+whose data turn NaN at step 2 on rank 1 only (or, with ``disk-full``, whose third checkpoint write fails on
+rank 0 only). Lightning's subprocess launcher starts rank 1 by running this file again (LOCAL_RANK set).
+Usage: ddp_nan.py RUNS_FOLDER [disk-full]."""
 
 import os
 import sys
@@ -27,8 +28,22 @@ if __name__ == "__main__":
     cfg = load_config([ROOT / "configs/preset/tiny.yaml"],
                       [*TINY, f"paths.runs={sys.argv[1]}", "ddpm.max_steps=6", "trainer.checkpoint_every_n_steps=1",
                        "trainer.devices=2", "trainer.strategy=ddp", "trainer.val_every_n_steps=100"])
+    if len(sys.argv) > 2 and sys.argv[2] == "disk-full" and rank == 0:  # rank zero's third save fails
+        from diffice.modules import training
+
+        real, saves = os.replace, []
+
+        def replace(a, b):  # (os.replace of every module: count the checkpoint's only)
+            if str(b).endswith("last.ckpt"):
+                saves.append(b)
+            if len(saves) == 3 and str(b).endswith("last.ckpt"):
+                raise OSError(28, "No space left on device")
+            real(a, b)
+
+        training.os.replace = replace
+    poison = 2 if rank == 1 and len(sys.argv) == 2 else None
     try:
-        train_ddpm(cfg, SynthData(poison_after=2 if rank == 1 else None), num_sanity_val_steps=0)
+        train_ddpm(cfg, SynthData(poison_after=poison), num_sanity_val_steps=0)
     except UserError as err:  # what the diffice command prints: one line, exit 2
         print(f"rank {rank}: {err}", file=sys.stderr)
         sys.exit(2)

@@ -68,6 +68,20 @@ class LastCheckpoint(ModelCheckpoint):
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        """Under DDP a failed write (rank zero's: :class:`AtomicCheckpointIO` raises there alone) ends every
+        process with its line: rank zero joins the barrier the others wait in, then all agree."""
+        error = None
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except UserError as err:
+            if trainer.world_size == 1:
+                raise
+            error = err
+            trainer.strategy.barrier("Trainer.save_checkpoint")  # where the other processes are
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(error is not None, all=False):
+            raise error or UserError(f"{filepath}: process 0 could not write the checkpoint; see its line")
+
 
 def _keep_csv_history(metrics_csv: Path, resume_step: int | None) -> Path | None:
     """Before a CSV logger starts (it deletes ``metrics.csv``): move the file aside, keeping only
