@@ -81,6 +81,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")  # small data sets: noise
 
 
 def os_error_line(err: OSError) -> str:
