@@ -60,6 +60,7 @@ if not args.no_x0:
             est.append(diffusion.p_mean_variance(ddpm.ema_model, xt, t, clip_denoised=True)["pred_xstart"].float())
     frames[f"x0 estimates at tau {tau} ({Path(args.ddpm).name})"] = torch.cat(est)
 
+probs: dict[str, dict[str, torch.Tensor]] = {}
 for path in args.guides:
     guide = load_checkpoint(path, "classifier").guide.eval()
     thr = decision_threshold(guide)
@@ -68,6 +69,7 @@ for path in args.guides:
         with torch.no_grad():
             p = torch.cat([torch.sigmoid(guide(xs[s:s + 32]).float()) for s in range(0, len(xs), 32)])
         rep = binary_report(p, y, thr)
+        probs.setdefault(name, {})[path] = (p, thr)
         calls = defaultdict(list)
         for k, pi in zip(kinds, p.tolist()):
             calls[k].append(pi > thr if k == "clean" else pi <= thr)
@@ -79,3 +81,31 @@ for path in args.guides:
             cells.append(f"{k:>13} {what}: {hit}/{n} = {hit / n:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]")
         print(f"  {name}: balanced accuracy {rep['balanced_accuracy']:.3f}, AUROC {rep['auroc']:.3f}")
         print("    " + "\n    ".join(cells))
+
+
+def _paired(a, b, ya, n_boot: int = 2000) -> str:
+    """B − A of AUROC and of balanced accuracy (each at its own threshold), 95 % paired bootstrap over frames."""
+    import numpy as np
+
+    from diffice.metrics.classification import auroc, balanced_accuracy
+
+    (pa, ta), (pb, tb) = a, b
+    pa, pb, yy = pa.numpy(), pb.numpy(), ya.numpy().astype(int)
+    rng = np.random.default_rng(0)
+    out = []
+    for name, fn in (("AUROC", lambda p, t, i: auroc(p[i], yy[i])),
+                     ("balanced accuracy", lambda p, t, i: balanced_accuracy(yy[i], (p[i] > t).astype(int)))):
+        full = np.arange(len(yy))
+        d0 = fn(pb, tb, full) - fn(pa, ta, full)
+        ds = [fn(pb, tb, i) - fn(pa, ta, i) for i in (rng.integers(0, len(yy), len(yy)) for _ in range(n_boot))]
+        lo, hi = np.nanpercentile(ds, [2.5, 97.5])
+        out.append(f"{name} {d0:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    return ", ".join(out)
+
+
+if len(args.guides) >= 2:
+    first = args.guides[0]
+    for name, by in probs.items():
+        for path in args.guides[1:]:
+            print(f"\n{name}: {path} − {first} (N = {len(y)}, 2000 paired bootstrap resamples): "
+                  + _paired(by[first], by[path], y))
