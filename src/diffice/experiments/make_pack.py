@@ -67,8 +67,11 @@ def _kept_stages(cfg, keep: Path | None, synthesis: bool) -> tuple[set[str], dic
         raise UserError(f"{keep / 'PROVENANCE.json'}: not a readable pack provenance ({err}); --keep names a model pack") from err
     kept = {stage for name, (kind, stage) in PACK_FILES.items() if (kind != "synthesis" or synthesis)
             and not (run_dir(cfg, stage) / LAST).exists() and (keep / name).is_file() and kind in entries}
-    if "classifier" in kept and not (run_dir(cfg, "segmenter") / LAST).exists():
-        kept.add("segmenter")  # the packed guide carries its own segmenter
+    from diffice.experiments.stages import trained_steps, wanted_steps
+
+    guide_done = (trained_steps(run_dir(cfg, "classifier") / LAST) or 0) >= wanted_steps(cfg, "guide")
+    if ("classifier" in kept or guide_done) and not (run_dir(cfg, "segmenter") / LAST).exists():
+        kept.add("segmenter")  # not needed: a guide (packed or trained) carries its own segmenter
     return kept, entries
 
 

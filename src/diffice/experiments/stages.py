@@ -90,7 +90,8 @@ def train_models(cfg: DictConfig, *, log: Callable[[str], None] = print, synthes
     times: dict[str, float] = {}
     for stage, (train, section) in {**TRAIN_STAGES, **(SYNTHESIS_STAGE if synthesis else {})}.items():
         if stage in skip:
-            log(f"[{stage}] not trained: kept from the earlier pack")
+            log(f"[{stage}] not trained: the earlier pack's file stands in" if stage != "segmenter"
+                else "[segmenter] not trained: the guide carries its own")
             continue
         want = wanted_steps(cfg, section)
         have = trained_steps(run_dir(cfg, stage) / LAST)
