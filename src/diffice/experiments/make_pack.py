@@ -123,6 +123,11 @@ def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, m
                 pass
             models[kind] = facts
         seg_run = run_dir(cfg, "segmenter")
+        init = cfg.guide.get("init_ckpt")
+        if "segmenter" in kept and "classifier" not in kept and init and keep is not None \
+                and Path(str(init)).resolve() == (keep / "guide.ckpt").resolve():
+            # the guide continued the earlier pack's guide: its segmenter, and that segmenter's facts, are the same
+            models["classifier"].update({k: v for k, v in kept_entries.get("classifier", {}).items() if k.startswith("segmenter_")})
         if "classifier" not in kept and "segmenter" not in kept:
             try:
                 models["classifier"]["segmenter_test"] = json.loads((seg_run / "metrics.json").read_text()).get("test")
