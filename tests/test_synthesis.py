@@ -571,3 +571,21 @@ def test_synthesis_with_prealignment_trains_on_two_ddp_processes(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_checkpoint(tmp_path / "synthesis" / "last.ckpt", "synthesis")["global_step"] == 3
+
+
+@pytest.mark.parametrize("trainer, want", [
+    ({"strategy": "auto", "devices": 1, "num_nodes": 1}, None),
+    ({"strategy": "auto", "devices": "auto", "num_nodes": 1}, None),
+    ({"strategy": "auto", "devices": 2, "num_nodes": 1}, "ddp"),
+    ({"strategy": "auto", "devices": [0, 1], "num_nodes": 1}, "ddp"),
+    ({"strategy": "auto", "devices": 1, "num_nodes": 2}, "ddp"),
+    ({"strategy": "ddp_spawn", "devices": 2, "num_nodes": 1}, "ddp_spawn"),
+])
+def test_the_ddp_strategy_pre_alignment_must_run_with_unused_parameters(trainer, want):
+    """strategy=auto with more than one device becomes Lightning's ddp, which needs the same unused-parameter
+    setting as an explicit ddp."""
+    from omegaconf import OmegaConf
+
+    from diffice.modules.synthesis import _ddp_strategy
+
+    assert _ddp_strategy(OmegaConf.create(trainer)) == want

@@ -172,8 +172,24 @@ def train_synthesis(cfg: DictConfig, datamodule=None, stage: str = "synthesis", 
         if cfg.synthesis.init_ckpt and not last.exists():
             module.start_from(str(cfg.synthesis.init_ckpt))
         steps = module.prealign_steps() + int(cfg.synthesis.max_steps)
-        strategy = str(cfg.trainer.strategy)
-        if module.prealign_steps() and strategy in ("ddp", "ddp_spawn") and "strategy" not in trainer_overrides:
+        strategy = _ddp_strategy(cfg.trainer)
+        if module.prealign_steps() and strategy and "strategy" not in trainer_overrides:
             # pre-alignment trains the pre-alignment net alone, then freezes it: DDP must expect unused parameters
             trainer_overrides["strategy"] = f"{strategy}_find_unused_parameters_true"
         return fit(cfg, stage, module, dm, steps, **trainer_overrides)
+
+
+def _ddp_strategy(t: DictConfig) -> str | None:
+    """The DDP strategy ``trainer.*`` asks for: ``ddp`` / ``ddp_spawn`` by name, or ``auto`` with more than one
+    device or node requested by count (Lightning's choice then is ``ddp``); None otherwise."""
+    strategy = str(t.strategy)
+    if strategy in ("ddp", "ddp_spawn"):
+        return strategy
+    devices = t.devices
+    if isinstance(devices, int):
+        many = devices > 1
+    elif isinstance(devices, str):  # "auto" and "-1" (every device) give no count: not known to be many
+        many = devices.isdigit() and int(devices) > 1
+    else:  # a list of device indices
+        many = len(devices) > 1
+    return "ddp" if strategy == "auto" and (many or int(t.get("num_nodes") or 1) > 1) else None
