@@ -59,8 +59,9 @@ def ddpm_check(
     calls: list[tuple[bool, bool]] = []
     seen: list[int] = []
     for x, indices in batches:
-        seen += [int(i) for i in indices]
-        gens = frame_generators(seed, [int(i) for i in indices])
+        ids = [int(i) for i in indices]
+        seen += ids
+        gens = frame_generators(seed, ids)
         rec = reconstruct(diffusion, model, x, tau, gens, convention, clip_denoised).float().clamp(-1, 1)
         psnrs += psnr(x, rec)
         if segment is not None:

@@ -249,7 +249,7 @@ def _run(cfg, test: HeadTest, train: dict, synthetic: dict, out: Path, progress:
     size = st["image_size"]
     device = resolve_device(str(cfg.trainer.accelerator))
     arms = ARMS if st["synthetic"] is not None else (REAL,)  # synthetic: null: augmentation only (its rows stay valid)
-    for name, sets in (("train", train), ("synthetic", synthetic))[:len(arms)]:
+    for name, sets in [("train", train)] + ([("synthetic", synthetic)] if SYNTH in arms else []):
         for lab in st["labels"]:
             for s in st["seeds"]:
                 fs = sets.get((lab, s))

@@ -53,26 +53,28 @@ def _stage_seconds(run: Path) -> float | None:
         return None
 
 
-def _kept_stages(cfg, keep: Path | None, synthesis: bool) -> tuple[set[str], dict]:
-    """With ``--keep PACK``: the stages whose run folder holds no checkpoint and whose file PACK has (taken
-    from it as they are; the segmenter too when the guide is), and PACK's PROVENANCE entries of them."""
+def _kept_stages(cfg, keep: Path | None, synthesis: bool) -> tuple[dict[str, str], dict, str]:
+    """With ``--keep PACK``: the stages not to train, each with why (those whose run folder holds no checkpoint
+    and whose file PACK has, taken from it as they are; the segmenter too when a packed or trained guide carries
+    it), PACK's PROVENANCE entries of the models and its creation time."""
+    from diffice.experiments.stages import trained_steps, wanted_steps
     from diffice.modules.common import LAST, run_dir
     from diffice.modules.pack import PACK_FILES
 
     if keep is None:
-        return set(), {}
+        return {}, {}, ""
     try:
-        entries = json.loads((keep / "PROVENANCE.json").read_text())["models"]
+        prov = json.loads((keep / "PROVENANCE.json").read_text())
+        entries = prov["models"]
     except (OSError, ValueError, KeyError) as err:
         raise UserError(f"{keep / 'PROVENANCE.json'}: not a readable pack provenance ({err}); --keep names a model pack") from err
-    kept = {stage for name, (kind, stage) in PACK_FILES.items() if (kind != "synthesis" or synthesis)
-            and not (run_dir(cfg, stage) / LAST).exists() and (keep / name).is_file() and kind in entries}
-    from diffice.experiments.stages import trained_steps, wanted_steps
-
+    kept = {stage: f"{keep / name} stands in" for name, (kind, stage) in PACK_FILES.items()
+            if (kind != "synthesis" or synthesis) and not (run_dir(cfg, stage) / LAST).exists()
+            and (keep / name).is_file() and kind in entries}
     guide_done = (trained_steps(run_dir(cfg, "classifier") / LAST) or 0) >= wanted_steps(cfg, "guide")
     if ("classifier" in kept or guide_done) and not (run_dir(cfg, "segmenter") / LAST).exists():
-        kept.add("segmenter")  # not needed: a guide (packed or trained) carries its own segmenter
-    return kept, entries
+        kept["segmenter"] = "the guide carries its own"
+    return kept, entries, str(prov.get("created", "?"))
 
 
 def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, max_mb: float, note: str = "",
@@ -97,7 +99,7 @@ def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, m
     cfg = config_from_args(words)
     t0 = time.perf_counter()
     keep = Path(keep) if keep else None
-    kept, kept_entries = _kept_stages(cfg, keep, synthesis)
+    kept, kept_entries, kept_created = _kept_stages(cfg, keep, synthesis)
     times = train_models(cfg, synthesis=synthesis, skip=kept)
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp"
@@ -111,7 +113,7 @@ def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, m
             run = run_dir(cfg, stage)
             if stage in kept:
                 shutil.copyfile(keep / name, tmp / name)
-                models[kind] = {**kept_entries[kind], "kept_from": f"{keep} (created {_created(keep)})"}
+                models[kind] = {**kept_entries[kind], "kept_from": f"{keep} (created {kept_created})"}
                 continue
             facts = write_pack_file(run / LAST, tmp / name, kind)
             # trained by this command: its wall time; trained before: the last (re)start's segment only
@@ -172,13 +174,6 @@ def make_pack(args: Sequence[str], *, preset: str, runs: str, out: str | Path, m
     for line in pack_summary(out):
         print(line)
     return out
-
-
-def _created(pack: Path) -> str:
-    try:
-        return str(json.loads((pack / "PROVENANCE.json").read_text()).get("created", "?"))
-    except (OSError, ValueError):
-        return "?"
 
 
 _SONONET_SOURCE = ("SonoNet-16 weights of Baumgartner et al., 'SonoNet: Real-Time Detection and Localisation of Fetal "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -81,17 +81,17 @@ def trained_steps(ckpt: Path) -> int | None:
 
 
 def train_models(cfg: DictConfig, *, log: Callable[[str], None] = print, synthesis: bool = False,
-                 skip: Collection[str] = ()) -> dict[str, float]:
+                 skip: Mapping[str, str] | None = None) -> dict[str, float]:
     """Train (or resume, or skip when finished) the four models (and the synthesis model) of the
     resolved config ``cfg``; returns seconds per stage. Every stage gets its own copy of ``cfg``.
-    ``skip``: stages not to train at all (a model pack keeps them from an earlier pack)."""
+    ``skip``: stages not to train at all, each with why (a model pack keeps them from an earlier pack)."""
+    skip = skip or {}
     from diffice.modules.common import LAST, run_dir
 
     times: dict[str, float] = {}
     for stage, (train, section) in {**TRAIN_STAGES, **(SYNTHESIS_STAGE if synthesis else {})}.items():
         if stage in skip:
-            log(f"[{stage}] not trained: the earlier pack's file stands in" if stage != "segmenter"
-                else "[segmenter] not trained: the guide carries its own")
+            log(f"[{stage}] not trained: {skip[stage]}")
             continue
         want = wanted_steps(cfg, section)
         have = trained_steps(run_dir(cfg, stage) / LAST)

@@ -62,9 +62,9 @@ class DifficeModule(L.LightningModule):
 
     def pool_frames(self, values: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-frame validation outputs (first dimension: frames) of every process, each frame once, in the
-        order of its data-set index: what one process sees. Lightning's DistributedSampler deals the
-        frames out in turn and pads the last round by repeating frames, so the gathered rows are
-        deduplicated by ``index``. One process: ``values`` as they are (already in index order)."""
+        order of its data-set index: what one process sees. The validation loader's DistributedSampler
+        (:meth:`diffice.data.DiffIceDataModule.loader`) deals the frames out in turn and pads the last round
+        by repeating frames, so the gathered rows are deduplicated by ``index``. One process: ``values`` as they are (already in index order)."""
         if self._trainer is None or self.trainer.world_size == 1:
             return values
         gathered = self.all_gather({k: v.to(self.device) for k, v in {**values, "index": index}.items()})  # NCCL: on the device
@@ -78,9 +78,8 @@ class DifficeModule(L.LightningModule):
         the weights nor ``last.ckpt`` see it. Every process agrees (one all-reduce), so a NaN on one rank
         ends them all instead of leaving the others waiting for its gradients."""
         mine = not bool(torch.isfinite(loss.detach()))
-        bad = mine
-        if self._trainer is not None and self.trainer.world_size > 1:
-            bad = self.trainer.strategy.reduce_boolean_decision(mine, all=False)
+        many = self._trainer is not None and self.trainer.world_size > 1
+        bad = self.trainer.strategy.reduce_boolean_decision(mine, all=False) if many else mine
         if bad:
             section = "guide" if self.kind == "classifier" else self.kind
             where = self.trainer.default_root_dir if self._trainer is not None else "the run folder"

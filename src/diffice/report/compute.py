@@ -44,10 +44,10 @@ from diffice.report.records import (
 
 Features = Callable[[torch.Tensor], torch.Tensor]
 
-# The paper's Table 1 / Table 2 columns, in order: key in metrics.json -> column title.
 # the report's metrics are computed from a run's records on one process (rank zero under DDP): nothing to gather
 # (with a DDP process group still up, a syncing compute() would wait for ranks that have finished)
 LOCAL = {"sync_on_compute": False}
+# The paper's Table 1 / Table 2 columns, in order: key in metrics.json -> column title.
 TABLE_COLUMNS = {
     "fid": "FID ↓", "fsd": "FSD ↓", "sonosim": "SonoSim ↑", "mqd": "MQD ↑",
     "bkl": "BKL ↓", "mad": "MAD ↑", "fr": "FR ↑",
