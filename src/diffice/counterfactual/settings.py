@@ -4,8 +4,9 @@ checked before anything runs (every error names its ``cf.*`` key)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from diffice.config import CounterfactualConfig
 from diffice.counterfactual.sparse import SparseSettings
 from diffice.errors import UserError
 from diffice.nets.autocast import PRECISIONS
@@ -20,6 +21,9 @@ X0_METHODS = ("diff-ice", "diff-ice1")
 # while the guidance runs in float32 (or bf16 for its networks with cf.autocast=bf16)
 PRECISIONS_CF = {"32-true": "32-true", "32": "32-true", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
                  "16-mixed": "16-mixed", "16": "16-mixed"}
+
+
+_CF = CounterfactualConfig()  # the defaults live in the config schema, once
 
 
 def precision_name(value) -> str:
@@ -42,52 +46,35 @@ def check_precision(value) -> str:
 class CFSettings:
     """What a counterfactual run does; built from the ``cf`` config section."""
 
-    method: str = "diff-ice"
-    tau: int = 120
-    iterations: int = 5
-    lambda_c: Sequence[float] = (40.0, 60.0, 80.0)
-    lambda_p: float = 30.0
-    adaptive: bool = False
-    stop_threshold: float = 0.9
-    clip_denoised: bool = True
-    noise_convention: str = "diffice"
-    grad_at: str = "current"
-    mask: bool = False
-    mask_threshold: float = 0.15
-    mask_dilation: int = 5
-    mask_warmup: int = 5
+    method: str = _CF.method
+    tau: int = _CF.tau
+    iterations: int = _CF.iterations
+    lambda_c: Sequence[float] = tuple(_CF.lambda_c)
+    lambda_p: float = _CF.lambda_p
+    adaptive: bool = _CF.adaptive
+    stop_threshold: float = _CF.stop_threshold
+    clip_denoised: bool = _CF.clip_denoised
+    noise_convention: str = _CF.noise_convention
+    grad_at: str = _CF.grad_at
+    mask: bool = _CF.mask
+    mask_threshold: float = _CF.mask_threshold
+    mask_dilation: int = _CF.mask_dilation
+    mask_warmup: int = _CF.mask_warmup
     seed: int = 0
     net_batch: int | None = None  # every network call at exactly this many frames (None: at the batch's size)
-    autocast: str = "none"  # none | bf16: the networks under bf16 autocast (diffusion maths stay float32)
-    lambda_search: str = "restart"  # restart: each λc from the input | continue: from the last λc's result
-    retry_iterations: int = 1  # lambda_search=continue: passes each further λc runs
+    autocast: str = _CF.autocast  # none | bf16: the networks under bf16 autocast (diffusion maths stay float32)
+    lambda_search: str = _CF.lambda_search  # restart: each λc from the input | continue: from the last λc's result
+    retry_iterations: int = _CF.retry_iterations  # lambda_search=continue: passes each further λc runs
     sparse: SparseSettings = field(default_factory=SparseSettings)  # the sparse refinement (cf.sparse*)
 
     @classmethod
     def from_config(cls, cfg) -> CFSettings:
+        """The settings of ``cfg.cf`` (each field its ``cf`` key of that name, typed by the schema),
+        ``cfg.seed`` and the ``cf.sparse*`` keys."""
         c = cfg.cf
-        return cls(
-            method=str(c.method),
-            tau=int(c.tau),
-            iterations=int(c.iterations),
-            lambda_c=[float(v) for v in c.lambda_c],
-            lambda_p=float(c.lambda_p),
-            adaptive=bool(c.adaptive),
-            stop_threshold=float(c.stop_threshold),
-            clip_denoised=bool(c.clip_denoised),
-            noise_convention=str(c.noise_convention),
-            grad_at=str(c.grad_at),
-            mask=bool(c.mask),
-            mask_threshold=float(c.mask_threshold),
-            mask_dilation=int(c.mask_dilation),
-            mask_warmup=int(c.mask_warmup),
-            seed=int(cfg.seed),
-            net_batch=None if c.net_batch is None else int(c.net_batch),
-            autocast=str(c.get("autocast", "none")),
-            lambda_search=str(c.lambda_search),
-            retry_iterations=int(c.retry_iterations),
-            sparse=SparseSettings.from_config(c),
-        )
+        kw = {f.name: c[f.name] for f in fields(cls) if f.name not in ("seed", "sparse")}
+        kw["lambda_c"] = [float(v) for v in kw["lambda_c"]]
+        return cls(**kw, seed=int(cfg.seed), sparse=SparseSettings.from_config(c))
 
     @property
     def passes(self) -> int:

@@ -15,7 +15,18 @@ from diffice.errors import UserError
 from diffice.report.html import fig4_points, frame_strip
 from diffice.report.records import num
 from diffice.report.tables import QUALITY, method_name
-from diffice.tracking import finish_run, wandb_mode
+from diffice.tracking import (
+    finish_run,
+    init_run,
+    log_outputs_artifact,
+    log_picture_table,
+    run_folder,
+    staged_in_run,
+    use_checkpoint,
+    use_dataset,
+    wandb_mode,
+    warn,
+)
 
 # the checkpoints a counterfactual run uses: config key -> model kind
 CF_CHECKPOINTS = (("ddpm_ckpt", "ddpm"), ("guide_ckpt", "classifier"), ("oracle_ckpt", "oracle"))
@@ -68,17 +79,6 @@ def frame_table_rows(records: list[dict], n_iter: int) -> tuple[list[str], list[
 
 def log_run(run_dir: Path, cfg, metrics: dict, records: list[dict], concepts: list[str]) -> str | None:
     """Log to W&B; returns the local run folder W&B wrote, or None when disabled."""
-    from diffice.tracking import (
-        init_run,
-        log_outputs_artifact,
-        log_picture_table,
-        run_folder,
-        staged_in_run,
-        use_checkpoint,
-        use_dataset,
-        warn,
-    )
-
     if wandb_mode(cfg) == "disabled":
         return None
     import wandb
@@ -123,17 +123,6 @@ def log_synthesis(out: Path, cfg, metrics: dict, layouts: list[dict], edits: lis
     Dice per structure) and an edits table (source, edited layout, edited frame, difference)
     as picture tables, its lineage (data set, synthesis model, steering segmenter, judge) and
     its outputs as a ``synthesis`` artifact. None when W&B is disabled."""
-    from diffice.tracking import (
-        init_run,
-        log_outputs_artifact,
-        log_picture_table,
-        run_folder,
-        staged_in_run,
-        use_checkpoint,
-        use_dataset,
-        warn,
-    )
-
     if wandb_mode(cfg) == "disabled":
         return None
     out = Path(out)
