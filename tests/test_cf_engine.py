@@ -318,3 +318,34 @@ def test_flipped_and_the_lambda_search_use_the_guides_threshold():
     guide.threshold.fill_(1.0)  # nothing is SP: every λc is tried
     high = CounterfactualEngine(tiny_diffusion(), FakeDenoiser(), guide, feats.perceptual, s, feats.perceptual_l2)
     assert all(not r.flipped and r.attempts == 2 for r in high.explain(x, [0, 1, 2]))
+
+
+def test_a_coarse_gradient_keeps_its_length_and_loses_its_texture():
+    from diffice.counterfactual.engine import coarse
+    from diffice.metrics.target import low_pass
+
+    gen = torch.Generator().manual_seed(0)
+    texture = torch.randn(2, 1, 32, 40, generator=gen)
+    ramp = torch.linspace(-1, 1, 40).view(1, 1, 1, 40).expand(2, 1, 32, 40) * torch.tensor([1.0, 1.5]).view(2, 1, 1, 1)
+    g = texture + 0.5 * ramp
+    assert coarse(g, 0.0) is g
+    c = coarse(g, 3.0)
+    assert torch.allclose(c.flatten(1).norm(dim=1), g.flatten(1).norm(dim=1), rtol=1e-5)  # each frame its own length
+    cos = torch.nn.functional.cosine_similarity
+    assert (cos(c.flatten(1), ramp.flatten(1)) > 0.9).all()                     # the coarse part is what is left
+    assert (cos(g.flatten(1), ramp.flatten(1)) < 0.5).all()
+    assert torch.allclose(c / c.flatten(1).norm(dim=1).view(-1, 1, 1, 1),
+                          low_pass(g, 3.0) / low_pass(g, 3.0).flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+    with pytest.raises(UserError, match="cf.grad_sigma"):
+        CFSettings(tau=3, grad_sigma=-1.0).validate(20)
+
+
+def test_a_coarse_gradient_changes_the_counterfactual_and_is_batch_invariant():
+    plain = make_engine("diff-ice", tau=3, iterations=1, net_batch=4)
+    e = make_engine("diff-ice", tau=3, iterations=1, grad_sigma=2.0, net_batch=4)  # networks at one batch size
+    x = batch(3)
+    together = e.explain(x, [10, 11, 12])
+    alone = [e.explain(x[i : i + 1], [10 + i])[0] for i in range(3)]
+    for a, b in zip(together, alone, strict=True):
+        assert torch.equal(a.cf, b.cf)
+    assert not torch.equal(together[0].cf, plain.explain(x[:1], [10])[0].cf)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 import torch
@@ -189,3 +190,34 @@ def test_validation_metrics_of_three_processes_are_the_pooled_ones_of_one(runs, 
         assert keys and set(keys) <= set(two), (kind, sorted(one), sorted(two))
         for k in keys:
             assert two[k] == pytest.approx(one[k], abs=1e-5), (kind, k)
+
+
+@pytest.mark.slow  # three processes (~1 min)
+def test_validation_metrics_under_strategy_ddp_are_the_pooled_ones_of_one(runs, tmp_path):
+    """strategy=ddp (Lightning's subprocess launcher, the way a multi-GPU node runs): three processes
+    validate each judge and log what one process logs (frames pooled, each once)."""
+    import subprocess
+    import sys
+
+    from diffice.config import load_config
+    from diffice.data import DiffIceDataModule
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "GLOO_SOCKET_IFNAME": "lo"}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/ddp_validate.py"), str(runs)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("METRICS ")]
+    three = json.loads(line[len("METRICS "):])
+    import lightning as L
+
+    dm = DiffIceDataModule(load_config([TINY], _overrides(runs)))
+    opts = {"accelerator": "cpu", "logger": False, "default_root_dir": str(tmp_path), "enable_progress_bar": False,
+            "enable_checkpointing": False, "enable_model_summary": False}
+    for kind in ("segmenter", "classifier", "oracle"):
+        one = L.Trainer(devices=1, **opts).validate(load_checkpoint(runs / kind / "last.ckpt", kind), datamodule=dm,
+                                                    verbose=False)[0]
+        keys = [k for k in one if k != "val/loss"]
+        assert keys and set(keys) <= set(three[kind]), (kind, sorted(one), sorted(three[kind]))
+        for k in keys:
+            assert three[kind][k] == pytest.approx(one[k], abs=1e-5), (kind, k)

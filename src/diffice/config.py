@@ -185,6 +185,7 @@ class CounterfactualConfig:
     clip_denoised: bool = True
     noise_convention: str = "diffice"
     grad_at: str = "current"
+    grad_sigma: float = 0.0
     mask: bool = False
     mask_threshold: float = 0.15
     mask_dilation: int = 5

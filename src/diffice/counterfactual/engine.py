@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from diffice.counterfactual.seeding import frame_generators, randn_frames
 from diffice.counterfactual.settings import X0_METHODS, CFSettings
 from diffice.counterfactual.sparse import change_mask, inpaint
+from diffice.metrics.target import low_pass
 from diffice.nets.autocast import float32_call, no_autocast, with_precision
 from diffice.nets.fixed_batch import FixedBatch, fixed
 from diffice.nets.guide import decision_threshold
@@ -85,6 +86,20 @@ class GuidanceLoss:
         l_c = F.softplus(-logit)
         l_p = self.perceptual_l2([f.float() for f in self.perceptual(x0)], anchor).float().reshape(-1)
         return lambda_c.to(l_c) * l_c + self.lambda_p * l_p
+
+
+def coarse(g: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``cf.grad_sigma``: the (B,C,H,W) gradient low-passed at σ pixels and rescaled to its own norm,
+    frame by frame: the same step length spent on changes coarser than σ (a brightness field, a band,
+    a wedge) instead of on texture. Each frame alone, so no bit depends on the batch size. σ = 0
+    returns ``g`` itself."""
+    if sigma <= 0:
+        return g
+    out = []
+    for f in g:
+        c = low_pass(f[None], sigma)
+        out.append(c * (f.norm() / c.norm().clamp_min(1e-30)))
+    return torch.cat(out)
 
 
 def _clock(like: torch.Tensor) -> float:
@@ -389,7 +404,7 @@ class CounterfactualEngine:
         with torch.enable_grad(), no_autocast(x0):
             loss = self.loss(x0, anchor, lam).sum()
             (g,) = torch.autograd.grad(loss, x0)
-        return g
+        return coarse(g, self.s.grad_sigma)
 
     def _step_x0(self, x_t, t, anchor, lam, gens):
         """Diff-ICE / FastDiME step: g = ∇_{x̂0|t} L, no backpropagation through the denoiser."""
@@ -406,6 +421,7 @@ class CounterfactualEngine:
             out = self.diffusion.p_mean_variance(self.model, x_in, t, clip_denoised=self.s.clip_denoised)
             loss = self.loss(out["pred_xstart"].float(), anchor, lam).sum()
             (g,) = torch.autograd.grad(loss, x_in)
+        g = coarse(g, self.s.grad_sigma)
         out = {k: v.detach() for k, v in out.items()}
         return guided_sample(out, g, t, randn_frames(gens, x_t.shape[1:], x_t)), 1
 

@@ -56,6 +56,7 @@ class CFSettings:
     clip_denoised: bool = _CF.clip_denoised
     noise_convention: str = _CF.noise_convention
     grad_at: str = _CF.grad_at
+    grad_sigma: float = _CF.grad_sigma  # > 0: the guidance gradient low-passed at σ px, its per-frame norm kept
     mask: bool = _CF.mask
     mask_threshold: float = _CF.mask_threshold
     mask_dilation: int = _CF.mask_dilation
@@ -90,6 +91,8 @@ class CFSettings:
             raise UserError(f"cf.noise_convention: '{self.noise_convention}' is not one of {', '.join(NOISE_CONVENTIONS)}")
         if self.noise_convention == "dime" and num_timesteps is not None and self.tau >= num_timesteps:
             raise UserError(f"cf.tau: {self.tau} with cf.noise_convention=dime noises to index tau, which needs tau < {num_timesteps}")
+        if self.grad_sigma < 0:
+            raise UserError(f"cf.grad_sigma: {self.grad_sigma} must be 0 (off) or a Gaussian σ in pixels")
         if self.grad_at not in GRAD_AT:
             raise UserError(f"cf.grad_at: '{self.grad_at}' is not one of {', '.join(GRAD_AT)}")
         if (self.grad_at != "current" or self.mask) and self.method not in X0_METHODS:
