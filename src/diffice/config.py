@@ -10,8 +10,7 @@ An unknown key, a wrong type or a missing required value raises :class:`UserErro
 and the key. A ``trainer`` key beyond diffice's own goes to ``lightning.Trainer`` (:func:`trainer_extras`)
 when it is one of that Trainer's arguments, and is refused otherwise.
 
-Conventions: image sizes are ``[height, width]``; paths are relative to the working directory
-unless said otherwise; ``${paths.runs}`` interpolations are resolved at load time."""
+Image sizes are ``[height, width]``; paths relative to the working directory; ``${paths.runs}`` resolved at load."""
 
 from __future__ import annotations
 
