@@ -168,6 +168,7 @@ def test_guide_init_ckpt_continues_a_guide_with_its_own_segmenter(runs, tmp_path
     assert len(err) == 1 and "guide.init_ckpt has another architecture" in err[0]
 
 
+@pytest.mark.slow  # 9 spawned processes (~1 min); make test runs the strategy=ddp test below (one launch, ~25 s)
 def test_validation_metrics_of_three_processes_are_the_pooled_ones_of_one(runs, monkeypatch, tmp_path):
     """DDP: every judge's validation metrics are computed once over every process's frames (each frame once,
     though the sampler pads the last round by repeating frames), so several processes log what one logs."""
@@ -192,7 +193,6 @@ def test_validation_metrics_of_three_processes_are_the_pooled_ones_of_one(runs, 
             assert two[k] == pytest.approx(one[k], abs=1e-5), (kind, k)
 
 
-@pytest.mark.slow  # three processes (~1 min)
 def test_validation_metrics_under_strategy_ddp_are_the_pooled_ones_of_one(runs, tmp_path):
     """strategy=ddp (Lightning's subprocess launcher, the way a multi-GPU node runs): three processes
     validate each judge and log what one process logs (frames pooled, each once)."""
