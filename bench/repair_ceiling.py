@@ -27,23 +27,18 @@ from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from diffice.config import load_config
 from diffice.counterfactual.engine import reconstruct
 from diffice.counterfactual.seeding import frame_generators
 from diffice.metrics.locality import footprint
 from diffice.metrics.stats import fmt_rate, rate_interval
-from diffice.metrics.target import sector_l1
+from diffice.metrics.target import SECTOR_SIGMA_PER_WIDTH, sector_l1
 from diffice.modules.common import load_checkpoint
+from diffice.report.records import grey_tensor
 
 torch.set_num_threads(1)
-
-
-def frame(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 127.5 - 1.0)[None]
 
 
 def main() -> None:
@@ -60,7 +55,7 @@ def main() -> None:
         kinds = {int(r["index"]): re.sub(r"^.*_", "", r["id"]) for r in csv.DictReader(f)}
     dirs = sorted(p for p in (a.run / "frames").iterdir() if (p / "target.png").is_file())
     idx = [int(p.name) for p in dirs]
-    x, tgt, cf = (torch.stack([frame(p / n) for p in dirs]) for n in ("input.png", "target.png", "cf.png"))
+    x, tgt, cf = (torch.stack([grey_tensor(p / n) for p in dirs]) for n in ("input.png", "target.png", "cf.png"))
     module = load_checkpoint(a.ddpm, "ddpm")
     diffusion, model = module.sampler(str(cfg.cf.respacing)), module.ema_model.eval()
     auto = torch.autocast("cpu", dtype=torch.bfloat16) if str(cfg.cf.autocast) == "bf16" else nullcontext()
@@ -82,7 +77,7 @@ def main() -> None:
     }
     order = sorted(set(kinds[i] for i in idx))
     print(f"\n{len(dirs)} frames of {a.run}; DDPM {a.ddpm} at τ {tau} of {cfg.cf.respacing}; whole-frame judge "
-          f"sector_l1 (σ {3 * x.shape[-1] / 80:g} px); 'closer' = strictly below the input's distance. 95 % Clopper–Pearson.\n")
+          f"sector_l1 (σ {x.shape[-1] * SECTOR_SIGMA_PER_WIDTH:g} px); 'closer' = strictly below the input's distance. 95 % Clopper–Pearson.\n")
     print("| candidate | all frames | " + " | ".join(order) + " |")
     print("|---|---|" + "---|" * len(order))
     for name, v in cands.items():

@@ -18,25 +18,20 @@ the true footprint as the ceiling. 1 torch thread.
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from diffice.counterfactual.sparse import opened
 from diffice.metrics.locality import footprint
 from diffice.metrics.stats import fmt_interval, fmt_rate, mean_interval, rate_interval
 from diffice.metrics.target import grow, low_pass, sector_l1
+from diffice.report.records import grey_tensor
 
 torch.set_num_threads(1)
 
 
-def frame(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 127.5 - 1.0)[None]
-
-
 def load(run: Path, name: str) -> tuple[list[str], torch.Tensor]:
     dirs = sorted(p for p in (run / "frames").iterdir() if (p / name).is_file())
-    return [p.name for p in dirs], torch.stack([frame(p / name) for p in dirs])
+    return [p.name for p in dirs], torch.stack([grey_tensor(p / name) for p in dirs])
 
 
 def top_share(v: torch.Tensor, share: float) -> torch.Tensor:

@@ -168,29 +168,44 @@ def test_guide_init_ckpt_continues_a_guide_with_its_own_segmenter(runs, tmp_path
     assert len(err) == 1 and "guide.init_ckpt has another architecture" in err[0]
 
 
+JUDGES = ("segmenter", "classifier", "oracle")
+TRAINER = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_checkpointing": False,
+           "enable_model_summary": False}
+
+
+def _assert_pooled(runs, tmp_path, validate_many) -> None:
+    """Each judge's validation metrics from ``validate_many(kind, module, datamodule)`` equal one process's
+    (4 validation frames: dealt to 3 processes, 2 each, two frames repeated by the sampler)."""
+    import lightning as L
+
+    from diffice.config import load_config
+    from diffice.data import DiffIceDataModule
+
+    dm = DiffIceDataModule(load_config([TINY], _overrides(runs)))
+    assert len(dm.dataset("val")) == 4
+    for kind in JUDGES:
+        module = load_checkpoint(runs / kind / "last.ckpt", kind)
+        one = L.Trainer(devices=1, default_root_dir=str(tmp_path), **TRAINER).validate(module, datamodule=dm, verbose=False)[0]
+        many = validate_many(kind, module, dm)
+        keys = [k for k in one if k != "val/loss"]
+        assert keys and set(keys) <= set(many), (kind, sorted(one), sorted(many))
+        for k in keys:
+            assert many[k] == pytest.approx(one[k], abs=1e-5), (kind, k)
+
+
 @pytest.mark.slow  # 9 spawned processes (~1 min); make test runs the strategy=ddp test below (one launch, ~25 s)
 def test_validation_metrics_of_three_processes_are_the_pooled_ones_of_one(runs, monkeypatch, tmp_path):
     """DDP: every judge's validation metrics are computed once over every process's frames (each frame once,
     though the sampler pads the last round by repeating frames), so several processes log what one logs."""
     import lightning as L
 
-    from diffice.config import load_config
-    from diffice.data import DiffIceDataModule
-
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
-    # 4 validation frames dealt to 3 processes: 2 each, two frames repeated
-    dm = DiffIceDataModule(load_config([TINY], _overrides(runs)))
-    assert len(dm.dataset("val")) == 4
-    opts = {"accelerator": "cpu", "logger": False, "default_root_dir": str(tmp_path), "enable_progress_bar": False, "enable_checkpointing": False,
-            "enable_model_summary": False}
-    for kind in ("segmenter", "classifier", "oracle"):
-        module = load_checkpoint(runs / kind / "last.ckpt", kind)
-        one = L.Trainer(devices=1, **opts).validate(module, datamodule=dm, verbose=False)[0]
-        two = L.Trainer(devices=3, strategy="ddp_spawn", **opts).validate(module, datamodule=dm, verbose=False)[0]
-        keys = [k for k in one if k != "val/loss"]
-        assert keys and set(keys) <= set(two), (kind, sorted(one), sorted(two))
-        for k in keys:
-            assert two[k] == pytest.approx(one[k], abs=1e-5), (kind, k)
+
+    def spawned(kind, module, dm):
+        trainer = L.Trainer(devices=3, strategy="ddp_spawn", default_root_dir=str(tmp_path), **TRAINER)
+        return trainer.validate(module, datamodule=dm, verbose=False)[0]
+
+    _assert_pooled(runs, tmp_path, spawned)
 
 
 def test_validation_metrics_under_strategy_ddp_are_the_pooled_ones_of_one(runs, tmp_path):
@@ -199,9 +214,6 @@ def test_validation_metrics_under_strategy_ddp_are_the_pooled_ones_of_one(runs, 
     import subprocess
     import sys
 
-    from diffice.config import load_config
-    from diffice.data import DiffIceDataModule
-
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "GLOO_SOCKET_IFNAME": "lo"}
     env.pop("LOCAL_RANK", None)
     proc = subprocess.run([sys.executable, str(ROOT / "tests/scripts/ddp_validate.py"), str(runs)], env=env,
@@ -209,15 +221,4 @@ def test_validation_metrics_under_strategy_ddp_are_the_pooled_ones_of_one(runs, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("METRICS ")]
     three = json.loads(line[len("METRICS "):])
-    import lightning as L
-
-    dm = DiffIceDataModule(load_config([TINY], _overrides(runs)))
-    opts = {"accelerator": "cpu", "logger": False, "default_root_dir": str(tmp_path), "enable_progress_bar": False,
-            "enable_checkpointing": False, "enable_model_summary": False}
-    for kind in ("segmenter", "classifier", "oracle"):
-        one = L.Trainer(devices=1, **opts).validate(load_checkpoint(runs / kind / "last.ckpt", kind), datamodule=dm,
-                                                    verbose=False)[0]
-        keys = [k for k in one if k != "val/loss"]
-        assert keys and set(keys) <= set(three[kind]), (kind, sorted(one), sorted(three[kind]))
-        for k in keys:
-            assert three[kind][k] == pytest.approx(one[k], abs=1e-5), (kind, k)
+    _assert_pooled(runs, tmp_path, lambda kind, module, dm: three[kind])

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_judges_train import TINY, _overrides  # noqa: E402
+from tests.test_judges_train import JUDGES, TINY, TRAINER, _overrides  # noqa: E402
 
 from diffice.config import load_config  # noqa: E402
 from diffice.data import DiffIceDataModule  # noqa: E402
@@ -24,11 +24,10 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     runs = Path(sys.argv[1])
     dm = DiffIceDataModule(load_config([TINY], _overrides(runs)))
-    opts = {"accelerator": "cpu", "devices": 3, "strategy": "ddp", "logger": False, "enable_progress_bar": False,
-            "enable_checkpointing": False, "enable_model_summary": False, "default_root_dir": str(runs / "ddp")}
     out = {}
-    for kind in ("segmenter", "classifier", "oracle"):
+    for kind in JUDGES:
         module = load_checkpoint(runs / kind / "last.ckpt", kind)
-        out[kind] = L.Trainer(**opts).validate(module, datamodule=dm, verbose=False)[0]
+        trainer = L.Trainer(devices=3, strategy="ddp", default_root_dir=str(runs / "ddp"), **TRAINER)
+        out[kind] = trainer.validate(module, datamodule=dm, verbose=False)[0]
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         print("METRICS " + json.dumps(out), flush=True)
