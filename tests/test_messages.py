@@ -123,3 +123,20 @@ def test_a_user_error_in_a_dataloader_worker_stays_one_line():
     with pytest.raises(UserError) as err:
         next(iter(loader))
     assert str(err.value) == "frames/0.png: unreadable image; check the file"
+
+
+def test_error_lines_of_processes_writing_at_once_never_run_together():
+    """Under strategy=ddp every rank may report its one line at once into one pipe; ``say_line`` writes
+    the line and its newline in one call, so no line is cut or joined to another's (``print`` with
+    unbuffered streams, PYTHONUNBUFFERED=1, writes the text and the newline separately)."""
+    code = ("import sys; from diffice.errors import say_line\n"
+            "for i in range(300): say_line(sys.argv[1] * 1500 + f' {i}')")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r, w = os.pipe()
+    with os.fdopen(r) as reader:  # two processes, one pipe for both stderrs
+        kids = [subprocess.Popen([sys.executable, "-c", code, c], stderr=w, env=env) for c in "ab"]
+        os.close(w)
+        lines = reader.read().splitlines()
+    assert [k.wait(timeout=60) for k in kids] == [0, 0]
+    assert len(lines) == 600
+    assert all(ln[:1500] == ln[0] * 1500 and ln[0] in "ab" and ln[1500:].strip().isdigit() for ln in lines)

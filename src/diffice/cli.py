@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from diffice.errors import EXIT_USER_ERROR, UserError
+from diffice.errors import EXIT_USER_ERROR, UserError, say_line
 
 # name -> (module:function, one-line help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -127,10 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _resolve(COMMANDS[name][0])(rest)
     except UserError as err:
-        print(f"diffice {name}: error: {err}", file=sys.stderr)
+        say_line(f"diffice {name}: error: {err}")
         return EXIT_USER_ERROR
     except OSError as err:
-        print(f"diffice {name}: error: {' '.join(os_error_line(err).split())}", file=sys.stderr)
+        say_line(f"diffice {name}: error: {os_error_line(err)}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"diffice {name}: interrupted; finished work is kept and a rerun resumes it", file=sys.stderr)

@@ -7,6 +7,9 @@ and says what to do. The CLI turns it into one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import os
+import sys
+
 EXIT_USER_ERROR = 2
 # how torch.utils.data re-raises an error of a worker process in the main one ("Caught UserError in
 # DataLoader worker process 0.\nOriginal Traceback ...\nUserError: <message>")
@@ -21,3 +24,15 @@ class UserError(Exception):
         if text.startswith(_WORKER):  # re-raised by a DataLoader worker's parent: the worker's own message
             text = text.rstrip().rsplit("UserError: ", 1)[-1]
         super().__init__(" ".join(text.split()))
+
+
+def say_line(text: str) -> None:
+    """Write ``text`` and its newline to stderr in one ``write`` call. Under ``strategy=ddp`` every
+    process may report at once into one pipe; ``print`` writes the text and the newline separately,
+    so two processes' lines can run together. One write of under 4 KiB to a pipe is atomic."""
+    sys.stderr.flush()
+    data = (" ".join(str(text).split()) + "\n").encode(sys.stderr.encoding or "utf-8", "replace")
+    try:
+        os.write(sys.stderr.fileno(), data)
+    except (AttributeError, OSError, ValueError):  # a stderr with no file (pytest's capture, a notebook)
+        sys.stderr.write(data.decode(sys.stderr.encoding or "utf-8", "replace"))

@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 from tests.test_ddpm_training import SynthData  # noqa: E402
 
 from diffice.config import load_config  # noqa: E402
-from diffice.errors import UserError  # noqa: E402
+from diffice.errors import UserError, say_line  # noqa: E402
 from diffice.modules.ddpm import train_ddpm  # noqa: E402
 
 TINY = ["data.image_size=[32,40]", "data.batch_size=4", "trainer.accelerator=cpu", "trainer.progress_bar=false",
@@ -45,6 +45,6 @@ if __name__ == "__main__":
     try:
         train_ddpm(cfg, SynthData(poison_after=poison), num_sanity_val_steps=0)
     except UserError as err:  # what the diffice command prints: one line, exit 2
-        print(f"rank {rank}: {err}", file=sys.stderr)
+        say_line(f"rank {rank}: {err}")  # one write: the two ranks' lines never run together
         sys.exit(2)
-    print(f"rank {rank}: finished", file=sys.stderr)
+    say_line(f"rank {rank}: finished")
