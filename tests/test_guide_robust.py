@@ -45,3 +45,35 @@ def test_missing_ddpm_is_one_line(tiny_overrides, tmp_path):
     m = _module(tiny_overrides, "guide.x0_prob=0.5", f"guide.ddpm_ckpt={tmp_path / 'none.ckpt'}")
     with pytest.raises(UserError, match="none.ckpt: checkpoint not found"):
         m.one_step_estimates(torch.zeros(2, 1, 32, 40))
+
+
+def test_adversarial_frames_stay_in_the_ball_raise_the_loss_and_leave_the_guide_as_it_was(tiny_overrides):
+    x = torch.stack([frame(i) for i in range(6)])
+    labels = torch.tensor([0, 1, 0, 1, -1, 0])
+    off = _module(tiny_overrides)
+    assert off.adversarial(x, labels) is x  # adv_eps = 0: the paper's training
+    m = _module(tiny_overrides, "guide.adv_eps=0.05", "guide.adv_steps=3")
+    m.pos_weight.fill_(1.0)
+    torch.manual_seed(0)
+    with torch.no_grad():  # an untrained guide's head starts at zero: give it a gradient to follow
+        for p in m.guide.predictor.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.1)
+    m.train()
+    stats = {k: v.clone() for k, v in m.guide.state_dict().items()}
+    adv = m.adversarial(x, labels)
+    radius = 0.05 * (x.shape[-1] * x.shape[-2]) ** 0.5
+    assert m.guide.training and not adv.requires_grad
+    assert all(torch.equal(v, m.guide.state_dict()[k]) for k, v in stats.items())  # BatchNorm statistics untouched
+    assert all(p.grad is None for p in m.parameters())
+    assert float((adv - x).flatten(1).norm(dim=1).max()) <= radius * (1 + 1e-4)
+    assert float(adv.abs().max()) <= 1.0 and not torch.equal(adv, x)
+    m.eval()
+    with torch.no_grad():
+        assert float(m._loss(m.guide(adv), labels)) > float(m._loss(m.guide(x), labels))
+
+
+@pytest.mark.parametrize("override,key", [("guide.adv_eps=-0.1", "guide.adv_eps"), ("guide.adv_steps=0", "guide.adv_steps")])
+def test_bad_adversarial_keys_name_themselves(tiny_overrides, override, key):
+    with pytest.raises(UserError, match=key):
+        _module(tiny_overrides, override)

@@ -137,6 +137,8 @@ class GuideConfig:
     segmenter_classes: list[str] | None = None
     pos_weight: float | None = None
     x0_prob: float = 0.0
+    adv_eps: float = 0.0
+    adv_steps: int = 1
     ddpm_ckpt: str = "${paths.runs}/ddpm/last.ckpt"
     pretrained: str | None = None
     raw_channel: bool = False

@@ -30,4 +30,5 @@ if __name__ == "__main__":
         trainer = L.Trainer(devices=3, strategy="ddp", default_root_dir=str(runs / "ddp"), **TRAINER)
         out[kind] = trainer.validate(module, datamodule=dm, verbose=False)[0]
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        print("METRICS " + json.dumps(out), flush=True)
+        sys.stdout.flush()  # one write: another rank's output never lands inside the line
+        os.write(sys.stdout.fileno(), ("METRICS " + json.dumps(out) + "\n").encode())

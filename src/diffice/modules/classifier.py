@@ -14,6 +14,14 @@ them has no meaningful gradient there and is fooled by texture. With probability
 ``guide.ddpm_ckpt``, t drawn uniformly from the respaced steps 0..cf.tau−1 of cf.respacing,
 keeping the frame's label.
 
+Adversarial training (``guide.adv_eps`` > 0, after Madry et al., ICLR 2018): each training frame
+(after the x̂0 replacement) is moved within an L2 ball of radius ``adv_eps``·sqrt(H·W) by
+``adv_steps`` steps of projected, normalised gradient ascent on the guide's loss (step 2.5·radius /
+steps, the guide in eval mode, the result kept in [-1, 1]) and trained on with its label. Guidance
+pushes a frame along the guide's gradient; a guide that is fooled by small changes is convinced by
+them instead of by a repair (robust classifiers give perceptually aligned gradients: Santurkar et al.
+2019; Augustin et al. 2022).
+
 Transfer (``guide.pretrained``: the authors' ``SonoNet16.npz``): l's stages start from the official
 weights (:func:`diffice.nets.sononet.transfer_official`; the segmentation channels from zero, a new
 one-logit head) and the image channel is standardised per frame as the release does;
@@ -120,6 +128,10 @@ class ClassifierModule(DifficeModule):
 
     def __init__(self, cfg, *, load_pretrained: bool = True):
         cfg = copy.deepcopy(as_config(cfg))
+        if not 0.0 <= float(cfg.guide.adv_eps) < 1.0:
+            raise UserError(f"guide.adv_eps: {cfg.guide.adv_eps} must lie in [0, 1) (an RMS change per pixel, [-1, 1] units)")
+        if int(cfg.guide.adv_steps) < 1:
+            raise UserError(f"guide.adv_steps: {cfg.guide.adv_steps} must be 1 or more")
         init = cfg.guide.init_ckpt if load_pretrained else None
         if init:  # a guide continued: its own s and l (the segmenter's config from the guide's)
             init_cfg = checkpoint_config(init, "classifier")
@@ -229,8 +241,33 @@ class ClassifierModule(DifficeModule):
         out[pick] = x0.to(out.dtype)
         return out
 
+    @torch.enable_grad()
+    def adversarial(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """x moved within the ``guide.adv_eps`` L2 ball to where the loss is largest (module doc)."""
+        eps, steps = float(self.cfg.guide.adv_eps), int(self.cfg.guide.adv_steps)
+        if eps <= 0 or not bool((labels >= 0).any()):
+            return x
+        x = x.detach()
+        radius = eps * math.sqrt(x[0, 0].numel())
+        was = self.guide.training
+        self.guide.eval()  # the attack reads BatchNorm's running statistics and leaves them as they are
+        delta = torch.zeros_like(x)
+        try:
+            for _ in range(steps):
+                delta.requires_grad_(True)
+                (g,) = torch.autograd.grad(self._loss(self.guide(x + delta), labels), delta)
+                g = g.float()
+                step = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                delta = delta.detach() + (2.5 * radius / steps) * step.to(x.dtype)
+                norm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+                delta = delta * (radius / norm.clamp_min(1e-12)).clamp(max=1.0)
+                delta = (x + delta).clamp(-1.0, 1.0) - x
+        finally:
+            self.guide.train(was)
+        return (x + delta).detach()
+
     def training_step(self, batch, batch_idx):
-        logits = self.guide(self.one_step_estimates(batch["image"]))
+        logits = self.guide(self.adversarial(self.one_step_estimates(batch["image"]), batch["label"]))
         loss = self._loss(logits, batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         return loss
