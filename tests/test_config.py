@@ -89,7 +89,7 @@ def test_bad_overrides():
 def test_a_key_with_no_value_is_named_in_one_line(monkeypatch):
     import diffice.config as C
 
-    monkeypatch.setattr(C, "_schema", lambda: OmegaConf.create({"data": {"root": "???", "size": 3}, "seed": "???"}))
+    monkeypatch.setattr(C, "_base", lambda *a: OmegaConf.create({"data": {"root": "???", "size": 3}, "seed": "???"}))
     with pytest.raises(UserError, match=r"^config: required key 'data.root' has no value; set it with data.root=\.\.\.$"):
         C.load_config([], use_defaults_file=False)
     monkeypatch.undo()

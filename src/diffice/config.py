@@ -14,6 +14,8 @@ Image sizes are ``[height, width]``; paths relative to the working directory; ``
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -324,40 +326,41 @@ class Config:
 
 def configs_dir() -> Path:
     """The project's ``configs/`` folder (override with ``DIFFICE_CONFIGS``)."""
-    env = os.environ.get("DIFFICE_CONFIGS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "configs"
+    return Path(os.environ.get("DIFFICE_CONFIGS") or Path(__file__).resolve().parents[2] / "configs")
 
 
 def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if isinstance(err, ConfigKeyError):
-        return f"unknown key '{key}'" if key else msg
-    return f"key '{key}': {msg}" if key else msg
+    return msg if not key else f"unknown key '{key}'" if isinstance(err, ConfigKeyError) else f"key '{key}': {msg}"
 
 
 def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
+    st = path.stat()
+    return OmegaConf.create(copy.deepcopy(_parse_yaml(str(path), st.st_mtime_ns, st.st_size)))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_yaml(path: str, mtime_ns: int, size: int) -> dict:
+    """A config file's mapping, parsed once per (file, modification time, size)."""
     try:
         with open(path) as fh:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as err:
         raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from err
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise UserError(f"{path}: a config file must hold a mapping of keys, not {type(data).__name__}")
-    return OmegaConf.create(data)
+    return data or {}
 
 
-def _schema() -> DictConfig:
-    """The schema: an unknown key is an error, but under ``trainer`` (a Trainer argument, see :func:`_merge`)."""
+@functools.lru_cache(maxsize=4)
+def _base(defaults: str | None = None, mtime_ns: int = 0, size: int = 0) -> DictConfig:
+    """Schema (unknown keys refused but under ``trainer``: :func:`_check_trainer`) + defaults.yaml, once per file state."""
     cfg: DictConfig = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg.trainer, False)
-    return cfg
+    return cfg if defaults is None else _merge(cfg, _read_yaml(Path(defaults)), defaults)
 
 
 def trainer_extras(cfg: DictConfig) -> dict[str, Any]:
@@ -366,45 +369,43 @@ def trainer_extras(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in t.items() if k not in TrainerConfig.__dataclass_fields__}  # type: ignore[union-attr]
 
 
-def _merge(base: DictConfig, other: DictConfig, source: str, check: bool = True) -> DictConfig:
+def _merge(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
     try:
-        cfg: DictConfig = OmegaConf.merge(base, other)  # type: ignore[assignment]
+        return OmegaConf.merge(base, other)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         raise UserError(f"{source}: {_describe(err)}") from err
-    if check and isinstance(other.get("trainer"), DictConfig):  # each other trainer.KEY: a lightning.Trainer argument
-        check_trainer_args([k for k in other.trainer if k not in TrainerConfig.__dataclass_fields__], source)
-    return cfg
 
 
-def load_config(
-    files: Sequence[str | os.PathLike | dict | DictConfig] = (),
-    overrides: Sequence[str] = (),
-    *,
-    use_defaults_file: bool = True,
-) -> DictConfig:
+def _check_trainer(layer: DictConfig, source: str) -> None:
+    if isinstance(layer.get("trainer"), DictConfig):  # each other trainer.KEY: a lightning.Trainer argument
+        check_trainer_args([k for k in layer.trainer if k not in TrainerConfig.__dataclass_fields__], source)
+
+
+def load_config(files: Sequence[str | os.PathLike | dict | DictConfig] = (), overrides: Sequence[str] = (), *,
+                use_defaults_file: bool = True) -> DictConfig:
     """Build the resolved config: schema -> defaults.yaml -> files in order -> overrides."""
-    cfg = _schema()
-    if use_defaults_file:
-        defaults = configs_dir() / "defaults.yaml"
-        if defaults.is_file():
-            cfg = _merge(cfg, _read_yaml(defaults), str(defaults))
-    for f in files:
-        if isinstance(f, dict | DictConfig):  # an in-memory layer (e.g. an experiment's base keys)
-            cfg = _merge(cfg, OmegaConf.create(f), "experiment")
-        else:
-            cfg = _merge(cfg, _read_yaml(Path(f)), str(f))
+    defaults = configs_dir() / "defaults.yaml"
+    st = defaults.stat() if use_defaults_file and defaults.is_file() else None
+    base = _base(str(defaults) if st else None, st.st_mtime_ns if st else 0, st.st_size if st else 0)
+    layers = [(OmegaConf.create(f), "experiment") if isinstance(f, dict | DictConfig)  # an in-memory layer
+              else (_read_yaml(Path(f)), str(f)) for f in files]
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}': expected key=value")
-        key = item.split("=", 1)[0]
         try:
-            dot = OmegaConf.from_dotlist([item])
+            layers.append((OmegaConf.from_dotlist([item]), f"override '{item.split('=', 1)[0]}'"))
         except OmegaConfBaseException as err:
             raise UserError(f"override '{item}': {_describe(err)}") from err
-        cfg = _merge(cfg, dot, f"override '{key}'")
+    try:  # one merge, one copy of the base; a layer that does not fit is then found and named one by one
+        cfg: DictConfig = OmegaConf.merge(base, *(layer for layer, _ in layers))  # type: ignore[assignment]
+    except OmegaConfBaseException:
+        cfg = base
+        for layer, source in layers:
+            cfg = _merge(cfg, layer, source)
+    for layer, source in layers:
+        _check_trainer(layer, source)
     try:
-        missing = sorted(OmegaConf.missing_keys(cfg))  # a schema key without a default ('???' in a file changes nothing)
-        if missing:
+        if missing := sorted(OmegaConf.missing_keys(cfg)):  # a schema key without a default ('???' in a file: no change)
             raise UserError(f"config: required key '{missing[0]}' has no value; set it with {missing[0]}=...")
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as err:
@@ -418,18 +419,14 @@ def split_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split positional CLI words into config files and key=value overrides."""
     files, overrides = [], []
     for a in args:
-        if "=" in a and not a.endswith((".yaml", ".yml")):
-            overrides.append(a)
-        elif a.endswith((".yaml", ".yml")):
-            files.append(a)
-        else:
+        if not a.endswith((".yaml", ".yml")) and "=" not in a:
             raise UserError(f"argument '{a}': expected a config file (*.yaml) or a key=value override")
+        (files if a.endswith((".yaml", ".yml")) else overrides).append(a)
     return files, overrides
 
 
 def config_from_args(args: Sequence[str]) -> DictConfig:
-    files, overrides = split_args(args)
-    return load_config(files, overrides)
+    return load_config(*split_args(args))
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -442,7 +439,7 @@ def to_dict(cfg: DictConfig) -> dict:
 
 def from_dict(data: dict) -> DictConfig:
     """Rebuild a validated config from a plain dict (as stored in a checkpoint)."""
-    return _merge(_schema(), OmegaConf.create(data), "stored config", check=False)
+    return _merge(_base(), OmegaConf.create(data), "stored config")
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> Path:
