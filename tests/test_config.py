@@ -97,6 +97,18 @@ def test_a_key_with_no_value_is_named_in_one_line(monkeypatch):
         load_config([], ["paths.runs=${nowhere}"])
 
 
+def test_a_config_file_rewritten_at_once_with_the_same_size_is_read_again(tmp_path):
+    """Files are parsed once per content, not per modification time (two writes within one clock tick)."""
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 1\n")
+    assert load_config([f]).seed == 1
+    f.write_text("seed: 2\n")
+    assert load_config([f]).seed == 2 and load_config([f], ["seed=3"]).seed == 3
+    f.write_text("seed: [\n")
+    with pytest.raises(UserError, match="c.yaml: invalid YAML"):
+        load_config([f])
+
+
 def test_split_args():
     assert split_args(["a.yaml", "x=1", "b.yml"]) == (["a.yaml", "b.yml"], ["x=1"])
     with pytest.raises(UserError, match="argument 'oops'"):

@@ -338,16 +338,14 @@ def _describe(err: OmegaConfBaseException) -> str:
 def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
-    st = path.stat()
-    return OmegaConf.create(copy.deepcopy(_parse_yaml(str(path), st.st_mtime_ns, st.st_size)))
+    return OmegaConf.create(copy.deepcopy(_parse_yaml(str(path), path.read_text())))
 
 
 @functools.lru_cache(maxsize=256)
-def _parse_yaml(path: str, mtime_ns: int, size: int) -> dict:
-    """A config file's mapping, parsed once per (file, modification time, size)."""
+def _parse_yaml(path: str, text: str) -> dict:
+    """A config file's mapping, parsed once per (file, content)."""
     try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise UserError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from err
     if data is not None and not isinstance(data, dict):
@@ -356,11 +354,11 @@ def _parse_yaml(path: str, mtime_ns: int, size: int) -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def _base(defaults: str | None = None, mtime_ns: int = 0, size: int = 0) -> DictConfig:
-    """Schema (unknown keys refused but under ``trainer``: :func:`_check_trainer`) + defaults.yaml, once per file state."""
+def _base(defaults: str | None = None, text: str = "") -> DictConfig:
+    """Schema (unknown keys refused but under ``trainer``: :func:`_check_trainer`) + defaults.yaml, once per content."""
     cfg: DictConfig = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg.trainer, False)
-    return cfg if defaults is None else _merge(cfg, _read_yaml(Path(defaults)), defaults)
+    return cfg if defaults is None else _merge(cfg, OmegaConf.create(copy.deepcopy(_parse_yaml(defaults, text))), defaults)
 
 
 def trainer_extras(cfg: DictConfig) -> dict[str, Any]:
@@ -385,8 +383,7 @@ def load_config(files: Sequence[str | os.PathLike | dict | DictConfig] = (), ove
                 use_defaults_file: bool = True) -> DictConfig:
     """Build the resolved config: schema -> defaults.yaml -> files in order -> overrides."""
     defaults = configs_dir() / "defaults.yaml"
-    st = defaults.stat() if use_defaults_file and defaults.is_file() else None
-    base = _base(str(defaults) if st else None, st.st_mtime_ns if st else 0, st.st_size if st else 0)
+    base = _base(str(defaults), defaults.read_text()) if use_defaults_file and defaults.is_file() else _base()
     layers = [(OmegaConf.create(f), "experiment") if isinstance(f, dict | DictConfig)  # an in-memory layer
               else (_read_yaml(Path(f)), str(f)) for f in files]
     for item in overrides:
