@@ -16,24 +16,12 @@ from pathlib import Path
 import torch
 
 from diffice.metrics.stats import fmt_rate, rate_interval
+from diffice.modules.classifier import l2_ascent
 from diffice.modules.common import load_checkpoint
 from diffice.nets.guide import decision_threshold
 from diffice.report.records import grey_tensor
 
 torch.set_num_threads(1)
-
-
-def attack(guide, x: torch.Tensor, eps: float, steps: int) -> torch.Tensor:
-    """x moved within the L2 ball of radius eps·sqrt(H·W) to raise the guide's SP logit."""
-    radius = eps * math.sqrt(x[0, 0].numel())
-    d = torch.zeros_like(x)
-    for _ in range(steps):
-        d.requires_grad_(True)
-        (g,) = torch.autograd.grad(guide(x + d).float().sum(), d)
-        d = d.detach() + (2.5 * radius / steps) * g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        d = d * (radius / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)).clamp(max=1.0)
-        d = (x + d).clamp(-1, 1) - x
-    return x + d
 
 
 def main() -> None:
@@ -58,7 +46,7 @@ def main() -> None:
             before = guide(x).float()
         cells, after = [], before
         for e in a.eps:
-            adv = attack(guide, x, e, a.steps)
+            adv = l2_ascent(lambda v, g=guide: g(v).float().sum(), x, e * math.sqrt(x[0, 0].numel()), a.steps)
             with torch.no_grad():
                 after = guide(adv).float()
             cells.append(fmt_rate(rate_interval(int((after > cut).sum()), len(x))))

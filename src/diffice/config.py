@@ -332,7 +332,9 @@ def configs_dir() -> Path:
 def _describe(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None) or ""
     msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return msg if not key else f"unknown key '{key}'" if isinstance(err, ConfigKeyError) else f"key '{key}': {msg}"
+    if isinstance(err, ConfigKeyError):
+        return f"unknown key '{key}'" if key else msg
+    return f"key '{key}': {msg}" if key else msg
 
 
 def _read_yaml(path: Path) -> DictConfig:

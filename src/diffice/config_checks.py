@@ -20,7 +20,7 @@ AT_LEAST: dict[str, int] = {
     "trainer.val_every_n_steps": 1,
     "diffusion.steps": 1,
     "ddpm.max_steps": 1, "ddpm.sample_every_n_steps": 0, "ddpm.sample_count": 1,
-    "segmenter.max_steps": 1, "guide.max_steps": 1, "oracle.max_steps": 1,
+    "segmenter.max_steps": 1, "guide.max_steps": 1, "guide.adv_steps": 1, "oracle.max_steps": 1,
     "cf.tau": 1, "cf.iterations": 1, "cf.mask_dilation": 0, "cf.mask_warmup": 0, "cf.batch_size": 1, "cf.limit": 1,
     "synthesis.max_steps": 1, "synthesis.prealign_steps": 0, "synthesis.prealign_width": 1, "synthesis.rounds": 0,
     "synthesis.jump_length": 1, "synthesis.jump_n_sample": 1, "synthesis.edit_dilation": 0,
@@ -37,6 +37,7 @@ WITHIN: dict[str, tuple[float, float]] = {
     "synthesis.drop_condition": (0.0, 1.0), "synthesis.drop_structure": (0.0, 1.0), "synthesis.drop_meta": (0.0, 1.0),
     "synthesis.dice_target": (0.0, 1.0), "synthesis.edit_start": (0.0, 1.0),
     "seg_downstream.synthetic_share": (0.0, 1.0),
+    "guide.adv_eps": (0.0, 0.5),  # an RMS change per pixel, [-1, 1] units
 }
 # lists of whole numbers that must all be at least 1
 POSITIVE_LISTS = ("data.image_size", "ddpm.patch_size")

@@ -26,13 +26,14 @@ class UserError(Exception):
         super().__init__(" ".join(text.split()))
 
 
-def say_line(text: str) -> None:
-    """Write ``text`` and its newline to stderr in one ``write`` call. Under ``strategy=ddp`` every
-    process may report at once into one pipe; ``print`` writes the text and the newline separately,
+def say_line(text: str, stream=None) -> None:
+    """Write ``text`` and its newline to ``stream`` (stderr) in one ``write`` call. Under ``strategy=ddp``
+    every process may report at once into one pipe; ``print`` writes the text and the newline separately,
     so two processes' lines can run together. One write of under 4 KiB to a pipe is atomic."""
-    sys.stderr.flush()
-    data = (" ".join(str(text).split()) + "\n").encode(sys.stderr.encoding or "utf-8", "replace")
+    stream = sys.stderr if stream is None else stream
+    stream.flush()
+    data = (" ".join(str(text).split()) + "\n").encode(stream.encoding or "utf-8", "replace")
     try:
-        os.write(sys.stderr.fileno(), data)
-    except (AttributeError, OSError, ValueError):  # a stderr with no file (pytest's capture, a notebook)
-        sys.stderr.write(data.decode(sys.stderr.encoding or "utf-8", "replace"))
+        os.write(stream.fileno(), data)
+    except (AttributeError, OSError, ValueError):  # a stream with no file (pytest's capture, a notebook)
+        stream.write(data.decode(stream.encoding or "utf-8", "replace"))

@@ -15,6 +15,7 @@ from tests.test_judges_train import JUDGES, TINY, TRAINER, _overrides  # noqa: E
 
 from diffice.config import load_config  # noqa: E402
 from diffice.data import DiffIceDataModule  # noqa: E402
+from diffice.errors import say_line  # noqa: E402
 from diffice.modules.common import load_checkpoint  # noqa: E402
 
 if __name__ == "__main__":
@@ -30,5 +31,4 @@ if __name__ == "__main__":
         trainer = L.Trainer(devices=3, strategy="ddp", default_root_dir=str(runs / "ddp"), **TRAINER)
         out[kind] = trainer.validate(module, datamodule=dm, verbose=False)[0]
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        sys.stdout.flush()  # one write: another rank's output never lands inside the line
-        os.write(sys.stdout.fileno(), ("METRICS " + json.dumps(out) + "\n").encode())
+        say_line("METRICS " + json.dumps(out), sys.stdout)  # one write: no other rank's output inside the line

@@ -128,10 +128,6 @@ class ClassifierModule(DifficeModule):
 
     def __init__(self, cfg, *, load_pretrained: bool = True):
         cfg = copy.deepcopy(as_config(cfg))
-        if not 0.0 <= float(cfg.guide.adv_eps) < 1.0:
-            raise UserError(f"guide.adv_eps: {cfg.guide.adv_eps} must lie in [0, 1) (an RMS change per pixel, [-1, 1] units)")
-        if int(cfg.guide.adv_steps) < 1:
-            raise UserError(f"guide.adv_steps: {cfg.guide.adv_steps} must be 1 or more")
         init = cfg.guide.init_ckpt if load_pretrained else None
         if init:  # a guide continued: its own s and l (the segmenter's config from the guide's)
             init_cfg = checkpoint_config(init, "classifier")
@@ -241,30 +237,17 @@ class ClassifierModule(DifficeModule):
         out[pick] = x0.to(out.dtype)
         return out
 
-    @torch.enable_grad()
     def adversarial(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """x moved within the ``guide.adv_eps`` L2 ball to where the loss is largest (module doc)."""
         eps, steps = float(self.cfg.guide.adv_eps), int(self.cfg.guide.adv_steps)
         if eps <= 0 or not bool((labels >= 0).any()):
             return x
-        x = x.detach()
-        radius = eps * math.sqrt(x[0, 0].numel())
         was = self.guide.training
         self.guide.eval()  # the attack reads BatchNorm's running statistics and leaves them as they are
-        delta = torch.zeros_like(x)
         try:
-            for _ in range(steps):
-                delta.requires_grad_(True)
-                (g,) = torch.autograd.grad(self._loss(self.guide(x + delta), labels), delta)
-                g = g.float()
-                step = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                delta = delta.detach() + (2.5 * radius / steps) * step.to(x.dtype)
-                norm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-                delta = delta * (radius / norm.clamp_min(1e-12)).clamp(max=1.0)
-                delta = (x + delta).clamp(-1.0, 1.0) - x
+            return l2_ascent(lambda v: self._loss(self.guide(v), labels), x, eps * math.sqrt(x[0, 0].numel()), steps)
         finally:
             self.guide.train(was)
-        return (x + delta).detach()
 
     def training_step(self, batch, batch_idx):
         logits = self.guide(self.adversarial(self.one_step_estimates(batch["image"]), batch["label"]))
@@ -301,6 +284,25 @@ class ClassifierModule(DifficeModule):
         groups = [{"params": list(l_.stages.parameters()), "lr": float(g.backbone_lr)},
                   {"params": list(l_.adaptation.parameters()), "lr": float(g.lr)}]
         return torch.optim.AdamW(groups, lr=float(g.lr), weight_decay=1e-4)
+
+
+def l2_ascent(objective, x: torch.Tensor, radius: float, steps: int) -> torch.Tensor:
+    """x moved by ``steps`` steps of normalised gradient ascent on the scalar ``objective(x)``, each of
+    2.5·radius/steps, projected back into the L2 ball of ``radius`` around each frame and into [-1, 1]
+    (the attack of ``guide.adv_eps``; ``bench/guide_attack.py``)."""
+    x = x.detach()
+    delta = torch.zeros_like(x)
+    with torch.enable_grad():
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            (g,) = torch.autograd.grad(objective(x + delta), delta)
+            g = g.float()
+            step = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            delta = delta.detach() + (2.5 * radius / steps) * step.to(x.dtype)
+            norm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            delta = delta * (radius / norm.clamp_min(1e-12)).clamp(max=1.0)
+            delta = (x + delta).clamp(-1.0, 1.0) - x
+    return (x + delta).detach()
 
 
 @torch.no_grad()
