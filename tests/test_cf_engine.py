@@ -349,3 +349,44 @@ def test_a_coarse_gradient_changes_the_counterfactual_and_is_batch_invariant():
     for a, b in zip(together, alone, strict=True):
         assert torch.equal(a.cf, b.cf)
     assert not torch.equal(together[0].cf, plain.explain(x[:1], [10])[0].cf)
+
+
+def test_ddim_encoding_gives_back_the_input_where_guidance_is_off_and_draws_no_noise():
+    """cf.encode=ddim: inversion then DDIM steps return about the input at λc = λp = 0 (a noised pass
+    does not), the guided pass is the hand-written loop (DDIM step − Σ·g), and no seed changes it."""
+    from diffice.counterfactual.ddim import ddim_invert
+    from diffice.counterfactual.engine import reconstruct
+
+    d, model = tiny_diffusion(), FakeDenoiser()
+    x = batch(3) * 0.5
+    gens = frame_generators(0, [0, 1, 2])
+    back = reconstruct(d, model, x, 4, gens, encode="ddim")
+    noised = reconstruct(d, model, x, 4, frame_generators(0, [0, 1, 2]))
+    err_ddim, err_noise = (back - x).abs().mean(), (noised - x).abs().mean()
+    assert err_ddim < 0.2 * err_noise, (err_ddim, err_noise)
+
+    e = make_engine(tau=4, iterations=1, encode="ddim")
+    anchor, lam = e.loss.anchor(x), torch.full((3,), 40.0)
+    out, used = e._pass(x, anchor, lam, frame_generators(0, [0, 1, 2]))
+    assert used == 8
+    x_t = ddim_invert(e.diffusion, e.model, x, 4)
+    for i in reversed(range(4)):
+        t = torch.full((3,), i)
+        with torch.no_grad():
+            o = e.diffusion.p_mean_variance(e.model, x_t, t)
+        x_t = e.diffusion.ddim_mean(o, x_t, t) - o["variance"] * _loss_grad(e, o["pred_xstart"], anchor, lam)
+    torch.testing.assert_close(out, x_t, atol=1e-5, rtol=1e-5)
+    other = make_engine(tau=4, iterations=1, encode="ddim")
+    other.s.seed = 5
+    torch.testing.assert_close(other.explain(x, [0, 1, 2])[0].cf, e.explain(x, [0, 1, 2])[0].cf)
+    assert not torch.allclose(out, reconstruct(d, model, x, 4, gens, encode="ddim"), atol=1e-3)  # guidance acts
+
+
+def test_ddim_encoding_is_refused_where_it_does_not_apply():
+    for kw, key in ((dict(method="dime"), "cf.method=dime"), (dict(grad_at="previous"), "cf.grad_at=previous"),
+                    (dict(mask=True), "cf.mask=true"), (dict(noise_convention="dime"), "cf.noise_convention=dime")):
+        method = kw.pop("method", "diff-ice")
+        with pytest.raises(UserError, match=f"cf.encode=ddim .*{key}"):
+            make_engine(method, encode="ddim", **kw)
+    with pytest.raises(UserError, match="cf.encode: 'fast'"):
+        make_engine(encode="fast")

@@ -100,9 +100,15 @@ def test_ddpm_check_command(tiny_overrides, tmp_path, capsys):
     out = tmp_path / "check"
     assert main(["ddpm-check", str(ckpt), TINY, *tiny_overrides, "--count", "3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "noised to tau=5 of 20" in text and "PSNR" in text and "PSNR only" in text
+    assert "taken to tau=5 of 20 (by noise" in text and "PSNR" in text and "PSNR only" in text
     res = json.loads((out / "ddpm_check.json").read_text())
-    assert res["frames"] >= 1 and res["tau"] == 5 and res["trained_steps"] == 2
+    assert res["frames"] >= 1 and res["tau"] == 5 and res["trained_steps"] == 2 and res["encode"] == "noise"
+    # cf.encode=ddim: the check takes the frames there and back as such a counterfactual pass does
+    assert main(["ddpm-check", str(ckpt), TINY, *tiny_overrides, "cf.encode=ddim", "--count", "3", "--out", str(out)]) == 0
+    assert "(by DDIM inversion)" in capsys.readouterr().out
+    assert json.loads((out / "ddpm_check.json").read_text())["encode"] == "ddim"
+    assert main(["ddpm-check", str(ckpt), TINY, *tiny_overrides, "cf.encode=fast"]) == 2
+    assert "cf.encode: 'fast'" in capsys.readouterr().err
     assert (out / "ddpm_check.png").is_file()
     # a checkpoint of the wrong kind as --segmenter: one line, exit 2
     assert main(["ddpm-check", str(ckpt), TINY, *tiny_overrides, "--segmenter", str(ckpt)]) == 2

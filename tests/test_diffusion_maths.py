@@ -358,3 +358,32 @@ def test_perfect_eps_gives_zero_mse_and_vb_is_decoder_nll_at_t0():
     out = d.p_mean_variance_from_output(Oracle()(xt, t), xt, t, clip_denoised=False)
     nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
     assert float(losses["vb"][0]) == pytest.approx(float(nll[0].mean() / math.log(2)), rel=1e-5)
+
+
+def test_ddim_steps_match_diffusers_ddim_and_ddim_inverse_schedulers():
+    """cf.encode=ddim: our deterministic step is diffusers' DDIMScheduler (η = 0, ε̂ from the clipped
+    x̂0) and our inversion step its DDIMInverseScheduler (ε̂ of step t at the point one step lower)."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    keep = list(range(0, 1000, 100))
+    d = _diffusion(keep)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 6, 7, generator=gen) * 1.5
+    output = torch.cat([torch.randn(2, 1, 6, 7, generator=gen), torch.rand(2, 1, 6, 7, generator=gen) * 2 - 1], 1)
+
+    def model(x_, t_):
+        return output
+
+    fwd = DDIMScheduler(num_train_timesteps=1000, clip_sample=True, set_alpha_to_one=True)
+    fwd.set_timesteps(len(keep))
+    inv = DDIMInverseScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=True)
+    inv.set_timesteps(len(keep))
+    for k in (0, 1, 5, 9):
+        t = torch.full((2,), k)
+        ours = d.ddim_mean(d.p_mean_variance(model, x, t), x, t)
+        theirs = fwd.step(output[:, :1], keep[k], x, eta=0.0, use_clipped_model_output=True).prev_sample
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+        ours = d.ddim_invert_step(model, x, t)
+        theirs = inv.step(output[:, :1], keep[k], x).prev_sample
+        torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(d.ddim_mean(d.p_mean_variance(model, x, torch.full((2,), 5)), x, torch.full((2,), 5)), x)

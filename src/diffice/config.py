@@ -187,6 +187,7 @@ class CounterfactualConfig:
     stop_threshold: float = 0.9
     clip_denoised: bool = True
     noise_convention: str = "diffice"
+    encode: str = "noise"
     grad_at: str = "current"
     grad_sigma: float = 0.0
     mask: bool = False

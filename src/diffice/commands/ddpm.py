@@ -107,7 +107,7 @@ def cmd_sample(argv: Sequence[str]) -> int:
 def cmd_ddpm_check(argv: Sequence[str]) -> int:
     from diffice.config import config_from_args
     from diffice.counterfactual.check import SCORED
-    from diffice.counterfactual.settings import NOISE_CONVENTIONS
+    from diffice.counterfactual.settings import ENCODINGS, NOISE_CONVENTIONS
     from diffice.io import atomic_write_text, make_grid, save_png, to_uint8
     from diffice.modules.ddpm import check_sp_frames, load_ddpm, segment_fn
 
@@ -139,6 +139,8 @@ def cmd_ddpm_check(argv: Sequence[str]) -> int:
     convention = str(cfg.cf.noise_convention)
     if convention not in NOISE_CONVENTIONS:
         raise UserError(f"cf.noise_convention: '{convention}' is not one of {', '.join(NOISE_CONVENTIONS)}")
+    if str(cfg.cf.encode) not in ENCODINGS:
+        raise UserError(f"cf.encode: '{cfg.cf.encode}' is not one of {', '.join(ENCODINGS)}")
     diffusion = module.sampler(str(cfg.cf.respacing))
     tau = int(cfg.cf.tau)
     if not 1 <= tau <= diffusion.num_timesteps:
@@ -158,8 +160,9 @@ def cmd_ddpm_check(argv: Sequence[str]) -> int:
     examples = res.pop("examples")
     res.update(ckpt=str(ns.ckpt), trained_steps=module.trained_steps, respacing=str(cfg.cf.respacing),
                segmenter=seg_path, split=ns.split)
-    print(f"{ns.ckpt} ({module.trained_steps} steps): {res['frames']} SP {ns.split} frames noised to tau={tau} of "
-          f"{cfg.cf.respacing} ({convention}) and denoised without guidance")
+    how = "by DDIM inversion" if cfg.cf.encode == "ddim" else f"by noise, {convention} convention"
+    print(f"{ns.ckpt} ({module.trained_steps} steps): {res['frames']} SP {ns.split} frames taken to tau={tau} of "
+          f"{cfg.cf.respacing} ({how}) and denoised without guidance")
     print(f"  PSNR {res['psnr']:.2f} dB")
     low = []
     for name in SCORED:

@@ -41,6 +41,7 @@ def ddpm_check(
     clip_denoised: bool = True,
     keep: int = 0,
     judge: Callable[[torch.Tensor], dict] | None = None,
+    encode: str = "noise",
 ) -> dict:
     """Reconstruct every frame of ``batches`` ((B,1,H,W) in [-1,1], dataset indices) from step τ.
 
@@ -62,7 +63,7 @@ def ddpm_check(
         ids = [int(i) for i in indices]
         seen += ids
         gens = frame_generators(seed, ids)
-        rec = reconstruct(diffusion, model, x, tau, gens, convention, clip_denoised).float().clamp(-1, 1)
+        rec = reconstruct(diffusion, model, x, tau, gens, convention, clip_denoised, encode).float().clamp(-1, 1)
         psnrs += psnr(x, rec)
         if segment is not None:
             dice.update(segment(x).argmax(1), segment(rec).argmax(1))
@@ -77,6 +78,7 @@ def ddpm_check(
         "frames": len(psnrs),
         "tau": int(tau),
         "convention": convention,
+        "encode": encode,
         "psnr": float(np.mean(psnrs)) if psnrs else math.nan,
         "dice": {name: dice_or_none(pooled[c]) for c, name in scored},
         "dice_intervals": {name: ratio_interval([f[0][c] for f in dice.frames], [f[1][c] for f in dice.frames])

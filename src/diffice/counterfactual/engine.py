@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from diffice.counterfactual.ddim import ddim_invert, ddim_pass
 from diffice.counterfactual.seeding import frame_generators, randn_frames
 from diffice.counterfactual.settings import X0_METHODS, CFSettings
 from diffice.counterfactual.sparse import change_mask, inpaint
@@ -118,15 +119,16 @@ def noise_to(diffusion, x: torch.Tensor, tau: int, convention: str, gens: Sequen
 
 @torch.no_grad()
 def reconstruct(diffusion, model: torch.nn.Module, x: torch.Tensor, tau: int, gens: Sequence[torch.Generator],
-                convention: str = "diffice", clip_denoised: bool = True) -> torch.Tensor:
-    """The unguided pass (λc = λp = 0): x noised as a counterfactual pass noises it, then denoised
-    over indices τ−1, …, 0 with the same per-frame noise stream. What the DDPM alone does to a frame."""
-    x_t = noise_to(diffusion, x, tau, convention, gens)
-    shape = tuple(x.shape[1:])
+                convention: str = "diffice", clip_denoised: bool = True, encode: str = "noise") -> torch.Tensor:
+    """The unguided pass (λc = λp = 0) as a counterfactual pass runs it (``noise``: the same per-frame
+    noise stream; ``ddim``: :mod:`~diffice.counterfactual.ddim`). What the DDPM alone does to a frame."""
+    ddim = encode == "ddim"
+    x_t = ddim_invert(diffusion, model, x, tau) if ddim else noise_to(diffusion, x, tau, convention, gens)
     for i in reversed(range(tau)):
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         out = diffusion.p_mean_variance(model, x_t, t, clip_denoised=clip_denoised)
-        x_t = guided_sample(out, torch.zeros_like(x_t), t, randn_frames(gens, shape, x_t))
+        x_t = diffusion.ddim_mean(out, x_t, t) if ddim else guided_sample(
+            out, torch.zeros_like(x_t), t, randn_frames(gens, tuple(x.shape[1:]), x_t))
     return x_t
 
 
@@ -337,6 +339,8 @@ class CounterfactualEngine:
         """One guided reverse process from x_in (eq. 1 then eq. 2 for τ steps). Returns (x0, nfe)."""
         d = self.diffusion
         n = x_in.shape[0]
+        if self.s.encode == "ddim":
+            return ddim_pass(self, x_in, anchor, lam)
         x_t = noise_to(d, x_in, self.s.tau, self.s.noise_convention, gens)  # eq. (1)
         if self.s.method in X0_METHODS and (self.s.grad_at == "previous" or self.s.mask):
             return self._pass_fastdime(x_in, x_t, anchor, lam, gens)

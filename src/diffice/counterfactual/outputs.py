@@ -130,5 +130,5 @@ RUN_KIND = RunKind("counterfactuals", "counterfactual run", items=("frames",), f
                    added=(("cf.lambda_search", "restart"), ("cf.retry_iterations", 1), ("cf.sparse", "none"),
                           ("cf.sparse_threshold", 0.1), ("cf.sparse_sigma", 2.0), ("cf.sparse_dilation", 2),
                           ("cf.sparse_tau", 10), ("cf.sparse_guided", True), ("cf.sparse_opening", 0),
-                          ("precision", "32-true")),
+                          ("precision", "32-true"), ("cf.encode", "noise")),
                    canonical=_effective, unstamped=_unstamped)

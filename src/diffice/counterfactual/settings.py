@@ -14,6 +14,7 @@ from diffice.nets.autocast import PRECISIONS
 METHODS = ("diff-ice", "diff-ice1", "diff-ice1-xt", "dime")
 LAMBDA_SEARCH = ("restart", "continue")
 NOISE_CONVENTIONS = ("diffice", "dime")
+ENCODINGS = ("noise", "ddim")
 GRAD_AT = ("current", "previous")
 X0_METHODS = ("diff-ice", "diff-ice1")
 # trainer.precision values a counterfactual run takes (Lightning's short names resolved): under the
@@ -55,6 +56,7 @@ class CFSettings:
     stop_threshold: float = _CF.stop_threshold
     clip_denoised: bool = _CF.clip_denoised
     noise_convention: str = _CF.noise_convention
+    encode: str = _CF.encode  # noise: eq. (1) and sampled steps | ddim: DDIM inversion and deterministic steps
     grad_at: str = _CF.grad_at
     grad_sigma: float = _CF.grad_sigma  # > 0: the guidance gradient low-passed at σ px, its per-frame norm kept
     mask: bool = _CF.mask
@@ -91,6 +93,17 @@ class CFSettings:
             raise UserError(f"cf.noise_convention: '{self.noise_convention}' is not one of {', '.join(NOISE_CONVENTIONS)}")
         if self.noise_convention == "dime" and num_timesteps is not None and self.tau >= num_timesteps:
             raise UserError(f"cf.tau: {self.tau} with cf.noise_convention=dime noises to index tau, which needs tau < {num_timesteps}")
+        if self.encode not in ENCODINGS:
+            raise UserError(f"cf.encode: '{self.encode}' is not one of {', '.join(ENCODINGS)}")
+        if self.encode == "ddim":
+            clashes = [key for key, clash in ((f"cf.method={self.method}", self.method not in X0_METHODS),
+                                              (f"cf.grad_at={self.grad_at}", self.grad_at != "current"),
+                                              ("cf.mask=true", self.mask),
+                                              (f"cf.noise_convention={self.noise_convention}", self.noise_convention != "diffice"))
+                       if clash]
+            if clashes:
+                raise UserError(f"cf.encode=ddim applies to {' and '.join(X0_METHODS)} with cf.grad_at=current, cf.mask=false and "
+                                f"cf.noise_convention=diffice, not with {', '.join(clashes)}")
         if self.grad_sigma < 0:
             raise UserError(f"cf.grad_sigma: {self.grad_sigma} must be 0 (off) or a Gaussian σ in pixels")
         if self.grad_at not in GRAD_AT:
@@ -121,5 +134,5 @@ class CFSettings:
             raise UserError(f"cf.net_batch: {self.net_batch} must be at least 1 (or null)")
 
 
-__all__ = ["GRAD_AT", "LAMBDA_SEARCH", "METHODS", "NOISE_CONVENTIONS", "PRECISIONS_CF", "X0_METHODS", "CFSettings",
-           "check_precision", "precision_name"]
+__all__ = ["ENCODINGS", "GRAD_AT", "LAMBDA_SEARCH", "METHODS", "NOISE_CONVENTIONS", "PRECISIONS_CF", "X0_METHODS",
+           "CFSettings", "check_precision", "precision_name"]

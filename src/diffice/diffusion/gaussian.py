@@ -193,6 +193,29 @@ class GaussianDiffusion:
         out["sample"] = mean + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         return out
 
+    def ddim_mean(self, out: dict[str, torch.Tensor], x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """DDIM's deterministic step x_t -> x_{t-1} (Song et al. 2021, eq. 12 with η = 0) from a
+        ``p_mean_variance`` output at (x, t): sqrt(ᾱ_{t-1}) x̂0 + sqrt(1 − ᾱ_{t-1}) ε̂, with ε̂
+        recomputed from the (possibly clipped) x̂0 as guided-diffusion's ``ddim_sample`` does."""
+        n = x.ndim
+        x0 = out["pred_xstart"].float()
+        eps = self.predict_eps_from_xstart(x.float(), t, x0)
+        a_prev = self._extract("alphas_cumprod_prev", t, n)
+        return a_prev.sqrt() * x0 + (1.0 - a_prev).sqrt() * eps
+
+    def ddim_invert_step(self, model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """DDIM inversion, one step up: ``x`` at level t−1 (the clean frame when t == 0) -> level t,
+        with ε̂ of the model at step t evaluated at ``x`` (the usual approximation ε̂(x_t) ≈ ε̂(x_{t-1})).
+        Inverting τ steps and then taking τ :meth:`ddim_mean` steps gives back about the frame
+        itself: the deterministic encoding of Diffusion Causal Models (Sanchez & Tsaftaris 2022)."""
+        n = x.ndim
+        eps, _ = self.split_output(model(x, self.model_timesteps(t)), x.shape[1])
+        eps = eps.float()
+        a_prev = self._extract("alphas_cumprod_prev", t, n)
+        a = self._extract("alphas_cumprod", t, n)
+        x0 = (x.float() - (1.0 - a_prev).sqrt() * eps) / a_prev.sqrt()
+        return a.sqrt() * x0 + (1.0 - a).sqrt() * eps
+
     def p_sample_loop(
         self,
         model: nn.Module,

@@ -198,7 +198,8 @@ class DDPMModule(DifficeModule):
         segment, classes = self._check_segmenter()
         self.ema_model.eval()
         res = ddpm_check(diffusion, self.ema_model, segment, frames, tau=tau, classes=classes, seed=int(self.cfg.seed),
-                         convention=str(self.cfg.cf.noise_convention), clip_denoised=bool(self.cfg.cf.clip_denoised))
+                         convention=str(self.cfg.cf.noise_convention), clip_denoised=bool(self.cfg.cf.clip_denoised),
+                         encode=str(self.cfg.cf.encode))
         n = res["frames"]
         self.log("val/check_psnr", res["psnr"], batch_size=n)
         for name, v in res["dice"].items():
@@ -421,5 +422,5 @@ def check_sp_frames(module, cfg, segment, classes, *, split: str = "test", count
     judge = load_brain_judge(cfg)  # the official SonoNet-16 when features.sononet_weights names it (real frames)
     return ddpm_check(module.sampler(str(cfg.cf.respacing)), module.ema_model, segment, batches(), tau=int(cfg.cf.tau),
                       classes=classes, seed=int(cfg.seed), convention=str(cfg.cf.noise_convention),
-                      clip_denoised=bool(cfg.cf.clip_denoised), keep=keep,
+                      clip_denoised=bool(cfg.cf.clip_denoised), keep=keep, encode=str(cfg.cf.encode),
                       judge=judge.to(device) if judge is not None else None)
