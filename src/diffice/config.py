@@ -338,10 +338,10 @@ def _describe(err: OmegaConfBaseException) -> str:
     return f"key '{key}': {msg}" if key else msg
 
 
-def _read_yaml(path: Path) -> DictConfig:
-    if not path.is_file():
+def _read_yaml(path: Path, text: str | None = None) -> DictConfig:  # text: the file's content, if already read
+    if text is None and not path.is_file():
         raise UserError(f"{path}: config file not found")
-    return OmegaConf.create(copy.deepcopy(_parse_yaml(str(path), path.read_text())))
+    return OmegaConf.create(copy.deepcopy(_parse_yaml(str(path), path.read_text() if text is None else text)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -361,7 +361,7 @@ def _base(defaults: str | None = None, text: str = "") -> DictConfig:
     """Schema (unknown keys refused but under ``trainer``: :func:`_check_trainer`) + defaults.yaml, once per content."""
     cfg: DictConfig = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg.trainer, False)
-    return cfg if defaults is None else _merge(cfg, OmegaConf.create(copy.deepcopy(_parse_yaml(defaults, text))), defaults)
+    return cfg if defaults is None else _merge(cfg, _read_yaml(Path(defaults), text), defaults)
 
 
 def trainer_extras(cfg: DictConfig) -> dict[str, Any]:

@@ -27,6 +27,11 @@ from diffice.nets.dice import DiceCounter, dice_or_none
 SCORED = ("head", "bone", "th", "csp")
 
 
+def pass_options(cf) -> dict:
+    """The ``cf`` keys that decide how an unguided pass runs, as :func:`ddpm_check`'s keyword arguments."""
+    return {"convention": str(cf.noise_convention), "clip_denoised": bool(cf.clip_denoised), "encode": str(cf.encode)}
+
+
 @torch.no_grad()
 def ddpm_check(
     diffusion,

@@ -186,7 +186,7 @@ class DDPMModule(DifficeModule):
     def on_validation_epoch_end(self) -> None:
         """``diffice ddpm-check`` on the kept validation standard planes: PSNR, and the segmenter's
         Dice between input and reconstruction when ``guide.segmenter_ckpt`` exists (``val/check_*``)."""
-        from diffice.counterfactual.check import ddpm_check
+        from diffice.counterfactual.check import ddpm_check, pass_options
 
         frames, self._check_frames = self._check_frames, []
         if not frames or self.trainer.sanity_checking:
@@ -198,8 +198,7 @@ class DDPMModule(DifficeModule):
         segment, classes = self._check_segmenter()
         self.ema_model.eval()
         res = ddpm_check(diffusion, self.ema_model, segment, frames, tau=tau, classes=classes, seed=int(self.cfg.seed),
-                         convention=str(self.cfg.cf.noise_convention), clip_denoised=bool(self.cfg.cf.clip_denoised),
-                         encode=str(self.cfg.cf.encode))
+                         **pass_options(self.cfg.cf))
         n = res["frames"]
         self.log("val/check_psnr", res["psnr"], batch_size=n)
         for name, v in res["dice"].items():
@@ -402,7 +401,7 @@ def check_sp_frames(module, cfg, segment, classes, *, split: str = "test", count
                     device: torch.device | str = "cpu", keep: int = 0) -> dict:
     """``ddpm_check`` of DDPM ``module`` on the first ``count`` standard planes of ``split``, at
     ``cfg.cf``'s tau, respacing, noise convention and clipping (the counterfactuals' settings)."""
-    from diffice.counterfactual.check import ddpm_check
+    from diffice.counterfactual.check import ddpm_check, pass_options
     from diffice.data import DiffIceDataModule
 
     dm = DiffIceDataModule(cfg)
@@ -421,6 +420,5 @@ def check_sp_frames(module, cfg, segment, classes, *, split: str = "test", count
 
     judge = load_brain_judge(cfg)  # the official SonoNet-16 when features.sononet_weights names it (real frames)
     return ddpm_check(module.sampler(str(cfg.cf.respacing)), module.ema_model, segment, batches(), tau=int(cfg.cf.tau),
-                      classes=classes, seed=int(cfg.seed), convention=str(cfg.cf.noise_convention),
-                      clip_denoised=bool(cfg.cf.clip_denoised), keep=keep, encode=str(cfg.cf.encode),
+                      classes=classes, seed=int(cfg.seed), keep=keep, **pass_options(cfg.cf),
                       judge=judge.to(device) if judge is not None else None)
