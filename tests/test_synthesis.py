@@ -305,6 +305,42 @@ def test_synthesis_init_ckpt_starts_a_new_run_from_a_base(runs, tmp_path, capsys
     assert len(err) == 1 and "unet.model_channels" in err[0] and "synthesis.init_ckpt" in err[0]
 
 
+def test_synthesis_init_ckpt_from_a_ddpm_starts_as_that_ddpm_for_every_condition(runs, tmp_path, capsys):
+    """synthesis.init_ckpt=DDPM (issue 36: a base trained on unlabelled frames, conditioning learnt on the
+    labelled ones): the new model's noise prediction equals the DDPM's under any layout, plane and GA until
+    training moves the zero-weight layout inputs and condition embedding; a DDPM of another UNet, or a
+    checkpoint of another kind, is one line."""
+    from diffice.config import load_config
+    from diffice.modules.ddpm import load_ddpm
+    from diffice.modules.synthesis import SynthesisModule
+
+    assert main(["train-ddpm", TINY, *_overrides(tmp_path / "d"), "ddpm.max_steps=2"]) == 0
+    ddpm_path = tmp_path / "d" / "ddpm" / "last.ckpt"
+    cfg = load_config([TINY], [*_overrides(tmp_path / "s"), f"synthesis.init_ckpt={ddpm_path}"])
+    module = SynthesisModule(cfg)
+    module.start_from(str(ddpm_path))
+    assert "starts from the EMA weights of the DDPM" in capsys.readouterr().out
+    ddpm = load_ddpm(ddpm_path).ema_model.eval()
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 1, 32, 40, generator=g), torch.tensor([5, 50, 99])
+    layout = torch.nn.functional.one_hot(torch.randint(0, len(CLASSES), (3, 32, 40), generator=g), len(CLASSES)).permute(0, 3, 1, 2).float()
+    for net in (module.model.eval(), module.ema_model.eval()):
+        with torch.no_grad():
+            got = net(x, t, layout, torch.tensor([0, 2, -1]), torch.tensor([20.0, math.nan, 33.0]))
+            assert torch.allclose(got, ddpm(x, t), atol=1e-6)
+    # the whole command runs from it, and refuses what does not fit
+    args = [*_overrides(tmp_path / "s"), "synthesis.prealign_steps=1", "synthesis.max_steps=1", f"synthesis.init_ckpt={ddpm_path}"]
+    assert main(["train-synthesis", TINY, *args]) == 0
+    assert main(["train-synthesis", TINY, *_overrides(tmp_path / "o"), "unet.model_channels=8", "unet.num_head_channels=8",
+                 f"synthesis.init_ckpt={ddpm_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unet.model_channels" in err[0] and "synthesis.init_ckpt" in err[0]
+    oracle = runs / "oracle" / "last.ckpt"
+    assert main(["train-synthesis", TINY, *_overrides(tmp_path / "o2"), f"synthesis.init_ckpt={oracle}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "synthesis.init_ckpt takes a synthesis model or a DDPM" in err[0] and str(oracle) in err[0]
+
+
 def test_synthesize_test_run_is_complete_and_resumes(runs, tmp_path):
     out = tmp_path / "syn"
     ov = _overrides(runs)

@@ -51,6 +51,12 @@ def grow(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return F.max_pool2d(mask, 2 * int(pixels) + 1, stride=1, padding=int(pixels))
 
 
+def footprint(reference: torch.Tensor, target: torch.Tensor, sigma: float | None = None, delta: float = 0.1) -> torch.Tensor:
+    """(B,1,H,W) bool: a fault's footprint, where the low-passed (σ, default W/40) ``reference`` (the faulty
+    frame) and ``target`` (its clean twin) differ by more than ``delta`` ([-1, 1] units); that of :func:`target_l1`."""
+    return (low_pass(reference.double(), sigma) - low_pass(target.double(), sigma)).abs() > delta
+
+
 def target_l1(
     x: torch.Tensor,
     target: torch.Tensor,
@@ -64,8 +70,7 @@ def target_l1(
     without a fault). Values in [0, 2]."""
     t = low_pass(target.double(), sigma)
     d = (low_pass(x.double(), sigma) - t).abs()
-    ref = d if reference is None else (low_pass(reference.double(), sigma) - t).abs()
-    m = (ref > delta).double()
+    m = (d > delta if reference is None else footprint(reference, target, sigma, delta)).double()
     n = m.flatten(1).sum(1)
     out = (d * m).flatten(1).sum(1) / n.clamp_min(1)
     return torch.where(n > 0, out, torch.full_like(out, float("nan")))

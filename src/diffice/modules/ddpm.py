@@ -103,7 +103,7 @@ class DDPMModule(DifficeModule):
         weights (a new run only; the same architecture, checked by :meth:`load_init`)."""
         source = self.load_init(path)
         state = source.ema_model.state_dict()
-        added = _add_coord_inputs(state, self.model.state_dict())
+        added = widen_inputs(state, self.model.state_dict())
         self.model.load_state_dict(state)
         self.ema_model.load_state_dict(state)
         print(f"{self.kind}: starts from the EMA weights of {path} ({source.trained_steps} steps)"
@@ -297,9 +297,9 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def _add_coord_inputs(state: dict, target: dict) -> bool:
-    """Widen ``state``'s input convolution in place to ``target``'s two more (coordinate) input channels,
-    at zero weight: the widened network computes what the source did until training moves them."""
+def widen_inputs(state: dict, target: dict) -> bool:
+    """Widen ``state``'s input convolution in place to ``target``'s extra input channels (coordinates,
+    a layout) at zero weight: the widened network computes what the source did until training moves them."""
     key = next(k for k in target if k.endswith("conv_in.weight"))
     have, want = state[key], target[key]
     if have.shape == want.shape:

@@ -15,6 +15,11 @@ as its network, so only what conditioning changes is written here:
 
 Training draws t over all T steps (``ddpm.train_max_t`` is not used): synthesis starts from
 pure noise.
+
+``synthesis.init_ckpt`` starts a run from a synthesis model (a fine-tune of a base) or from an
+unconditional DDPM of the same UNet (the base of a campaign whose conditioning branch learns on the
+labelled frames only): its input layer gains the layout channels at zero weight and the condition
+embedding starts at zero, so the new model is that DDPM, for every condition, until training moves them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import torch
 from omegaconf import DictConfig
 
 from diffice.diffusion import generators_for, randn
-from diffice.modules.ddpm import ARCH_KEYS, DDPMModule, check_compatible
+from diffice.errors import UserError
+from diffice.modules.ddpm import ARCH_KEYS, DDPMModule, check_compatible, load_ddpm, widen_inputs
 from diffice.nets.conditional import ConditionalUNet, Conditioned, one_hot_layout
 
 SYNTH_ARCH_KEYS = (*ARCH_KEYS, "data.classes", "synthesis.prealign", "synthesis.prealign_width")
@@ -65,6 +71,28 @@ class SynthesisModule(DDPMModule):
 
     def build_model(self, cfg: DictConfig):
         return ConditionalUNet(cfg)
+
+    def start_from(self, path: str) -> None:
+        """``synthesis.init_ckpt``: a synthesis model's EMA weights, or an unconditional DDPM's (see the
+        module docstring); the pre-alignment encoder of a DDPM start is new (trained first, as usual)."""
+        from diffice.nets.weights import read_checkpoint
+
+        kind = read_checkpoint(path)["diffice"]["kind"]
+        if kind == "synthesis":
+            return super().start_from(path)
+        if kind != "ddpm":
+            raise UserError(f"{path}: is a {kind} checkpoint; synthesis.init_ckpt takes a synthesis model or a DDPM")
+        check_compatible(path, read_checkpoint(path, "ddpm"), self.cfg, keys=ARCH_KEYS, what="synthesis.init_ckpt's DDPM")
+        source = load_ddpm(path)
+        own = self.model.state_dict()
+        state = {**own, **{f"unet.{k}": v for k, v in source.ema_model.state_dict().items()}}
+        widen_inputs(state, own)
+        for key in ("embed.plane.weight", "embed.ga.2.weight", "embed.ga.2.bias", "embed.ga_null"):
+            state[key] = torch.zeros_like(own[key])
+        self.model.load_state_dict(state)
+        self.ema_model.load_state_dict(state)
+        print(f"{self.kind}: starts from the EMA weights of the DDPM {path} ({source.trained_steps} steps); the layout "
+              "inputs and the condition embedding start at zero")
 
     def load_init(self, path: str) -> SynthesisModule:
         """``synthesis.init_ckpt``'s model for :meth:`start_from`: a synthesis model of this architecture."""
