@@ -84,14 +84,6 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
     return Path(path)
 
 
-def save_torch(path: str | os.PathLike, obj) -> Path:
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
-
-
 def to_uint8(x) -> np.ndarray:
     """Map an image in [-1, 1] (tensor or array, shape HxW or 1xHxW) to uint8."""
     import torch

@@ -93,13 +93,6 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ forward process
 
-    def q_mean_variance(self, x_start: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I): (mean, variance, log_variance)."""
-        n = x_start.ndim
-        mean = self._extract("sqrt_alphas_cumprod", t, n) * x_start
-        var = 1.0 - self._extract("alphas_cumprod", t, n)
-        return mean, var, torch.log(var)
-
     def q_sample(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps  (DDPM eq. 4)."""
         if noise is None:

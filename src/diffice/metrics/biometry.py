@@ -50,13 +50,6 @@ def head_circumference(mask: np.ndarray, pixel_mm: tuple[float, float]) -> float
     return math.nan if axes is None else float(ellipse_perimeter(*axes))
 
 
-def relative_error(value: float, reference: float) -> float:
-    """|value − reference| / reference (NaN when either is unknown)."""
-    if not (math.isfinite(value) and math.isfinite(reference)) or reference <= 0:
-        return math.nan
-    return abs(value - reference) / reference
-
-
 def head_dice(a: np.ndarray, b: np.ndarray) -> float | None:
     """Dice of the head regions (every non-background class) of two class maps; None if both empty."""
     return dice_or_none(dice(np.asarray(a) > 0, np.asarray(b) > 0, 2)[1])
