@@ -77,12 +77,13 @@ class SynthesisModule(DDPMModule):
         module docstring); the pre-alignment encoder of a DDPM start is new (trained first, as usual)."""
         from diffice.nets.weights import read_checkpoint
 
-        kind = read_checkpoint(path)["diffice"]["kind"]
+        ckpt = read_checkpoint(path)
+        kind = ckpt["diffice"]["kind"]
         if kind == "synthesis":
             return super().start_from(path)
         if kind != "ddpm":
             raise UserError(f"{path}: is a {kind} checkpoint; synthesis.init_ckpt takes a synthesis model or a DDPM")
-        check_compatible(path, read_checkpoint(path, "ddpm"), self.cfg, keys=ARCH_KEYS, what="synthesis.init_ckpt's DDPM")
+        check_compatible(path, ckpt, self.cfg, keys=ARCH_KEYS, what="synthesis.init_ckpt's DDPM")
         source = load_ddpm(path)
         own = self.model.state_dict()
         state = {**own, **{f"unet.{k}": v for k, v in source.ema_model.state_dict().items()}}
