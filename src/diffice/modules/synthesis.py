@@ -88,10 +88,9 @@ class SynthesisModule(DDPMModule):
         own = self.model.state_dict()
         state = {**own, **{f"unet.{k}": v for k, v in source.ema_model.state_dict().items()}}
         widen_inputs(state, own)
-        for key in ("embed.plane.weight", "embed.ga.2.weight", "embed.ga.2.bias", "embed.ga_null"):
-            state[key] = torch.zeros_like(own[key])
         self.model.load_state_dict(state)
-        self.ema_model.load_state_dict(state)
+        self.model.embed.zero_()
+        self.ema_model.load_state_dict(self.model.state_dict())
         print(f"{self.kind}: starts from the EMA weights of the DDPM {path} ({source.trained_steps} steps); the layout "
               "inputs and the condition embedding start at zero")
 

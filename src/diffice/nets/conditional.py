@@ -67,6 +67,14 @@ class ConditionEmbedding(nn.Module):
         self.ga = nn.Sequential(nn.Linear(2, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.ga_null = nn.Parameter(torch.zeros(dim))
 
+    @torch.no_grad()
+    def zero_(self) -> ConditionEmbedding:
+        """Output zero for every plane and GA (plane rows, the GA net's last layer, the null GA vector): a
+        conditional net so started computes what its unconditional UNet does (``synthesis.init_ckpt``=DDPM)."""
+        for t in (self.plane.weight, self.ga[-1].weight, self.ga[-1].bias, self.ga_null):
+            t.zero_()
+        return self
+
     def forward(self, plane: torch.Tensor, ga: torch.Tensor) -> torch.Tensor:
         p = self.plane((plane.long() + 1).clamp(0, NUM_PLANES))
         known = torch.isfinite(ga)
